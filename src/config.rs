@@ -1,0 +1,190 @@
+//! The one configuration type, read from command-line flags and environment variables.
+//!
+//! Every setting has a flag and an environment variable (`--bind` / `HEARTH_BIND`, ...), so the
+//! same binary is configured the same way in a terminal, a systemd unit or a container. The
+//! [`Display`](std::fmt::Display) impl prints the effective settings at start-up with secrets
+//! masked.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+/// Effective settings of a `hearth` process.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL server to use. Without it, Hearth runs a private embedded cluster in
+    /// `<data dir>/postgres`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder for Hearth's own files: the embedded cluster, its log, the generated secret key.
+    #[arg(long, env = "HEARTH_DATA_DIR", default_value = "hearth-data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Address the web server listens on.
+    #[arg(long, env = "HEARTH_BIND", default_value = "127.0.0.1:8000", global = true)]
+    pub bind: SocketAddr,
+
+    /// Key that signs cookies. Without it, a random key is generated once and kept in
+    /// `<data dir>/secret_key`.
+    #[arg(long, env = "HEARTH_SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Most database connections this process opens.
+    #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    pub db_max_connections: u32,
+
+    /// Connections kept open even when idle, so the first requests after a quiet spell are fast.
+    #[arg(long, env = "HEARTH_DB_MIN_CONNECTIONS", default_value_t = 1, global = true)]
+    pub db_min_connections: u32,
+
+    /// How long a request waits for a free connection before it fails with 503.
+    #[arg(long, env = "HEARTH_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
+
+    /// How long an idle connection above the minimum is kept before it is closed.
+    #[arg(long, env = "HEARTH_DB_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub db_idle_timeout: Duration,
+
+    /// Longest a request may take before it is answered with 408.
+    #[arg(long, env = "HEARTH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "HEARTH_BODY_LIMIT", default_value_t = 2 * 1024 * 1024, global = true)]
+    pub body_limit: usize,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests get to finish.
+    #[arg(long, env = "HEARTH_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// How long a login lasts.
+    #[arg(long, env = "HEARTH_SESSION_TTL", default_value = "14days", value_parser = humantime::parse_duration, global = true)]
+    pub session_ttl: Duration,
+
+    /// Mark cookies `Secure` (set this when Hearth is served over https).
+    #[arg(long, env = "HEARTH_SECURE_COOKIES", global = true)]
+    pub secure_cookies: bool,
+
+    /// Failed logins allowed per account within the window before further attempts get 429.
+    #[arg(long, env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 5, global = true)]
+    pub login_limit_per_account: i64,
+
+    /// Failed logins allowed per client address within the window.
+    #[arg(long, env = "HEARTH_LOGIN_LIMIT_PER_ADDRESS", default_value_t = 50, global = true)]
+    pub login_limit_per_address: i64,
+
+    /// The sliding window the login limits count failures in.
+    #[arg(long, env = "HEARTH_LOGIN_LIMIT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub login_limit_window: Duration,
+
+    /// Folder served under `/static`.
+    #[arg(long, env = "HEARTH_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"), global = true)]
+    pub static_dir: PathBuf,
+
+    /// Write logs as JSON lines instead of text.
+    #[arg(long, env = "HEARTH_LOG_JSON", global = true)]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// The settings a bare `hearth` would run with: defaults plus the `HEARTH_*` and
+    /// `DATABASE_URL` environment variables, no flags. Tests and tools start here and set fields.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["hearth"]).map(|w| w.config)
+    }
+}
+
+/// `postgres://user:secret@host/db` becomes `postgres://user:***@host/db`.
+pub fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Setting a password only fails for URLs that cannot have one, and this one has.
+                let _ = parsed.set_password(Some("***"));
+            }
+            // Passwords may also hide in the query string (`?password=`).
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k.eq_ignore_ascii_case("password") { "***".into() } else { v.into_owned() };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_string(),
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let database = match &self.database_url {
+            Some(url) => mask_url(url),
+            None => format!("embedded ({})", self.data_dir.join("postgres").display()),
+        };
+        let secret = match &self.secret_key {
+            Some(_) => "*** (from HEARTH_SECRET_KEY)".to_string(),
+            None => format!("*** (from {})", self.data_dir.join("secret_key").display()),
+        };
+        let d = humantime::format_duration;
+        writeln!(f, "  database            {database}")?;
+        writeln!(f, "  data dir            {}", self.data_dir.display())?;
+        writeln!(f, "  bind                {}", self.bind)?;
+        writeln!(f, "  secret key          {secret}")?;
+        writeln!(
+            f,
+            "  db pool             max {} / min {} / acquire timeout {} / idle timeout {}",
+            self.db_max_connections,
+            self.db_min_connections,
+            d(self.db_acquire_timeout),
+            d(self.db_idle_timeout)
+        )?;
+        writeln!(f, "  request timeout     {}", d(self.request_timeout))?;
+        writeln!(f, "  body limit          {} bytes", self.body_limit)?;
+        writeln!(f, "  shutdown grace      {}", d(self.shutdown_grace))?;
+        writeln!(f, "  session ttl         {}", d(self.session_ttl))?;
+        writeln!(f, "  secure cookies      {}", self.secure_cookies)?;
+        writeln!(
+            f,
+            "  login limits        {} per account / {} per address / {}",
+            self.login_limit_per_account,
+            self.login_limit_per_address,
+            d(self.login_limit_window)
+        )?;
+        writeln!(f, "  static dir          {}", self.static_dir.display())?;
+        write!(f, "  log format          {}", if self.log_json { "json" } else { "text" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_password_in_authority_and_query() {
+        assert_eq!(mask_url("postgres://ada:hunter2@db:5432/app"), "postgres://ada:***@db:5432/app");
+        let masked = mask_url("postgres://db/app?user=ada&password=hunter2");
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert!(masked.contains("user=ada"), "{masked}");
+    }
+
+    #[test]
+    fn display_never_prints_secrets() {
+        let mut config = Config::from_env().expect("defaults parse");
+        config.database_url = Some("postgres://ada:hunter2@db/app".into());
+        config.secret_key = Some("very-secret-key".into());
+        let shown = config.to_string();
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("very-secret-key"));
+        assert!(shown.contains(&config.bind.to_string()));
+    }
+}

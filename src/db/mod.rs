@@ -1,0 +1,119 @@
+//! The database: one connection pool, backed by the embedded cluster or by `DATABASE_URL`.
+//!
+//! [`Database::open`] decides where the data lives. With a `DATABASE_URL` it connects there;
+//! without one it starts the [`embedded`] cluster and creates the `hearth` database in it. The
+//! pool is created lazily so that a server that does not answer yet never stops `hearth serve`
+//! from starting: requests that need the database fail with 503 until it answers, and
+//! `/readyz` says why.
+
+pub mod embedded;
+pub mod migrations;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    Connection, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::Config;
+use embedded::{EmbeddedOptions, EmbeddedPostgres};
+
+/// The database the application uses inside the embedded cluster.
+pub const EMBEDDED_DATABASE: &str = "hearth";
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error(transparent)]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error("cannot prepare the `{EMBEDDED_DATABASE}` database in the embedded cluster: {0}")]
+    Prepare(#[source] sqlx::Error),
+    #[error("the embedded cluster's start-up task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The pool, and the embedded cluster behind it when there is one.
+#[derive(Debug)]
+pub struct Database {
+    pub pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Opens the database the configuration names, starting the embedded cluster if needed.
+    ///
+    /// With `attach`, an embedded cluster already run by another Hearth process in the same
+    /// data dir is used instead of failing (for admin commands next to a running server).
+    pub async fn open(config: &Config, attach: bool) -> Result<Self, OpenError> {
+        let (options, embedded) = match &config.database_url {
+            Some(url) => (PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?, None),
+            None => {
+                let data_dir = config.data_dir.clone();
+                let started = tokio::task::spawn_blocking(move || {
+                    EmbeddedPostgres::start(&data_dir, &EmbeddedOptions::default())
+                })
+                .await?;
+                let (options, cluster) = match started {
+                    Ok(cluster) => (cluster.connect_options(), Some(cluster)),
+                    Err(embedded::EmbeddedError::Locked(dir)) if attach => match embedded::attach(&dir) {
+                        Some(options) => {
+                            tracing::info!(data_dir = %dir.display(), "using the embedded cluster of the running hearth server");
+                            (options, None)
+                        }
+                        None => return Err(embedded::EmbeddedError::Locked(dir).into()),
+                    },
+                    Err(e) => return Err(e.into()),
+                };
+                create_database_if_missing(&options, EMBEDDED_DATABASE).await.map_err(OpenError::Prepare)?;
+                (options.database(EMBEDDED_DATABASE), cluster)
+            }
+        };
+        let pool = pool_options(config).connect_lazy_with(options.application_name("hearth"));
+        Ok(Self { pool, embedded })
+    }
+
+    /// Closes the pool, then stops the embedded cluster (if any) and waits for it to exit.
+    pub async fn close(self) -> Result<(), embedded::EmbeddedError> {
+        self.pool.close().await;
+        match self.embedded {
+            Some(cluster) => tokio::task::spawn_blocking(move || cluster.stop())
+                .await
+                .unwrap_or_else(|join| Err(embedded::EmbeddedError::Io {
+                    context: "the shutdown task of embedded PostgreSQL failed".into(),
+                    source: std::io::Error::other(join),
+                })),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Pool settings from the configuration: a maximum, a warm minimum, an acquire timeout (a
+/// request that cannot get a connection fails fast) and an idle lifetime.
+pub fn pool_options(config: &Config) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .min_connections(config.db_min_connections.min(config.db_max_connections))
+        .acquire_timeout(config.db_acquire_timeout)
+        .idle_timeout(config.db_idle_timeout)
+        // Recycle connections now and then so server-side memory does not creep.
+        .max_lifetime(Duration::from_secs(30 * 60))
+}
+
+/// `CREATE DATABASE name` unless it exists; `name` must be a plain identifier (`[A-Za-z0-9_]+`).
+pub async fn create_database_if_missing(maintenance: &PgConnectOptions, name: &str) -> Result<(), sqlx::Error> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(sqlx::Error::Configuration(format!("{name:?} is not a plain database name").into()));
+    }
+    let mut conn = PgConnection::connect_with(maintenance).await?;
+    let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#, name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        // Identifiers cannot be bound as parameters; `name` is a checked plain identifier.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    }
+    conn.close().await
+}

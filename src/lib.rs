@@ -1,0 +1,31 @@
+//! Hearth: a web platform in one binary with PostgreSQL as its only service.
+//!
+//! The crate has two floors.
+//!
+//! The platform, which knows nothing about any particular feature:
+//!
+//! * [`config`]: the one [`Config`](config::Config) type, read from flags and environment.
+//! * [`telemetry`]: structured logging with `tracing` (text or JSON).
+//! * [`db`]: the connection pool, the embedded PostgreSQL cluster used when no `DATABASE_URL` is
+//!   given, and the SQL migrations in `migrations/`.
+//! * [`web`]: the HTTP shell: router layers, error pages, sessions, CSRF, flash messages, the
+//!   signed-in user extractors and health checks.
+//!
+//! The apps, one folder per feature, built on the platform:
+//!
+//! * [`accounts`]: sign up, log in, log out, change password, login throttling.
+//! * [`home`]: the home page.
+//!
+//! [`server`] wires the floors together into a running process with graceful shutdown, and
+//! [`cli`] is the `hearth` command line on top of it.
+
+pub mod accounts;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod home;
+pub mod server;
+pub mod telemetry;
+pub mod web;
+
+pub use server::{AppState, app};

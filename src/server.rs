@@ -1,0 +1,149 @@
+//! Wires the platform and the apps into one router and one running process.
+//!
+//! [`app`] is the whole HTTP application for a given state (tests bind it to port 0).
+//! [`run`] is `hearth serve`: open the database, migrate, serve until SIGINT/SIGTERM, then shut
+//! down in order — stop accepting, let in-flight requests finish within the grace period, stop
+//! background tasks, close the pool, stop the embedded PostgreSQL.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, middleware};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    accounts,
+    config::Config,
+    db::{Database, migrations},
+    home,
+    web::{self, session},
+};
+
+pub use crate::web::AppState;
+
+/// The HTTP application: every app's routes behind the platform middleware.
+pub fn app(state: AppState) -> Router {
+    let config = state.config.clone();
+    // CSRF and flash apply to pages and API routes, not to probes and static files.
+    let pages = Router::new()
+        .merge(home::routes())
+        .merge(accounts::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), web::csrf::protect))
+        .layer(middleware::from_fn_with_state(state.clone(), web::flash::middleware))
+        .with_state(state.clone());
+    let router = Router::new()
+        .merge(pages)
+        .merge(web::health::routes().with_state(state))
+        .nest("/static", web::static_files(&config.static_dir))
+        .fallback(web::error::not_found);
+    web::layers(router, config.request_timeout, config.body_limit)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then waits for in-flight requests.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `hearth serve`.
+pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
+    tracing::info!("starting hearth {}\n{config}", env!("CARGO_PKG_VERSION"));
+    let db = Database::open(&config, false).await.context("cannot open the database")?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    if migrate {
+        apply_migrations(&db, &tasks, &shutdown).await?;
+    }
+
+    let state = AppState::new(config.clone(), db.pool.clone())?;
+    let listener = TcpListener::bind(config.bind).await.with_context(|| format!("cannot listen on {}", config.bind))?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+
+    tasks.spawn(sweep_periodically(state.db.clone(), shutdown.clone()));
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let server = serve(listener, app(state), shutdown.clone().cancelled_owned());
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        result = server => result.context("the HTTP server failed")?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still running after the grace period; dropping them");
+        }
+    }
+    tracing::info!("HTTP server stopped; stopping background tasks");
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    db.close().await.context("cannot stop the database cleanly")?;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Applies pending migrations. If the database does not answer yet, serving goes ahead (with
+/// `/readyz` reporting 503) and migrations are retried in the background until it does.
+async fn apply_migrations(db: &Database, tasks: &TaskTracker, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    match migrations::run(&db.pool).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_unreachable(&e) => {
+            tracing::error!(error = %e, "the database does not answer; serving anyway and retrying migrations every 5s");
+            let (pool, shutdown) = (db.pool.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                    match migrations::run(&pool).await {
+                        Ok(()) => return tracing::info!("the database answers again; migrations applied"),
+                        Err(e) => tracing::warn!(error = %e, "still cannot apply migrations"),
+                    }
+                }
+            });
+            Ok(())
+        }
+        Err(e) => Err(e).context("cannot apply migrations"),
+    }
+}
+
+fn is_unreachable(e: &sqlx::migrate::MigrateError) -> bool {
+    matches!(
+        e,
+        sqlx::migrate::MigrateError::Execute(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed
+        )
+    )
+}
+
+/// Deletes expired sessions and old login failures every ten minutes.
+async fn sweep_periodically(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match session::sweep_expired(&pool).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "expired sessions swept"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot sweep expired sessions"),
+        }
+        if let Err(e) = accounts::throttle::sweep(&pool).await {
+            tracing::warn!(error = %e, "cannot sweep old login failures");
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop hearth with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,84 @@
+//! The HTTP shell every app is served through.
+//!
+//! * [`state`]: the one `Clone` [`AppState`] handed to handlers through axum's `State`.
+//! * [`error`]: [`WebError`], and the middleware that turns every error status into an HTML
+//!   page (or a JSON body under `/api/`) without ever showing internal detail.
+//! * [`templates`]: the base layout context ([`Layout`]) and template rendering.
+//! * [`session`], [`auth`]: server-side sessions in Postgres, users, password hashing and the
+//!   "login required" / "admin required" extractors.
+//! * [`csrf`], [`flash`]: the CSRF check on state-changing requests, one-shot flash messages.
+//! * [`health`]: `/healthz` and `/readyz`.
+//!
+//! [`layers`] stacks the cross-cutting middleware (request ids, tracing, compression, timeouts,
+//! body limits, panics) around a router.
+
+pub mod auth;
+pub mod csrf;
+pub mod error;
+pub mod flash;
+pub mod health;
+pub mod session;
+pub mod state;
+pub mod templates;
+
+use std::{path::Path, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    services::ServeDir,
+    set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+pub use error::WebError;
+pub use state::AppState;
+pub use templates::{Layout, render};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Wraps `router` in the platform middleware, outermost first: request id, tracing span,
+/// compression, error pages, panic catching, timeout and body limit.
+pub fn layers(router: Router, request_timeout: Duration, body_limit: usize) -> Router {
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CompressionLayer::new())
+        .layer(middleware::from_fn(error::error_pages))
+        .layer(CatchPanicLayer::new())
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    router.layer(stack)
+}
+
+/// `static/` under `/static`, cached for a year: templates add `?v=<content hash>` to every
+/// asset URL, so a changed file gets a new URL rather than a stale cache hit.
+pub fn static_files(dir: &Path) -> Router {
+    Router::new().fallback_service(
+        ServiceBuilder::new()
+            .layer(SetResponseHeaderLayer::overriding(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            ))
+            .service(ServeDir::new(dir)),
+    )
+}

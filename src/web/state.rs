@@ -1,0 +1,93 @@
+//! The application state shared by every handler.
+
+use std::{fs, io, path::Path, sync::Arc};
+
+use anyhow::Context;
+use axum::extract::FromRef;
+use axum_extra::extract::cookie::Key;
+use sha2::{Digest, Sha256, Sha512};
+use sqlx::PgPool;
+
+use crate::config::Config;
+
+/// Cheap to clone: a pool handle and a few `Arc`s.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    /// Signs the CSRF and flash cookies.
+    pub cookie_key: Key,
+    /// Short hash of the files in `static/`, appended to asset URLs for cache busting.
+    pub static_version: Arc<str>,
+}
+
+impl AppState {
+    /// Builds the state, resolving the secret key (see [`secret_key`]).
+    pub fn new(config: Config, db: PgPool) -> anyhow::Result<Self> {
+        let secret = secret_key(&config)?;
+        // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
+        let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
+        let static_version = static_version(&config.static_dir).into();
+        Ok(Self { db, config: Arc::new(config), cookie_key, static_version })
+    }
+}
+
+impl FromRef<AppState> for Key {
+    fn from_ref(state: &AppState) -> Self {
+        state.cookie_key.clone()
+    }
+}
+
+/// `HEARTH_SECRET_KEY`, or a random key generated once and kept in `<data dir>/secret_key`
+/// (mode 0600) so that cookies survive restarts.
+pub fn secret_key(config: &Config) -> anyhow::Result<String> {
+    if let Some(key) = &config.secret_key {
+        anyhow::ensure!(key.len() >= 32, "HEARTH_SECRET_KEY must be at least 32 characters long");
+        return Ok(key.clone());
+    }
+    let path = config.data_dir.join("secret_key");
+    match fs::read_to_string(&path) {
+        Ok(key) if key.trim().len() >= 32 => return Ok(key.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} holds a key shorter than 32 characters; delete it to generate a new one", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    io::Write::write_all(&mut file, key.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new secret key");
+    Ok(key)
+}
+
+fn static_version(dir: &Path) -> String {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files);
+    if files.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no static files found");
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.to_string_lossy().as_bytes());
+        hash.update(fs::read(&file).unwrap_or_default());
+    }
+    hex::encode(&hash.finalize()[..5])
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The real `hearth` binary: embedded start, serving, admin commands next to a running server,
+//! graceful shutdown on SIGTERM with no PostgreSQL left behind.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reqwest::StatusCode;
+
+fn hearth(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    command
+        .env_remove("DATABASE_URL")
+        .env("HEARTH_DATA_DIR", data_dir)
+        .env("HEARTH_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// Starts `hearth serve` and returns it with the address it announced.
+fn serve(data_dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = hearth(data_dir).arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let address = loop {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(120)).expect("hearth announces its address");
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on ".len()..].trim().to_string();
+        }
+    };
+    (child, address, lines)
+}
+
+fn server_processes_in(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)))
+        .count()
+}
+
+#[tokio::test]
+async fn serve_createuser_migrate_status_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, address, lines) = serve(dir.path());
+    let client = crate::helpers::client();
+
+    assert_eq!(client.get(format!("{address}/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(client.get(format!("{address}/")).send().await.unwrap().status(), StatusCode::OK);
+
+    // Admin commands work next to the running server (they attach to its cluster).
+    let mut createuser = hearth(dir.path())
+        .args(["createuser", "root_admin", "--admin", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    createuser.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    let created = createuser.wait_with_output().unwrap();
+    assert!(created.status.success());
+    assert!(String::from_utf8_lossy(&created.stdout).contains("created user root_admin"));
+
+    let status = hearth(dir.path()).args(["migrate", "--status"]).output().unwrap();
+    assert!(status.status.success());
+    let listing = String::from_utf8_lossy(&status.stdout);
+    assert!(listing.contains("applied") && listing.contains("0 pending"), "{listing}");
+
+    let browser = crate::helpers::client();
+    let login_page = browser.get(format!("{address}/login")).send().await.unwrap().text().await.unwrap();
+    let at = login_page.find(r#"name="csrf-token" content=""#).unwrap() + 27;
+    let token = &login_page[at..at + 64];
+    let login = browser
+        .post(format!("{address}/login"))
+        .form(&[("username", "root_admin"), ("password", "correct horse"), ("csrf_token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert!(login.status().is_redirection(), "the created user can log in: {}", login.status());
+
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = tokio::task::spawn_blocking(move || server.wait()).await.unwrap().unwrap();
+
+    assert!(exit.success(), "exit code 0 after SIGTERM, got {exit}");
+    let log: Vec<String> = lines.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("embedded PostgreSQL stopped")), "{log:#?}");
+    assert_eq!(server_processes_in(&dir.path().join("postgres")), 0, "no PostgreSQL left behind");
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hearth")).arg("--version").output().unwrap();
+
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("hearth {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn an_unreachable_database_url_is_reported_and_migrate_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let output = hearth(dir.path())
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/nothing")
+        .env("HEARTH_DB_ACQUIRE_TIMEOUT", "1s")
+        .args(["migrate"])
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot apply migrations"), "{stderr}");
+}

@@ -1,0 +1,262 @@
+//! The test harness: one PostgreSQL per test run, one fresh database per test, and a
+//! `TestApp` that serves the real router on 127.0.0.1:0.
+//!
+//! With `DATABASE_URL` set, databases are created on that server. Without it (CI, a fresh
+//! machine), the first test starts an embedded cluster in a temporary folder; it is stopped and
+//! removed when the test process exits.
+
+use std::{
+    path::PathBuf,
+    str::FromStr,
+    sync::{Mutex, OnceLock},
+};
+
+use axum::Router;
+use hearth::{
+    AppState,
+    config::Config,
+    db::{
+        self,
+        embedded::{EmbeddedOptions, EmbeddedPostgres},
+        migrations,
+    },
+};
+use reqwest::{Response, StatusCode, redirect};
+use sqlx::{
+    Connection, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio_util::sync::CancellationToken;
+
+struct Cluster {
+    admin: PgConnectOptions,
+    /// A database with every migration applied; test databases are cloned from it.
+    template: String,
+    embedded: Mutex<Option<(EmbeddedPostgres, PathBuf)>>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some(cluster) = CLUSTER.get()
+        && let Ok(mut guard) = cluster.embedded.lock()
+        && let Some((pg, dir)) = guard.take()
+    {
+        let _ = pg.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        // Runs on a thread of its own: it blocks (initdb, waiting for the server) and drives a
+        // short-lived runtime of its own to build the template database.
+        std::thread::spawn(|| {
+            let (admin, embedded) = match std::env::var("DATABASE_URL") {
+                Ok(url) => (PgConnectOptions::from_str(&url).expect("DATABASE_URL parses"), None),
+                Err(_) => {
+                    let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("temp dir").keep();
+                    let options = EmbeddedOptions { durable: false, ..Default::default() };
+                    let pg = EmbeddedPostgres::start(&dir, &options).expect("embedded PostgreSQL starts");
+                    // SAFETY: registering a plain `extern "C" fn` with atexit has no preconditions.
+                    unsafe { nix::libc::atexit(stop_cluster_at_exit) };
+                    (pg.connect_options(), Some((pg, dir)))
+                }
+            };
+            let template = format!("hearth_tpl_{}", uuid::Uuid::new_v4().simple());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                db::create_database_if_missing(&admin, &template).await.expect("template database");
+                let pool = PgPoolOptions::new().max_connections(1).connect_with(admin.clone().database(&template)).await.unwrap();
+                migrations::run(&pool).await.expect("migrations apply");
+                pool.close().await;
+            });
+            Cluster { admin, template, embedded: Mutex::new(embedded) }
+        })
+        .join()
+        .expect("test cluster setup")
+    })
+}
+
+/// A new, empty database (no migrations) and options to connect to it.
+pub async fn empty_database() -> (String, PgConnectOptions) {
+    let cluster = cluster();
+    let name = format!("hearth_test_{}", uuid::Uuid::new_v4().simple());
+    db::create_database_if_missing(&cluster.admin, &name).await.expect("create test database");
+    (name.clone(), cluster.admin.clone().database(&name))
+}
+
+/// A new database with every migration applied, cloned from the template.
+pub async fn migrated_database() -> (String, PgConnectOptions) {
+    let cluster = cluster();
+    let name = format!("hearth_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect_with(&cluster.admin).await.expect("admin connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {}", cluster.template)))
+        .execute(&mut conn)
+        .await
+        .expect("clone the template database");
+    (name.clone(), cluster.admin.clone().database(&name))
+}
+
+pub fn test_config() -> Config {
+    let mut config = Config::from_env().expect("default config");
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.secret_key = Some("a test secret key that is long enough to use".into());
+    config.data_dir = std::env::temp_dir().join("hearth-test-unused");
+    config.db_max_connections = 5;
+    config.db_min_connections = 0;
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct Builder {
+    config: Config,
+    routes: Router<AppState>,
+    migrated: bool,
+}
+
+impl Builder {
+    pub fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Extra routes served next to the real ones (to exercise extractors and error paths).
+    pub fn routes(mut self, routes: Router<AppState>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    pub fn unmigrated(mut self) -> Self {
+        self.migrated = false;
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let (_, options) = if self.migrated { migrated_database().await } else { empty_database().await };
+        let pool = db::pool_options(&self.config).connect_with(options).await.expect("test pool");
+        let state = AppState::new(self.config.clone(), pool.clone()).expect("state");
+        let router = hearth::app(state.clone()).merge(self.routes.with_state(state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(hearth::server::serve(listener, router, shutdown.clone().cancelled_owned()));
+        TestApp { address, client: client(), pool, shutdown }
+    }
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects (tests assert them).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(redirect::Policy::none()).build().unwrap()
+}
+
+impl TestApp {
+    pub fn builder() -> Builder {
+        Builder { config: test_config(), routes: Router::new(), migrated: true }
+    }
+
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// A client with its own cookie jar: a second browser.
+    pub fn other_browser(&self) -> Browser<'_> {
+        Browser { app: self, client: client() }
+    }
+
+    pub fn browser(&self) -> Browser<'_> {
+        Browser { app: self, client: self.client.clone() }
+    }
+
+    pub async fn signup(&self, username: &str, password: &str) -> Response {
+        self.browser().signup(username, password).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.browser().login(username, password).await
+    }
+
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+        self.browser().post_form(path, fields).await
+    }
+
+    pub async fn csrf_token(&self) -> String {
+        self.browser().csrf_token().await
+    }
+}
+
+/// One cookie jar talking to a `TestApp`.
+pub struct Browser<'a> {
+    app: &'a TestApp,
+    pub client: reqwest::Client,
+}
+
+impl Browser<'_> {
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.app.url(path)).send().await.expect("GET")
+    }
+
+    /// The CSRF token the pages of this browser carry (from the layout's meta tag).
+    pub async fn csrf_token(&self) -> String {
+        let page = self.get("/login").await.text().await.unwrap();
+        let start = page.find(r#"name="csrf-token" content=""#).expect("csrf meta tag") + 27;
+        page[start..start + 64].to_string()
+    }
+
+    /// Posts a form the way a browser does, with the page's CSRF token.
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let token = self.csrf_token().await;
+        let mut form: Vec<(&str, &str)> = fields.to_vec();
+        form.push(("csrf_token", &token));
+        self.client.post(self.app.url(path)).form(&form).send().await.expect("POST")
+    }
+
+    pub async fn signup(&self, username: &str, password: &str) -> Response {
+        self.post_form("/signup", &[("username", username), ("password", password), ("password_confirm", password)]).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.post_form("/login", &[("username", username), ("password", password)]).await
+    }
+
+    pub async fn home(&self) -> String {
+        let response = self.get("/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
+    /// The username the layout shows as signed in, if any.
+    pub async fn signed_in_as(&self) -> Option<String> {
+        let page = self.home().await;
+        let marker = r#"data-testid="signed-in-user">"#;
+        let start = page.find(marker)? + marker.len();
+        let end = page[start..].find('<')? + start;
+        Some(page[start..end].trim().to_string())
+    }
+}
+
+/// Asserts a redirect to `to` and returns the response.
+pub fn assert_redirect(response: &Response, to: &str) {
+    assert!(response.status().is_redirection(), "expected a redirect, got {}", response.status());
+    assert_eq!(response.headers()["location"], to);
+}

@@ -1,0 +1,8 @@
+//! Integration tests: a real server on an ephemeral port, a real HTTP client, a real PostgreSQL.
+//! One binary (rather than one per file) so that one embedded cluster serves the whole run.
+
+mod accounts;
+mod binary;
+mod embedded;
+mod helpers;
+mod shell;
