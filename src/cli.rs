@@ -66,7 +66,11 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
             Command::Serve { no_migrate } => server::run(cli.config, !no_migrate).await,
             Command::Migrate { status } => migrate(&cli.config, status).await,
-            Command::Createuser { name, admin, password_stdin } => createuser(&cli.config, &name, admin, password_stdin).await,
+            Command::Createuser {
+                name,
+                admin,
+                password_stdin,
+            } => createuser(&cli.config, &name, admin, password_stdin).await,
         }
     });
     match result {
@@ -80,12 +84,18 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
-    let db = Database::open(config, true).await.context("cannot open the database")?;
+    let db = Database::open(config, true)
+        .await
+        .context("cannot open the database")?;
     let outcome = async {
         if !status_only {
-            migrations::run(&db.pool).await.context("cannot apply migrations")?;
+            migrations::run(&db.pool)
+                .await
+                .context("cannot apply migrations")?;
         }
-        let status = migrations::status(&db.pool).await.context("cannot read the migration table")?;
+        let status = migrations::status(&db.pool)
+            .await
+            .context("cannot read the migration table")?;
         for m in &status {
             match m.applied_at {
                 Some(at) => println!("applied  {:>14}  {}  ({at})", m.version, m.description),
@@ -101,14 +111,28 @@ async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
     outcome
 }
 
-async fn createuser(config: &Config, name: &str, admin: bool, password_stdin: bool) -> anyhow::Result<()> {
+async fn createuser(
+    config: &Config,
+    name: &str,
+    admin: bool,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
     let username = Username::parse(name).map_err(anyhow::Error::msg)?;
     let password = read_password(password_stdin)?;
-    let db = Database::open(config, true).await.context("cannot open the database")?;
+    let db = Database::open(config, true)
+        .await
+        .context("cannot open the database")?;
     let outcome = async {
-        migrations::run(&db.pool).await.context("cannot apply migrations")?;
+        migrations::run(&db.pool)
+            .await
+            .context("cannot apply migrations")?;
         let user = auth::create_user(&db.pool, &username, &password, admin).await?;
-        println!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" });
+        println!(
+            "created user {} (id {}{})",
+            user.username,
+            user.id,
+            if user.is_admin { ", admin" } else { "" }
+        );
         anyhow::Ok(())
     }
     .await;
@@ -119,11 +143,15 @@ async fn createuser(config: &Config, name: &str, admin: bool, password_stdin: bo
 fn read_password(from_stdin: bool) -> anyhow::Result<NewPassword> {
     let raw = if from_stdin || !io::stdin().is_terminal() {
         let mut line = String::new();
-        io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
         line.trim_end_matches(['\r', '\n']).to_string()
     } else {
         let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
-        let again = rpassword::prompt_password("Password (again): ").context("cannot read the password")?;
+        let again =
+            rpassword::prompt_password("Password (again): ").context("cannot read the password")?;
         anyhow::ensure!(first == again, "the two passwords differ");
         first
     };

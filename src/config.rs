@@ -18,11 +18,21 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Folder for Hearth's own files: the embedded cluster, its log, the generated secret key.
-    #[arg(long, env = "HEARTH_DATA_DIR", default_value = "hearth-data", global = true)]
+    #[arg(
+        long,
+        env = "HEARTH_DATA_DIR",
+        default_value = "hearth-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Address the web server listens on.
-    #[arg(long, env = "HEARTH_BIND", default_value = "127.0.0.1:8000", global = true)]
+    #[arg(
+        long,
+        env = "HEARTH_BIND",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
     pub bind: SocketAddr,
 
     /// Key that signs cookies. Without it, a random key is generated once and kept in
@@ -31,11 +41,21 @@ pub struct Config {
     pub secret_key: Option<String>,
 
     /// Most database connections this process opens.
-    #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "HEARTH_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// Connections kept open even when idle, so the first requests after a quiet spell are fast.
-    #[arg(long, env = "HEARTH_DB_MIN_CONNECTIONS", default_value_t = 1, global = true)]
+    #[arg(
+        long,
+        env = "HEARTH_DB_MIN_CONNECTIONS",
+        default_value_t = 1,
+        global = true
+    )]
     pub db_min_connections: u32,
 
     /// How long a request waits for a free connection before it fails with 503.
@@ -67,11 +87,21 @@ pub struct Config {
     pub secure_cookies: bool,
 
     /// Failed logins allowed per account within the window before further attempts get 429.
-    #[arg(long, env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT",
+        default_value_t = 5,
+        global = true
+    )]
     pub login_limit_per_account: i64,
 
     /// Failed logins allowed per client address within the window.
-    #[arg(long, env = "HEARTH_LOGIN_LIMIT_PER_ADDRESS", default_value_t = 50, global = true)]
+    #[arg(
+        long,
+        env = "HEARTH_LOGIN_LIMIT_PER_ADDRESS",
+        default_value_t = 50,
+        global = true
+    )]
     pub login_limit_per_address: i64,
 
     /// The sliding window the login limits count failures in.
@@ -112,7 +142,11 @@ pub fn mask_url(url: &str) -> String {
             let pairs: Vec<(String, String)> = parsed
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if k.eq_ignore_ascii_case("password") { "***".into() } else { v.into_owned() };
+                    let v = if k.eq_ignore_ascii_case("password") {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -161,7 +195,11 @@ impl fmt::Display for Config {
             d(self.login_limit_window)
         )?;
         writeln!(f, "  static dir          {}", self.static_dir.display())?;
-        write!(f, "  log format          {}", if self.log_json { "json" } else { "text" })
+        write!(
+            f,
+            "  log format          {}",
+            if self.log_json { "json" } else { "text" }
+        )
     }
 }
 
@@ -171,7 +209,10 @@ mod tests {
 
     #[test]
     fn masks_password_in_authority_and_query() {
-        assert_eq!(mask_url("postgres://ada:hunter2@db:5432/app"), "postgres://ada:***@db:5432/app");
+        assert_eq!(
+            mask_url("postgres://ada:hunter2@db:5432/app"),
+            "postgres://ada:***@db:5432/app"
+        );
         let masked = mask_url("postgres://db/app?user=ada&password=hunter2");
         assert!(!masked.contains("hunter2"), "{masked}");
         assert!(masked.contains("user=ada"), "{masked}");

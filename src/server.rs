@@ -24,13 +24,26 @@ pub use crate::web::AppState;
 
 /// The HTTP application: every app's routes behind the platform middleware.
 pub fn app(state: AppState) -> Router {
+    app_with(state, Router::new())
+}
+
+/// [`app`] with `extra` routes served beside the built-in apps, behind the same middleware
+/// (CSRF, flash messages, error pages, timeouts...). For programs that use Hearth as a library.
+pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
     let config = state.config.clone();
     // CSRF and flash apply to pages and API routes, not to probes and static files.
     let pages = Router::new()
         .merge(home::routes())
         .merge(accounts::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), web::csrf::protect))
-        .layer(middleware::from_fn_with_state(state.clone(), web::flash::middleware))
+        .merge(extra)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            web::csrf::protect,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            web::flash::middleware,
+        ))
         .with_state(state.clone());
     let router = Router::new()
         .merge(pages)
@@ -41,16 +54,25 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for in-flight requests.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// `hearth serve`.
 pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     tracing::info!("starting hearth {}\n{config}", env!("CARGO_PKG_VERSION"));
-    let db = Database::open(&config, false).await.context("cannot open the database")?;
+    let db = Database::open(&config, false)
+        .await
+        .context("cannot open the database")?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     if migrate {
@@ -58,7 +80,9 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     }
 
     let state = AppState::new(config.clone(), db.pool.clone())?;
-    let listener = TcpListener::bind(config.bind).await.with_context(|| format!("cannot listen on {}", config.bind))?;
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
 
     tasks.spawn(sweep_periodically(state.db.clone(), shutdown.clone()));
@@ -76,14 +100,20 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
-    db.close().await.context("cannot stop the database cleanly")?;
+    db.close()
+        .await
+        .context("cannot stop the database cleanly")?;
     tracing::info!("bye");
     Ok(())
 }
 
 /// Applies pending migrations. If the database does not answer yet, serving goes ahead (with
 /// `/readyz` reporting 503) and migrations are retried in the background until it does.
-async fn apply_migrations(db: &Database, tasks: &TaskTracker, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn apply_migrations(
+    db: &Database,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     match migrations::run(&db.pool).await {
         Ok(()) => Ok(()),
         Err(e) if is_unreachable(&e) => {
@@ -96,7 +126,9 @@ async fn apply_migrations(db: &Database, tasks: &TaskTracker, shutdown: &Cancell
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
                     }
                     match migrations::run(&pool).await {
-                        Ok(()) => return tracing::info!("the database answers again; migrations applied"),
+                        Ok(()) => {
+                            return tracing::info!("the database answers again; migrations applied");
+                        }
                         Err(e) => tracing::warn!(error = %e, "still cannot apply migrations"),
                     }
                 }
@@ -111,7 +143,10 @@ fn is_unreachable(e: &sqlx::migrate::MigrateError) -> bool {
     matches!(
         e,
         sqlx::migrate::MigrateError::Execute(
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolClosed
         )
     )
 }
@@ -137,7 +172,10 @@ async fn sweep_periodically(pool: sqlx::PgPool, shutdown: CancellationToken) {
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop hearth with SIGKILL");
         return;
     };

@@ -13,10 +13,17 @@ pub fn init(json: bool) {
     // `try_init` so that a second call (tests that start several servers) is harmless.
     if json {
         let _ = registry
-            .with(fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init();
     } else {
         let ansi = std::io::stderr().is_terminal();
-        let _ = registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init();
+        let _ = registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .try_init();
     }
 }

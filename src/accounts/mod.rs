@@ -17,6 +17,9 @@ pub fn routes() -> Router<AppState> {
         .route("/signup", get(pages::signup_form).post(pages::signup))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", axum::routing::post(pages::logout))
-        .route("/account/password", get(pages::password_form).post(pages::change_password))
+        .route(
+            "/account/password",
+            get(pages::password_form).post(pages::change_password),
+        )
         .route("/api/me", get(pages::me))
 }

@@ -59,7 +59,11 @@ pub(super) struct SignupForm {
 }
 
 pub(super) async fn signup_form(layout: Layout) -> Result<impl IntoResponse, WebError> {
-    render(&SignupPage { layout, username: String::new(), error: None })
+    render(&SignupPage {
+        layout,
+        username: String::new(),
+        error: None,
+    })
 }
 
 #[tracing::instrument(skip_all, fields(username = %form.username))]
@@ -72,7 +76,14 @@ pub(super) async fn signup(
     Form(form): Form<SignupForm>,
 ) -> Result<Response, WebError> {
     let invalid = |status, error: String, layout| {
-        form_error(status, &SignupPage { layout, username: form.username.clone(), error: Some(error) })
+        form_error(
+            status,
+            &SignupPage {
+                layout,
+                username: form.username.clone(),
+                error: Some(error),
+            },
+        )
     };
     let username = match Username::parse(&form.username) {
         Ok(username) => username,
@@ -83,12 +94,20 @@ pub(super) async fn signup(
         Err(e) => return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, e, layout)),
     };
     if form.password != form.password_confirm {
-        return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, "The two passwords differ.".into(), layout));
+        return Ok(invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The two passwords differ.".into(),
+            layout,
+        ));
     }
     let user = match auth::create_user(&state.db, &username, &password, false).await {
         Ok(user) => user,
         Err(CreateUserError::UsernameTaken(_)) => {
-            return Ok(invalid(StatusCode::CONFLICT, "That username is taken.".into(), layout));
+            return Ok(invalid(
+                StatusCode::CONFLICT,
+                "That username is taken.".into(),
+                layout,
+            ));
         }
         Err(CreateUserError::Database(e)) => return Err(e.into()),
         Err(CreateUserError::Hash(e)) => return Err(e.into()),
@@ -110,7 +129,9 @@ async fn start_session(
     to: &str,
 ) -> Result<Response, WebError> {
     let ttl = state.config.session_ttl;
-    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
     let token = session::create(&state.db, user.id, ttl, agent).await?;
     let secure = state.config.secure_cookies;
     let cookies = cookies.add(session::cookie(token, ttl, secure));
@@ -126,13 +147,23 @@ pub(super) struct NextParam {
 /// Only same-site paths are followed after login: `/x` yes, `//evil.example` or `https://…` no.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.to_string(),
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_string()
+        }
         _ => "/".to_string(),
     }
 }
 
-pub(super) async fn login_form(layout: Layout, Query(query): Query<NextParam>) -> Result<impl IntoResponse, WebError> {
-    render(&LoginPage { layout, username: String::new(), next: safe_next(query.next.as_deref()), error: None })
+pub(super) async fn login_form(
+    layout: Layout,
+    Query(query): Query<NextParam>,
+) -> Result<impl IntoResponse, WebError> {
+    render(&LoginPage {
+        layout,
+        username: String::new(),
+        next: safe_next(query.next.as_deref()),
+        error: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -171,7 +202,10 @@ pub(super) async fn login(
         let minutes = wait.as_secs().div_ceil(60);
         let mut response = form_error(
             StatusCode::TOO_MANY_REQUESTS,
-            &page(&format!("Too many failed attempts. Try again in {minutes} minute(s)."), layout),
+            &page(
+                &format!("Too many failed attempts. Try again in {minutes} minute(s)."),
+                layout,
+            ),
         );
         if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -181,7 +215,9 @@ pub(super) async fn login(
 
     let found = auth::find_credentials(&state.db, username).await?;
     let user = match found {
-        Some((user, hash)) => auth::verify_password(form.password.clone(), hash).await.then_some(user),
+        Some((user, hash)) => auth::verify_password(form.password.clone(), hash)
+            .await
+            .then_some(user),
         None => {
             auth::burn_password_check(form.password.clone()).await;
             None
@@ -190,7 +226,10 @@ pub(super) async fn login(
     let Some(user) = user else {
         throttle::record_failure(&state.db, username, addr.ip()).await?;
         tracing::info!("login failed");
-        return Ok(form_error(StatusCode::UNAUTHORIZED, &page("Wrong username or password.", layout)));
+        return Ok(form_error(
+            StatusCode::UNAUTHORIZED,
+            &page("Wrong username or password.", layout),
+        ));
     };
     throttle::clear_account(&state.db, username).await?;
     tracing::info!(user_id = user.id, "logged in");
@@ -198,16 +237,31 @@ pub(super) async fn login(
     start_session(&state, &user, cookies, signed, &headers, message, &next).await
 }
 
-pub(super) async fn logout(State(state): State<AppState>, cookies: CookieJar, signed: SignedCookieJar) -> Result<Response, WebError> {
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    cookies: CookieJar,
+    signed: SignedCookieJar,
+) -> Result<Response, WebError> {
     if let Some(token) = cookies.get(session::COOKIE).map(|c| c.value().to_owned()) {
         session::delete(&state.db, &token).await?;
     }
     let cookies = cookies.add(session::removal_cookie());
-    Ok((cookies, flash::set(signed, "You are signed out."), Redirect::to("/")).into_response())
+    Ok((
+        cookies,
+        flash::set(signed, "You are signed out."),
+        Redirect::to("/"),
+    )
+        .into_response())
 }
 
-pub(super) async fn password_form(_login: RequireLogin, layout: Layout) -> Result<impl IntoResponse, WebError> {
-    render(&PasswordPage { layout, error: None })
+pub(super) async fn password_form(
+    _login: RequireLogin,
+    layout: Layout,
+) -> Result<impl IntoResponse, WebError> {
+    render(&PasswordPage {
+        layout,
+        error: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -225,10 +279,21 @@ pub(super) async fn change_password(
     signed: SignedCookieJar,
     Form(form): Form<PasswordForm>,
 ) -> Result<Response, WebError> {
-    let invalid = |error: String, layout| form_error(StatusCode::UNPROCESSABLE_ENTITY, &PasswordPage { layout, error: Some(error) });
+    let invalid = |error: String, layout| {
+        form_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &PasswordPage {
+                layout,
+                error: Some(error),
+            },
+        )
+    };
     let stored = auth::password_hash(&state.db, login.user.id).await?;
     if !auth::verify_password(form.current_password, stored).await {
-        return Ok(invalid("Your current password is not right.".into(), layout));
+        return Ok(invalid(
+            "Your current password is not right.".into(),
+            layout,
+        ));
     }
     let new_password = match NewPassword::parse(&form.new_password) {
         Ok(p) => p,
@@ -241,7 +306,14 @@ pub(super) async fn change_password(
     // Anyone else signed in as this user (a stolen session, a forgotten laptop) is signed out.
     let ended = session::delete_others(&state.db, login.user.id, &login.token).await?;
     tracing::info!(other_sessions_ended = ended, "password changed");
-    Ok((flash::set(signed, "Your password was changed; other sessions were signed out."), Redirect::to("/")).into_response())
+    Ok((
+        flash::set(
+            signed,
+            "Your password was changed; other sessions were signed out.",
+        ),
+        Redirect::to("/"),
+    )
+        .into_response())
 }
 
 /// The signed-in user as JSON.

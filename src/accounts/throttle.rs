@@ -18,7 +18,12 @@ pub struct Limits {
 }
 
 /// Whether another attempt is allowed; `Some(wait)` says how long until one is.
-pub async fn check(pool: &PgPool, limits: Limits, username: &str, addr: IpAddr) -> Result<Option<Duration>, sqlx::Error> {
+pub async fn check(
+    pool: &PgPool,
+    limits: Limits,
+    username: &str,
+    addr: IpAddr,
+) -> Result<Option<Duration>, sqlx::Error> {
     let window = limits.window.as_secs_f64();
     let row = sqlx::query!(
         r#"
@@ -40,11 +45,21 @@ pub async fn check(pool: &PgPool, limits: Limits, username: &str, addr: IpAddr) 
     .fetch_one(pool)
     .await?;
     let blocked = row.by_account >= limits.per_account || row.by_address >= limits.per_address;
-    Ok(blocked.then(|| Duration::from_secs_f64(row.retry_after.unwrap_or(window).clamp(1.0, window.max(1.0)))))
+    Ok(blocked.then(|| {
+        Duration::from_secs_f64(
+            row.retry_after
+                .unwrap_or(window)
+                .clamp(1.0, window.max(1.0)),
+        )
+    }))
 }
 
 /// Records a failed attempt.
-pub async fn record_failure(pool: &PgPool, username: &str, addr: IpAddr) -> Result<(), sqlx::Error> {
+pub async fn record_failure(
+    pool: &PgPool,
+    username: &str,
+    addr: IpAddr,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO login_failures (username, client_addr) VALUES (lower($1), $2)",
         username,
@@ -57,12 +72,20 @@ pub async fn record_failure(pool: &PgPool, username: &str, addr: IpAddr) -> Resu
 
 /// Forgets an account's failures after a successful login.
 pub async fn clear_account(pool: &PgPool, username: &str) -> Result<(), sqlx::Error> {
-    sqlx::query!("DELETE FROM login_failures WHERE username = lower($1)", username).execute(pool).await?;
+    sqlx::query!(
+        "DELETE FROM login_failures WHERE username = lower($1)",
+        username
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Deletes failures older than a day; run periodically by the server.
 pub async fn sweep(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!("DELETE FROM login_failures WHERE failed_at < now() - interval '1 day'").execute(pool).await?;
+    let done =
+        sqlx::query!("DELETE FROM login_failures WHERE failed_at < now() - interval '1 day'")
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected())
 }

@@ -54,8 +54,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// How the embedded cluster is started.
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// `false` turns off fsync and full-page writes: several times faster for throw-away
-    /// clusters (tests, benchmarks); a crash of the machine can then lose the cluster.
+    /// `false` turns off fsync and full-page writes: much faster for throw-away clusters
+    /// (tests, benchmarks); a crash of the machine (not of the process) can then lose data.
     pub durable: bool,
     /// Longest wait for the server to accept connections.
     pub startup_timeout: Duration,
@@ -63,7 +63,10 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { durable: true, startup_timeout: Duration::from_secs(60) }
+        Self {
+            durable: true,
+            startup_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -85,17 +88,40 @@ pub enum EmbeddedError {
         "{path} is owned by uid {owner}, but the embedded server runs as uid {expected} ({user}); \
          use a data dir of your own (HEARTH_DATA_DIR) or fix its ownership"
     )]
-    WrongOwner { path: PathBuf, owner: u32, expected: u32, user: String },
-    #[error("the database socket path {0} is longer than Unix sockets allow (107 bytes); use a shorter HEARTH_DATA_DIR")]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        expected: u32,
+        user: String,
+    },
+    #[error(
+        "the database socket path {0} is longer than Unix sockets allow (107 bytes); use a shorter HEARTH_DATA_DIR"
+    )]
     SocketPathTooLong(PathBuf),
-    #[error("user {user} cannot enter {path}, which holds the data dir; give it search permission (chmod o+x) or use another HEARTH_DATA_DIR")]
+    #[error(
+        "user {user} cannot enter {path}, which holds the data dir; give it search permission (chmod o+x) or use another HEARTH_DATA_DIR"
+    )]
     NotTraversable { user: String, path: PathBuf },
     #[error("`{command}` failed ({status}):\n{output}")]
-    CommandFailed { command: String, status: String, output: String },
+    CommandFailed {
+        command: String,
+        status: String,
+        output: String,
+    },
     #[error("PostgreSQL exited during start-up ({status}); its log {log} ends with:\n{tail}")]
-    Exited { status: String, log: PathBuf, tail: String },
-    #[error("PostgreSQL did not accept connections within {timeout:?}; its log {log} ends with:\n{tail}")]
-    StartTimeout { timeout: Duration, log: PathBuf, tail: String },
+    Exited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "PostgreSQL did not accept connections within {timeout:?}; its log {log} ends with:\n{tail}"
+    )]
+    StartTimeout {
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -119,12 +145,26 @@ impl RunAs {
     fn detect() -> Result<Self, EmbeddedError> {
         let euid = Uid::effective();
         if !euid.is_root() {
-            let name = User::from_uid(euid).ok().flatten().map(|u| u.name).unwrap_or_else(|| euid.to_string());
-            return Ok(Self { name, uid: euid, gid: Gid::effective(), switch: false });
+            let name = User::from_uid(euid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| euid.to_string());
+            return Ok(Self {
+                name,
+                uid: euid,
+                gid: Gid::effective(),
+                switch: false,
+            });
         }
         for candidate in ["postgres", "nobody"] {
             if let Ok(Some(user)) = User::from_name(candidate) {
-                return Ok(Self { name: user.name, uid: user.uid, gid: user.gid, switch: true });
+                return Ok(Self {
+                    name: user.name,
+                    uid: user.uid,
+                    gid: user.gid,
+                    switch: true,
+                });
             }
         }
         Err(EmbeddedError::Io {
@@ -167,13 +207,20 @@ impl EmbeddedPostgres {
     /// Starts (creating on first use) the cluster in `<data_dir>/postgres`.
     #[tracing::instrument(skip(options), fields(data_dir = %data_dir.display()))]
     pub fn start(data_dir: &Path, options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
-        let bin_dir = find_bin_dir(std::env::var_os("PATH").as_deref(), Path::new("/usr/lib/postgresql"))?;
+        let bin_dir = find_bin_dir(
+            std::env::var_os("PATH").as_deref(),
+            Path::new("/usr/lib/postgresql"),
+        )?;
         let run_as = RunAs::detect()?;
 
-        fs::create_dir_all(data_dir).map_err(io_err(format!("cannot create data dir {}", data_dir.display())))?;
-        let data_dir = data_dir
-            .canonicalize()
-            .map_err(io_err(format!("cannot resolve data dir {}", data_dir.display())))?;
+        fs::create_dir_all(data_dir).map_err(io_err(format!(
+            "cannot create data dir {}",
+            data_dir.display()
+        )))?;
+        let data_dir = data_dir.canonicalize().map_err(io_err(format!(
+            "cannot resolve data dir {}",
+            data_dir.display()
+        )))?;
         let lock = lock_data_dir(&data_dir)?;
 
         let pgdata = data_dir.join("postgres");
@@ -193,7 +240,13 @@ impl EmbeddedPostgres {
 
         let log = data_dir.join("postgres.log");
         let child = spawn_postgres(&bin_dir, &data_dir, &pgdata, &log, &run_as, options)?;
-        let mut cluster = Self { data_dir, pgdata, log, child: Some(child), _lock: lock };
+        let mut cluster = Self {
+            data_dir,
+            pgdata,
+            log,
+            child: Some(child),
+            _lock: lock,
+        };
         cluster.wait_until_ready(options.startup_timeout)?;
         tracing::info!(pid = cluster.pid(), socket_dir = %cluster.pgdata.display(), "embedded PostgreSQL is ready");
         Ok(cluster)
@@ -201,7 +254,10 @@ impl EmbeddedPostgres {
 
     /// Connection options for the `postgres` maintenance database over the private socket.
     pub fn connect_options(&self) -> PgConnectOptions {
-        PgConnectOptions::new().socket(&self.pgdata).username(SUPERUSER).database("postgres")
+        PgConnectOptions::new()
+            .socket(&self.pgdata)
+            .username(SUPERUSER)
+            .database("postgres")
     }
 
     /// The folder holding the cluster, its log and lock.
@@ -221,13 +277,18 @@ impl EmbeddedPostgres {
     }
 
     fn shutdown(&mut self) -> Result<(), EmbeddedError> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         let pid = Pid::from_raw(child.id() as i32);
         // SIGINT is PostgreSQL's "fast" shutdown; SIGQUIT its "immediate" one, kept as a fallback.
         let _ = kill(pid, Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match child.try_wait().map_err(io_err("cannot wait for PostgreSQL"))? {
+            match child
+                .try_wait()
+                .map_err(io_err("cannot wait for PostgreSQL"))?
+            {
                 Some(status) => {
                     tracing::info!(%status, "embedded PostgreSQL stopped");
                     return Ok(());
@@ -248,10 +309,16 @@ impl EmbeddedPostgres {
         let pidfile = self.pgdata.join("postmaster.pid");
         loop {
             if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait().map_err(io_err("cannot wait for PostgreSQL"))?
+                && let Some(status) = child
+                    .try_wait()
+                    .map_err(io_err("cannot wait for PostgreSQL"))?
             {
                 self.child = None;
-                return Err(EmbeddedError::Exited { status: status.to_string(), log: self.log.clone(), tail: log_tail(&self.log) });
+                return Err(EmbeddedError::Exited {
+                    status: status.to_string(),
+                    log: self.log.clone(),
+                    tail: log_tail(&self.log),
+                });
             }
             // Line 8 of postmaster.pid is the server status; "ready" means it accepts connections.
             if let Ok(text) = fs::read_to_string(&pidfile)
@@ -262,7 +329,11 @@ impl EmbeddedPostgres {
             if Instant::now() > deadline {
                 let tail = log_tail(&self.log);
                 let _ = self.shutdown();
-                return Err(EmbeddedError::StartTimeout { timeout, log: self.log.clone(), tail });
+                return Err(EmbeddedError::StartTimeout {
+                    timeout,
+                    log: self.log.clone(),
+                    tail,
+                });
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -282,15 +353,22 @@ impl Drop for EmbeddedPostgres {
 pub fn attach(data_dir: &Path) -> Option<PgConnectOptions> {
     let pgdata = data_dir.canonicalize().ok()?.join("postgres");
     let status = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    (status.lines().nth(7).map(str::trim) == Some("ready"))
-        .then(|| PgConnectOptions::new().socket(&pgdata).username(SUPERUSER).database("postgres"))
+    (status.lines().nth(7).map(str::trim) == Some("ready")).then(|| {
+        PgConnectOptions::new()
+            .socket(&pgdata)
+            .username(SUPERUSER)
+            .database("postgres")
+    })
 }
 
 /// Finds the folder holding `initdb` and `postgres`: on `PATH`, then `pg_config --bindir`, then
 /// the newest `<lib_root>/<major>/bin` (Debian's layout).
 fn find_bin_dir(path: Option<&OsStr>, lib_root: &Path) -> Result<PathBuf, EmbeddedError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    let on_path = path.into_iter().flat_map(std::env::split_paths).find(|dir| has_server(dir));
+    let on_path = path
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .find(|dir| has_server(dir));
     if let Some(dir) = on_path {
         return Ok(dir);
     }
@@ -316,7 +394,10 @@ fn find_bin_dir(path: Option<&OsStr>, lib_root: &Path) -> Result<PathBuf, Embedd
         .filter(|(_, bin)| has_server(bin))
         .collect();
     versions.sort();
-    versions.pop().map(|(_, bin)| bin).ok_or(EmbeddedError::BinariesNotFound)
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(EmbeddedError::BinariesNotFound)
 }
 
 fn lock_data_dir(data_dir: &Path) -> Result<fs::File, EmbeddedError> {
@@ -330,23 +411,31 @@ fn lock_data_dir(data_dir: &Path) -> Result<fs::File, EmbeddedError> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(EmbeddedError::Locked(data_dir.to_path_buf())),
-        Err(fs::TryLockError::Error(e)) => Err(io_err(format!("cannot lock {}", path.display()))(e)),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(io_err(format!("cannot lock {}", path.display()))(e))
+        }
     }
 }
 
 /// As root, the server user must be able to walk down to the cluster folder.
 fn make_reachable(data_dir: &Path, run_as: &RunAs) -> Result<(), EmbeddedError> {
     // The data dir is ours: let others search it (not list it) so the server user can enter.
-    let meta = fs::metadata(data_dir).map_err(io_err(format!("cannot read {}", data_dir.display())))?;
+    let meta =
+        fs::metadata(data_dir).map_err(io_err(format!("cannot read {}", data_dir.display())))?;
     if !run_as.can_enter(&meta) {
         let mut perms = meta.permissions();
         perms.set_mode(perms.mode() | 0o001);
-        fs::set_permissions(data_dir, perms).map_err(io_err(format!("cannot chmod {}", data_dir.display())))?;
+        fs::set_permissions(data_dir, perms)
+            .map_err(io_err(format!("cannot chmod {}", data_dir.display())))?;
     }
     for ancestor in data_dir.ancestors().skip(1) {
-        let meta = fs::metadata(ancestor).map_err(io_err(format!("cannot read {}", ancestor.display())))?;
+        let meta = fs::metadata(ancestor)
+            .map_err(io_err(format!("cannot read {}", ancestor.display())))?;
         if !run_as.can_enter(&meta) {
-            return Err(EmbeddedError::NotTraversable { user: run_as.name.clone(), path: ancestor.to_path_buf() });
+            return Err(EmbeddedError::NotTraversable {
+                user: run_as.name.clone(),
+                path: ancestor.to_path_buf(),
+            });
         }
     }
     Ok(())
@@ -373,7 +462,9 @@ fn init_cluster(
     options: &EmbeddedOptions,
 ) -> Result<(), EmbeddedError> {
     if pgdata.exists() {
-        let empty = fs::read_dir(pgdata).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = fs::read_dir(pgdata)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if !empty {
             return Err(EmbeddedError::Io {
                 context: format!(
@@ -383,18 +474,27 @@ fn init_cluster(
                 source: io::Error::from(io::ErrorKind::AlreadyExists),
             });
         }
-        fs::remove_dir(pgdata).map_err(io_err(format!("cannot remove empty {}", pgdata.display())))?;
+        fs::remove_dir(pgdata)
+            .map_err(io_err(format!("cannot remove empty {}", pgdata.display())))?;
     }
     let scratch = data_dir.join("postgres.initdb");
     if scratch.exists() {
-        fs::remove_dir_all(&scratch).map_err(io_err(format!("cannot remove leftover {}", scratch.display())))?;
+        fs::remove_dir_all(&scratch).map_err(io_err(format!(
+            "cannot remove leftover {}",
+            scratch.display()
+        )))?;
     }
     fs::create_dir(&scratch).map_err(io_err(format!("cannot create {}", scratch.display())))?;
     fs::set_permissions(&scratch, fs::Permissions::from_mode(0o700))
         .map_err(io_err(format!("cannot chmod {}", scratch.display())))?;
     if run_as.switch {
-        chown(&scratch, Some(run_as.uid), Some(run_as.gid))
-            .map_err(|e| io_err(format!("cannot give {} to {}", scratch.display(), run_as.name))(e.into()))?;
+        chown(&scratch, Some(run_as.uid), Some(run_as.gid)).map_err(|e| {
+            io_err(format!(
+                "cannot give {} to {}",
+                scratch.display(),
+                run_as.name
+            ))(e.into())
+        })?;
     }
 
     tracing::info!(pgdata = %pgdata.display(), user = %run_as.name, "creating embedded PostgreSQL cluster");
@@ -402,7 +502,16 @@ fn init_cluster(
     initdb
         .arg("--pgdata")
         .arg(&scratch)
-        .args(["--username", SUPERUSER, "--auth", "trust", "--encoding", "UTF8", "--locale", "C"])
+        .args([
+            "--username",
+            SUPERUSER,
+            "--auth",
+            "trust",
+            "--encoding",
+            "UTF8",
+            "--locale",
+            "C",
+        ])
         .current_dir(data_dir);
     if !options.durable {
         initdb.arg("--no-sync");
@@ -414,10 +523,17 @@ fn init_cluster(
         return Err(EmbeddedError::CommandFailed {
             command: "initdb".into(),
             status: output.status.to_string(),
-            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
         });
     }
-    fs::rename(&scratch, pgdata).map_err(io_err(format!("cannot move the new cluster to {}", pgdata.display())))
+    fs::rename(&scratch, pgdata).map_err(io_err(format!(
+        "cannot move the new cluster to {}",
+        pgdata.display()
+    )))
 }
 
 /// PG* variables of the caller's shell (PGDATA, PGPORT, ...) must not steer our private server.
@@ -433,11 +549,19 @@ fn clean_env(command: &mut Command) {
 /// in this data dir (we hold the data dir lock, so no live Hearth owns them).
 fn recover_from_crash(pgdata: &Path) -> Result<(), EmbeddedError> {
     let pidfile = pgdata.join("postmaster.pid");
-    let Ok(text) = fs::read_to_string(&pidfile) else { return Ok(()) };
-    let recorded = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
+    let Ok(text) = fs::read_to_string(&pidfile) else {
+        return Ok(());
+    };
+    let recorded = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok());
     match recorded {
         Some(pid) if process_cwd(pid).as_deref() == Some(pgdata) => {
-            tracing::warn!(pid, "an orphaned PostgreSQL from an earlier run is still running in this data dir; stopping it");
+            tracing::warn!(
+                pid,
+                "an orphaned PostgreSQL from an earlier run is still running in this data dir; stopping it"
+            );
             let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
             if !wait_gone(&[pid], Duration::from_secs(30)) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
@@ -446,7 +570,8 @@ fn recover_from_crash(pgdata: &Path) -> Result<(), EmbeddedError> {
         }
         _ => {
             tracing::warn!(?recorded, "removing stale postmaster.pid left by a crash");
-            fs::remove_file(&pidfile).map_err(io_err(format!("cannot remove {}", pidfile.display())))?;
+            fs::remove_file(&pidfile)
+                .map_err(io_err(format!("cannot remove {}", pidfile.display())))?;
         }
     }
     // Backends of a killed postmaster exit on their own once they notice; give them a moment,
@@ -479,7 +604,9 @@ fn processes_in(dir: &Path) -> Vec<i32> {
 fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        let alive = pids.iter().any(|&pid| !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)));
+        let alive = pids
+            .iter()
+            .any(|&pid| !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)));
         if !alive {
             return true;
         }
@@ -503,7 +630,9 @@ fn spawn_postgres(
         .append(true)
         .open(log)
         .map_err(io_err(format!("cannot open {}", log.display())))?;
-    let log_err = log_file.try_clone().map_err(io_err("cannot duplicate the log handle"))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(io_err("cannot duplicate the log handle"))?;
 
     let mut postgres = Command::new(bin_dir.join("postgres"));
     postgres
@@ -520,11 +649,16 @@ fn spawn_postgres(
         // Own process group: a terminal's Ctrl-C goes to Hearth, which stops the server last.
         .process_group(0);
     if !options.durable {
-        postgres.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        // Commits still reach the OS before they return, so a killed server loses nothing;
+        // only a crash of the whole machine could.
+        postgres.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
     }
     clean_env(&mut postgres);
     run_as.apply(&mut postgres);
-    postgres.spawn().map_err(io_err(format!("cannot start {}", bin_dir.join("postgres").display())))
+    postgres.spawn().map_err(io_err(format!(
+        "cannot start {}",
+        bin_dir.join("postgres").display()
+    )))
 }
 
 /// The last few lines of the server log, for error messages.

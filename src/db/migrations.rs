@@ -26,16 +26,19 @@ pub async fn run(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 
 /// Every known migration, oldest first, with when it was applied (if it was).
 pub async fn status(pool: &PgPool) -> Result<Vec<MigrationStatus>, sqlx::Error> {
-    let table_exists = sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
-        .fetch_one(pool)
-        .await?;
+    let table_exists =
+        sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
+            .fetch_one(pool)
+            .await?;
     let applied = if table_exists {
-        sqlx::query!("SELECT version, installed_on FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|row| (row.version, row.installed_on))
-            .collect()
+        sqlx::query!(
+            "SELECT version, installed_on FROM _sqlx_migrations WHERE success ORDER BY version"
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|row| (row.version, row.installed_on))
+        .collect()
     } else {
         Vec::new()
     };
@@ -45,12 +48,19 @@ pub async fn status(pool: &PgPool) -> Result<Vec<MigrationStatus>, sqlx::Error> 
         .map(|m| MigrationStatus {
             version: m.version,
             description: m.description.to_string(),
-            applied_at: applied.iter().find(|(v, _)| *v == m.version).map(|(_, at)| *at),
+            applied_at: applied
+                .iter()
+                .find(|(v, _)| *v == m.version)
+                .map(|(_, at)| *at),
         })
         .collect())
 }
 
 /// How many known migrations this database has not applied.
 pub async fn pending(pool: &PgPool) -> Result<usize, sqlx::Error> {
-    Ok(status(pool).await?.iter().filter(|m| m.applied_at.is_none()).count())
+    Ok(status(pool)
+        .await?
+        .iter()
+        .filter(|m| m.applied_at.is_none())
+        .count())
 }

@@ -49,7 +49,10 @@ impl Database {
     /// data dir is used instead of failing (for admin commands next to a running server).
     pub async fn open(config: &Config, attach: bool) -> Result<Self, OpenError> {
         let (options, embedded) = match &config.database_url {
-            Some(url) => (PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?, None),
+            Some(url) => (
+                PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?,
+                None,
+            ),
             None => {
                 let data_dir = config.data_dir.clone();
                 let started = tokio::task::spawn_blocking(move || {
@@ -58,16 +61,20 @@ impl Database {
                 .await?;
                 let (options, cluster) = match started {
                     Ok(cluster) => (cluster.connect_options(), Some(cluster)),
-                    Err(embedded::EmbeddedError::Locked(dir)) if attach => match embedded::attach(&dir) {
-                        Some(options) => {
-                            tracing::info!(data_dir = %dir.display(), "using the embedded cluster of the running hearth server");
-                            (options, None)
+                    Err(embedded::EmbeddedError::Locked(dir)) if attach => {
+                        match embedded::attach(&dir) {
+                            Some(options) => {
+                                tracing::info!(data_dir = %dir.display(), "using the embedded cluster of the running hearth server");
+                                (options, None)
+                            }
+                            None => return Err(embedded::EmbeddedError::Locked(dir).into()),
                         }
-                        None => return Err(embedded::EmbeddedError::Locked(dir).into()),
-                    },
+                    }
                     Err(e) => return Err(e.into()),
                 };
-                create_database_if_missing(&options, EMBEDDED_DATABASE).await.map_err(OpenError::Prepare)?;
+                create_database_if_missing(&options, EMBEDDED_DATABASE)
+                    .await
+                    .map_err(OpenError::Prepare)?;
                 (options.database(EMBEDDED_DATABASE), cluster)
             }
         };
@@ -81,10 +88,12 @@ impl Database {
         match self.embedded {
             Some(cluster) => tokio::task::spawn_blocking(move || cluster.stop())
                 .await
-                .unwrap_or_else(|join| Err(embedded::EmbeddedError::Io {
-                    context: "the shutdown task of embedded PostgreSQL failed".into(),
-                    source: std::io::Error::other(join),
-                })),
+                .unwrap_or_else(|join| {
+                    Err(embedded::EmbeddedError::Io {
+                        context: "the shutdown task of embedded PostgreSQL failed".into(),
+                        source: std::io::Error::other(join),
+                    })
+                }),
             None => Ok(()),
         }
     }
@@ -103,17 +112,27 @@ pub fn pool_options(config: &Config) -> PgPoolOptions {
 }
 
 /// `CREATE DATABASE name` unless it exists; `name` must be a plain identifier (`[A-Za-z0-9_]+`).
-pub async fn create_database_if_missing(maintenance: &PgConnectOptions, name: &str) -> Result<(), sqlx::Error> {
+pub async fn create_database_if_missing(
+    maintenance: &PgConnectOptions,
+    name: &str,
+) -> Result<(), sqlx::Error> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(sqlx::Error::Configuration(format!("{name:?} is not a plain database name").into()));
+        return Err(sqlx::Error::Configuration(
+            format!("{name:?} is not a plain database name").into(),
+        ));
     }
     let mut conn = PgConnection::connect_with(maintenance).await?;
-    let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#, name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&mut conn)
+    .await?;
     if !exists {
         // Identifiers cannot be bound as parameters; `name` is a checked plain identifier.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
     }
     conn.close().await
 }

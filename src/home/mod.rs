@@ -19,15 +19,24 @@ struct HomePage {
 }
 
 #[tracing::instrument(skip_all)]
-async fn home(State(state): State<AppState>, layout: Layout) -> Result<impl IntoResponse, WebError> {
+async fn home(
+    State(state): State<AppState>,
+    layout: Layout,
+) -> Result<impl IntoResponse, WebError> {
     let stats = sqlx::query!(
         r#"SELECT (SELECT count(*) FROM users) AS "members!",
                   current_setting('server_version') AS "server_version!""#
     )
     .fetch_one(&state.db)
     .await?;
-    let newest = sqlx::query_scalar!("SELECT username FROM users ORDER BY created_at DESC, id DESC LIMIT 5")
-        .fetch_all(&state.db)
-        .await?;
-    render(&HomePage { layout, members: stats.members, newest, server_version: stats.server_version })
+    let newest =
+        sqlx::query_scalar!("SELECT username FROM users ORDER BY created_at DESC, id DESC LIMIT 5")
+            .fetch_all(&state.db)
+            .await?;
+    render(&HomePage {
+        layout,
+        members: stats.members,
+        newest,
+        server_version: stats.server_version,
+    })
 }

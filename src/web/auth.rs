@@ -41,7 +41,10 @@ impl Username {
         if !(3..=32).contains(&name.chars().count()) {
             return Err("A username is 3 to 32 characters long.".into());
         }
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
             return Err("A username may use letters, digits, '_', '.' and '-' only.".into());
         }
         Ok(Self(name.to_string()))
@@ -103,7 +106,9 @@ pub async fn hash_password(password: &NewPassword) -> anyhow::Result<String> {
 /// Whether `password` matches `phc_hash`. An unparseable stored hash is logged and never matches.
 pub async fn verify_password(password: String, phc_hash: String) -> bool {
     tokio::task::spawn_blocking(move || match PasswordHash::new(&phc_hash) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(e) => {
             tracing::error!(error = %e, "stored password hash is not a PHC string");
             false
@@ -146,13 +151,18 @@ pub async fn create_user(
     .fetch_one(pool)
     .await
     .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => CreateUserError::UsernameTaken(username.0.clone()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            CreateUserError::UsernameTaken(username.0.clone())
+        }
         _ => CreateUserError::Database(e),
     })
 }
 
 /// The user with this username (case-insensitive) and their password hash.
-pub async fn find_credentials(pool: &PgPool, username: &str) -> Result<Option<(User, String)>, sqlx::Error> {
+pub async fn find_credentials(
+    pool: &PgPool,
+    username: &str,
+) -> Result<Option<(User, String)>, sqlx::Error> {
     let row = sqlx::query!(
         "SELECT id, username, is_admin, created_at, password_hash FROM users WHERE lower(username) = lower($1)",
         username
@@ -160,18 +170,38 @@ pub async fn find_credentials(pool: &PgPool, username: &str) -> Result<Option<(U
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|r| {
-        (User { id: r.id, username: r.username, is_admin: r.is_admin, created_at: r.created_at }, r.password_hash)
+        (
+            User {
+                id: r.id,
+                username: r.username,
+                is_admin: r.is_admin,
+                created_at: r.created_at,
+            },
+            r.password_hash,
+        )
     }))
 }
 
 /// The stored password hash of a user.
 pub async fn password_hash(pool: &PgPool, user_id: i64) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id).fetch_one(pool).await
+    sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id)
+        .fetch_one(pool)
+        .await
 }
 
-pub async fn set_password(pool: &PgPool, user_id: i64, password: &NewPassword) -> Result<(), WebError> {
+pub async fn set_password(
+    pool: &PgPool,
+    user_id: i64,
+    password: &NewPassword,
+) -> Result<(), WebError> {
     let hash = hash_password(password).await?;
-    sqlx::query!("UPDATE users SET password_hash = $2 WHERE id = $1", user_id, hash).execute(pool).await?;
+    sqlx::query!(
+        "UPDATE users SET password_hash = $2 WHERE id = $1",
+        user_id,
+        hash
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -203,7 +233,9 @@ async fn signed_in(parts: &mut Parts, state: &AppState) -> Result<Option<SignedI
     let jar = CookieJar::from_headers(&parts.headers);
     let found = match jar.get(session::COOKIE).map(|c| c.value().to_owned()) {
         // A malformed or unknown cookie is simply "not signed in".
-        Some(token) => user_for_session(&state.db, &token).await?.map(|user| SignedIn { user, token }),
+        Some(token) => user_for_session(&state.db, &token)
+            .await?
+            .map(|user| SignedIn { user, token }),
         None => None,
     };
     parts.extensions.insert(found.clone());
@@ -217,7 +249,10 @@ pub struct CurrentUser(pub Option<User>);
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = WebError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(Self(signed_in(parts, state).await?.map(|s| s.user)))
     }
 }
@@ -234,7 +269,11 @@ fn login_rejection(parts: &Parts) -> Response {
     if parts.uri.path().starts_with("/api/") {
         return WebError::Unauthorized.into_response();
     }
-    let here = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let here = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
     Redirect::to(&format!("/login?next={next}")).into_response()
 }
@@ -242,8 +281,14 @@ fn login_rejection(parts: &Parts) -> Response {
 impl FromRequestParts<AppState> for RequireLogin {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match signed_in(parts, state).await.map_err(IntoResponse::into_response)? {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match signed_in(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?
+        {
             Some(SignedIn { user, token }) => Ok(Self { user, token }),
             None => Err(login_rejection(parts)),
         }
@@ -257,7 +302,10 @@ pub struct RequireAdmin(pub User);
 impl FromRequestParts<AppState> for RequireAdmin {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let RequireLogin { user, .. } = RequireLogin::from_request_parts(parts, state).await?;
         if user.is_admin {
             Ok(Self(user))
@@ -285,7 +333,10 @@ mod tests {
         assert!(NewPassword::parse("short").is_err());
         assert!(NewPassword::parse("long enough").is_ok());
         assert!(NewPassword::parse(&"x".repeat(1025)).is_err());
-        assert_eq!(format!("{:?}", NewPassword::parse("long enough").unwrap()), "NewPassword(***)");
+        assert_eq!(
+            format!("{:?}", NewPassword::parse("long enough").unwrap()),
+            "NewPassword(***)"
+        );
     }
 
     #[tokio::test]

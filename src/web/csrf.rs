@@ -33,11 +33,21 @@ pub fn new_token() -> String {
 
 /// The cookie carrying `token`.
 pub fn cookie(token: String, secure: bool) -> Cookie<'static> {
-    Cookie::build((COOKIE, token)).path("/").http_only(true).same_site(SameSite::Lax).secure(secure).build()
+    Cookie::build((COOKIE, token))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .build()
 }
 
 /// The middleware: issues a token to browsers without one and checks unsafe methods.
-pub async fn protect(State(state): State<AppState>, jar: SignedCookieJar, request: Request, next: Next) -> Response {
+pub async fn protect(
+    State(state): State<AppState>,
+    jar: SignedCookieJar,
+    request: Request,
+    next: Next,
+) -> Response {
     let existing = jar.get(COOKIE).map(|c| c.value().to_owned());
     let mut request = request;
     if !request.method().is_safe() {
@@ -48,7 +58,11 @@ pub async fn protect(State(state): State<AppState>, jar: SignedCookieJar, reques
         request = rebuilt;
         let valid = matches!((&existing, &submitted), (Some(expected), Some(got)) if constant_time_eq(expected.as_bytes(), got.as_bytes()));
         if !valid {
-            tracing::warn!(cookie = existing.is_some(), submitted = submitted.is_some(), "CSRF check failed");
+            tracing::warn!(
+                cookie = existing.is_some(),
+                submitted = submitted.is_some(),
+                "CSRF check failed"
+            );
             return WebError::Forbidden(
                 "The form's security token is missing or out of date. Reload the page and try again.".into(),
             )
@@ -62,7 +76,9 @@ pub async fn protect(State(state): State<AppState>, jar: SignedCookieJar, reques
     if existing.is_none() {
         let jar = jar.add(cookie(token, state.config.secure_cookies));
         for set_cookie in jar.into_response().headers().get_all(header::SET_COOKIE) {
-            response.headers_mut().append(header::SET_COOKIE, set_cookie.clone());
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, set_cookie.clone());
         }
     }
     response
@@ -70,7 +86,10 @@ pub async fn protect(State(state): State<AppState>, jar: SignedCookieJar, reques
 
 /// The token sent with the request: the header, or the `csrf_token` field of a urlencoded form
 /// (the body is read, bounded by the body limit, and put back for the handler).
-async fn submitted_token(request: Request, limit: usize) -> Result<(Option<String>, Request), Response> {
+async fn submitted_token(
+    request: Request,
+    limit: usize,
+) -> Result<(Option<String>, Request), Response> {
     if let Some(value) = request.headers().get(HEADER).and_then(|v| v.to_str().ok()) {
         return Ok((Some(value.to_owned()), request));
     }
@@ -86,7 +105,9 @@ async fn submitted_token(request: Request, limit: usize) -> Result<(Option<Strin
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response())?;
-    let token = form_urlencoded::parse(&bytes).find(|(k, _)| k == FIELD).map(|(_, v)| v.into_owned());
+    let token = form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == FIELD)
+        .map(|(_, v)| v.into_owned());
     Ok((token, Request::from_parts(parts, Body::from(bytes))))
 }
 

@@ -59,10 +59,13 @@ impl WebError {
 impl From<sqlx::Error> for WebError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Self::Unavailable(e)
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::Unavailable(e),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Conflict("that already exists".into())
             }
-            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict("that already exists".into()),
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 Self::Unprocessable("that refers to something that does not exist".into())
             }
@@ -83,7 +86,9 @@ impl IntoResponse for WebError {
             _ => {}
         }
         let mut response = self.status().into_response();
-        response.extensions_mut().insert(PublicMessage(self.to_string()));
+        response
+            .extensions_mut()
+            .insert(PublicMessage(self.to_string()));
         response
     }
 }
@@ -119,21 +124,33 @@ pub async fn error_pages(request: Request, next: Next) -> Response {
     let (mut parts, body) = response.into_parts();
     let message = match parts.extensions.get::<PublicMessage>() {
         Some(PublicMessage(message)) => message.clone(),
-        // axum's extractor rejections explain the problem with the request in plain text
-        // ("missing field `username`"); that is about the client's input, so it is safe to show.
-        None if status.is_client_error() && content_type.starts_with("text/plain") => {
-            let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes).trim().to_string();
-            if text.is_empty() { default_message(status) } else { text }
-        }
-        None => default_message(status),
+        None => match known_message(status) {
+            Some(message) => message.to_string(),
+            // axum's extractor rejections explain the problem with the request in plain text
+            // ("missing field `username`"); that is about the client's input, so it is safe to show.
+            None if status.is_client_error() && content_type.starts_with("text/plain") => {
+                let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes).trim().to_string();
+                if text.is_empty() {
+                    generic_message(status)
+                } else {
+                    text
+                }
+            }
+            None => generic_message(status),
+        },
     };
     parts.headers.remove(header::CONTENT_LENGTH);
 
     let mut rendered = if wants_json {
-        Json(serde_json::json!({ "error": { "status": status.as_u16(), "message": message } })).into_response()
+        Json(serde_json::json!({ "error": { "status": status.as_u16(), "message": message } }))
+            .into_response()
     } else {
-        let page = ErrorPage { status: status.as_u16(), reason: status.canonical_reason().unwrap_or("Error"), message };
+        let page = ErrorPage {
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("Error"),
+            message,
+        };
         match page.render() {
             Ok(html) => Html(html).into_response(),
             Err(e) => {
@@ -155,13 +172,28 @@ pub async fn error_pages(request: Request, next: Next) -> Response {
     rendered
 }
 
-fn default_message(status: StatusCode) -> String {
+/// Messages for statuses the platform itself produces (routing, limits, timeouts).
+fn known_message(status: StatusCode) -> Option<&'static str> {
     match status {
-        StatusCode::NOT_FOUND => "There is no page at this address.".into(),
-        StatusCode::METHOD_NOT_ALLOWED => "This address does not accept that kind of request.".into(),
-        StatusCode::PAYLOAD_TOO_LARGE => "The request body is larger than this server accepts.".into(),
-        StatusCode::REQUEST_TIMEOUT => "The request took too long and was stopped.".into(),
-        s if s.is_server_error() => "Something went wrong on our side. It has been logged.".into(),
-        s => s.canonical_reason().unwrap_or("The request could not be handled.").into(),
+        StatusCode::NOT_FOUND => Some("There is no page at this address."),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            Some("This address does not accept that kind of request.")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Some("The request body is larger than this server accepts.")
+        }
+        StatusCode::REQUEST_TIMEOUT => Some("The request took too long and was stopped."),
+        _ => None,
+    }
+}
+
+fn generic_message(status: StatusCode) -> String {
+    if status.is_server_error() {
+        "Something went wrong on our side. It has been logged.".into()
+    } else {
+        status
+            .canonical_reason()
+            .unwrap_or("The request could not be handled.")
+            .into()
     }
 }

@@ -4,12 +4,7 @@
 //! request's [`Layout`](super::Layout) and clears the cookie once an HTML page has been served,
 //! so a message survives redirects and asset requests and is shown exactly once.
 
-use axum::{
-    extract::Request,
-    http::header,
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, http::header, middleware::Next, response::Response};
 use axum_extra::extract::cookie::{Cookie, SameSite, SignedCookieJar};
 
 pub const COOKIE: &str = "hearth_flash";
@@ -20,7 +15,13 @@ pub struct Flash(pub Option<String>);
 
 /// Adds a flash message to the jar (signed, so nobody else can put words on our pages).
 pub fn set(jar: SignedCookieJar, message: impl Into<String>) -> SignedCookieJar {
-    jar.add(Cookie::build((COOKIE, message.into())).path("/").http_only(true).same_site(SameSite::Lax).build())
+    jar.add(
+        Cookie::build((COOKIE, message.into()))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .build(),
+    )
 }
 
 /// Reads the flash cookie into the request and clears it after an HTML page is served.
@@ -42,7 +43,10 @@ pub async fn middleware(jar: SignedCookieJar, mut request: Request, next: Next) 
         .iter()
         .any(|v| v.as_bytes().starts_with(format!("{COOKIE}=").as_bytes()));
     if is_page && !sets_new {
-        let removal = Cookie::build((COOKIE, "")).path("/").max_age(time::Duration::ZERO).build();
+        let removal = Cookie::build((COOKIE, ""))
+            .path("/")
+            .max_age(time::Duration::ZERO)
+            .build();
         if let Ok(value) = removal.to_string().parse() {
             response.headers_mut().append(header::SET_COOKIE, value);
         }

@@ -11,7 +11,9 @@ use super::AppState;
 use crate::db::migrations;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 async fn healthz() -> &'static str {
@@ -21,14 +23,20 @@ async fn healthz() -> &'static str {
 #[tracing::instrument(skip(state))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match migrations::pending(&state.db).await {
-        Ok(0) => (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok", "pending_migrations": 0 }))),
+        Ok(0) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "database": "ok", "pending_migrations": 0 })),
+        ),
         Ok(pending) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not ready", "database": "ok", "pending_migrations": pending })),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "database": "unavailable" })))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not ready", "database": "unavailable" })),
+            )
         }
     }
 }

@@ -14,7 +14,12 @@ use sqlx::PgPool;
 pub const COOKIE: &str = "hearth_session";
 
 /// Starts a session for `user_id` and returns the token to put in the cookie.
-pub async fn create(pool: &PgPool, user_id: i64, ttl: Duration, user_agent: Option<&str>) -> Result<String, sqlx::Error> {
+pub async fn create(
+    pool: &PgPool,
+    user_id: i64,
+    ttl: Duration,
+    user_agent: Option<&str>,
+) -> Result<String, sqlx::Error> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     sqlx::query!(
         "INSERT INTO sessions (token_hash, user_id, expires_at, user_agent)
@@ -31,21 +36,29 @@ pub async fn create(pool: &PgPool, user_id: i64, ttl: Duration, user_agent: Opti
 
 /// Ends the session with this token (no error if it does not exist).
 pub async fn delete(pool: &PgPool, token: &str) -> Result<(), sqlx::Error> {
-    sqlx::query!("DELETE FROM sessions WHERE token_hash = $1", hash(token)).execute(pool).await?;
+    sqlx::query!("DELETE FROM sessions WHERE token_hash = $1", hash(token))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 /// Ends every session of `user_id` except the one with token `keep`.
 pub async fn delete_others(pool: &PgPool, user_id: i64, keep: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2", user_id, hash(keep))
-        .execute(pool)
-        .await?;
+    let done = sqlx::query!(
+        "DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2",
+        user_id,
+        hash(keep)
+    )
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected())
 }
 
 /// Deletes expired sessions; run periodically by the server.
 pub async fn sweep_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!("DELETE FROM sessions WHERE expires_at < now()").execute(pool).await?;
+    let done = sqlx::query!("DELETE FROM sessions WHERE expires_at < now()")
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }
 
@@ -67,5 +80,8 @@ pub fn cookie(token: String, ttl: Duration, secure: bool) -> Cookie<'static> {
 
 /// A cookie that removes the session cookie from the browser.
 pub fn removal_cookie() -> Cookie<'static> {
-    Cookie::build((COOKIE, "")).path("/").max_age(time::Duration::ZERO).build()
+    Cookie::build((COOKIE, ""))
+        .path("/")
+        .max_age(time::Duration::ZERO)
+        .build()
 }

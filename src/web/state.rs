@@ -28,7 +28,12 @@ impl AppState {
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
         let static_version = static_version(&config.static_dir).into();
-        Ok(Self { db, config: Arc::new(config), cookie_key, static_version })
+        Ok(Self {
+            db,
+            config: Arc::new(config),
+            cookie_key,
+            static_version,
+        })
     }
 }
 
@@ -42,17 +47,24 @@ impl FromRef<AppState> for Key {
 /// (mode 0600) so that cookies survive restarts.
 pub fn secret_key(config: &Config) -> anyhow::Result<String> {
     if let Some(key) = &config.secret_key {
-        anyhow::ensure!(key.len() >= 32, "HEARTH_SECRET_KEY must be at least 32 characters long");
+        anyhow::ensure!(
+            key.len() >= 32,
+            "HEARTH_SECRET_KEY must be at least 32 characters long"
+        );
         return Ok(key.clone());
     }
     let path = config.data_dir.join("secret_key");
     match fs::read_to_string(&path) {
         Ok(key) if key.trim().len() >= 32 => return Ok(key.trim().to_string()),
-        Ok(_) => anyhow::bail!("{} holds a key shorter than 32 characters; delete it to generate a new one", path.display()),
+        Ok(_) => anyhow::bail!(
+            "{} holds a key shorter than 32 characters; delete it to generate a new one",
+            path.display()
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let key = hex::encode(rand::random::<[u8; 32]>());
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
@@ -61,7 +73,8 @@ pub fn secret_key(config: &Config) -> anyhow::Result<String> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    io::Write::write_all(&mut file, key.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    io::Write::write_all(&mut file, key.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a new secret key");
     Ok(key)
 }

@@ -24,7 +24,11 @@ fn hearth(data_dir: &Path) -> Command {
 
 /// Starts `hearth serve` and returns it with the address it announced.
 fn serve(data_dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = hearth(data_dir).arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = hearth(data_dir)
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -35,7 +39,9 @@ fn serve(data_dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
         }
     });
     let address = loop {
-        let line = lines.recv_timeout(std::time::Duration::from_secs(120)).expect("hearth announces its address");
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("hearth announces its address");
         if let Some(at) = line.find("listening on http://") {
             break line[at + "listening on ".len()..].trim().to_string();
         }
@@ -48,7 +54,11 @@ fn server_processes_in(dir: &Path) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)))
         .count()
 }
@@ -59,8 +69,24 @@ async fn serve_createuser_migrate_status_and_sigterm() {
     let (mut server, address, lines) = serve(dir.path());
     let client = crate::helpers::client();
 
-    assert_eq!(client.get(format!("{address}/readyz")).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(client.get(format!("{address}/")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        client
+            .get(format!("{address}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 
     // Admin commands work next to the running server (they attach to its cluster).
     let mut createuser = hearth(dir.path())
@@ -69,43 +95,86 @@ async fn serve_createuser_migrate_status_and_sigterm() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    createuser.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    createuser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
     let created = createuser.wait_with_output().unwrap();
     assert!(created.status.success());
     assert!(String::from_utf8_lossy(&created.stdout).contains("created user root_admin"));
 
-    let status = hearth(dir.path()).args(["migrate", "--status"]).output().unwrap();
+    let status = hearth(dir.path())
+        .args(["migrate", "--status"])
+        .output()
+        .unwrap();
     assert!(status.status.success());
     let listing = String::from_utf8_lossy(&status.stdout);
-    assert!(listing.contains("applied") && listing.contains("0 pending"), "{listing}");
+    assert!(
+        listing.contains("applied") && listing.contains("0 pending"),
+        "{listing}"
+    );
 
     let browser = crate::helpers::client();
-    let login_page = browser.get(format!("{address}/login")).send().await.unwrap().text().await.unwrap();
+    let login_page = browser
+        .get(format!("{address}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let at = login_page.find(r#"name="csrf-token" content=""#).unwrap() + 27;
     let token = &login_page[at..at + 64];
     let login = browser
         .post(format!("{address}/login"))
-        .form(&[("username", "root_admin"), ("password", "correct horse"), ("csrf_token", token)])
+        .form(&[
+            ("username", "root_admin"),
+            ("password", "correct horse"),
+            ("csrf_token", token),
+        ])
         .send()
         .await
         .unwrap();
-    assert!(login.status().is_redirection(), "the created user can log in: {}", login.status());
+    assert!(
+        login.status().is_redirection(),
+        "the created user can log in: {}",
+        login.status()
+    );
 
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
-    let exit = tokio::task::spawn_blocking(move || server.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
 
     assert!(exit.success(), "exit code 0 after SIGTERM, got {exit}");
     let log: Vec<String> = lines.try_iter().collect();
-    assert!(log.iter().any(|l| l.contains("embedded PostgreSQL stopped")), "{log:#?}");
-    assert_eq!(server_processes_in(&dir.path().join("postgres")), 0, "no PostgreSQL left behind");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("embedded PostgreSQL stopped")),
+        "{log:#?}"
+    );
+    assert_eq!(
+        server_processes_in(&dir.path().join("postgres")),
+        0,
+        "no PostgreSQL left behind"
+    );
 }
 
 #[test]
 fn version_flag_prints_the_version() {
-    let output = Command::new(env!("CARGO_BIN_EXE_hearth")).arg("--version").output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("--version")
+        .output()
+        .unwrap();
 
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("hearth {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("hearth {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -10,7 +10,10 @@ use nix::{
 use sqlx::{Connection, PgConnection};
 
 fn options() -> EmbeddedOptions {
-    EmbeddedOptions { durable: false, ..Default::default() }
+    EmbeddedOptions {
+        durable: false,
+        ..Default::default()
+    }
 }
 
 /// Runs async database work from a blocking test (the cluster API itself is blocking).
@@ -19,11 +22,23 @@ where
     T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     let options = pg.connect_options();
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-        let mut conn = PgConnection::connect_with(&options).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe("CREATE TABLE IF NOT EXISTS marks (n int)")).execute(&mut conn).await.unwrap();
-        sqlx::query_scalar::<_, T>(sql).fetch_one(&mut conn).await.unwrap()
-    })
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let mut conn = PgConnection::connect_with(&options).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(
+                "CREATE TABLE IF NOT EXISTS marks (n int)",
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            sqlx::query_scalar::<_, T>(sql)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        })
 }
 
 fn postgres_processes_in(dir: &Path) -> usize {
@@ -31,7 +46,11 @@ fn postgres_processes_in(dir: &Path) -> usize {
     fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .filter(|e| fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)))
         .count()
 }
@@ -43,7 +62,11 @@ fn start_stop_start_keeps_the_data() {
     let pg = EmbeddedPostgres::start(dir.path(), &options()).unwrap();
     let inserted: i32 = with_db(&pg, "INSERT INTO marks VALUES (42) RETURNING n");
     pg.stop().unwrap();
-    assert_eq!(postgres_processes_in(dir.path()), 0, "stop leaves no server process");
+    assert_eq!(
+        postgres_processes_in(dir.path()),
+        0,
+        "stop leaves no server process"
+    );
 
     let pg = EmbeddedPostgres::start(dir.path(), &options()).unwrap();
     let read: i32 = with_db(&pg, "SELECT n FROM marks");
@@ -60,7 +83,10 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
 
     assert!(matches!(err, EmbeddedError::Locked(_)), "{err}");
     assert!(err.to_string().contains("in use by another hearth process"));
-    assert!(hearth::db::embedded::attach(dir.path()).is_some(), "admin commands can attach instead");
+    assert!(
+        hearth::db::embedded::attach(dir.path()).is_some(),
+        "admin commands can attach instead"
+    );
 }
 
 #[test]
@@ -72,7 +98,10 @@ fn starts_after_the_server_was_killed() {
     // A crash: the postmaster dies without cleaning up (its pid file and its backends remain).
     kill(Pid::from_raw(pg.pid() as i32), Signal::SIGKILL).unwrap();
     drop(pg);
-    assert!(dir.path().join("postgres/postmaster.pid").exists(), "the crash left a pid file");
+    assert!(
+        dir.path().join("postgres/postmaster.pid").exists(),
+        "the crash left a pid file"
+    );
 
     let pg = EmbeddedPostgres::start(dir.path(), &options()).unwrap();
     let read: i32 = with_db(&pg, "SELECT n FROM marks");
@@ -82,11 +111,22 @@ fn starts_after_the_server_was_killed() {
 #[test]
 fn a_stale_pid_file_naming_another_live_process_is_cleared() {
     let dir = tempfile::tempdir().unwrap();
-    EmbeddedPostgres::start(dir.path(), &options()).unwrap().stop().unwrap();
+    EmbeddedPostgres::start(dir.path(), &options())
+        .unwrap()
+        .stop()
+        .unwrap();
     // In a container the old pid is often reused by an unrelated program.
     let mut unrelated = Command::new("sleep").arg("600").spawn().unwrap();
     let pidfile = dir.path().join("postgres/postmaster.pid");
-    fs::write(&pidfile, format!("{}\n{}\n", unrelated.id(), dir.path().join("postgres").display())).unwrap();
+    fs::write(
+        &pidfile,
+        format!(
+            "{}\n{}\n",
+            unrelated.id(),
+            dir.path().join("postgres").display()
+        ),
+    )
+    .unwrap();
 
     let pg = EmbeddedPostgres::start(dir.path(), &options());
 
@@ -113,6 +153,9 @@ fn a_cluster_owned_by_someone_else_is_a_clear_error() {
 
     let err = EmbeddedPostgres::start(dir.path(), &options()).unwrap_err();
 
-    assert!(matches!(err, EmbeddedError::WrongOwner { owner: 54321, .. }), "{err}");
+    assert!(
+        matches!(err, EmbeddedError::WrongOwner { owner: 54321, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("is owned by uid 54321"));
 }

@@ -53,25 +53,49 @@ fn cluster() -> &'static Cluster {
         // short-lived runtime of its own to build the template database.
         std::thread::spawn(|| {
             let (admin, embedded) = match std::env::var("DATABASE_URL") {
-                Ok(url) => (PgConnectOptions::from_str(&url).expect("DATABASE_URL parses"), None),
+                Ok(url) => (
+                    PgConnectOptions::from_str(&url).expect("DATABASE_URL parses"),
+                    None,
+                ),
                 Err(_) => {
-                    let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("temp dir").keep();
-                    let options = EmbeddedOptions { durable: false, ..Default::default() };
-                    let pg = EmbeddedPostgres::start(&dir, &options).expect("embedded PostgreSQL starts");
+                    let dir = tempfile::Builder::new()
+                        .prefix("hearth-test-")
+                        .tempdir()
+                        .expect("temp dir")
+                        .keep();
+                    let options = EmbeddedOptions {
+                        durable: false,
+                        ..Default::default()
+                    };
+                    let pg = EmbeddedPostgres::start(&dir, &options)
+                        .expect("embedded PostgreSQL starts");
                     // SAFETY: registering a plain `extern "C" fn` with atexit has no preconditions.
                     unsafe { nix::libc::atexit(stop_cluster_at_exit) };
                     (pg.connect_options(), Some((pg, dir)))
                 }
             };
             let template = format!("hearth_tpl_{}", uuid::Uuid::new_v4().simple());
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
-                db::create_database_if_missing(&admin, &template).await.expect("template database");
-                let pool = PgPoolOptions::new().max_connections(1).connect_with(admin.clone().database(&template)).await.unwrap();
+                db::create_database_if_missing(&admin, &template)
+                    .await
+                    .expect("template database");
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(admin.clone().database(&template))
+                    .await
+                    .unwrap();
                 migrations::run(&pool).await.expect("migrations apply");
                 pool.close().await;
             });
-            Cluster { admin, template, embedded: Mutex::new(embedded) }
+            Cluster {
+                admin,
+                template,
+                embedded: Mutex::new(embedded),
+            }
         })
         .join()
         .expect("test cluster setup")
@@ -82,7 +106,9 @@ fn cluster() -> &'static Cluster {
 pub async fn empty_database() -> (String, PgConnectOptions) {
     let cluster = cluster();
     let name = format!("hearth_test_{}", uuid::Uuid::new_v4().simple());
-    db::create_database_if_missing(&cluster.admin, &name).await.expect("create test database");
+    db::create_database_if_missing(&cluster.admin, &name)
+        .await
+        .expect("create test database");
     (name.clone(), cluster.admin.clone().database(&name))
 }
 
@@ -90,11 +116,16 @@ pub async fn empty_database() -> (String, PgConnectOptions) {
 pub async fn migrated_database() -> (String, PgConnectOptions) {
     let cluster = cluster();
     let name = format!("hearth_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect_with(&cluster.admin).await.expect("admin connection");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {}", cluster.template)))
-        .execute(&mut conn)
+    let mut conn = PgConnection::connect_with(&cluster.admin)
         .await
-        .expect("clone the template database");
+        .expect("admin connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {}",
+        cluster.template
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("clone the template database");
     (name.clone(), cluster.admin.clone().database(&name))
 }
 
@@ -145,26 +176,50 @@ impl Builder {
     }
 
     pub async fn spawn(self) -> TestApp {
-        let (_, options) = if self.migrated { migrated_database().await } else { empty_database().await };
-        let pool = db::pool_options(&self.config).connect_with(options).await.expect("test pool");
+        let (_, options) = if self.migrated {
+            migrated_database().await
+        } else {
+            empty_database().await
+        };
+        let pool = db::pool_options(&self.config)
+            .connect_with(options)
+            .await
+            .expect("test pool");
         let state = AppState::new(self.config.clone(), pool.clone()).expect("state");
-        let router = hearth::app(state.clone()).merge(self.routes.with_state(state));
+        let router = hearth::server::app_with(state, self.routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        tokio::spawn(hearth::server::serve(listener, router, shutdown.clone().cancelled_owned()));
-        TestApp { address, client: client(), pool, shutdown }
+        tokio::spawn(hearth::server::serve(
+            listener,
+            router,
+            shutdown.clone().cancelled_owned(),
+        ));
+        TestApp {
+            address,
+            client: client(),
+            pool,
+            shutdown,
+        }
     }
 }
 
 /// A browser-like client: keeps cookies, does not follow redirects (tests assert them).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).redirect(redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder { config: test_config(), routes: Router::new(), migrated: true }
+        Builder {
+            config: test_config(),
+            routes: Router::new(),
+            migrated: true,
+        }
     }
 
     pub async fn spawn() -> Self {
@@ -181,11 +236,17 @@ impl TestApp {
 
     /// A client with its own cookie jar: a second browser.
     pub fn other_browser(&self) -> Browser<'_> {
-        Browser { app: self, client: client() }
+        Browser {
+            app: self,
+            client: client(),
+        }
     }
 
     pub fn browser(&self) -> Browser<'_> {
-        Browser { app: self, client: self.client.clone() }
+        Browser {
+            app: self,
+            client: self.client.clone(),
+        }
     }
 
     pub async fn signup(&self, username: &str, password: &str) -> Response {
@@ -213,13 +274,20 @@ pub struct Browser<'a> {
 
 impl Browser<'_> {
     pub async fn get(&self, path: &str) -> Response {
-        self.client.get(self.app.url(path)).send().await.expect("GET")
+        self.client
+            .get(self.app.url(path))
+            .send()
+            .await
+            .expect("GET")
     }
 
     /// The CSRF token the pages of this browser carry (from the layout's meta tag).
     pub async fn csrf_token(&self) -> String {
         let page = self.get("/login").await.text().await.unwrap();
-        let start = page.find(r#"name="csrf-token" content=""#).expect("csrf meta tag") + 27;
+        let start = page
+            .find(r#"name="csrf-token" content=""#)
+            .expect("csrf meta tag")
+            + 27;
         page[start..start + 64].to_string()
     }
 
@@ -228,15 +296,29 @@ impl Browser<'_> {
         let token = self.csrf_token().await;
         let mut form: Vec<(&str, &str)> = fields.to_vec();
         form.push(("csrf_token", &token));
-        self.client.post(self.app.url(path)).form(&form).send().await.expect("POST")
+        self.client
+            .post(self.app.url(path))
+            .form(&form)
+            .send()
+            .await
+            .expect("POST")
     }
 
     pub async fn signup(&self, username: &str, password: &str) -> Response {
-        self.post_form("/signup", &[("username", username), ("password", password), ("password_confirm", password)]).await
+        self.post_form(
+            "/signup",
+            &[
+                ("username", username),
+                ("password", password),
+                ("password_confirm", password),
+            ],
+        )
+        .await
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Response {
-        self.post_form("/login", &[("username", username), ("password", password)]).await
+        self.post_form("/login", &[("username", username), ("password", password)])
+            .await
     }
 
     pub async fn home(&self) -> String {
@@ -257,6 +339,10 @@ impl Browser<'_> {
 
 /// Asserts a redirect to `to` and returns the response.
 pub fn assert_redirect(response: &Response, to: &str) {
-    assert!(response.status().is_redirection(), "expected a redirect, got {}", response.status());
+    assert!(
+        response.status().is_redirection(),
+        "expected a redirect, got {}",
+        response.status()
+    );
     assert_eq!(response.headers()["location"], to);
 }

@@ -14,7 +14,12 @@ async fn unknown_routes_get_a_404_page_or_json_under_api() {
 
     let page = app.get("/no/such/page").await;
     assert_eq!(page.status(), StatusCode::NOT_FOUND);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(page.text().await.unwrap().contains("404 · Not Found"));
 
     let api = app.get("/api/no-such-thing").await;
@@ -26,9 +31,31 @@ async fn unknown_routes_get_a_404_page_or_json_under_api() {
 #[tokio::test]
 async fn internal_errors_render_a_500_page_without_internal_detail() {
     let routes = Router::new()
-        .route("/boom", get(|| async { Err::<(), _>(WebError::Internal(anyhow::anyhow!("password=hunter2 in SQL"))) }))
-        .route("/api/boom", get(|| async { Err::<(), _>(WebError::Internal(anyhow::anyhow!("password=hunter2 in SQL"))) }))
-        .route("/panic", get(|| async { if true { panic!("secret panic detail") } "unreachable" }));
+        .route(
+            "/boom",
+            get(|| async {
+                Err::<(), _>(WebError::Internal(anyhow::anyhow!(
+                    "password=hunter2 in SQL"
+                )))
+            }),
+        )
+        .route(
+            "/api/boom",
+            get(|| async {
+                Err::<(), _>(WebError::Internal(anyhow::anyhow!(
+                    "password=hunter2 in SQL"
+                )))
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("secret panic detail")
+                }
+                "unreachable"
+            }),
+        );
     let app = TestApp::builder().routes(routes).spawn().await;
 
     let page = app.get("/boom").await;
@@ -40,12 +67,25 @@ async fn internal_errors_render_a_500_page_without_internal_detail() {
     let api = app.get("/api/boom").await;
     assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let text = api.text().await.unwrap();
-    assert!(text.contains(r#""status":500"#) && !text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains(r#""status":500"#) && !text.contains("hunter2"),
+        "{text}"
+    );
 
     let panicked = app.get("/panic").await;
     assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(!panicked.text().await.unwrap().contains("secret panic detail"));
-    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK, "the server keeps serving");
+    assert!(
+        !panicked
+            .text()
+            .await
+            .unwrap()
+            .contains("secret panic detail")
+    );
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        StatusCode::OK,
+        "the server keeps serving"
+    );
 }
 
 #[tokio::test]
@@ -55,12 +95,21 @@ async fn malformed_forms_get_a_clear_422() {
     let response = app.post_form("/login", &[("username", "ada")]).await;
 
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(response.text().await.unwrap().contains("missing field `password`"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("missing field `password`")
+    );
 }
 
 #[tokio::test]
 async fn oversized_bodies_are_refused_with_413() {
-    let app = TestApp::builder().config(|c| c.body_limit = 1024).spawn().await;
+    let app = TestApp::builder()
+        .config(|c| c.body_limit = 1024)
+        .spawn()
+        .await;
     let token = app.csrf_token().await;
     let big = "x".repeat(4096);
 
@@ -74,7 +123,13 @@ async fn oversized_bodies_are_refused_with_413() {
         .unwrap();
 
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(response.text().await.unwrap().contains("larger than this server accepts"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("larger than this server accepts")
+    );
 }
 
 #[tokio::test]
@@ -89,8 +144,12 @@ async fn wrong_method_is_405() {
 
 #[tokio::test]
 async fn slow_requests_time_out_with_408() {
-    let routes = Router::new().route("/slow", get(|| std::future::pending::<()>()));
-    let app = TestApp::builder().config(|c| c.request_timeout = Duration::from_millis(100)).routes(routes).spawn().await;
+    let routes = Router::new().route("/slow", get(std::future::pending::<()>));
+    let app = TestApp::builder()
+        .config(|c| c.request_timeout = Duration::from_millis(100))
+        .routes(routes)
+        .spawn()
+        .await;
 
     let response = app.get("/slow").await;
 
@@ -115,7 +174,10 @@ async fn readyz_is_503_until_migrations_are_applied() {
     let before = app.get("/readyz").await;
     assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = before.json().await.unwrap();
-    assert_eq!(body["pending_migrations"], migrations::MIGRATOR.iter().count());
+    assert_eq!(
+        body["pending_migrations"],
+        migrations::MIGRATOR.iter().count()
+    );
 
     let status = migrations::status(&app.pool).await.unwrap();
     assert!(status.iter().all(|m| m.applied_at.is_none()));
@@ -131,7 +193,10 @@ async fn readyz_is_503_when_the_database_is_gone() {
 
     app.pool.close().await;
 
-    assert_eq!(app.get("/readyz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
@@ -149,7 +214,13 @@ async fn an_exhausted_pool_fails_fast_with_503() {
     let response = app.get("/").await;
 
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.text().await.unwrap().contains("database is unavailable"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("database is unavailable")
+    );
     drop(held);
     assert_eq!(app.get("/").await.status(), StatusCode::OK);
 }
@@ -158,13 +229,27 @@ async fn an_exhausted_pool_fails_fast_with_503() {
 async fn static_files_are_cached_and_compressed() {
     let app = TestApp::spawn().await;
 
-    let response = app.client.get(app.url("/static/app.css")).header("accept-encoding", "gzip").send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/static/app.css"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["cache-control"].to_str().unwrap().contains("max-age=31536000"));
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=31536000")
+    );
     assert_eq!(response.headers()["content-encoding"], "gzip");
     let home = app.get("/").await.text().await.unwrap();
-    assert!(home.contains("/static/app.css?v="), "assets are versioned for cache busting");
+    assert!(
+        home.contains("/static/app.css?v="),
+        "assets are versioned for cache busting"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +261,13 @@ async fn every_response_carries_a_request_id() {
 
     let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(id(&first), id(&second));
-    let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    let echoed = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(id(&echoed), "abc-123");
 }
 
@@ -189,5 +280,8 @@ async fn the_home_page_is_rendered_from_the_database() {
     let home = app.other_browser().home().await;
 
     assert!(home.contains(r#"data-testid="member-count">2<"#));
-    assert!(home.find("grace").unwrap() < home.find("ada").unwrap(), "newest first");
+    assert!(
+        home.find("grace").unwrap() < home.find("ada").unwrap(),
+        "newest first"
+    );
 }
