@@ -127,7 +127,9 @@ async fn apply_migrations(
                     }
                     match migrations::run(&pool).await {
                         Ok(()) => {
-                            return tracing::info!("the database answers again; migrations applied");
+                            return tracing::info!(
+                                "the database answers again; migrations applied"
+                            );
                         }
                         Err(e) => tracing::warn!(error = %e, "still cannot apply migrations"),
                     }

@@ -25,7 +25,7 @@ async fn home(
 ) -> Result<impl IntoResponse, WebError> {
     let stats = sqlx::query!(
         r#"SELECT (SELECT count(*) FROM users) AS "members!",
-                  current_setting('server_version') AS "server_version!""#
+                  split_part(current_setting('server_version'), ' ', 1) AS "server_version!""#
     )
     .fetch_one(&state.db)
     .await?;

@@ -23,12 +23,26 @@ fn hearth(data_dir: &Path) -> Command {
 }
 
 /// Starts `hearth serve` and returns it with the address it announced.
-fn serve(data_dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = hearth(data_dir)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// A server's log lines: those before it announced its address, and a stream of the rest.
+struct Log {
+    startup: Vec<String>,
+    rest: mpsc::Receiver<String>,
+}
+
+impl Log {
+    fn all(self) -> Vec<String> {
+        // Blocks until the server closed its stderr, so call it after the server exited.
+        self.startup.into_iter().chain(self.rest.iter()).collect()
+    }
+}
+
+fn serve(data_dir: &Path) -> (Child, String, Log) {
+    serve_with(hearth(data_dir))
+}
+
+/// Starts `command serve` and returns it with the address it announced and its log lines.
+fn serve_with(mut command: Command) -> (Child, String, Log) {
+    let mut child = command.arg("serve").stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -38,6 +52,7 @@ fn serve(data_dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
             }
         }
     });
+    let mut startup = Vec::new();
     let address = loop {
         let line = lines
             .recv_timeout(std::time::Duration::from_secs(120))
@@ -45,8 +60,16 @@ fn serve(data_dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
         if let Some(at) = line.find("listening on http://") {
             break line[at + "listening on ".len()..].trim().to_string();
         }
+        startup.push(line);
     };
-    (child, address, lines)
+    (
+        child,
+        address,
+        Log {
+            startup,
+            rest: lines,
+        },
+    )
 }
 
 fn server_processes_in(dir: &Path) -> usize {
@@ -150,7 +173,7 @@ async fn serve_createuser_migrate_status_and_sigterm() {
         .unwrap();
 
     assert!(exit.success(), "exit code 0 after SIGTERM, got {exit}");
-    let log: Vec<String> = lines.try_iter().collect();
+    let log = lines.all();
     assert!(
         log.iter()
             .any(|l| l.contains("embedded PostgreSQL stopped")),
@@ -178,17 +201,78 @@ fn version_flag_prints_the_version() {
 }
 
 #[test]
-fn an_unreachable_database_url_is_reported_and_migrate_fails_clearly() {
+fn migrate_against_an_unreachable_database_fails_with_a_json_log_line() {
     let dir = tempfile::tempdir().unwrap();
 
     let output = hearth(dir.path())
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/nothing")
+        .env(
+            "DATABASE_URL",
+            "postgres://nobody:hunter2@127.0.0.1:1/nothing",
+        )
         .env("HEARTH_DB_ACQUIRE_TIMEOUT", "1s")
-        .args(["migrate"])
+        .args(["--log-json", "migrate"])
         .output()
         .unwrap();
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot apply migrations"), "{stderr}");
+    let json_line = stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON log line");
+    let event: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    assert_eq!(event["level"], "ERROR");
+}
+
+#[tokio::test]
+async fn serve_keeps_serving_while_the_database_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = hearth(dir.path());
+    command
+        .env(
+            "DATABASE_URL",
+            "postgres://nobody:hunter2@127.0.0.1:1/nothing",
+        )
+        .env("HEARTH_DB_ACQUIRE_TIMEOUT", "1s");
+    let (mut server, address, lines) = serve_with(command);
+    let client = crate::helpers::client();
+
+    assert_eq!(
+        client
+            .get(format!("{address}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ready = client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        client
+            .get(format!("{address}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    let log = lines.all();
+    assert!(log.iter().any(|l| l.contains("serving anyway")), "{log:#?}");
+    assert!(
+        log.iter().all(|l| !l.contains("hunter2")),
+        "the password never reaches the log"
+    );
 }
