@@ -39,6 +39,13 @@ pub enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Run job workers without the web server.
+    Worker,
+    /// Inspect and steer background jobs.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsCommand,
+    },
     /// Create a user.
     Createuser {
         /// The username (3-32 letters, digits, `_`, `.`, `-`).
@@ -50,6 +57,30 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The most recent jobs, newest first.
+    List {
+        /// Only jobs in this state (scheduled, available, running, completed, discarded, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Everything about one job, as JSON.
+    Show { id: i64 },
+    /// Put a discarded or cancelled job back in its queue.
+    Retry { id: i64 },
+    /// Cancel a waiting or running job.
+    Cancel { id: i64 },
+    /// Stop all instances from starting jobs of a queue.
+    Pause { queue: String },
+    /// Let a paused queue run again.
+    Resume { queue: String },
+    /// Periodic jobs with their last and next run.
+    Schedules,
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -66,6 +97,8 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
             Command::Serve { no_migrate } => server::run(cli.config, !no_migrate).await,
             Command::Migrate { status } => migrate(&cli.config, status).await,
+            Command::Worker => server::run_worker(cli.config).await,
+            Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Createuser {
                 name,
                 admin,
@@ -109,6 +142,86 @@ async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
     .await;
     db.close().await?;
     outcome
+}
+
+async fn jobs(config: &Config, action: JobsCommand) -> anyhow::Result<()> {
+    let db = Database::open(config, true)
+        .await
+        .context("cannot open the database")?;
+    let outcome = jobs_action(&db.pool, action).await;
+    db.close().await?;
+    outcome
+}
+
+async fn jobs_action(pool: &sqlx::PgPool, action: JobsCommand) -> anyhow::Result<()> {
+    use crate::jobs::{QueueName, control, maintenance};
+    match action {
+        JobsCommand::List { state, limit } => {
+            let jobs = control::list(pool, state.as_deref(), limit).await?;
+            println!(
+                "{:>10}  {:<10}  {:<20}  {:<10}  {:>7}  created",
+                "id", "state", "kind", "queue", "attempt"
+            );
+            for job in jobs {
+                println!(
+                    "{:>10}  {:<10}  {:<20}  {:<10}  {:>3}/{:<3}  {}",
+                    job.id,
+                    job.state,
+                    job.kind,
+                    job.queue,
+                    job.attempt,
+                    job.max_attempts,
+                    job.created_at
+                );
+            }
+        }
+        JobsCommand::Show { id } => match control::status(pool, id).await? {
+            Some(job) => println!("{}", serde_json::to_string_pretty(&job)?),
+            None => anyhow::bail!("there is no job {id}"),
+        },
+        JobsCommand::Retry { id } => {
+            anyhow::ensure!(
+                control::retry(pool, id).await?,
+                "job {id} is not a discarded or cancelled job"
+            );
+            println!("job {id} is back in its queue");
+        }
+        JobsCommand::Cancel { id } => match control::cancel(pool, id).await? {
+            control::Cancelled::Cancelled => println!("job {id} cancelled"),
+            control::Cancelled::Requested => {
+                println!("job {id} is running; its worker was told to cancel it")
+            }
+            control::Cancelled::AlreadyFinished => anyhow::bail!("job {id} has already finished"),
+            control::Cancelled::NotFound => anyhow::bail!("there is no job {id}"),
+        },
+        JobsCommand::Pause { queue } => {
+            control::pause(pool, &QueueName::parse(&queue)?).await?;
+            println!("queue {queue} paused on every instance");
+        }
+        JobsCommand::Resume { queue } => {
+            control::resume(pool, &QueueName::parse(&queue)?).await?;
+            println!("queue {queue} resumed");
+        }
+        JobsCommand::Schedules => {
+            let schedules = maintenance::schedule_status(pool, &server::job_schedules()).await?;
+            if schedules.is_empty() {
+                println!("no schedules are declared");
+            }
+            for s in schedules {
+                let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map_or("-".to_string(), |t| t.to_rfc3339())
+                };
+                println!(
+                    "{:<24}  {:<32}  last {}  next {}",
+                    s.name,
+                    s.every,
+                    show(s.last),
+                    show(s.next)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn createuser(

@@ -112,6 +112,23 @@ pub struct Config {
     #[arg(long, env = "HEARTH_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"), global = true)]
     pub static_dir: PathBuf,
 
+    /// Job queues this process works, with how many jobs of each run at once.
+    #[arg(long, env = "HEARTH_QUEUES", default_value = "default:10", value_parser = parse_queue_spec, global = true)]
+    pub queues: QueueSpec,
+
+    /// How often idle job workers look for due jobs without being notified.
+    #[arg(long, env = "HEARTH_JOB_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub job_poll_interval: Duration,
+
+    /// How long a running job's lease lasts without a heartbeat; a job of a dead worker runs
+    /// again after this.
+    #[arg(long, env = "HEARTH_JOB_LEASE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub job_lease: Duration,
+
+    /// How long finished jobs are kept for status queries before they are pruned.
+    #[arg(long, env = "HEARTH_JOB_RETENTION", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
+    pub job_retention: Duration,
+
     /// Write logs as JSON lines instead of text.
     #[arg(long, env = "HEARTH_LOG_JSON", global = true)]
     pub log_json: bool,
@@ -127,6 +144,21 @@ impl Config {
             config: Config,
         }
         <Wrapper as clap::Parser>::try_parse_from(["hearth"]).map(|w| w.config)
+    }
+}
+
+/// The queues a process works: `default:10,mail:2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec(pub Vec<(crate::jobs::QueueName, usize)>);
+
+fn parse_queue_spec(spec: &str) -> Result<QueueSpec, String> {
+    crate::jobs::parse_queues(spec).map(QueueSpec)
+}
+
+impl fmt::Display for QueueSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(q, n)| format!("{q}:{n}")).collect();
+        f.write_str(&parts.join(","))
     }
 }
 
@@ -195,6 +227,14 @@ impl fmt::Display for Config {
             d(self.login_limit_window)
         )?;
         writeln!(f, "  static dir          {}", self.static_dir.display())?;
+        writeln!(
+            f,
+            "  job queues          {} / poll {} / lease {} / keep {}",
+            self.queues,
+            d(self.job_poll_interval),
+            d(self.job_lease),
+            d(self.job_retention)
+        )?;
         write!(
             f,
             "  log format          {}",

@@ -10,11 +10,13 @@
 //!   given, and the SQL migrations in `migrations/`.
 //! * [`web`]: the HTTP shell: router layers, error pages, sessions, CSRF, flash messages, the
 //!   signed-in user extractors and health checks.
+//! * [`jobs`]: background jobs and schedules on a `SKIP LOCKED` table, worked in-process.
 //!
 //! The apps, one folder per feature, built on the platform:
 //!
 //! * [`accounts`]: sign up, log in, log out, change password, login throttling.
 //! * [`home`]: the home page.
+//! * [`ops`]: operations endpoints (job status).
 //!
 //! [`server`] wires the floors together into a running process with graceful shutdown, and
 //! [`cli`] is the `hearth` command line on top of it.
@@ -24,6 +26,8 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod home;
+pub mod jobs;
+pub mod ops;
 pub mod server;
 pub mod telemetry;
 pub mod web;

@@ -17,6 +17,8 @@ use crate::{
     config::Config,
     db::{Database, migrations},
     home,
+    jobs::{Registry, Schedule, WorkerConfig, Workers},
+    ops,
     web::{self, session},
 };
 
@@ -35,6 +37,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
     let pages = Router::new()
         .merge(home::routes())
         .merge(accounts::routes())
+        .merge(ops::routes())
         .merge(extra)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -87,6 +90,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
 
     tasks.spawn(sweep_periodically(state.db.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config));
 
     let server = serve(listener, app(state), shutdown.clone().cancelled_owned());
     let grace = config.shutdown_grace;
@@ -96,8 +100,9 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
             tracing::warn!(?grace, "requests still running after the grace period; dropping them");
         }
     }
-    tracing::info!("HTTP server stopped; stopping background tasks");
+    tracing::info!("HTTP server stopped; stopping job workers and background tasks");
     shutdown.cancel();
+    workers.shutdown().await;
     tasks.close();
     tasks.wait().await;
     db.close()
@@ -105,6 +110,53 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
         .context("cannot stop the database cleanly")?;
     tracing::info!("bye");
     Ok(())
+}
+
+/// `hearth worker`: job workers without the HTTP server, to scale job processing apart from
+/// web traffic. Shuts down like `serve`: running jobs get the grace period, then are handed back.
+pub async fn run_worker(config: Config) -> anyhow::Result<()> {
+    tracing::info!(
+        "starting hearth {} (worker)\n{config}",
+        env!("CARGO_PKG_VERSION")
+    );
+    // Beside a `hearth serve` on the same data dir, share its embedded cluster.
+    let db = Database::open(&config, true)
+        .await
+        .context("cannot open the database")?;
+    migrations::run(&db.pool)
+        .await
+        .context("cannot apply migrations")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config));
+    shutdown.cancelled().await;
+    workers.shutdown().await;
+    db.close()
+        .await
+        .context("cannot stop the database cleanly")?;
+    Ok(())
+}
+
+/// Every job kind this program runs. Apps add theirs here.
+pub fn job_registry() -> Registry {
+    Registry::new()
+}
+
+/// Every periodic job of this program. Apps add theirs here.
+pub fn job_schedules() -> Vec<Schedule> {
+    Vec::new()
+}
+
+/// The worker runtime's settings from the configuration.
+pub fn worker_config(config: &Config) -> WorkerConfig {
+    WorkerConfig {
+        poll_interval: config.job_poll_interval,
+        lease: config.job_lease,
+        shutdown_grace: config.shutdown_grace,
+        retention: config.job_retention,
+        schedules: job_schedules(),
+        ..WorkerConfig::new(config.queues.0.clone())
+    }
 }
 
 /// Applies pending migrations. If the database does not answer yet, serving goes ahead (with

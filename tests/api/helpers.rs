@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 struct Cluster {
     admin: PgConnectOptions,
+    /// `DATABASE_URL`, or the embedded cluster's socket folder.
+    url: Option<String>,
+    socket_dir: Option<PathBuf>,
     /// A database with every migration applied; test databases are cloned from it.
     template: String,
     embedded: Mutex<Option<(EmbeddedPostgres, PathBuf)>>,
@@ -91,8 +94,14 @@ fn cluster() -> &'static Cluster {
                 migrations::run(&pool).await.expect("migrations apply");
                 pool.close().await;
             });
+            let url = std::env::var("DATABASE_URL").ok();
+            let socket_dir = embedded
+                .as_ref()
+                .map(|(pg, _): &(EmbeddedPostgres, PathBuf)| pg.data_dir().join("postgres"));
             Cluster {
                 admin,
+                url,
+                socket_dir,
                 template,
                 embedded: Mutex::new(embedded),
             }
@@ -110,6 +119,24 @@ pub async fn empty_database() -> (String, PgConnectOptions) {
         .await
         .expect("create test database");
     (name.clone(), cluster.admin.clone().database(&name))
+}
+
+/// A URL for database `name`, for child processes (`hearth worker`).
+pub fn database_url(name: &str) -> String {
+    let cluster = cluster();
+    match (&cluster.url, &cluster.socket_dir) {
+        (Some(url), _) => {
+            let mut url = url::Url::parse(url).expect("DATABASE_URL is a URL");
+            url.set_path(name);
+            url.to_string()
+        }
+        (None, Some(dir)) => format!(
+            "postgres://{}@localhost/{name}?host={}",
+            hearth::db::embedded::SUPERUSER,
+            dir.display()
+        ),
+        (None, None) => unreachable!("the cluster is either DATABASE_URL or embedded"),
+    }
 }
 
 /// A new database with every migration applied, cloned from the template.

@@ -5,4 +5,5 @@ mod accounts;
 mod binary;
 mod embedded;
 mod helpers;
+mod jobs;
 mod shell;

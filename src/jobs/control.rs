@@ -1,0 +1,198 @@
+//! Inspecting and steering jobs: status, listing, cancel, retry, pause and resume.
+//!
+//! Used by `GET /api/jobs/{id}`, the `hearth jobs` subcommands and the operations pages.
+//! Pause, resume and running-job cancellation reach every instance: pause through the
+//! `job_queues_paused` table every fetch checks, cancellation through NOTIFY (and the
+//! `cancel_requested` flag the heartbeat reads, in case a notification is missed).
+
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use super::enqueue::QueueName;
+
+/// Everything known about one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub args: serde_json::Value,
+    /// `scheduled`, `available`, `running`, `completed`, `discarded` or `cancelled`.
+    pub state: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// One entry per failed attempt: `{attempt, error, at, instance}`.
+    pub errors: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub progress_percent: Option<i16>,
+    pub progress_message: Option<String>,
+    pub tags: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub run_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+pub async fn status(pool: &PgPool, id: i64) -> Result<Option<JobStatus>, sqlx::Error> {
+    sqlx::query_as!(
+        JobStatus,
+        r#"
+        SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
+               attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
+               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
+          FROM (
+            SELECT id, kind, queue, args,
+                   CASE WHEN state = 'available' AND run_at > now() THEN 'scheduled' ELSE state END AS state,
+                   attempt, max_attempts, errors, NULL::jsonb AS result, progress_percent, progress_message,
+                   tags, created_at, run_at, NULL::timestamptz AS finished_at
+              FROM jobs WHERE id = $1
+            UNION ALL
+            SELECT id, kind, queue, args, state, attempt, max_attempts, errors, result, progress_percent,
+                   progress_message, tags, created_at, NULL, finished_at
+              FROM jobs_done WHERE id = $1
+          ) AS j
+        "#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// The most recent jobs (live and finished), newest first, optionally of one state.
+pub async fn list(
+    pool: &PgPool,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<JobStatus>, sqlx::Error> {
+    sqlx::query_as!(
+        JobStatus,
+        r#"
+        SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
+               attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
+               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
+          FROM (
+            SELECT id, kind, queue, args,
+                   CASE WHEN state = 'available' AND run_at > now() THEN 'scheduled' ELSE state END AS state,
+                   attempt, max_attempts, errors, NULL::jsonb AS result, progress_percent, progress_message,
+                   tags, created_at, run_at, NULL::timestamptz AS finished_at
+              FROM jobs
+            UNION ALL
+            SELECT id, kind, queue, args, state, attempt, max_attempts, errors, result, progress_percent,
+                   progress_message, tags, created_at, NULL, finished_at
+              FROM jobs_done
+          ) AS j
+         WHERE $1::text IS NULL OR state = $1
+         ORDER BY id DESC
+         LIMIT $2
+        "#,
+        state,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cancelled {
+    /// It had not started; it is now cancelled.
+    Cancelled,
+    /// It is running; its worker has been told and will record it as cancelled.
+    Requested,
+    /// It had already finished.
+    AlreadyFinished,
+    NotFound,
+}
+
+pub async fn cancel(pool: &PgPool, id: i64) -> Result<Cancelled, sqlx::Error> {
+    let queued = sqlx::query_scalar!(
+        r#"
+        WITH gone AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
+        released AS (
+            DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ('cancelled' = ANY (k.holds_in))
+        )
+        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
+                               errors, progress_percent, progress_message, created_at, attempted_at)
+        SELECT id, kind, queue, args, priority, 'cancelled', attempt, max_attempts, unique_key, tags,
+               errors, progress_percent, progress_message, created_at, attempted_at
+          FROM gone
+        RETURNING id
+        "#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    if queued.is_some() {
+        return Ok(Cancelled::Cancelled);
+    }
+    let running = sqlx::query_scalar!(
+        r#"
+        WITH flagged AS (UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'running' RETURNING id)
+        SELECT pg_notify('hearth_jobs_control', 'cancel:' || id) IS NULL AS "sent!" FROM flagged
+        "#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    if running.is_some() {
+        return Ok(Cancelled::Requested);
+    }
+    let finished = sqlx::query_scalar!("SELECT id FROM jobs_done WHERE id = $1", id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(if finished.is_some() {
+        Cancelled::AlreadyFinished
+    } else {
+        Cancelled::NotFound
+    })
+}
+
+/// Puts a discarded or cancelled job back in its queue with one more attempt allowed.
+/// Returns false if there is no such finished job.
+pub async fn retry(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query_scalar!(
+        r#"
+        WITH back AS (DELETE FROM jobs_done WHERE id = $1 AND state IN ('discarded', 'cancelled') RETURNING *)
+        INSERT INTO jobs (id, kind, queue, args, priority, attempt, max_attempts, unique_key, tags, errors, created_at)
+        SELECT id, kind, queue, args, priority, attempt, greatest(max_attempts, attempt + 1), unique_key, tags, errors, created_at
+          FROM back
+        RETURNING queue
+        "#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(queue) = &row {
+        sqlx::query!("SELECT pg_notify('hearth_jobs', $1)", queue)
+            .execute(pool)
+            .await?;
+    }
+    Ok(row.is_some())
+}
+
+/// Stops every instance from starting jobs of `queue` (running ones finish).
+pub async fn pause(pool: &PgPool, queue: &QueueName) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH paused AS (INSERT INTO job_queues_paused (queue) VALUES ($1) ON CONFLICT DO NOTHING)
+         SELECT pg_notify('hearth_jobs_control', 'pause:' || $1)",
+        queue.as_str()
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn resume(pool: &PgPool, queue: &QueueName) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH resumed AS (DELETE FROM job_queues_paused WHERE queue = $1)
+         SELECT pg_notify('hearth_jobs_control', 'resume:' || $1)",
+        queue.as_str()
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! What a job is: a serde type with an async `perform`, and what it can tell the worker.
+
+use std::{any::Any, collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use serde::{Serialize, de::DeserializeOwned};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// A background job. Its fields are the arguments, stored as JSON.
+///
+/// ```ignore
+/// #[derive(Serialize, Deserialize)]
+/// struct SendWelcome { user_id: i64 }
+///
+/// impl Job for SendWelcome {
+///     const KIND: &'static str = "send_welcome";
+///     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+///         mailer(&ctx).send(self.user_id).await?;
+///         Ok(Outcome::done())
+///     }
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable name stored with each job. Renaming the Rust type is harmless; renaming
+    /// the kind orphans jobs already enqueued under the old name.
+    const KIND: &'static str;
+
+    /// Does the work. An `Err` (or a panic) fails the attempt; it is retried with
+    /// [`backoff`](Job::backoff) until the job's max attempts are used up.
+    fn perform(self, ctx: JobContext) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
+
+    /// Default enqueue options of this kind (each enqueue can override them).
+    fn defaults() -> Defaults {
+        Defaults::default()
+    }
+
+    /// How long to wait before attempt `failed_attempt + 1`.
+    fn backoff(failed_attempt: i32) -> Duration {
+        exponential_backoff(failed_attempt)
+    }
+}
+
+/// Per-kind defaults for enqueue options.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub queue: &'static str,
+    pub priority: i16,
+    pub max_attempts: i32,
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            queue: "default",
+            priority: 0,
+            max_attempts: 20,
+            timeout: None,
+        }
+    }
+}
+
+/// `2^attempt` seconds plus up to 10% jitter, capped at one day: 2 s, 4 s, 8 s, ... The jitter
+/// spreads retries of jobs that failed together (say, while a mail server was down).
+pub fn exponential_backoff(failed_attempt: i32) -> Duration {
+    let base = 2f64.powi(failed_attempt.clamp(1, 16)).min(86_400.0);
+    let jitter = base * 0.1 * rand::random::<f64>();
+    Duration::from_secs_f64(base + jitter)
+}
+
+/// How an attempt ended, besides failing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done, with an optional JSON result readable through the status API.
+    Complete(Option<serde_json::Value>),
+    /// Run again after this long without using up an attempt (waiting on something external).
+    Snooze(Duration),
+    /// Stop for good: the job is recorded as cancelled with this reason.
+    Cancel(String),
+}
+
+impl Outcome {
+    pub fn done() -> Self {
+        Self::Complete(None)
+    }
+
+    /// Done, with a result serialized to JSON.
+    pub fn with_result(result: impl Serialize) -> anyhow::Result<Self> {
+        Ok(Self::Complete(Some(serde_json::to_value(result)?)))
+    }
+}
+
+/// Values jobs need at run time (a mailer, an HTTP client...), looked up by type.
+#[derive(Default, Clone)]
+pub struct Data(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl Data {
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.0.insert(std::any::TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0
+            .get(&std::any::TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref())
+    }
+}
+
+/// What a running job knows about itself and can use.
+#[derive(Clone)]
+pub struct JobContext {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    /// 1 on the first attempt.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub pool: PgPool,
+    pub(crate) data: Arc<Data>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// A value registered with [`Registry::with_data`](super::Registry::with_data).
+    pub fn data<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.data.get()
+    }
+
+    /// Fires when the job is cancelled while running. The worker also drops `perform` then, so
+    /// jobs only need this to stop early between steps of their own.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Records progress, readable through `GET /api/jobs/{id}` and `hearth jobs show`.
+    pub async fn progress(&self, percent: u8, message: &str) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE jobs SET progress_percent = $3, progress_message = $4
+              WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            self.id,
+            self.attempt,
+            i16::from(percent.min(100)),
+            message
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter() {
+        for (attempt, base) in [(1, 2.0), (2, 4.0), (3, 8.0), (10, 1024.0)] {
+            let wait = exponential_backoff(attempt).as_secs_f64();
+            assert!(
+                wait >= base && wait <= base * 1.1,
+                "attempt {attempt}: {wait}"
+            );
+        }
+        assert!(exponential_backoff(40).as_secs_f64() <= 86_400.0 * 1.1);
+    }
+}

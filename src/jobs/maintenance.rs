@@ -1,0 +1,199 @@
+//! Work one instance does at a time: rescuing jobs of lost workers, pruning finished jobs,
+//! freeing expired unique keys and enqueuing due schedule occurrences.
+//!
+//! Every second each instance opens a transaction and tries `pg_try_advisory_xact_lock`; the
+//! one that gets it does the work and the lock ends with its transaction. No leader election
+//! to get wrong: if the leader dies, the next tick of another instance takes over.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::{metrics::METRICS, schedule::Schedule};
+
+/// Prune every this many ticks (a minute).
+const PRUNE_EVERY: u64 = 60;
+
+pub(crate) async fn run(
+    pool: PgPool,
+    retention: Duration,
+    schedules: Vec<Schedule>,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = tick(
+            &pool,
+            retention,
+            &schedules,
+            ticks.is_multiple_of(PRUNE_EVERY),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "job maintenance failed; trying again next tick");
+        }
+        ticks += 1;
+    }
+}
+
+/// One maintenance pass; returns whether this instance was the one to do it.
+pub async fn tick(
+    pool: &PgPool,
+    retention: Duration,
+    schedules: &[Schedule],
+    prune_now: bool,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let leader = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock(hashtext('hearth_jobs_maintenance')) AS "leader!""#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !leader {
+        return Ok(false);
+    }
+    let rescued = rescue(&mut tx).await?;
+    if rescued > 0 {
+        METRICS.rescued.add(rescued);
+        tracing::warn!(rescued, "jobs of lost workers returned to the queue");
+    }
+    if prune_now {
+        let pruned = prune(&mut tx, retention).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "finished jobs pruned");
+        }
+    }
+    for schedule in schedules {
+        enqueue_due(&mut tx, schedule).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Returns running jobs whose lease expired (their worker died or hung) to the queue.
+pub async fn rescue(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE jobs
+            SET state = 'available', run_at = now(), lease_until = NULL, locked_by = NULL,
+                errors = errors || jsonb_build_object(
+                    'attempt', attempt,
+                    'error', 'lease expired: worker ' || coalesce(locked_by, '?') || ' stopped heartbeating',
+                    'at', now(), 'instance', locked_by)
+          WHERE state = 'running' AND lease_until < now()"
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes finished jobs older than `retention` and unique keys whose period is over.
+pub async fn prune(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "DELETE FROM jobs_done WHERE finished_at < now() - make_interval(secs => $1)",
+        retention.as_secs_f64()
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM job_unique_keys k
+          WHERE (k.until IS NOT NULL AND k.until <= now())
+             OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = k.job_id)
+            AND NOT EXISTS (SELECT 1 FROM jobs_done d WHERE d.id = k.job_id)"
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+fn to_chrono(at: OffsetDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.unix_timestamp(), at.nanosecond()).unwrap_or_default()
+}
+
+fn to_time(at: DateTime<Utc>) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+        at.timestamp_nanos_opt().unwrap_or_default(),
+    ))
+    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Enqueues the schedule's latest due occurrence, if any, under a lock on its row.
+async fn enqueue_due(tx: &mut PgConnection, schedule: &Schedule) -> Result<(), sqlx::Error> {
+    // A new schedule starts counting now: it does not fire for occurrences before it existed.
+    sqlx::query!(
+        "INSERT INTO job_schedules (name, last_occurrence) VALUES ($1, now()) ON CONFLICT (name) DO NOTHING",
+        schedule.name
+    )
+    .execute(&mut *tx)
+    .await?;
+    let row = sqlx::query!(
+        r#"SELECT last_occurrence, now() AS "now!" FROM job_schedules WHERE name = $1 FOR UPDATE"#,
+        schedule.name
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(due) = schedule
+        .every
+        .due(to_chrono(row.last_occurrence), to_chrono(row.now))
+    else {
+        return Ok(());
+    };
+    let enqueued = super::enqueue::insert(&mut *tx, vec![schedule.occurrence(due)])
+        .await
+        .map_err(|e| match e {
+            super::EnqueueError::Database(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })?;
+    let enqueued = enqueued.first().copied().ok_or(sqlx::Error::RowNotFound)?;
+    sqlx::query!(
+        "UPDATE job_schedules SET last_occurrence = $2 WHERE name = $1",
+        schedule.name,
+        to_time(due)
+    )
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(schedule = %schedule.name, occurrence = %due, job_id = enqueued.id, duplicate = enqueued.duplicate, "schedule fired");
+    Ok(())
+}
+
+/// A schedule with its last and next occurrences, for `hearth jobs schedules`.
+#[derive(Debug, Clone)]
+pub struct ScheduleStatus {
+    pub name: String,
+    pub every: String,
+    pub last: Option<DateTime<Utc>>,
+    pub next: Option<DateTime<Utc>>,
+}
+
+pub async fn schedule_status(
+    pool: &PgPool,
+    schedules: &[Schedule],
+) -> Result<Vec<ScheduleStatus>, sqlx::Error> {
+    let mut out = Vec::with_capacity(schedules.len());
+    for schedule in schedules {
+        let last = sqlx::query_scalar!(
+            "SELECT last_occurrence FROM job_schedules WHERE name = $1",
+            schedule.name
+        )
+        .fetch_optional(pool)
+        .await?
+        .map(to_chrono);
+        let next = schedule
+            .every
+            .next_after(last.unwrap_or_else(Utc::now).max(Utc::now()));
+        out.push(ScheduleStatus {
+            name: schedule.name.clone(),
+            every: schedule.every.to_string(),
+            last,
+            next,
+        });
+    }
+    Ok(out)
+}

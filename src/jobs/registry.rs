@@ -1,0 +1,102 @@
+//! Job kinds known to this process, and the data handed to them.
+//!
+//! Jobs are stored as `(kind, JSON args)`; the registry turns that back into a typed job and
+//! runs it. A kind this process does not know, or args that no longer deserialize (the type
+//! changed under enqueued jobs), end the job as discarded with a clear error: retrying could
+//! not help, and a crash loop would stall the queue.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+
+use super::{
+    builtin,
+    job::{Data, Job, JobContext, Outcome},
+};
+
+/// How a run of `perform` ended, as the worker sees it.
+pub(crate) enum RunError {
+    /// Failed this attempt; retry if attempts are left.
+    Failed(anyhow::Error),
+    /// Can never succeed (bad args); discard now.
+    Permanent(String),
+}
+
+type Handler = Arc<
+    dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<Outcome, RunError>>
+        + Send
+        + Sync,
+>;
+
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub handler: Handler,
+    pub backoff: fn(i32) -> Duration,
+}
+
+/// The job kinds a worker can run. `Registry::new()` includes the built-in `noop` and `sleep`.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: HashMap<&'static str, Entry>,
+    pub(crate) data: Arc<Data>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self {
+            kinds: HashMap::new(),
+            data: Arc::new(Data::default()),
+        }
+        .register::<builtin::Noop>()
+        .register::<builtin::Sleep>()
+    }
+
+    /// Adds a job kind. Registering the same kind twice is a programming error and panics at
+    /// start-up rather than silently running the wrong code.
+    pub fn register<J: Job>(mut self) -> Self {
+        let handler: Handler = Arc::new(|args, ctx| {
+            Box::pin(async move {
+                let job: J = serde_json::from_value(args).map_err(|e| {
+                    RunError::Permanent(format!("the args do not fit kind `{}`: {e}", J::KIND))
+                })?;
+                job.perform(ctx).await.map_err(RunError::Failed)
+            })
+        });
+        let previous = self.kinds.insert(
+            J::KIND,
+            Entry {
+                handler,
+                backoff: J::backoff,
+            },
+        );
+        assert!(
+            previous.is_none(),
+            "job kind `{}` registered twice",
+            J::KIND
+        );
+        self
+    }
+
+    /// Makes `value` available to jobs through [`JobContext::data`].
+    pub fn with_data<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.data).insert(value);
+        self
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Entry> {
+        self.kinds.get(kind)
+    }
+
+    /// Registered kinds, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<_> = self.kinds.keys().copied().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}

@@ -1,0 +1,200 @@
+//! Periodic jobs (the beat replacement, built in).
+//!
+//! A schedule names a job to enqueue on a cron expression (in a time zone, UTC by default) or
+//! at a fixed interval. Every instance declares the same schedules; the maintenance leader
+//! enqueues each due occurrence inside a transaction that locks the schedule's row and records
+//! the occurrence, and the job carries a unique key per occurrence besides. After downtime only
+//! the latest missed occurrence runs, once.
+
+use std::{str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+
+use super::enqueue::{Enqueue, EnqueueError, FinishedState, Unique};
+
+/// Why a schedule could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    InvalidCron { expr: String, reason: String },
+    #[error("unknown time zone {0:?} (use an IANA name such as Europe/Paris)")]
+    InvalidTimeZone(String),
+    #[error("a schedule interval must be at least one second")]
+    IntervalTooShort,
+    #[error("invalid schedule name {0:?}: use 1-64 characters of a-z, 0-9, `_`, `-` and `.`")]
+    InvalidName(String),
+    #[error(transparent)]
+    Job(#[from] EnqueueError),
+}
+
+/// When a schedule fires.
+#[derive(Debug, Clone)]
+pub enum Every {
+    Cron {
+        cron: Box<Cron>,
+        expr: String,
+        tz: Tz,
+    },
+    Interval(Duration),
+}
+
+impl Every {
+    /// A cron expression (5 fields, or 6 with seconds; `@daily` and friends) in `tz`.
+    pub fn cron(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
+        let cron = Cron::from_str(expr).map_err(|e| ScheduleError::InvalidCron {
+            expr: expr.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let tz = Tz::from_str(tz).map_err(|_| ScheduleError::InvalidTimeZone(tz.to_owned()))?;
+        Ok(Self::Cron {
+            cron: Box::new(cron),
+            expr: expr.to_owned(),
+            tz,
+        })
+    }
+
+    pub fn interval(every: Duration) -> Result<Self, ScheduleError> {
+        if every < Duration::from_secs(1) {
+            return Err(ScheduleError::IntervalTooShort);
+        }
+        Ok(Self::Interval(every))
+    }
+
+    /// The latest occurrence at or before `now` that is after `last`, if any.
+    pub fn due(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let latest = match self {
+            Self::Cron { cron, tz, .. } => cron
+                .find_previous_occurrence(&now.with_timezone(tz), true)
+                .ok()?
+                .with_timezone(&Utc),
+            Self::Interval(every) => {
+                let every = chrono::Duration::from_std(*every).ok()?;
+                let elapsed = now.signed_duration_since(last);
+                let periods = elapsed
+                    .num_milliseconds()
+                    .checked_div(every.num_milliseconds())?;
+                last + every * i32::try_from(periods).ok()?
+            }
+        };
+        (latest > last).then_some(latest)
+    }
+
+    /// The first occurrence after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Cron { cron, tz, .. } => cron
+                .find_next_occurrence(&after.with_timezone(tz), false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+            Self::Interval(every) => Some(after + chrono::Duration::from_std(*every).ok()?),
+        }
+    }
+}
+
+impl std::fmt::Display for Every {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cron { expr, tz, .. } => write!(f, "cron {expr:?} ({tz})"),
+            Self::Interval(every) => write!(f, "every {}", humantime::format_duration(*every)),
+        }
+    }
+}
+
+/// A periodic job.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    pub every: Every,
+    pub job: Enqueue,
+}
+
+impl Schedule {
+    pub fn new(name: &str, every: Every, job: Enqueue) -> Result<Self, ScheduleError> {
+        let valid = (1..=64).contains(&name.len())
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.')
+            });
+        if !valid {
+            return Err(ScheduleError::InvalidName(name.to_owned()));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            every,
+            job,
+        })
+    }
+
+    /// The job for one occurrence, unique per (schedule, occurrence) for a day.
+    pub(crate) fn occurrence(&self, at: DateTime<Utc>) -> Enqueue {
+        let key = format!("schedule:{}:{}", self.name, at.timestamp());
+        self.job.clone().unique(
+            Unique::key(key)
+                .also_when(&[
+                    FinishedState::Completed,
+                    FinishedState::Discarded,
+                    FinishedState::Cancelled,
+                ])
+                .for_period(Duration::from_secs(86_400)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(matches!(
+            Every::cron("61 * * * *", "UTC"),
+            Err(ScheduleError::InvalidCron { .. })
+        ));
+        assert!(matches!(
+            Every::cron("0 3 * * *", "Mars/Olympus"),
+            Err(ScheduleError::InvalidTimeZone(_))
+        ));
+        assert!(matches!(
+            Every::interval(Duration::from_millis(10)),
+            Err(ScheduleError::IntervalTooShort)
+        ));
+    }
+
+    #[test]
+    fn after_downtime_only_the_latest_missed_occurrence_is_due() {
+        let daily = Every::cron("0 3 * * *", "UTC").unwrap();
+        let last = utc(2026, 1, 1, 3, 0);
+        assert_eq!(daily.due(last, utc(2026, 1, 1, 12, 0)), None);
+        assert_eq!(
+            daily.due(last, utc(2026, 1, 5, 12, 0)),
+            Some(utc(2026, 1, 5, 3, 0))
+        );
+    }
+
+    #[test]
+    fn cron_follows_the_time_zone() {
+        let paris = Every::cron("0 3 * * *", "Europe/Paris").unwrap();
+        // 03:00 in Paris in winter is 02:00 UTC.
+        assert_eq!(
+            paris.next_after(utc(2026, 1, 1, 0, 0)),
+            Some(utc(2026, 1, 1, 2, 0))
+        );
+    }
+
+    #[test]
+    fn intervals_align_to_the_last_occurrence() {
+        let every = Every::interval(Duration::from_secs(600)).unwrap();
+        let last = utc(2026, 1, 1, 0, 0);
+        assert_eq!(every.due(last, utc(2026, 1, 1, 0, 5)), None);
+        assert_eq!(
+            every.due(last, utc(2026, 1, 1, 0, 35)),
+            Some(utc(2026, 1, 1, 0, 30))
+        );
+    }
+}

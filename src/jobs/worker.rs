@@ -1,0 +1,728 @@
+//! The worker runtime that every `hearth serve` and `hearth worker` process runs.
+//!
+//! Tasks, and how they cooperate:
+//!
+//! * one **runner** per configured queue fetches as many jobs as it has free slots
+//!   (`FOR UPDATE SKIP LOCKED` over the partial index of available jobs) and spawns one task per
+//!   job; it sleeps until woken in-process, by NOTIFY, by a finished job or by the poll timer;
+//! * the **listener** turns NOTIFY messages into wake-ups, cancellations and pause/resume;
+//! * the **completer** writes finished jobs in batches: whatever finished while the previous
+//!   batch was being written goes in the next statement;
+//! * the **heartbeat** extends the leases of this process's running jobs (and learns of
+//!   cancellations and lost leases on the way);
+//! * the **notifier** sends the trailing NOTIFY for queues whose enqueue NOTIFY was debounced;
+//! * **maintenance** (rescue of expired leases, pruning, schedules) runs every second in the
+//!   one instance that wins a transaction-scoped advisory lock.
+//!
+//! Every write of an outcome is fenced by `(id, attempt, state = 'running')`: a worker whose
+//! lease ran out and whose job was handed to another cannot overwrite the newer attempt.
+
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::FutureExt;
+use sqlx::{PgPool, postgres::PgListener};
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use super::{
+    enqueue::QueueName,
+    job::{JobContext, Outcome},
+    maintenance,
+    metrics::METRICS,
+    registry::{Registry, RunError},
+    schedule::Schedule,
+    wake,
+};
+
+/// Most jobs fetched in one statement.
+const MAX_BATCH: usize = 100;
+
+/// How the worker runtime runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Queues to work and how many jobs of each run at once in this process.
+    pub queues: Vec<(QueueName, usize)>,
+    /// How often idle runners look for work without being woken (the fallback for missed
+    /// notifications and for jobs whose `run_at` arrives).
+    pub poll_interval: Duration,
+    /// How long a fetched job is leased; heartbeats extend it every third of this.
+    pub lease: Duration,
+    /// On shutdown, how long running jobs get to finish before they are handed back.
+    pub shutdown_grace: Duration,
+    /// Finished jobs older than this are pruned.
+    pub retention: Duration,
+    /// Identifies this process in leases and error histories.
+    pub instance: String,
+    /// Periodic jobs; every instance declares the same ones, each occurrence is enqueued once.
+    pub schedules: Vec<Schedule>,
+}
+
+impl WorkerConfig {
+    pub fn new(queues: Vec<(QueueName, usize)>) -> Self {
+        Self {
+            queues,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 86_400),
+            instance: default_instance(),
+            schedules: Vec::new(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>-<random>`: unique per process even across container restarts.
+pub fn default_instance() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// A job as fetched.
+#[derive(Debug)]
+struct Fetched {
+    id: i64,
+    kind: String,
+    queue: String,
+    args: serde_json::Value,
+    attempt: i32,
+    max_attempts: i32,
+    timeout_ms: Option<i32>,
+    expires_at: Option<OffsetDateTime>,
+    waited_s: f64,
+}
+
+/// A final outcome waiting to be written by the completer.
+struct Finish {
+    id: i64,
+    attempt: i32,
+    state: &'static str,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+}
+
+#[derive(Clone)]
+struct RunningJob {
+    attempt: i32,
+    cancel: CancellationToken,
+    /// Set when the lease was lost: stop without writing anything.
+    lease_lost: CancellationToken,
+}
+
+/// State shared by the runtime's tasks.
+struct Shared {
+    pool: PgPool,
+    registry: Registry,
+    config: WorkerConfig,
+    /// Stop fetching (shutdown has begun).
+    stop: CancellationToken,
+    /// Hand back what still runs (the grace period is over).
+    abort: CancellationToken,
+    jobs: TaskTracker,
+    // A std Mutex: held for map operations only, never across an await.
+    running: Mutex<HashMap<i64, RunningJob>>,
+    finished: mpsc::UnboundedSender<Finish>,
+}
+
+/// A running worker runtime. Call [`Workers::shutdown`] to stop it gracefully.
+pub struct Workers {
+    shared: Arc<Shared>,
+    services: TaskTracker,
+    service_stop: CancellationToken,
+}
+
+impl Workers {
+    /// Starts runners for the configured queues and the supporting tasks.
+    pub fn start(pool: PgPool, registry: Registry, config: WorkerConfig) -> Self {
+        let (finished, finished_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pool,
+            registry,
+            config,
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            jobs: TaskTracker::new(),
+            running: Mutex::new(HashMap::new()),
+            finished,
+        });
+        let services = TaskTracker::new();
+        let service_stop = CancellationToken::new();
+        for (queue, concurrency) in shared.config.queues.clone() {
+            services.spawn(run_queue(shared.clone(), queue, concurrency));
+        }
+        services.spawn(listen(shared.clone(), service_stop.clone()));
+        services.spawn(complete(
+            shared.pool.clone(),
+            shared.config.instance.clone(),
+            finished_rx,
+        ));
+        services.spawn(heartbeat(shared.clone(), service_stop.clone()));
+        services.spawn(flush_notifications(
+            shared.pool.clone(),
+            service_stop.clone(),
+        ));
+        services.spawn(maintenance::run(
+            shared.pool.clone(),
+            shared.config.retention,
+            shared.config.schedules.clone(),
+            service_stop.clone(),
+        ));
+        tracing::info!(instance = %shared.config.instance, queues = ?shared.config.queues, "job workers started");
+        Self {
+            shared,
+            services,
+            service_stop,
+        }
+    }
+
+    /// Jobs running in this process right now.
+    pub fn running(&self) -> usize {
+        self.shared.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Stops fetching, lets running jobs finish within the grace period, hands back (returns to
+    /// the queue without using an attempt) whatever is still running, writes the last
+    /// completions and stops the supporting tasks.
+    pub async fn shutdown(self) {
+        let shared = &self.shared;
+        shared.stop.cancel();
+        shared.jobs.close();
+        let grace = shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, shared.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = self.running(),
+                ?grace,
+                "grace period over; handing back unfinished jobs"
+            );
+            shared.abort.cancel();
+            shared.jobs.wait().await;
+        }
+        self.service_stop.cancel();
+        // The completer stops once every sender is gone; the last one lives in `shared`.
+        drop(self.shared);
+        self.services.close();
+        self.services.wait().await;
+        tracing::info!("job workers stopped");
+    }
+}
+
+#[tracing::instrument(skip(shared, concurrency), fields(queue = %queue))]
+async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let local = wake::local(queue.as_str());
+    loop {
+        // Registered before fetching, so a wake-up that arrives during the fetch is not lost.
+        let woken = local.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        let free = slots.available_permits().min(MAX_BATCH);
+        let mut more = false;
+        if free > 0 {
+            match fetch(&shared, &queue, free).await {
+                Ok(jobs) => {
+                    more = jobs.len() == free;
+                    for job in jobs {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let shared_for_job = shared.clone();
+                        shared.jobs.spawn(async move {
+                            let queue = job.queue.clone();
+                            execute(&shared_for_job, job).await;
+                            drop(permit);
+                            wake::wake_local(&queue);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fetch jobs; retrying after the poll interval");
+                }
+            }
+        }
+        if more {
+            continue;
+        }
+        tokio::select! {
+            () = &mut woken => {}
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
+            () = shared.stop.cancelled() => return,
+        }
+    }
+}
+
+async fn fetch(
+    shared: &Shared,
+    queue: &QueueName,
+    limit: usize,
+) -> Result<Vec<Fetched>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        WITH next AS (
+            SELECT id FROM jobs
+             WHERE state = 'available' AND queue = $1 AND run_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM job_queues_paused p WHERE p.queue = $1)
+             ORDER BY priority, run_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE jobs j
+           SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+               lease_until = now() + make_interval(secs => $3), locked_by = $4
+          FROM next
+         WHERE j.id = next.id
+        RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.timeout_ms, j.expires_at,
+                  extract(epoch FROM now() - j.run_at)::float8 AS "waited_s!"
+        "#,
+        queue.as_str(),
+        limit as i64,
+        shared.config.lease.as_secs_f64(),
+        shared.config.instance,
+    )
+    .fetch_all(&shared.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Fetched {
+            id: r.id,
+            kind: r.kind,
+            queue: r.queue,
+            args: r.args,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            timeout_ms: r.timeout_ms,
+            expires_at: r.expires_at,
+            waited_s: r.waited_s,
+        })
+        .collect())
+}
+
+/// What to do with a job after an attempt.
+enum Decision {
+    Finish(&'static str, Option<serde_json::Value>, Option<String>),
+    Retry(Duration, String),
+    Snooze(Duration),
+    HandBack,
+    /// The lease was lost; another worker owns the job now. Write nothing.
+    Abandon,
+}
+
+async fn execute(shared: &Shared, job: Fetched) {
+    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempt);
+    async {
+        METRICS.started.add(1);
+        METRICS
+            .queue_wait
+            .record(Duration::from_secs_f64(job.waited_s.max(0.0)));
+        let started = std::time::Instant::now();
+        let decision = decide(shared, &job).await;
+        METRICS.run_time.record(started.elapsed());
+        record(shared, &job, decision).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn decide(shared: &Shared, job: &Fetched) -> Decision {
+    let discard = |reason: String| Decision::Finish("discarded", None, Some(reason));
+    if job
+        .expires_at
+        .is_some_and(|at| at < OffsetDateTime::now_utc())
+    {
+        return discard("expired before it could start".into());
+    }
+    if job.attempt > job.max_attempts {
+        return discard(format!(
+            "no attempts left: attempt {} of {} was lost with its worker",
+            job.attempt - 1,
+            job.max_attempts
+        ));
+    }
+    let Some(entry) = shared.registry.get(&job.kind).cloned() else {
+        return discard(format!(
+            "unknown job kind `{}`: no worker process registers it",
+            job.kind
+        ));
+    };
+
+    let running = RunningJob {
+        attempt: job.attempt,
+        cancel: CancellationToken::new(),
+        lease_lost: CancellationToken::new(),
+    };
+    lock(&shared.running).insert(job.id, running.clone());
+    let ctx = JobContext {
+        id: job.id,
+        kind: job.kind.clone(),
+        queue: job.queue.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        pool: shared.pool.clone(),
+        data: shared.registry.data.clone(),
+        cancel: running.cancel.clone(),
+    };
+    let attempt = AssertUnwindSafe((entry.handler)(job.args.clone(), ctx)).catch_unwind();
+    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+    let timed = async {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, attempt)
+                .await
+                .map_err(|_| limit),
+            None => Ok(attempt.await),
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = timed => Some(outcome),
+        () = running.cancel.cancelled() => None,
+        () = running.lease_lost.cancelled() => {
+            lock(&shared.running).remove(&job.id);
+            tracing::warn!("lease lost; another worker has the job now");
+            return Decision::Abandon;
+        }
+        () = shared.abort.cancelled() => {
+            lock(&shared.running).remove(&job.id);
+            return Decision::HandBack;
+        }
+    };
+    lock(&shared.running).remove(&job.id);
+
+    let failed = |error: String| {
+        if job.attempt >= job.max_attempts {
+            Decision::Finish("discarded", None, Some(error))
+        } else {
+            Decision::Retry((entry.backoff)(job.attempt), error)
+        }
+    };
+    match outcome {
+        None => Decision::Finish("cancelled", None, Some("cancelled while running".into())),
+        Some(Err(limit)) => failed(format!("timed out after {limit:?}")),
+        Some(Ok(Err(panic))) => failed(format!("panicked: {}", panic_message(&panic))),
+        Some(Ok(Ok(Err(RunError::Permanent(reason))))) => discard(reason),
+        Some(Ok(Ok(Err(RunError::Failed(error))))) => failed(format!("{error:#}")),
+        Some(Ok(Ok(Ok(Outcome::Complete(result))))) => Decision::Finish("completed", result, None),
+        Some(Ok(Ok(Ok(Outcome::Snooze(wait))))) => Decision::Snooze(wait),
+        Some(Ok(Ok(Ok(Outcome::Cancel(reason))))) => {
+            Decision::Finish("cancelled", None, Some(reason))
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
+    let written = match decision {
+        Decision::Finish(state, result, error) => {
+            match state {
+                "completed" => METRICS.completed.add(1),
+                "cancelled" => METRICS.cancelled.add(1),
+                _ => METRICS.discarded.add(1),
+            }
+            if let Some(error) = &error {
+                tracing::warn!(%state, %error, "job finished");
+            }
+            let finish = Finish {
+                id: job.id,
+                attempt: job.attempt,
+                state,
+                result,
+                error,
+            };
+            // The completer outlives every job task, so the channel is open.
+            let _ = shared.finished.send(finish);
+            return;
+        }
+        Decision::Retry(wait, error) => {
+            METRICS.retried.add(1);
+            tracing::warn!(%error, retry_in = ?wait, "attempt failed");
+            sqlx::query!(
+                "UPDATE jobs
+                    SET state = 'available', run_at = now() + make_interval(secs => $3),
+                        lease_until = NULL, locked_by = NULL,
+                        errors = errors || jsonb_build_object('attempt', attempt, 'error', $4::text, 'at', now(), 'instance', $5::text)
+                  WHERE id = $1 AND attempt = $2 AND state = 'running'",
+                job.id,
+                job.attempt,
+                wait.as_secs_f64(),
+                error,
+                shared.config.instance,
+            )
+            .execute(&shared.pool)
+            .await
+        }
+        Decision::Snooze(wait) => {
+            METRICS.snoozed.add(1);
+            sqlx::query!(
+                "UPDATE jobs
+                    SET state = 'available', run_at = now() + make_interval(secs => $3),
+                        attempt = attempt - 1, lease_until = NULL, locked_by = NULL
+                  WHERE id = $1 AND attempt = $2 AND state = 'running'",
+                job.id,
+                job.attempt,
+                wait.as_secs_f64(),
+            )
+            .execute(&shared.pool)
+            .await
+        }
+        Decision::HandBack => hand_back(&shared.pool, job.id, job.attempt).await,
+        Decision::Abandon => return,
+    };
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot record the job's outcome; its lease will expire and it will run again");
+    }
+}
+
+/// Returns a running job to the queue without using up its attempt.
+async fn hand_back(
+    pool: &PgPool,
+    id: i64,
+    attempt: i32,
+) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    tracing::info!("handing the job back to the queue");
+    sqlx::query!(
+        "UPDATE jobs
+            SET state = 'available', run_at = now(), attempt = attempt - 1, lease_until = NULL, locked_by = NULL
+          WHERE id = $1 AND attempt = $2 AND state = 'running'",
+        id,
+        attempt,
+    )
+    .execute(pool)
+    .await
+}
+
+/// Writes final outcomes, batching whatever finished while the previous write ran.
+async fn complete(pool: PgPool, instance: String, mut finished: mpsc::UnboundedReceiver<Finish>) {
+    let mut batch = Vec::new();
+    while finished.recv_many(&mut batch, 1000).await > 0 {
+        if let Err(e) = finish_batch(&pool, &instance, &batch).await {
+            tracing::error!(error = %e, jobs = batch.len(), "cannot record finished jobs; their leases will expire and they will run again");
+        }
+        batch.clear();
+    }
+}
+
+/// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
+/// releases their unique keys unless the key holds in the final state.
+async fn finish_batch(pool: &PgPool, instance: &str, batch: &[Finish]) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
+    let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
+    let results: Vec<Option<serde_json::Value>> = batch.iter().map(|f| f.result.clone()).collect();
+    let errors: Vec<Option<String>> = batch.iter().map(|f| f.error.clone()).collect();
+    sqlx::query!(
+        r#"
+        WITH input AS (
+            SELECT * FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::jsonb[], $5::text[])
+                   AS i(id, attempt, final_state, final_result, final_error)
+        ),
+        gone AS (
+            DELETE FROM jobs j USING input i
+             WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running'
+            RETURNING j.*, i.final_state, i.final_result, i.final_error
+        ),
+        released AS (
+            DELETE FROM job_unique_keys k USING gone g
+             WHERE k.job_id = g.id AND NOT (g.final_state = ANY (k.holds_in))
+        )
+        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
+                               errors, result, progress_percent, progress_message, created_at, attempted_at)
+        SELECT id, kind, queue, args, priority, final_state, attempt, max_attempts, unique_key, tags,
+               CASE WHEN final_error IS NULL THEN errors
+                    ELSE errors || jsonb_build_object('attempt', attempt, 'error', final_error, 'at', now(), 'instance', $6::text)
+               END,
+               final_result, progress_percent, progress_message, created_at, attempted_at
+          FROM gone
+        "#,
+        &ids,
+        &attempts,
+        &states,
+        &results as &[Option<serde_json::Value>],
+        &errors as &[Option<String>],
+        instance,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Extends the leases of running jobs; cancels those whose cancellation was requested and
+/// abandons those whose lease was lost.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(shared.config.lease / 3);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let running: Vec<(i64, RunningJob)> = lock(&shared.running)
+            .iter()
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        if running.is_empty() {
+            continue;
+        }
+        let ids: Vec<i64> = running.iter().map(|(id, _)| *id).collect();
+        let attempts: Vec<i32> = running.iter().map(|(_, r)| r.attempt).collect();
+        let extended = sqlx::query!(
+            "UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
+               FROM unnest($1::bigint[], $2::int4[]) AS r(id, attempt)
+              WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
+             RETURNING j.id, j.cancel_requested",
+            &ids,
+            &attempts,
+            shared.config.lease.as_secs_f64(),
+        )
+        .fetch_all(&shared.pool)
+        .await;
+        match extended {
+            Ok(rows) => {
+                for (id, job) in &running {
+                    match rows.iter().find(|r| r.id == *id) {
+                        Some(row) if row.cancel_requested => job.cancel.cancel(),
+                        Some(_) => {}
+                        None => job.lease_lost.cancel(),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot extend job leases"),
+        }
+    }
+}
+
+/// Wake-ups and control messages from other instances (and from this one's control calls).
+async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let mut listener = match PgListener::connect_with(&shared.pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Err(e) = listener.listen_all([wake::CHANNEL, wake::CONTROL]).await {
+            tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");
+            continue;
+        }
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return,
+                message = listener.recv() => message,
+            };
+            match message {
+                Ok(n) if n.channel() == wake::CHANNEL => wake::wake_local(n.payload()),
+                Ok(n) => control(&shared, n.payload()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "job notification connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn control(shared: &Shared, message: &str) {
+    match message.split_once(':') {
+        Some(("cancel", id)) => {
+            if let Ok(id) = id.parse::<i64>()
+                && let Some(job) = lock(&shared.running).get(&id)
+            {
+                tracing::info!(job_id = id, "cancelling running job");
+                job.cancel.cancel();
+            }
+        }
+        Some(("resume", queue)) => wake::wake_local(queue),
+        Some(("pause", _)) => {}
+        _ => tracing::warn!(%message, "unknown job control message"),
+    }
+}
+
+/// Sends the trailing NOTIFY for queues whose enqueue-time NOTIFY was debounced.
+async fn flush_notifications(pool: PgPool, stop: CancellationToken) {
+    let mut every = tokio::time::interval(wake::DEBOUNCE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let pending = wake::take_pending();
+        if pending.is_empty() {
+            continue;
+        }
+        if let Err(e) = sqlx::query!(
+            "SELECT pg_notify('hearth_jobs', q) FROM unnest($1::text[]) AS q",
+            &pending
+        )
+        .execute(&pool)
+        .await
+        {
+            tracing::warn!(error = %e, "cannot send job notifications");
+        }
+    }
+}
+
+/// Fetches one available job of `queue` and runs it to its recorded outcome in this task.
+/// Returns its id, or `None` if nothing was due. (The building block of [`super::testing`].)
+pub async fn run_one(
+    pool: &PgPool,
+    registry: &Registry,
+    queue: &QueueName,
+) -> Result<Option<i64>, sqlx::Error> {
+    let (finished, mut finished_rx) = mpsc::unbounded_channel();
+    let shared = Shared {
+        pool: pool.clone(),
+        registry: registry.clone(),
+        config: WorkerConfig {
+            instance: format!("inline-{}", std::process::id()),
+            ..WorkerConfig::new(Vec::new())
+        },
+        stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        jobs: TaskTracker::new(),
+        running: Mutex::new(HashMap::new()),
+        finished,
+    };
+    let Some(job) = fetch(&shared, queue, 1).await?.pop() else {
+        return Ok(None);
+    };
+    let id = job.id;
+    execute(&shared, job).await;
+    drop(shared);
+    let mut batch = Vec::new();
+    finished_rx.recv_many(&mut batch, 10).await;
+    if !batch.is_empty() {
+        finish_batch(pool, "inline", &batch).await?;
+    }
+    Ok(Some(id))
+}

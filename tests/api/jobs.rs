@@ -1,0 +1,849 @@
+//! Background jobs against a real PostgreSQL: enqueue, run, fail, retry, cancel, schedule,
+//! lose workers, shut down.
+
+use std::time::Duration;
+
+use hearth::jobs::{
+    Enqueue, Every, FinishedState, Job, JobContext, Outcome, QueueName, Registry, Schedule, Unique,
+    WorkerConfig, Workers,
+    builtin::{Noop, Sleep},
+    control::{self, Cancelled},
+    enqueue_many, maintenance, testing,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::helpers::{self, TestApp};
+
+async fn pool() -> (String, PgPool) {
+    let (name, options) = helpers::migrated_database().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "CREATE TABLE job_runs (job_id bigint, attempt int, worker text)",
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    (name, pool)
+}
+
+/// Fails (returns an error) on its first `failures` attempts.
+#[derive(Serialize, Deserialize)]
+struct Flaky {
+    failures: i32,
+}
+
+impl Job for Flaky {
+    const KIND: &'static str = "test_flaky";
+
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        anyhow::ensure!(
+            ctx.attempt > self.failures,
+            "failure number {}",
+            ctx.attempt
+        );
+        Outcome::with_result(json!({ "succeeded_on": ctx.attempt }))
+    }
+
+    fn backoff(_attempt: i32) -> Duration {
+        Duration::ZERO
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Panicky {}
+
+impl Job for Panicky {
+    const KIND: &'static str = "test_panicky";
+
+    async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
+        panic!("the job exploded")
+    }
+}
+
+/// Records each run in `job_runs`, reports progress and snoozes once if asked.
+#[derive(Serialize, Deserialize)]
+struct Recorded {
+    snooze_first: bool,
+}
+
+impl Job for Recorded {
+    const KIND: &'static str = "test_recorded";
+
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        let worker = ctx.data::<String>().cloned().unwrap_or_default();
+        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job_id = $1")
+            .bind(ctx.id)
+            .fetch_one(&ctx.pool)
+            .await?;
+        sqlx::query("INSERT INTO job_runs VALUES ($1, $2, $3)")
+            .bind(ctx.id)
+            .bind(ctx.attempt)
+            .bind(worker)
+            .execute(&ctx.pool)
+            .await?;
+        if self.snooze_first && runs == 0 {
+            return Ok(Outcome::Snooze(Duration::from_secs(3600)));
+        }
+        ctx.progress(50, "half way").await?;
+        Ok(Outcome::done())
+    }
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .register::<Flaky>()
+        .register::<Panicky>()
+        .register::<Recorded>()
+}
+
+fn worker_config(queues: &str, instance: &str) -> WorkerConfig {
+    WorkerConfig {
+        poll_interval: Duration::from_millis(50),
+        lease: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(5),
+        instance: instance.into(),
+        ..WorkerConfig::new(hearth::jobs::parse_queues(queues).unwrap())
+    }
+}
+
+/// Polls the job's state until it is `state`, for at most 20 s.
+async fn wait_for_state(pool: &PgPool, id: i64, state: &str) -> control::JobStatus {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..1000 {
+        tick.tick().await;
+        if let Some(status) = control::status(pool, id).await.unwrap()
+            && status.state == state
+        {
+            return status;
+        }
+    }
+    panic!(
+        "job {id} never reached {state}: {:?}",
+        control::status(pool, id).await.unwrap()
+    );
+}
+
+async fn status(pool: &PgPool, id: i64) -> control::JobStatus {
+    control::status(pool, id)
+        .await
+        .unwrap()
+        .expect("job exists")
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_rolled_back_transaction_never_exists() {
+    let (_, pool) = pool().await;
+    let mut tx = pool.begin().await.unwrap();
+    let job = Enqueue::new(&Noop {})
+        .unwrap()
+        .enqueue(&mut *tx)
+        .await
+        .unwrap();
+
+    tx.rollback().await.unwrap();
+
+    assert!(control::status(&pool, job.id).await.unwrap().is_none());
+    assert_eq!(
+        testing::drain(&pool, &registry(), "default").await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_committed_transaction_runs() {
+    let (_, pool) = pool().await;
+    let workers = Workers::start(pool.clone(), registry(), worker_config("default:2", "w1"));
+    let mut tx = pool.begin().await.unwrap();
+    let job = Enqueue::new(&Recorded {
+        snooze_first: false,
+    })
+    .unwrap()
+    .enqueue(&mut *tx)
+    .await
+    .unwrap();
+
+    tx.commit().await.unwrap();
+
+    let done = wait_for_state(&pool, job.id, "completed").await;
+    assert_eq!(done.attempt, 1);
+    assert_eq!(done.progress_percent, Some(50));
+    assert_eq!(done.progress_message.as_deref(), Some("half way"));
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_succeed_with_a_result() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Flaky { failures: 2 })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        testing::drain(&pool, &registry(), "default").await.unwrap(),
+        3
+    );
+
+    let done = status(&pool, job.id).await;
+    assert_eq!(done.state, "completed");
+    assert_eq!(done.result, Some(json!({ "succeeded_on": 3 })));
+    let errors = done.errors.as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["attempt"], 1);
+    assert_eq!(errors[0]["error"], "failure number 1");
+    assert_eq!(errors[1]["attempt"], 2);
+    assert!(errors[0]["at"].is_string() && errors[0]["instance"].is_string());
+}
+
+#[tokio::test]
+async fn default_backoff_schedules_the_retry_in_the_future() {
+    #[derive(Serialize, Deserialize)]
+    struct Fails {}
+    impl Job for Fails {
+        const KIND: &'static str = "test_fails";
+        async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
+            anyhow::bail!("always")
+        }
+    }
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Fails {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    testing::run_one(&pool, &Registry::new().register::<Fails>(), "default")
+        .await
+        .unwrap();
+
+    let waiting = status(&pool, job.id).await;
+    assert_eq!(waiting.state, "scheduled");
+    let delay: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM run_at - now())::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(job.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        (1.0..=2.3).contains(&delay),
+        "first retry after about 2 s, got {delay}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_out_of_attempts_is_discarded_with_its_error_history() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Flaky { failures: 10 })
+        .unwrap()
+        .max_attempts(3)
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+
+    let dead = status(&pool, job.id).await;
+    assert_eq!(dead.state, "discarded");
+    assert_eq!(dead.attempt, 3);
+    assert_eq!(dead.errors.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_panic_fails_the_attempt_and_is_recorded() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Panicky {})
+        .unwrap()
+        .max_attempts(1)
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+
+    let dead = status(&pool, job.id).await;
+    assert_eq!(dead.state, "discarded");
+    assert_eq!(dead.errors[0]["error"], "panicked: the job exploded");
+}
+
+#[tokio::test]
+async fn an_attempt_over_its_timeout_fails() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Sleep { ms: 10_000 })
+        .unwrap()
+        .timeout(Duration::from_millis(50))
+        .unwrap()
+        .max_attempts(1)
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+
+    let dead = status(&pool, job.id).await;
+    assert_eq!(dead.state, "discarded");
+    assert_eq!(dead.errors[0]["error"], "timed out after 50ms");
+}
+
+#[tokio::test]
+async fn unknown_kinds_and_bad_args_are_discarded_not_retried() {
+    let (_, pool) = pool().await;
+    let unknown = Enqueue::raw("no_such_kind", json!({}), Default::default())
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let bad_args = Enqueue::raw(
+        "test_flaky",
+        json!({ "failures": "many" }),
+        Default::default(),
+    )
+    .unwrap()
+    .enqueue(&pool)
+    .await
+    .unwrap();
+
+    assert_eq!(
+        testing::drain(&pool, &registry(), "default").await.unwrap(),
+        2
+    );
+
+    let unknown = status(&pool, unknown.id).await;
+    assert_eq!(unknown.state, "discarded");
+    assert!(
+        unknown.errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown job kind `no_such_kind`")
+    );
+    let bad_args = status(&pool, bad_args.id).await;
+    assert_eq!(bad_args.state, "discarded");
+    assert_eq!(bad_args.attempt, 1, "not retried");
+    assert!(
+        bad_args.errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the args do not fit kind `test_flaky`")
+    );
+}
+
+#[tokio::test]
+async fn unique_keys_dedupe_single_and_bulk_enqueues() {
+    let (_, pool) = pool().await;
+    let unique = || {
+        Enqueue::new(&Noop {})
+            .unwrap()
+            .unique(Unique::key("digest:ada"))
+    };
+
+    let first = unique().enqueue(&pool).await.unwrap();
+    let second = unique().enqueue(&pool).await.unwrap();
+    let bulk = enqueue_many(
+        &pool,
+        vec![unique(), Enqueue::new(&Noop {}).unwrap(), unique()],
+    )
+    .await
+    .unwrap();
+
+    assert!(!first.duplicate);
+    assert_eq!(
+        second,
+        hearth::jobs::Enqueued {
+            id: first.id,
+            duplicate: true
+        }
+    );
+    assert_eq!(bulk[0], second);
+    assert!(!bulk[1].duplicate);
+    assert_eq!(bulk[2], second);
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 2);
+
+    // Once the job completes, the key is free again (completed is not in its states)...
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+    assert!(!unique().enqueue(&pool).await.unwrap().duplicate);
+    // ...unless the key also holds for completed jobs.
+    let held = || {
+        Enqueue::new(&Noop {})
+            .unwrap()
+            .unique(Unique::key("once").also_when(&[FinishedState::Completed]))
+    };
+    held().enqueue(&pool).await.unwrap();
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+    assert!(held().enqueue(&pool).await.unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn bulk_enqueue_inserts_thousands_in_one_call() {
+    let (_, pool) = pool().await;
+    let jobs: Vec<Enqueue> = (0..5000).map(|_| Enqueue::new(&Noop {}).unwrap()).collect();
+
+    let enqueued = enqueue_many(&pool, jobs).await.unwrap();
+
+    assert_eq!(enqueued.len(), 5000);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 5000);
+}
+
+#[tokio::test]
+async fn run_at_and_delay_are_respected() {
+    let (_, pool) = pool().await;
+    let later = Enqueue::new(&Noop {})
+        .unwrap()
+        .delay(Duration::from_secs(3600))
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let at = Enqueue::new(&Noop {})
+        .unwrap()
+        .run_at(time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        testing::drain(&pool, &registry(), "default").await.unwrap(),
+        0
+    );
+    assert_eq!(status(&pool, later.id).await.state, "scheduled");
+    assert_eq!(status(&pool, at.id).await.state, "scheduled");
+}
+
+#[tokio::test]
+async fn an_expired_job_is_discarded_not_run_late() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Recorded {
+        snooze_first: false,
+    })
+    .unwrap()
+    .expires_at(time::OffsetDateTime::now_utc() - time::Duration::seconds(1))
+    .enqueue(&pool)
+    .await
+    .unwrap();
+
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+
+    let dead = status(&pool, job.id).await;
+    assert_eq!(dead.state, "discarded");
+    assert_eq!(dead.errors[0]["error"], "expired before it could start");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0);
+}
+
+#[tokio::test]
+async fn snooze_reschedules_without_using_an_attempt() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Recorded { snooze_first: true })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    testing::run_one(&pool, &registry(), "default")
+        .await
+        .unwrap();
+
+    let snoozed = status(&pool, job.id).await;
+    assert_eq!(snoozed.state, "scheduled");
+    assert_eq!(snoozed.attempt, 0);
+    assert!(snoozed.errors.as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cancel_a_queued_job_and_a_running_one() {
+    let (_, pool) = pool().await;
+    let queued = Enqueue::new(&Noop {})
+        .unwrap()
+        .queue("idle")
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        control::cancel(&pool, queued.id).await.unwrap(),
+        Cancelled::Cancelled
+    );
+    assert_eq!(status(&pool, queued.id).await.state, "cancelled");
+    assert_eq!(
+        control::cancel(&pool, queued.id).await.unwrap(),
+        Cancelled::AlreadyFinished
+    );
+    assert_eq!(
+        control::cancel(&pool, 987_654).await.unwrap(),
+        Cancelled::NotFound
+    );
+
+    let workers = Workers::start(pool.clone(), registry(), worker_config("default:1", "w1"));
+    let running = Enqueue::new(&Sleep { ms: 60_000 })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    wait_for_state(&pool, running.id, "running").await;
+
+    assert_eq!(
+        control::cancel(&pool, running.id).await.unwrap(),
+        Cancelled::Requested
+    );
+
+    let cancelled = wait_for_state(&pool, running.id, "cancelled").await;
+    assert_eq!(cancelled.errors[0]["error"], "cancelled while running");
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_queue_runs_nothing_until_resumed() {
+    let (_, pool) = pool().await;
+    let queue = QueueName::parse("default").unwrap();
+    control::pause(&pool, &queue).await.unwrap();
+    let job = Enqueue::new(&Noop {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        testing::drain(&pool, &registry(), "default").await.unwrap(),
+        0
+    );
+    let workers = Workers::start(pool.clone(), registry(), worker_config("default:1", "w1"));
+    control::resume(&pool, &queue).await.unwrap();
+
+    wait_for_state(&pool, job.id, "completed").await;
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn discarded_jobs_can_be_retried() {
+    let (_, pool) = pool().await;
+    let job = Enqueue::new(&Flaky { failures: 1 })
+        .unwrap()
+        .max_attempts(1)
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+    assert_eq!(status(&pool, job.id).await.state, "discarded");
+
+    assert!(control::retry(&pool, job.id).await.unwrap());
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+
+    let done = status(&pool, job.id).await;
+    assert_eq!((done.state.as_str(), done.attempt), ("completed", 2));
+    assert!(
+        !control::retry(&pool, job.id).await.unwrap(),
+        "a completed job is not retried"
+    );
+}
+
+#[tokio::test]
+async fn pruning_deletes_old_finished_jobs_only() {
+    let (_, pool) = pool().await;
+    let old = Enqueue::new(&Noop {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let recent = Enqueue::new(&Noop {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let waiting = Enqueue::new(&Noop {})
+        .unwrap()
+        .delay(Duration::from_secs(3600))
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    testing::drain(&pool, &registry(), "default").await.unwrap();
+    sqlx::query("UPDATE jobs_done SET finished_at = now() - interval '8 days' WHERE id = $1")
+        .bind(old.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let mut conn = pool.acquire().await.unwrap();
+    let pruned = maintenance::prune(&mut conn, Duration::from_secs(7 * 86_400))
+        .await
+        .unwrap();
+
+    assert_eq!(pruned, 1);
+    assert!(control::status(&pool, old.id).await.unwrap().is_none());
+    assert!(control::status(&pool, recent.id).await.unwrap().is_some());
+    assert!(control::status(&pool, waiting.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn two_worker_pools_drain_the_queue_without_running_an_attempt_twice() {
+    let (_, pool) = pool().await;
+    let jobs: Vec<Enqueue> = (0..400)
+        .map(|_| {
+            Enqueue::new(&Recorded {
+                snooze_first: false,
+            })
+            .unwrap()
+        })
+        .collect();
+    enqueue_many(&pool, jobs).await.unwrap();
+
+    let a = Workers::start(
+        pool.clone(),
+        registry().with_data("a".to_string()),
+        worker_config("default:4", "a"),
+    );
+    let b = Workers::start(
+        pool.clone(),
+        registry().with_data("b".to_string()),
+        worker_config("default:4", "b"),
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..1500 {
+        tick.tick().await;
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs_done WHERE state = 'completed'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if done == 400 {
+            break;
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_done WHERE state = 'completed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(done, 400);
+    let duplicates: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT job_id, attempt FROM job_runs GROUP BY 1, 2 HAVING count(*) > 1) d")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(duplicates, 0);
+    let by_worker: Vec<(String, i64)> =
+        sqlx::query_as("SELECT worker, count(*) FROM job_runs GROUP BY 1 ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(by_worker.len(), 2, "both pools took part: {by_worker:?}");
+}
+
+#[tokio::test]
+async fn a_schedule_under_two_instances_enqueues_each_occurrence_once() {
+    let (_, pool) = pool().await;
+    let (_, second) = {
+        let options = pool.connect_options().as_ref().clone();
+        (
+            (),
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+                .await
+                .unwrap(),
+        )
+    };
+    let schedule = Schedule::new(
+        "tidy",
+        Every::interval(Duration::from_secs(600)).unwrap(),
+        Enqueue::new(&Noop {}).unwrap(),
+    )
+    .unwrap();
+    let schedules = vec![schedule];
+    // The first sight of a schedule starts its clock; then the instances were down for an hour.
+    maintenance::tick(&pool, Duration::from_secs(86_400), &schedules, false)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE job_schedules SET last_occurrence = now() - interval '1 hour 5 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let (a, b) = tokio::join!(
+        maintenance::tick(&pool, Duration::from_secs(86_400), &schedules, false),
+        maintenance::tick(&second, Duration::from_secs(86_400), &schedules, false),
+    );
+    a.unwrap();
+    b.unwrap();
+    maintenance::tick(&second, Duration::from_secs(86_400), &schedules, false)
+        .await
+        .unwrap();
+
+    let enqueued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'noop'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        enqueued, 1,
+        "six missed occurrences run once, by one instance"
+    );
+    let status = maintenance::schedule_status(&pool, &schedules)
+        .await
+        .unwrap();
+    assert!(status[0].next.unwrap() > chrono::Utc::now());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_hands_back_unfinished_jobs() {
+    let (_, pool) = pool().await;
+    let config = WorkerConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..worker_config("default:1", "w1")
+    };
+    let workers = Workers::start(pool.clone(), registry(), config);
+    let job = Enqueue::new(&Sleep { ms: 60_000 })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    wait_for_state(&pool, job.id, "running").await;
+
+    workers.shutdown().await;
+
+    let back = status(&pool, job.id).await;
+    assert_eq!(back.state, "available");
+    assert_eq!(back.attempt, 0, "handing back does not use up an attempt");
+}
+
+#[tokio::test]
+async fn a_killed_worker_process_loses_its_job_to_another_after_the_lease() {
+    let (name, pool) = pool().await;
+    let job = Enqueue::new(&Sleep { ms: 1500 })
+        .unwrap()
+        .queue("slow")
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("worker")
+        .env("DATABASE_URL", helpers::database_url(&name))
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_QUEUES", "slow:1")
+        .env("HEARTH_JOB_LEASE", "1s")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_for_state(&pool, job.id, "running").await;
+
+    child.kill().unwrap(); // SIGKILL mid-job
+    child.wait().unwrap();
+    let config = WorkerConfig {
+        lease: Duration::from_secs(1),
+        ..worker_config("slow:1", "survivor")
+    };
+    let workers = Workers::start(pool.clone(), registry(), config);
+
+    let done = wait_for_state(&pool, job.id, "completed").await;
+    workers.shutdown().await;
+    assert_eq!(done.attempt, 2);
+    assert!(
+        done.errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("lease expired"),
+        "{:?}",
+        done.errors
+    );
+    let completions: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_done WHERE id = $1")
+        .bind(job.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(completions, 1);
+}
+
+#[tokio::test]
+async fn testing_helpers_find_enqueued_jobs() {
+    let (_, pool) = pool().await;
+    Enqueue::new(&Sleep { ms: 1 })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    let id = testing::assert_enqueued(&pool, "sleep", json!({ "ms": 1 })).await;
+
+    assert!(
+        testing::enqueued(&pool, "sleep", json!({ "ms": 2 }))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        testing::run_one(&pool, &registry(), "default")
+            .await
+            .unwrap(),
+        Some(id)
+    );
+    assert_eq!(status(&pool, id).await.state, "completed");
+}
+
+#[tokio::test]
+async fn bad_enqueue_input_is_a_clear_error() {
+    let too_big = Enqueue::raw(
+        "noop",
+        json!({ "blob": "x".repeat(300_000) }),
+        Default::default(),
+    )
+    .unwrap_err();
+    assert!(too_big.to_string().contains("more than the 262144 allowed"));
+    assert!(Enqueue::new(&Noop {}).unwrap().queue("Bad Queue").is_err());
+    assert!(Enqueue::new(&Noop {}).unwrap().max_attempts(0).is_err());
+    assert!(
+        Enqueue::new(&Noop {})
+            .unwrap()
+            .timeout(Duration::ZERO)
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn job_status_api_reports_state_progress_and_result() {
+    let app = TestApp::spawn().await;
+    let job = Enqueue::new(&Flaky { failures: 0 })
+        .unwrap()
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+    testing::drain(&app.pool, &registry(), "default")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        app.get(&format!("/api/jobs/{}", job.id)).await.status(),
+        401
+    );
+    app.signup("ada", "correct horse").await;
+    let body: serde_json::Value = app
+        .get(&format!("/api/jobs/{}", job.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(body["state"], "completed");
+    assert_eq!(body["result"]["succeeded_on"], 1);
+    assert_eq!(app.get("/api/jobs/999999").await.status(), 404);
+}
