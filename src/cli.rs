@@ -46,6 +46,11 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Benchmarks (see `hearth bench jobs --help`).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Create a user.
     Createuser {
         /// The username (3-32 letters, digits, `_`, `.`, `-`).
@@ -57,6 +62,12 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The job-queue benchmark (PROTOCOL.md W4): `hearth bench jobs both 20000 3`.
+    Jobs(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +109,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve { no_migrate } => server::run(cli.config, !no_migrate).await,
             Command::Migrate { status } => migrate(&cli.config, status).await,
             Command::Worker => server::run_worker(cli.config).await,
+            Command::Bench {
+                what: BenchCommand::Jobs(args),
+            } => crate::bench::run(cli.config, args).await,
             Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Createuser {
                 name,

@@ -18,10 +18,13 @@
 //! * [`home`]: the home page.
 //! * [`ops`]: operations endpoints (job status).
 //!
+//! [`bench`] is `hearth bench jobs`, the job-queue benchmark.
+//!
 //! [`server`] wires the floors together into a running process with graceful shutdown, and
 //! [`cli`] is the `hearth` command line on top of it.
 
 pub mod accounts;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A background job. Its fields are the arguments, stored as JSON.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(Serialize, Deserialize)]
 /// struct SendWelcome { user_id: i64 }
 ///

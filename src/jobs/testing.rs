@@ -1,7 +1,7 @@
 //! Helpers for tests of code that enqueues jobs — what Celery's eager mode and Oban's testing
 //! module give: check what was enqueued, run a job inline, drain a queue.
 //!
-//! ```ignore
+//! ```text
 //! signup(&app, "ada").await;
 //! let id = testing::assert_enqueued(&pool, "send_welcome", json!({"user": "ada"})).await;
 //! testing::drain(&pool, &registry, "mail").await?;

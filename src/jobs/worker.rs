@@ -275,7 +275,10 @@ async fn fetch(
 ) -> Result<Vec<Fetched>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        WITH next AS (
+        -- Leasing need not wait for the WAL flush: if a crash loses the lease, the job is
+        -- simply available again. This saves an fsync on every pickup.
+        WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+        next AS (
             SELECT id FROM jobs
              WHERE state = 'available' AND queue = $1 AND run_at <= now()
                AND NOT EXISTS (SELECT 1 FROM job_queues_paused p WHERE p.queue = $1)
@@ -286,7 +289,7 @@ async fn fetch(
         UPDATE jobs j
            SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
                lease_until = now() + make_interval(secs => $3), locked_by = $4
-          FROM next
+          FROM next, relaxed
          WHERE j.id = next.id
         RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.timeout_ms, j.expires_at,
                   extract(epoch FROM now() - j.run_at)::float8 AS "waited_s!"

@@ -1,0 +1,448 @@
+//! `hearth bench jobs`: the job-queue benchmark of `PROTOCOL.md` (W4), runnable by anyone who
+//! cloned the repo.
+//!
+//! `hearth bench jobs both <N> <REPEATS>` follows the peers' contract: workers run in this
+//! process; the job appends `"%017.6f %017.6f\n" % (t_start, t_enqueued)` to a record file and
+//! completion is observed by polling the file's size every 5 ms; one JSON object per
+//! measurement goes to stdout. Modes:
+//!
+//! * `throughput`: N no-op jobs through [`enqueue_many`] (5,000 per statement); jobs/s =
+//!   N / (t_start of the last job − t0), enqueue time included;
+//! * `latency`: `LATENCY_N` (200) jobs enqueued one at a time `LATENCY_GAP_MS` (20) apart;
+//!   t_start − t_enqueued, p50/p99 by nearest rank;
+//! * `sustained`: jobs inserted one per transaction at `--rate` per second for `--seconds`,
+//!   while workers drain; p50/p99 of the wait;
+//! * `churn`: N jobs pushed through, with `EXPLAIN (ANALYZE, BUFFERS)` of the fetch query
+//!   before and after, to show the hot path does not bloat.
+//!
+//! Run it against a scratch database (`HEARTH_DATA_DIR=/tmp/bench hearth bench jobs ...`):
+//! it deletes the `bench` queue's jobs between runs.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::{
+    config::Config,
+    db::{Database, migrations},
+    jobs::{
+        Enqueue, Job, JobContext, Outcome, QueueName, Registry, WorkerConfig, Workers, enqueue_many,
+    },
+};
+
+const QUEUE: &str = "bench";
+
+/// Which measurements to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Both,
+    Throughput,
+    Latency,
+    Sustained,
+    Churn,
+}
+
+/// Benchmark settings from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure (`both` = throughput and latency, as run.sh asks).
+    #[arg(default_value = "both")]
+    pub mode: Mode,
+    /// Jobs per throughput (or churn) run.
+    #[arg(default_value_t = 20_000)]
+    pub n: usize,
+    /// Repeats of each measurement.
+    #[arg(default_value_t = 1)]
+    pub repeats: usize,
+    /// Jobs run at once by this process's workers.
+    /// (No-op jobs finish at once, so this mostly sets how many are fetched per statement.)
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// Sustained mode: jobs inserted per second, one per transaction.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// Sustained mode: how long to insert.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// The benchmark job: records when it started and when it was enqueued.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    t_enq: f64,
+}
+
+/// The record file jobs append to.
+struct RecordFile(fs::File);
+
+impl Job for Record {
+    const KIND: &'static str = "bench_record";
+
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        let line = format!("{:017.6} {:017.6}\n", now(), self.t_enq);
+        if let Some(RecordFile(file)) = ctx.data::<RecordFile>() {
+            // One write of 36 bytes to an O_APPEND file: lines never interleave.
+            (&*file).write_all(line.as_bytes())?;
+        }
+        Ok(Outcome::done())
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `hearth bench jobs`.
+pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    let db = Database::open(&config, true)
+        .await
+        .context("cannot open the database")?;
+    let outcome = run_on(&db.pool, &args).await;
+    db.close().await?;
+    outcome
+}
+
+async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
+    migrations::run(pool)
+        .await
+        .context("cannot apply migrations")?;
+    let dir = tempfile_dir()?;
+    let record = dir.join("record.txt");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(&record)?;
+    let registry = Registry::new()
+        .register::<Record>()
+        .with_data(RecordFile(file));
+    let queues = vec![(QueueName::parse(QUEUE)?, args.concurrency)];
+    let worker_config = WorkerConfig {
+        instance: format!("bench-{}", std::process::id()),
+        ..WorkerConfig::new(queues)
+    };
+    reset(pool, &record).await?;
+    let workers = Workers::start(pool.clone(), registry, worker_config);
+    let config = format!(
+        "hearth: 1 process, {} slots on queue `{QUEUE}`; bulk enqueue_many (5,000 per statement)",
+        args.concurrency
+    );
+
+    // Warm-up: one job through the single path, then JOBS_WARMUP_N through the bulk path.
+    enqueue_one(pool, now()).await?;
+    wait_for_lines(&record, 1, None).await?;
+    let warmup = env_usize("JOBS_WARMUP_N", 2000);
+    enqueue_bulk(pool, warmup).await?;
+    wait_for_lines(&record, 1 + warmup, None).await?;
+
+    let result = async {
+        for repeat in 1..=args.repeats {
+            if matches!(args.mode, Mode::Both | Mode::Throughput) {
+                reset(pool, &record).await?;
+                throughput(pool, &record, args.n, repeat, &config).await?;
+            }
+            if matches!(args.mode, Mode::Both | Mode::Latency) {
+                reset(pool, &record).await?;
+                latency(pool, &record, repeat, &config).await?;
+            }
+            if args.mode == Mode::Sustained {
+                reset(pool, &record).await?;
+                sustained(pool, &record, args, repeat, &config).await?;
+            }
+            if args.mode == Mode::Churn {
+                reset(pool, &record).await?;
+                churn(pool, &record, args.n, &config).await?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    workers.shutdown().await;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("hearth-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Empties the bench queue and the record file between runs.
+async fn reset(pool: &PgPool, record: &Path) -> anyhow::Result<()> {
+    sqlx::query!("DELETE FROM jobs WHERE queue = $1", QUEUE)
+        .execute(pool)
+        .await?;
+    sqlx::query!("DELETE FROM jobs_done WHERE queue = $1", QUEUE)
+        .execute(pool)
+        .await?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(record)?
+        .set_len(0)?;
+    Ok(())
+}
+
+async fn enqueue_one(pool: &PgPool, t_enq: f64) -> anyhow::Result<()> {
+    Enqueue::new(&Record { t_enq })?
+        .queue(QUEUE)?
+        .enqueue(pool)
+        .await?;
+    Ok(())
+}
+
+async fn enqueue_bulk(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(5000);
+        let jobs = (0..chunk)
+            .map(|_| Enqueue::new(&Record { t_enq: 0.0 })?.queue(QUEUE))
+            .collect::<Result<Vec<_>, _>>()?;
+        enqueue_many(pool, jobs).await?;
+        left -= chunk;
+    }
+    Ok(())
+}
+
+/// Waits until the record file holds `n` lines (polling its size every 5 ms, as the peers'
+/// bench does), for at most 240 s.
+async fn wait_for_lines(record: &Path, n: usize, bar: Option<&ProgressBar>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tick.tick().await;
+        let lines = fs::metadata(record)
+            .map(|m| m.len() as usize / 36)
+            .unwrap_or(0);
+        if let Some(bar) = bar {
+            bar.set_position(lines as u64);
+        }
+        if lines >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {lines} of {n} jobs ran within 240 s"
+        );
+    }
+}
+
+fn read_record(record: &Path) -> anyhow::Result<Vec<(f64, f64)>> {
+    Ok(fs::read_to_string(record)?
+        .lines()
+        .filter_map(|l| {
+            let (start, enq) = l.split_once(' ')?;
+            Some((start.trim().parse().ok()?, enq.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+fn bar(n: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} jobs ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+async fn throughput(
+    pool: &PgPool,
+    record: &Path,
+    n: usize,
+    repeat: usize,
+    config: &str,
+) -> anyhow::Result<()> {
+    let bar = bar(n, "throughput");
+    let t0 = now();
+    enqueue_bulk(pool, n).await?;
+    let enqueue_s = now() - t0;
+    wait_for_lines(record, n, Some(&bar)).await?;
+    bar.finish_and_clear();
+    let last_start = read_record(record)?
+        .iter()
+        .map(|(start, _)| *start)
+        .fold(0.0, f64::max);
+    let total_s = last_start - t0;
+    println!(
+        "{}",
+        json!({"tool": "hearth", "mode": "throughput", "repeat": repeat, "n": n, "completed": n, "ok": true,
+               "enqueue_s": round(enqueue_s), "total_s": round(total_s), "jobs_per_s": round(n as f64 / total_s), "config": config})
+    );
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn waits_ms(record: &Path) -> anyhow::Result<Vec<f64>> {
+    let mut waits: Vec<f64> = read_record(record)?
+        .iter()
+        .map(|(start, enq)| (start - enq) * 1000.0)
+        .collect();
+    waits.sort_by(f64::total_cmp);
+    Ok(waits)
+}
+
+async fn latency(pool: &PgPool, record: &Path, repeat: usize, config: &str) -> anyhow::Result<()> {
+    let n = env_usize("LATENCY_N", 200);
+    let gap = Duration::from_millis(env_usize("LATENCY_GAP_MS", 20) as u64);
+    let bar = bar(n, "latency");
+    let mut enqueue_ms = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = now();
+        enqueue_one(pool, t).await?;
+        enqueue_ms.push((now() - t) * 1000.0);
+        bar.set_position(i as u64 + 1);
+        tokio::time::sleep(gap).await;
+    }
+    // How much of the pickup latency is the enqueue call itself (its INSERT and commit).
+    enqueue_ms.sort_by(f64::total_cmp);
+    wait_for_lines(record, n, None).await?;
+    bar.finish_and_clear();
+    let waits = waits_ms(record)?;
+    println!(
+        "{}",
+        json!({"tool": "hearth", "mode": "latency", "repeat": repeat, "n": n, "completed": waits.len(), "ok": waits.len() == n,
+               "p50_ms": round(percentile(&waits, 50.0)), "p99_ms": round(percentile(&waits, 99.0)),
+               "max_ms": round(waits.last().copied().unwrap_or(f64::NAN)),
+               "enqueue_call_p50_ms": round(percentile(&enqueue_ms, 50.0)), "config": config})
+    );
+    Ok(())
+}
+
+async fn sustained(
+    pool: &PgPool,
+    record: &Path,
+    args: &BenchArgs,
+    repeat: usize,
+    config: &str,
+) -> anyhow::Result<()> {
+    let total = args.rate as usize * args.seconds as usize;
+    let bar = bar(total, "sustained");
+    let start = Instant::now();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Eight producers share the schedule: job k is due at k / rate seconds after the start.
+    let producers: Vec<_> = (0..8)
+        .map(|_| {
+            let (pool, sent, rate) = (pool.clone(), sent.clone(), args.rate as f64);
+            tokio::spawn(async move {
+                loop {
+                    let k = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= total {
+                        return anyhow::Ok(());
+                    }
+                    let due = start + Duration::from_secs_f64(k as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    enqueue_one(&pool, now()).await?;
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await??;
+    }
+    let insert_s = start.elapsed().as_secs_f64();
+    wait_for_lines(record, total, Some(&bar)).await?;
+    bar.finish_and_clear();
+    let waits = waits_ms(record)?;
+    println!(
+        "{}",
+        json!({"tool": "hearth", "mode": "sustained", "repeat": repeat, "n": total, "completed": waits.len(), "ok": waits.len() == total,
+               "target_rate": args.rate, "achieved_rate": round(total as f64 / insert_s),
+               "p50_ms": round(percentile(&waits, 50.0)), "p99_ms": round(percentile(&waits, 99.0)),
+               "max_ms": round(waits.last().copied().unwrap_or(f64::NAN)), "config": config})
+    );
+    Ok(())
+}
+
+async fn explain_fetch(pool: &PgPool) -> anyhow::Result<String> {
+    // The worker's fetch statement, rolled back so nothing is leased.
+    let mut tx = pool.begin().await?;
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, BUFFERS)
+         WITH next AS (
+             SELECT id FROM jobs
+              WHERE state = 'available' AND queue = $1 AND run_at <= now()
+                AND NOT EXISTS (SELECT 1 FROM job_queues_paused p WHERE p.queue = $1)
+              ORDER BY priority, run_at, id LIMIT 32 FOR UPDATE SKIP LOCKED)
+         UPDATE jobs j SET state = 'running', attempt = j.attempt + 1 FROM next WHERE j.id = next.id RETURNING j.id",
+    )
+    .bind(QUEUE)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(plan.join("\n"))
+}
+
+async fn churn(pool: &PgPool, record: &Path, n: usize, config: &str) -> anyhow::Result<()> {
+    // A few waiting jobs in a paused-looking state (far future) give the plan rows to look at.
+    println!(
+        "fetch plan before {n} jobs:\n{}",
+        explain_fetch(pool).await?
+    );
+    let bar = bar(n, "churn");
+    let t0 = now();
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(50_000);
+        enqueue_bulk(pool, chunk).await?;
+        done += chunk;
+        wait_for_lines(record, done, Some(&bar)).await?;
+    }
+    bar.finish_and_clear();
+    let total_s = now() - t0;
+    println!("fetch plan after {n} jobs:\n{}", explain_fetch(pool).await?);
+    println!(
+        "{}",
+        json!({"tool": "hearth", "mode": "churn", "n": n, "completed": n, "ok": true, "total_s": round(total_s),
+               "jobs_per_s": round(n as f64 / total_s), "config": config})
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 100.0);
+        assert_eq!(percentile(&values, 99.0), 198.0);
+        assert_eq!(percentile(&[5.0], 99.0), 5.0);
+    }
+}
