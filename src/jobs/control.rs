@@ -43,17 +43,8 @@ pub async fn status(pool: &PgPool, id: i64) -> Result<Option<JobStatus>, sqlx::E
         SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
                progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
-          FROM (
-            SELECT id, kind, queue, args,
-                   CASE WHEN state = 'available' AND run_at > now() THEN 'scheduled' ELSE state END AS state,
-                   attempt, max_attempts, errors, NULL::jsonb AS result, progress_percent, progress_message,
-                   tags, created_at, run_at, NULL::timestamptz AS finished_at
-              FROM jobs WHERE id = $1
-            UNION ALL
-            SELECT id, kind, queue, args, state, attempt, max_attempts, errors, result, progress_percent,
-                   progress_message, tags, created_at, NULL, finished_at
-              FROM jobs_done WHERE id = $1
-          ) AS j
+          FROM job_statuses
+         WHERE id = $1
         "#,
         id
     )
@@ -73,17 +64,7 @@ pub async fn list(
         SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
                progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
-          FROM (
-            SELECT id, kind, queue, args,
-                   CASE WHEN state = 'available' AND run_at > now() THEN 'scheduled' ELSE state END AS state,
-                   attempt, max_attempts, errors, NULL::jsonb AS result, progress_percent, progress_message,
-                   tags, created_at, run_at, NULL::timestamptz AS finished_at
-              FROM jobs
-            UNION ALL
-            SELECT id, kind, queue, args, state, attempt, max_attempts, errors, result, progress_percent,
-                   progress_message, tags, created_at, NULL, finished_at
-              FROM jobs_done
-          ) AS j
+          FROM job_statuses
          WHERE $1::text IS NULL OR state = $1
          ORDER BY id DESC
          LIMIT $2
