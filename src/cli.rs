@@ -90,8 +90,37 @@ pub enum JobsCommand {
     Pause { queue: String },
     /// Let a paused queue run again.
     Resume { queue: String },
+    /// Limit a queue on every instance: `--global 5` running at once, `--rate 100/1m` started per
+    /// minute. Without either flag, the queue's limits are removed.
+    Limit {
+        queue: String,
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        global: Option<i32>,
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<(i32, std::time::Duration)>,
+    },
     /// Periodic jobs with their last and next run.
     Schedules,
+}
+
+/// `100/1m` → 100 per minute.
+fn parse_rate(spec: &str) -> Result<(i32, std::time::Duration), String> {
+    let (n, period) = spec
+        .split_once('/')
+        .ok_or("expected N/PERIOD, e.g. 100/1m")?;
+    let n: i32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a whole number"))?;
+    if n < 1 {
+        return Err("the rate must allow at least 1 job per period".into());
+    }
+    let period =
+        humantime::parse_duration(period.trim()).map_err(|e| format!("{period:?}: {e}"))?;
+    if period.is_zero() {
+        return Err("the period must be longer than zero".into());
+    }
+    Ok((n, period))
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -216,6 +245,18 @@ async fn jobs_action(pool: &sqlx::PgPool, action: JobsCommand) -> anyhow::Result
             control::resume(pool, &QueueName::parse(&queue)?).await?;
             println!("queue {queue} resumed");
         }
+        JobsCommand::Limit {
+            queue,
+            global,
+            rate,
+        } => {
+            let limits = control::QueueLimits { global, rate };
+            control::set_limits(pool, &QueueName::parse(&queue)?, limits).await?;
+            match (global, rate) {
+                (None, None) => println!("queue {queue} has no limits now"),
+                _ => println!("queue {queue} limited: {limits:?}"),
+            }
+        }
         JobsCommand::Schedules => {
             let schedules = maintenance::schedule_status(pool, &server::job_schedules()).await?;
             if schedules.is_empty() {
@@ -283,4 +324,22 @@ fn read_password(from_stdin: bool) -> anyhow::Result<NewPassword> {
         first
     };
     NewPassword::parse(&raw).map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+    use std::time::Duration;
+
+    #[test]
+    fn rates_parse_or_explain() {
+        assert_eq!(
+            parse_rate("100/1m").unwrap(),
+            (100, Duration::from_secs(60))
+        );
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("0/1s").is_err());
+        assert!(parse_rate("-3/1s").is_err());
+        assert!(parse_rate("5/0s").is_err());
+    }
 }

@@ -177,3 +177,47 @@ pub async fn resume(pool: &PgPool, queue: &QueueName) -> Result<(), sqlx::Error>
     .await?;
     Ok(())
 }
+
+/// Limits a queue obeys on every instance (within a poll interval of being set).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueLimits {
+    /// Most jobs of the queue running at once across all instances.
+    pub global: Option<i32>,
+    /// Most jobs started per period (a fixed window that starts with the first job after the
+    /// previous window ended).
+    pub rate: Option<(i32, std::time::Duration)>,
+}
+
+/// Sets (or, with both limits `None`, clears) a queue's limits.
+pub async fn set_limits(
+    pool: &PgPool,
+    queue: &QueueName,
+    limits: QueueLimits,
+) -> Result<(), sqlx::Error> {
+    if limits.global.is_none() && limits.rate.is_none() {
+        sqlx::query!(
+            "DELETE FROM job_queue_limits WHERE queue = $1",
+            queue.as_str()
+        )
+        .execute(pool)
+        .await?;
+        return Ok(());
+    }
+    let (rate, period) = match limits.rate {
+        Some((n, period)) => (Some(n), Some(period.as_secs_f64())),
+        None => (None, None),
+    };
+    sqlx::query!(
+        "INSERT INTO job_queue_limits (queue, global_limit, rate_limit, rate_period_s) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (queue) DO UPDATE
+            SET global_limit = EXCLUDED.global_limit, rate_limit = EXCLUDED.rate_limit,
+                rate_period_s = EXCLUDED.rate_period_s, window_start = now(), window_count = 0",
+        queue.as_str(),
+        limits.global,
+        rate,
+        period,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -17,6 +17,9 @@ use super::{metrics::METRICS, schedule::Schedule};
 /// Prune every this many ticks (a minute).
 const PRUNE_EVERY: u64 = 60;
 
+/// Vacuum `jobs` once this many dead rows have piled up (see [`vacuum_if_churned`]).
+const VACUUM_AFTER_DEAD_ROWS: i64 = 50_000;
+
 pub(crate) async fn run(
     pool: PgPool,
     retention: Duration,
@@ -30,7 +33,7 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Err(e) = tick(
+        match tick(
             &pool,
             retention,
             &schedules,
@@ -38,7 +41,13 @@ pub(crate) async fn run(
         )
         .await
         {
-            tracing::warn!(error = %e, "job maintenance failed; trying again next tick");
+            Ok(true) => {
+                if let Err(e) = vacuum_if_churned(&pool, VACUUM_AFTER_DEAD_ROWS).await {
+                    tracing::warn!(error = %e, "cannot vacuum the jobs table");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "job maintenance failed; trying again next tick"),
         }
         ticks += 1;
     }
@@ -75,6 +84,46 @@ pub async fn tick(
         enqueue_due(&mut tx, schedule).await?;
     }
     tx.commit().await?;
+    Ok(true)
+}
+
+/// Vacuums the `jobs` table when many dead rows have piled up.
+///
+/// Every job leaves dead entries in the fetch index (its row is updated when leased, then
+/// deleted), and a fetch must step over them until vacuum removes them. Autovacuum looks at
+/// each table at most once a minute (`autovacuum_naptime`), in which a busy queue leaves
+/// hundreds of thousands; so the maintenance leader vacuums as soon as the statistics show
+/// `threshold` dead rows. A session advisory lock keeps two instances from doing it at once;
+/// VACUUM does not block inserts, fetches or updates.
+pub async fn vacuum_if_churned(pool: &PgPool, threshold: i64) -> Result<bool, sqlx::Error> {
+    let dead = sqlx::query_scalar!(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
+    )
+    .fetch_optional(pool)
+    .await?
+    .flatten()
+    .unwrap_or(0);
+    if dead < threshold {
+        return Ok(false);
+    }
+    let mut conn = pool.acquire().await?;
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock(hashtext('hearth_jobs_vacuum')) AS "locked!""#
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !locked {
+        return Ok(false);
+    }
+    let started = std::time::Instant::now();
+    let vacuumed = sqlx::raw_sql(sqlx::AssertSqlSafe("VACUUM jobs"))
+        .execute(&mut *conn)
+        .await;
+    sqlx::query_scalar!("SELECT pg_advisory_unlock(hashtext('hearth_jobs_vacuum'))")
+        .fetch_one(&mut *conn)
+        .await?;
+    vacuumed?;
+    tracing::info!(dead_rows = dead, took = ?started.elapsed(), "vacuumed the jobs table");
     Ok(true)
 }
 

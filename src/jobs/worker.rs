@@ -225,6 +225,8 @@ impl Workers {
 async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let local = wake::local(queue.as_str());
+    let mut limited = false;
+    let mut limits_checked: Option<std::time::Instant> = None;
     loop {
         // Registered before fetching, so a wake-up that arrives during the fetch is not lost.
         let woken = local.notified();
@@ -233,10 +235,18 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
         if shared.stop.is_cancelled() {
             return;
         }
+        // Limits change rarely; re-read whether there are any at most once per poll interval.
+        if limits_checked.is_none_or(|at| at.elapsed() >= shared.config.poll_interval) {
+            match has_limits(&shared.pool, &queue).await {
+                Ok(found) => limited = found,
+                Err(e) => tracing::warn!(error = %e, "cannot read queue limits"),
+            }
+            limits_checked = Some(std::time::Instant::now());
+        }
         let free = slots.available_permits().min(MAX_BATCH);
         let mut more = false;
         if free > 0 {
-            match fetch(&shared, &queue, free).await {
+            match fetch(&shared, &queue, free, limited).await {
                 Ok(jobs) => {
                     more = jobs.len() == free;
                     for job in jobs {
@@ -268,10 +278,80 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
     }
 }
 
+/// Leases up to `limit` due jobs of `queue`. A queue with limits (global concurrency or rate,
+/// see `job_queue_limits`) takes the serialised path so the limits hold exactly.
 async fn fetch(
     shared: &Shared,
     queue: &QueueName,
     limit: usize,
+    limited: bool,
+) -> Result<Vec<Fetched>, sqlx::Error> {
+    if !limited {
+        let mut conn = shared.pool.acquire().await?;
+        return lease(&mut conn, shared, queue, limit as i64).await;
+    }
+    let mut tx = shared.pool.begin().await?;
+    // Taken in its own statement: the counts below must be read after the lock is held,
+    // and a statement's snapshot is taken when it starts.
+    sqlx::query_scalar!(
+        r#"SELECT pg_advisory_xact_lock(hashtext('hearth_queue:' || $1)) IS NULL AS "locked!""#,
+        queue.as_str()
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let allowed = sqlx::query_scalar!(
+        r#"
+        SELECT least(
+                 $2::bigint,
+                 coalesce(l.global_limit - (SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'running'), $2),
+                 coalesce(CASE WHEN l.window_start + make_interval(secs => l.rate_period_s) <= now() THEN l.rate_limit
+                               ELSE l.rate_limit - l.window_count END, $2)
+               ) AS "allowed!"
+          FROM job_queue_limits l
+         WHERE l.queue = $1
+        "#,
+        queue.as_str(),
+        limit as i64
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .unwrap_or(limit as i64);
+    let jobs = if allowed > 0 {
+        lease(&mut tx, shared, queue, allowed).await?
+    } else {
+        Vec::new()
+    };
+    sqlx::query!(
+        "UPDATE job_queue_limits
+            SET window_start = CASE WHEN window_start + make_interval(secs => rate_period_s) <= now() THEN now() ELSE window_start END,
+                window_count = CASE WHEN window_start + make_interval(secs => rate_period_s) <= now() THEN $2 ELSE window_count + $2 END
+          WHERE queue = $1 AND rate_limit IS NOT NULL AND $2 > 0",
+        queue.as_str(),
+        jobs.len() as i32
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// Whether `queue` has limits in force (re-read by runners once per poll interval).
+async fn has_limits(pool: &PgPool, queue: &QueueName) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM job_queue_limits WHERE queue = $1) AS "limited!""#,
+        queue.as_str()
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// The fetch statement: the next due jobs by priority and time, skipping rows other workers
+/// hold, leased to this instance.
+async fn lease(
+    conn: &mut sqlx::PgConnection,
+    shared: &Shared,
+    queue: &QueueName,
+    limit: i64,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
@@ -295,11 +375,11 @@ async fn fetch(
                   extract(epoch FROM now() - j.run_at)::float8 AS "waited_s!"
         "#,
         queue.as_str(),
-        limit as i64,
+        limit,
         shared.config.lease.as_secs_f64(),
         shared.config.instance,
     )
-    .fetch_all(&shared.pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -716,7 +796,8 @@ pub async fn run_one(
         running: Mutex::new(HashMap::new()),
         finished,
     };
-    let Some(job) = fetch(&shared, queue, 1).await?.pop() else {
+    let limited = has_limits(pool, queue).await?;
+    let Some(job) = fetch(&shared, queue, 1, limited).await?.pop() else {
         return Ok(None);
     };
     let id = job.id;

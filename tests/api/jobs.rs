@@ -847,3 +847,117 @@ async fn job_status_api_reports_state_progress_and_result() {
     assert_eq!(body["result"]["succeeded_on"], 1);
     assert_eq!(app.get("/api/jobs/999999").await.status(), 404);
 }
+
+/// Records when it started and ended, to measure overlap.
+#[derive(Serialize, Deserialize)]
+struct Span {
+    ms: u64,
+}
+
+impl Job for Span {
+    const KIND: &'static str = "test_span";
+
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        sqlx::query("INSERT INTO spans (job_id, started) VALUES ($1, clock_timestamp())")
+            .bind(ctx.id)
+            .execute(&ctx.pool)
+            .await?;
+        Sleep { ms: self.ms }.perform(ctx.clone()).await?;
+        sqlx::query("UPDATE spans SET ended = clock_timestamp() WHERE job_id = $1")
+            .bind(ctx.id)
+            .execute(&ctx.pool)
+            .await?;
+        Ok(Outcome::done())
+    }
+}
+
+#[tokio::test]
+async fn a_global_limit_holds_across_worker_pools() {
+    let (_, pool) = pool().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "CREATE TABLE spans (job_id bigint, started timestamptz, ended timestamptz)",
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let queue = QueueName::parse("limited").unwrap();
+    control::set_limits(
+        &pool,
+        &queue,
+        control::QueueLimits {
+            global: Some(2),
+            rate: None,
+        },
+    )
+    .await
+    .unwrap();
+    let jobs: Vec<Enqueue> = (0..8)
+        .map(|_| {
+            Enqueue::new(&Span { ms: 150 })
+                .unwrap()
+                .queue("limited")
+                .unwrap()
+        })
+        .collect();
+    let ids = enqueue_many(&pool, jobs).await.unwrap();
+    let registry = || registry().register::<Span>();
+
+    let a = Workers::start(pool.clone(), registry(), worker_config("limited:4", "a"));
+    let b = Workers::start(pool.clone(), registry(), worker_config("limited:4", "b"));
+    for job in &ids {
+        wait_for_state(&pool, job.id, "completed").await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+
+    let most_at_once: i64 = sqlx::query_scalar(
+        "SELECT max(c) FROM (SELECT (SELECT count(*) FROM spans o WHERE o.started <= s.started AND o.ended > s.started) AS c FROM spans s) x",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        most_at_once <= 2,
+        "at most 2 ran at once, saw {most_at_once}"
+    );
+    assert_eq!(most_at_once, 2, "the limit is used, not undershot");
+}
+
+#[tokio::test]
+async fn a_rate_limit_caps_starts_per_period() {
+    let (_, pool) = pool().await;
+    let queue = QueueName::parse("metered").unwrap();
+    control::set_limits(
+        &pool,
+        &queue,
+        control::QueueLimits {
+            global: None,
+            rate: Some((3, Duration::from_secs(3600))),
+        },
+    )
+    .await
+    .unwrap();
+    let jobs: Vec<Enqueue> = (0..5)
+        .map(|_| Enqueue::new(&Noop {}).unwrap().queue("metered").unwrap())
+        .collect();
+    let ids = enqueue_many(&pool, jobs).await.unwrap();
+
+    assert_eq!(
+        testing::drain(&pool, &registry(), "metered").await.unwrap(),
+        3
+    );
+
+    assert_eq!(status(&pool, ids[2].id).await.state, "completed");
+    assert_eq!(
+        status(&pool, ids[3].id).await.state,
+        "available",
+        "over the rate, it waits for the next window"
+    );
+    control::set_limits(&pool, &queue, control::QueueLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        testing::drain(&pool, &registry(), "metered").await.unwrap(),
+        2
+    );
+}
