@@ -191,12 +191,22 @@ async fn jobs(config: &Config, action: JobsCommand) -> anyhow::Result<()> {
     let db = Database::open(config, true)
         .await
         .context("cannot open the database")?;
-    let outcome = jobs_action(&db.pool, action).await;
+    let outcome = async {
+        migrations::run(&db.pool)
+            .await
+            .context("cannot apply migrations")?;
+        jobs_action(config, &db.pool, action).await
+    }
+    .await;
     db.close().await?;
     outcome
 }
 
-async fn jobs_action(pool: &sqlx::PgPool, action: JobsCommand) -> anyhow::Result<()> {
+async fn jobs_action(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    action: JobsCommand,
+) -> anyhow::Result<()> {
     use crate::jobs::{QueueName, control, maintenance};
     match action {
         JobsCommand::List { state, limit } => {
@@ -258,7 +268,8 @@ async fn jobs_action(pool: &sqlx::PgPool, action: JobsCommand) -> anyhow::Result
             }
         }
         JobsCommand::Schedules => {
-            let schedules = maintenance::schedule_status(pool, &server::job_schedules()).await?;
+            let schedules =
+                maintenance::schedule_status(pool, &server::job_schedules(config)?).await?;
             if schedules.is_empty() {
                 println!("no schedules are declared");
             }

@@ -129,6 +129,11 @@ pub struct Config {
     #[arg(long, env = "HEARTH_JOB_RETENTION", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
     pub job_retention: Duration,
 
+    /// Periodic jobs: `name|cron:EXPR|TIME ZONE|kind|JSON args` or `name|every:DURATION||kind|JSON
+    /// args`, separated by `;` (in addition to those declared in code).
+    #[arg(long, env = "HEARTH_SCHEDULES", global = true)]
+    pub schedules: Option<String>,
+
     /// Write logs as JSON lines instead of text.
     #[arg(long, env = "HEARTH_LOG_JSON", global = true)]
     pub log_json: bool,

@@ -90,7 +90,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
 
     tasks.spawn(sweep_periodically(state.db.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config));
+    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
 
     let server = serve(listener, app(state), shutdown.clone().cancelled_owned());
     let grace = config.shutdown_grace;
@@ -128,7 +128,7 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
         .context("cannot apply migrations")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config));
+    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
     shutdown.cancelled().await;
     workers.shutdown().await;
     db.close()
@@ -142,21 +142,36 @@ pub fn job_registry() -> Registry {
     Registry::new()
 }
 
-/// Every periodic job of this program. Apps add theirs here.
-pub fn job_schedules() -> Vec<Schedule> {
-    Vec::new()
+/// Every periodic job of this program: those apps declare here, plus `HEARTH_SCHEDULES`.
+/// A schedule of a kind this program does not run is an error at start-up, not a job that
+/// would be discarded every time it fires.
+pub fn job_schedules(config: &Config) -> anyhow::Result<Vec<Schedule>> {
+    let mut schedules: Vec<Schedule> = Vec::new();
+    if let Some(spec) = &config.schedules {
+        schedules.extend(crate::jobs::schedule::parse_config(spec)?);
+    }
+    let registry = job_registry();
+    for schedule in &schedules {
+        let kind = schedule.job.kind();
+        anyhow::ensure!(
+            registry.knows(kind),
+            "schedule {:?} names job kind {kind:?}, which is not registered",
+            schedule.name
+        );
+    }
+    Ok(schedules)
 }
 
 /// The worker runtime's settings from the configuration.
-pub fn worker_config(config: &Config) -> WorkerConfig {
-    WorkerConfig {
+pub fn worker_config(config: &Config) -> anyhow::Result<WorkerConfig> {
+    Ok(WorkerConfig {
         poll_interval: config.job_poll_interval,
         lease: config.job_lease,
         shutdown_grace: config.shutdown_grace,
         retention: config.job_retention,
-        schedules: job_schedules(),
+        schedules: job_schedules(config)?,
         ..WorkerConfig::new(config.queues.0.clone())
-    }
+    })
 }
 
 /// Applies pending migrations. If the database does not answer yet, serving goes ahead (with

@@ -148,6 +148,11 @@ pub struct Enqueued {
 }
 
 impl Enqueue {
+    /// The job's kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
     /// A job with its kind's defaults.
     pub fn new<J: Job>(job: &J) -> Result<Self, EnqueueError> {
         let args = serde_json::to_value(job).map_err(|source| EnqueueError::Serialize {

@@ -93,6 +93,11 @@ impl Registry {
         self.kinds.get(kind)
     }
 
+    /// Whether this registry runs `kind`.
+    pub fn knows(&self, kind: &str) -> bool {
+        self.kinds.contains_key(kind)
+    }
+
     /// Registered kinds, sorted.
     pub fn kinds(&self) -> Vec<&'static str> {
         let mut kinds: Vec<_> = self.kinds.keys().copied().collect();

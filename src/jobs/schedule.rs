@@ -25,6 +25,8 @@ pub enum ScheduleError {
     IntervalTooShort,
     #[error("invalid schedule name {0:?}: use 1-64 characters of a-z, 0-9, `_`, `-` and `.`")]
     InvalidName(String),
+    #[error("schedule entry {entry:?} in HEARTH_SCHEDULES: {reason}")]
+    InvalidEntry { entry: String, reason: String },
     #[error(transparent)]
     Job(#[from] EnqueueError),
 }
@@ -141,6 +143,49 @@ impl Schedule {
     }
 }
 
+/// Schedules declared in configuration (`HEARTH_SCHEDULES`): entries separated by `;`, each
+/// `name|cron:EXPR|TIME ZONE|kind|JSON args` or `name|every:DURATION||kind|JSON args`, e.g.
+/// `nightly|cron:0 3 * * *|Europe/Paris|digest|{}`. Whether the kind exists is checked at
+/// start-up against the registry.
+pub fn parse_config(spec: &str) -> Result<Vec<Schedule>, ScheduleError> {
+    let mut schedules: Vec<Schedule> = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let invalid = |reason: String| ScheduleError::InvalidEntry {
+            entry: entry.to_owned(),
+            reason,
+        };
+        let fields: Vec<&str> = entry.splitn(5, '|').map(str::trim).collect();
+        let [name, when, tz, kind, args] = fields[..] else {
+            return Err(invalid(
+                "expected name|cron:EXPR or every:DURATION|time zone|kind|JSON args".into(),
+            ));
+        };
+        let every = match when.split_once(':') {
+            Some(("cron", expr)) => {
+                Every::cron(expr.trim(), if tz.is_empty() { "UTC" } else { tz })?
+            }
+            Some(("every", duration)) => {
+                let every = humantime::parse_duration(duration.trim())
+                    .map_err(|e| invalid(format!("{duration:?}: {e}")))?;
+                Every::interval(every)?
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{when:?} must start with `cron:` or `every:`"
+                )));
+            }
+        };
+        let args: serde_json::Value = serde_json::from_str(args)
+            .map_err(|e| invalid(format!("the args are not JSON: {e}")))?;
+        let schedule = Schedule::new(name, every, Enqueue::raw(kind, args, Default::default())?)?;
+        if schedules.iter().any(|s| s.name == schedule.name) {
+            return Err(invalid(format!("the name {name:?} is used twice")));
+        }
+        schedules.push(schedule);
+    }
+    Ok(schedules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +193,36 @@ mod tests {
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn schedules_parse_from_config() {
+        let parsed = parse_config(
+            "nightly|cron:0 3 * * *|Europe/Paris|noop|{}; tidy|every:10m||sleep|{\"ms\": 5}",
+        )
+        .unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            parsed[0].every.to_string(),
+            "cron \"0 3 * * *\" (Europe/Paris)"
+        );
+        assert_eq!(parsed[1].every.to_string(), "every 10m");
+        assert!(matches!(
+            parse_config("x|cron:nope|UTC|noop|{}"),
+            Err(ScheduleError::InvalidCron { .. })
+        ));
+        assert!(matches!(
+            parse_config("x|hourly|UTC|noop|{}"),
+            Err(ScheduleError::InvalidEntry { .. })
+        ));
+        assert!(matches!(
+            parse_config("x|every:1h|UTC|noop|not json"),
+            Err(ScheduleError::InvalidEntry { .. })
+        ));
+        assert!(matches!(
+            parse_config("x|every:1h||noop|{};x|every:2h||noop|{}"),
+            Err(ScheduleError::InvalidEntry { .. })
+        ));
     }
 
     #[test]

@@ -276,3 +276,38 @@ async fn serve_keeps_serving_while_the_database_does_not_answer() {
         "the password never reaches the log"
     );
 }
+
+#[test]
+fn schedules_from_config_are_listed_and_unknown_kinds_refused() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let listed = hearth(dir.path())
+        .env(
+            "HEARTH_SCHEDULES",
+            "nightly|cron:0 3 * * *|Europe/Paris|noop|{}",
+        )
+        .args(["jobs", "schedules"])
+        .output()
+        .unwrap();
+    let refused = hearth(dir.path())
+        .env("HEARTH_SCHEDULES", "nightly|every:1h||no_such_kind|{}")
+        .args(["jobs", "schedules"])
+        .output()
+        .unwrap();
+
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        out.contains("nightly") && out.contains("Europe/Paris") && out.contains("next 20"),
+        "{out}"
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("\"no_such_kind\", which is not registered")
+    );
+}
