@@ -18,7 +18,7 @@ use super::{metrics::METRICS, schedule::Schedule};
 const PRUNE_EVERY: u64 = 60;
 
 /// Vacuum `jobs` once this many dead rows have piled up (see [`vacuum_if_churned`]).
-const VACUUM_AFTER_DEAD_ROWS: i64 = 50_000;
+const VACUUM_AFTER_DEAD_ROWS: i64 = 10_000;
 
 pub(crate) async fn run(
     pool: PgPool,
