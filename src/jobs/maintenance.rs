@@ -136,7 +136,10 @@ pub async fn rescue(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
                     'attempt', attempt,
                     'error', 'lease expired: worker ' || coalesce(locked_by, '?') || ' stopped heartbeating',
                     'at', now(), 'instance', locked_by)
-          WHERE state = 'running' AND lease_until < now()"
+          WHERE id IN (
+                -- SKIP LOCKED: a row locked right now is being completed or renewed.
+                SELECT id FROM jobs WHERE state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED
+          )"
     )
     .execute(conn)
     .await?;

@@ -133,6 +133,9 @@ struct Shared {
     jobs: TaskTracker,
     // A std Mutex: held for map operations only, never across an await.
     running: Mutex<HashMap<i64, RunningJob>>,
+    /// Jobs whose final outcome waits for the completer (id → attempt). Their leases are still
+    /// renewed: a completer slowed by load must not let the rescuer hand them out again.
+    finishing: Arc<Mutex<HashMap<i64, i32>>>,
     finished: mpsc::UnboundedSender<Finish>,
 }
 
@@ -155,6 +158,7 @@ impl Workers {
             abort: CancellationToken::new(),
             jobs: TaskTracker::new(),
             running: Mutex::new(HashMap::new()),
+            finishing: Arc::new(Mutex::new(HashMap::new())),
             finished,
         });
         let services = TaskTracker::new();
@@ -164,6 +168,7 @@ impl Workers {
         }
         services.spawn(listen(shared.clone(), service_stop.clone()));
         services.spawn(complete(
+            shared.finishing.clone(),
             shared.pool.clone(),
             shared.config.instance.clone(),
             finished_rx,
@@ -539,6 +544,7 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
                 result,
                 error,
             };
+            lock(&shared.finishing).insert(job.id, job.attempt);
             // The completer outlives every job task, so the channel is open.
             let _ = shared.finished.send(finish);
             return;
@@ -601,13 +607,36 @@ async fn hand_back(
     .await
 }
 
-/// Writes final outcomes, batching whatever finished while the previous write ran.
-async fn complete(pool: PgPool, instance: String, mut finished: mpsc::UnboundedReceiver<Finish>) {
+/// Writes final outcomes, batching whatever finished while the previous write ran. A failed
+/// write (a deadlock, a dropped connection) is retried with backoff before giving up; given up
+/// jobs run again once their leases expire.
+async fn complete(
+    finishing: Arc<Mutex<HashMap<i64, i32>>>,
+    pool: PgPool,
+    instance: String,
+    mut finished: mpsc::UnboundedReceiver<Finish>,
+) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, 1000).await > 0 {
-        if let Err(e) = finish_batch(&pool, &instance, &batch).await {
-            tracing::error!(error = %e, jobs = batch.len(), "cannot record finished jobs; their leases will expire and they will run again");
+        let mut wait = Duration::from_millis(20);
+        for attempt in 1..=6 {
+            match finish_batch(&pool, &instance, &batch).await {
+                Ok(()) => break,
+                Err(e) if attempt < 6 => {
+                    tracing::warn!(error = %e, jobs = batch.len(), "cannot record finished jobs yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = batch.len(), "cannot record finished jobs; their leases will expire and they will run again");
+                }
+            }
         }
+        let mut pending = lock(&finishing);
+        for finish in &batch {
+            pending.remove(&finish.id);
+        }
+        drop(pending);
         batch.clear();
     }
 }
@@ -626,9 +655,16 @@ async fn finish_batch(pool: &PgPool, instance: &str, batch: &[Finish]) -> Result
             SELECT * FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::jsonb[], $5::text[])
                    AS i(id, attempt, final_state, final_result, final_error)
         ),
+        -- Rows are locked in id order, as the heartbeat does, so the two never deadlock.
+        locked AS (
+            SELECT j.id FROM jobs j JOIN input i ON j.id = i.id
+             WHERE j.attempt = i.attempt AND j.state = 'running'
+             ORDER BY j.id
+               FOR UPDATE OF j
+        ),
         gone AS (
-            DELETE FROM jobs j USING input i
-             WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running'
+            DELETE FROM jobs j USING input i, locked l
+             WHERE j.id = i.id AND j.id = l.id
             RETURNING j.*, i.final_state, i.final_result, i.final_error
         ),
         released AS (
@@ -669,15 +705,33 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .iter()
             .map(|(id, r)| (*id, r.clone()))
             .collect();
-        if running.is_empty() {
+        let finishing: Vec<(i64, i32)> = lock(&shared.finishing)
+            .iter()
+            .map(|(id, a)| (*id, *a))
+            .collect();
+        if running.is_empty() && finishing.is_empty() {
             continue;
         }
-        let ids: Vec<i64> = running.iter().map(|(id, _)| *id).collect();
-        let attempts: Vec<i32> = running.iter().map(|(_, r)| r.attempt).collect();
+        let ids: Vec<i64> = running
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(finishing.iter().map(|(id, _)| *id))
+            .collect();
+        let attempts: Vec<i32> = running
+            .iter()
+            .map(|(_, r)| r.attempt)
+            .chain(finishing.iter().map(|(_, a)| *a))
+            .collect();
         let extended = sqlx::query!(
-            "UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
-               FROM unnest($1::bigint[], $2::int4[]) AS r(id, attempt)
-              WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
+            "WITH mine AS (
+                 SELECT j.id FROM jobs j JOIN unnest($1::bigint[], $2::int4[]) AS r(id, attempt)
+                     ON j.id = r.id AND j.attempt = r.attempt
+                  WHERE j.state = 'running'
+                  ORDER BY j.id
+                    FOR UPDATE OF j
+             )
+             UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
+               FROM mine WHERE j.id = mine.id
              RETURNING j.id, j.cancel_requested",
             &ids,
             &attempts,
@@ -794,6 +848,7 @@ pub async fn run_one(
         abort: CancellationToken::new(),
         jobs: TaskTracker::new(),
         running: Mutex::new(HashMap::new()),
+        finishing: Arc::new(Mutex::new(HashMap::new())),
         finished,
     };
     let limited = has_limits(pool, queue).await?;
