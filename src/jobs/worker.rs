@@ -139,6 +139,29 @@ struct Shared {
     finished: mpsc::UnboundedSender<Finish>,
 }
 
+impl Shared {
+    /// The state of a new runtime, and the receiving end of its completions channel.
+    fn new(
+        pool: PgPool,
+        registry: Registry,
+        config: WorkerConfig,
+    ) -> (Self, mpsc::UnboundedReceiver<Finish>) {
+        let (finished, finished_rx) = mpsc::unbounded_channel();
+        let shared = Self {
+            pool,
+            registry,
+            config,
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            jobs: TaskTracker::new(),
+            running: Mutex::new(HashMap::new()),
+            finishing: Arc::new(Mutex::new(HashMap::new())),
+            finished,
+        };
+        (shared, finished_rx)
+    }
+}
+
 /// A running worker runtime. Call [`Workers::shutdown`] to stop it gracefully.
 pub struct Workers {
     shared: Arc<Shared>,
@@ -149,18 +172,8 @@ pub struct Workers {
 impl Workers {
     /// Starts runners for the configured queues and the supporting tasks.
     pub fn start(pool: PgPool, registry: Registry, config: WorkerConfig) -> Self {
-        let (finished, finished_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            pool,
-            registry,
-            config,
-            stop: CancellationToken::new(),
-            abort: CancellationToken::new(),
-            jobs: TaskTracker::new(),
-            running: Mutex::new(HashMap::new()),
-            finishing: Arc::new(Mutex::new(HashMap::new())),
-            finished,
-        });
+        let (shared, finished_rx) = Shared::new(pool, registry, config);
+        let shared = Arc::new(shared);
         let services = TaskTracker::new();
         let service_stop = CancellationToken::new();
         for (queue, concurrency) in shared.config.queues.clone() {
@@ -836,21 +849,11 @@ pub async fn run_one(
     registry: &Registry,
     queue: &QueueName,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let (finished, mut finished_rx) = mpsc::unbounded_channel();
-    let shared = Shared {
-        pool: pool.clone(),
-        registry: registry.clone(),
-        config: WorkerConfig {
-            instance: format!("inline-{}", std::process::id()),
-            ..WorkerConfig::new(Vec::new())
-        },
-        stop: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        jobs: TaskTracker::new(),
-        running: Mutex::new(HashMap::new()),
-        finishing: Arc::new(Mutex::new(HashMap::new())),
-        finished,
+    let config = WorkerConfig {
+        instance: format!("inline-{}", std::process::id()),
+        ..WorkerConfig::new(Vec::new())
     };
+    let (shared, mut finished_rx) = Shared::new(pool.clone(), registry.clone(), config);
     let limited = has_limits(pool, queue).await?;
     let Some(job) = fetch(&shared, queue, 1, limited).await?.pop() else {
         return Ok(None);
