@@ -159,17 +159,36 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
+/// Opens the database for an admin command (attaching to a running server's embedded
+/// cluster), applies pending migrations if `migrate`, runs `work`, and closes the database
+/// (stopping an embedded cluster it started) whatever `work` returned.
+async fn with_database<T, F>(
+    config: &Config,
+    migrate: bool,
+    work: impl FnOnce(sqlx::PgPool) -> F,
+) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
     let db = Database::open(config, true)
         .await
         .context("cannot open the database")?;
     let outcome = async {
-        if !status_only {
+        if migrate {
             migrations::run(&db.pool)
                 .await
                 .context("cannot apply migrations")?;
         }
-        let status = migrations::status(&db.pool)
+        work(db.pool.clone()).await
+    }
+    .await;
+    db.close().await?;
+    outcome
+}
+
+async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
+    with_database(config, !status_only, |pool| async move {
+        let status = migrations::status(&pool)
             .await
             .context("cannot read the migration table")?;
         for m in &status {
@@ -180,26 +199,16 @@ async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
         }
         let pending = status.iter().filter(|m| m.applied_at.is_none()).count();
         println!("{} applied, {pending} pending", status.len() - pending);
-        anyhow::Ok(())
-    }
-    .await;
-    db.close().await?;
-    outcome
+        Ok(())
+    })
+    .await
 }
 
 async fn jobs(config: &Config, action: JobsCommand) -> anyhow::Result<()> {
-    let db = Database::open(config, true)
-        .await
-        .context("cannot open the database")?;
-    let outcome = async {
-        migrations::run(&db.pool)
-            .await
-            .context("cannot apply migrations")?;
-        jobs_action(config, &db.pool, action).await
-    }
-    .await;
-    db.close().await?;
-    outcome
+    with_database(config, true, |pool| async move {
+        jobs_action(config, &pool, action).await
+    })
+    .await
 }
 
 async fn jobs_action(
@@ -298,25 +307,17 @@ async fn createuser(
 ) -> anyhow::Result<()> {
     let username = Username::parse(name).map_err(anyhow::Error::msg)?;
     let password = read_password(password_stdin)?;
-    let db = Database::open(config, true)
-        .await
-        .context("cannot open the database")?;
-    let outcome = async {
-        migrations::run(&db.pool)
-            .await
-            .context("cannot apply migrations")?;
-        let user = auth::create_user(&db.pool, &username, &password, admin).await?;
+    with_database(config, true, |pool| async move {
+        let user = auth::create_user(&pool, &username, &password, admin).await?;
         println!(
             "created user {} (id {}{})",
             user.username,
             user.id,
             if user.is_admin { ", admin" } else { "" }
         );
-        anyhow::Ok(())
-    }
-    .await;
-    db.close().await?;
-    outcome
+        Ok(())
+    })
+    .await
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<NewPassword> {

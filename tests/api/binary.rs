@@ -72,6 +72,10 @@ fn serve_with(mut command: Command) -> (Child, String, Log) {
     )
 }
 
+async fn status_of(client: &reqwest::Client, url: &str) -> StatusCode {
+    client.get(url).send().await.expect("GET").status()
+}
+
 fn server_processes_in(dir: &Path) -> usize {
     let dir = dir.canonicalize().unwrap();
     std::fs::read_dir("/proc")
@@ -93,21 +97,11 @@ async fn serve_createuser_migrate_status_and_sigterm() {
     let client = crate::helpers::client();
 
     assert_eq!(
-        client
-            .get(format!("{address}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(&client, &format!("{address}/readyz")).await,
         StatusCode::OK
     );
     assert_eq!(
-        client
-            .get(format!("{address}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(&client, &format!("{address}/")).await,
         StatusCode::OK
     );
 
@@ -239,27 +233,15 @@ async fn serve_keeps_serving_while_the_database_does_not_answer() {
     let client = crate::helpers::client();
 
     assert_eq!(
-        client
-            .get(format!("{address}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(&client, &format!("{address}/healthz")).await,
         StatusCode::OK
     );
-    let ready = client
-        .get(format!("{address}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        client
-            .get(format!("{address}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(&client, &format!("{address}/readyz")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status_of(&client, &format!("{address}/")).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
 
