@@ -67,7 +67,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The job-queue benchmark (PROTOCOL.md W4): `hearth bench jobs both 20000 3`.
-    Jobs(crate::bench::BenchArgs),
+    Jobs(crate::bench::jobs::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,7 +140,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Worker => server::run_worker(cli.config).await,
             Command::Bench {
                 what: BenchCommand::Jobs(args),
-            } => crate::bench::run(cli.config, args).await,
+            } => crate::bench::jobs::run(cli.config, args).await,
             Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Createuser {
                 name,

@@ -134,6 +134,43 @@ pub struct Config {
     #[arg(long, env = "HEARTH_SCHEDULES", global = true)]
     pub schedules: Option<String>,
 
+    /// How long channel-layer messages are kept, for listeners catching up after a lost
+    /// connection and clients resuming from their last message (groups may keep their own).
+    #[arg(long, env = "HEARTH_CHANNEL_RETENTION", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub channel_retention: Duration,
+
+    /// Messages queued for one WebSocket or SSE connection before it is dropped as a slow
+    /// consumer.
+    #[arg(long, env = "HEARTH_WS_SEND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub ws_send_queue: u32,
+
+    /// Largest WebSocket message a client may send, and largest channel message, in bytes.
+    #[arg(long, env = "HEARTH_WS_MAX_MESSAGE", default_value_t = 1 << 20, global = true)]
+    pub ws_max_message: usize,
+
+    /// How often the server pings each WebSocket client.
+    #[arg(long, env = "HEARTH_WS_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub ws_ping_interval: Duration,
+
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, env = "HEARTH_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub ws_idle_timeout: Duration,
+
+    /// Origins (`https://example.com`) allowed to open WebSockets, besides the server's own
+    /// host, separated by commas.
+    #[arg(
+        long,
+        env = "HEARTH_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Serve the benchmark routes of `bench/PROTOCOL` (`/bench/...`, `/ws/chat/{room}/`).
+    /// Off in production.
+    #[arg(long, env = "HEARTH_BENCH_ROUTES", global = true)]
+    pub bench_routes: bool,
+
     /// Write logs as JSON lines instead of text.
     #[arg(long, env = "HEARTH_LOG_JSON", global = true)]
     pub log_json: bool,
@@ -240,6 +277,25 @@ impl fmt::Display for Config {
             d(self.job_lease),
             d(self.job_retention)
         )?;
+        writeln!(
+            f,
+            "  channels            keep {} / send queue {} / max message {} bytes / ping {} / idle {}",
+            d(self.channel_retention),
+            self.ws_send_queue,
+            self.ws_max_message,
+            d(self.ws_ping_interval),
+            d(self.ws_idle_timeout)
+        )?;
+        if !self.allowed_origins.is_empty() {
+            writeln!(
+                f,
+                "  allowed origins     {}",
+                self.allowed_origins.join(", ")
+            )?;
+        }
+        if self.bench_routes {
+            writeln!(f, "  bench routes        on")?;
+        }
         write!(
             f,
             "  log format          {}",

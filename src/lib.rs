@@ -11,6 +11,8 @@
 //! * [`web`]: the HTTP shell: router layers, error pages, sessions, CSRF, flash messages, the
 //!   signed-in user extractors and health checks.
 //! * [`jobs`]: background jobs and schedules on a `SKIP LOCKED` table, worked in-process.
+//! * [`channels`]: the channel layer — groups, messages, history and presence across
+//!   instances over LISTEN/NOTIFY and a message table.
 //!
 //! The apps, one folder per feature, built on the platform:
 //!
@@ -25,6 +27,7 @@
 
 pub mod accounts;
 pub mod bench;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod db;

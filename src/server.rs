@@ -48,8 +48,11 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
             web::flash::middleware,
         ))
         .with_state(state.clone());
-    let router = Router::new()
-        .merge(pages)
+    let mut router = Router::new().merge(pages);
+    if config.bench_routes {
+        router = router.merge(crate::bench::routes::routes().with_state(state.clone()));
+    }
+    let router = router
         .merge(web::health::routes().with_state(state))
         .nest("/static", web::static_files(&config.static_dir))
         .fallback(web::error::not_found);
@@ -92,6 +95,16 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
 
+    let channels = state.channels.clone();
+    // WebSockets and event streams are closed at the signal, not after the grace period:
+    // they never finish by themselves, and the HTTP server waits for event streams.
+    tokio::spawn({
+        let (shutdown, channels) = (shutdown.clone(), channels.clone());
+        async move {
+            shutdown.cancelled().await;
+            channels.close_connections();
+        }
+    });
     let server = serve(listener, app(state), shutdown.clone().cancelled_owned());
     let grace = config.shutdown_grace;
     tokio::select! {
@@ -103,6 +116,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     tracing::info!("HTTP server stopped; stopping job workers and background tasks");
     shutdown.cancel();
     workers.shutdown().await;
+    channels.shutdown().await;
     tasks.close();
     tasks.wait().await;
     db.close()

@@ -18,8 +18,10 @@ pub mod error;
 pub mod flash;
 pub mod health;
 pub mod session;
+pub mod sse;
 pub mod state;
 pub mod templates;
+pub mod ws;
 
 use std::{path::Path, time::Duration};
 

@@ -8,7 +8,10 @@ use axum_extra::extract::cookie::Key;
 use sha2::{Digest, Sha256, Sha512};
 use sqlx::PgPool;
 
-use crate::config::Config;
+use crate::{
+    channels::{ChannelConfig, ChannelLayer},
+    config::Config,
+};
 
 /// Cheap to clone: a pool handle and a few `Arc`s.
 #[derive(Clone)]
@@ -19,12 +22,16 @@ pub struct AppState {
     pub cookie_key: Key,
     /// Short hash of the files in `static/`, appended to asset URLs for cache busting.
     pub static_version: Arc<str>,
+    /// This instance's channel layer (WebSockets, server-sent events, presence).
+    pub channels: ChannelLayer,
 }
 
 impl AppState {
-    /// Builds the state, resolving the secret key (see [`secret_key`]).
+    /// Builds the state, resolving the secret key (see [`secret_key`]) and starting the
+    /// channel layer (stop it with `state.channels.shutdown()`).
     pub fn new(config: Config, db: PgPool) -> anyhow::Result<Self> {
         let secret = secret_key(&config)?;
+        let channels = ChannelLayer::start(db.clone(), channel_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
         let static_version = static_version(&config.static_dir).into();
@@ -33,7 +40,18 @@ impl AppState {
             config: Arc::new(config),
             cookie_key,
             static_version,
+            channels,
         })
+    }
+}
+
+/// The channel layer's settings from the configuration.
+pub fn channel_config(config: &Config) -> ChannelConfig {
+    ChannelConfig {
+        retention: config.channel_retention,
+        send_queue: config.ws_send_queue as usize,
+        max_message: config.ws_max_message,
+        ..ChannelConfig::new(crate::jobs::worker::default_instance())
     }
 }
 

@@ -1,0 +1,291 @@
+//! The reader: one LISTEN connection per instance, reading new messages and fanning them out.
+//!
+//! A notification carries nothing; it only says "read". The reader reads the rows after its
+//! cursor, on the LISTEN connection itself (outside the pool, so an exhausted pool does not
+//! stop delivery), and hands each one with a local member to [`Local::fan_out`]. A message with
+//! no member here is skipped before it is decoded.
+//!
+//! **No skipped ids.** Ids are drawn from a sequence when a message is inserted, but
+//! transactions commit in any order: the reader may see id 12 before id 11 commits. Moving the
+//! cursor to 12 would lose 11. So every id below the cursor that has not been seen is kept as a
+//! *gap* and read again (`id = ANY(gaps)`) until it arrives — it is then delivered, late but
+//! not lost — or is known never to arrive. The migration makes each transaction take its xid
+//! before its message id, so when a gap is first seen its transaction's xid is below the
+//! snapshot's `xmax`; once a later snapshot's `xmin` reaches that `xmax`, every such
+//! transaction has ended, and a gap still missing was rolled back. A long transaction elsewhere
+//! only delays forgetting gaps, never delivery.
+//!
+//! [`Local::fan_out`]: super::local::Local::fan_out
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use sqlx::{PgPool, postgres::PgListener};
+
+use super::{ChannelLayer, Delivery, NOTIFY_CHANNEL, TypeOnly, local};
+
+/// Most rows read in one statement; more are read at once in the next.
+const FETCH_LIMIT: i64 = 2_000;
+/// Most gaps tracked at once (below `FETCH_LIMIT`, so gap rows always fit in one read). Past it
+/// the oldest are given up and counted.
+const MAX_GAPS: usize = 1_000;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where a new reader starts: after the newest message. Messages sent before this instance
+/// had any member cannot be for its members.
+async fn start_cursor(listener: &mut PgListener) -> Result<Cursor, sqlx::Error> {
+    let after =
+        sqlx::query_scalar!(r#"SELECT coalesce(max(id), 0) AS "id!" FROM channel_messages"#)
+            .fetch_one(&mut *listener)
+            .await?;
+    Ok(Cursor {
+        after,
+        gaps: BTreeMap::new(),
+    })
+}
+
+/// The reader's position: every id up to `after` was delivered or is in `gaps`.
+struct Cursor {
+    after: i64,
+    /// Missing id → the snapshot `xmax` it must be older than once all its possible writers
+    /// have ended.
+    gaps: BTreeMap<i64, i64>,
+}
+
+struct Row {
+    id: i64,
+    target: String,
+    is_group: bool,
+    payload: String,
+}
+
+pub(super) async fn run(layer: ChannelLayer) {
+    let mut cursor = None;
+    let shutdown = layer.inner.shutdown.clone();
+    let poll = layer.inner.config.poll_interval;
+    let mut backoff = MIN_BACKOFF;
+    let mut connected_before = false;
+    loop {
+        let mut listener = match connect(&layer.inner.pool, &mut cursor).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "channel layer cannot LISTEN");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if connected_before {
+            layer.inner.stats.reconnected();
+            tracing::info!("channel layer listening again; catching up from its cursor");
+        }
+        connected_before = true;
+        backoff = MIN_BACKOFF;
+        let Some(cursor) = cursor.as_mut() else {
+            continue;
+        };
+        // Read first: whatever was sent while nobody listened is in the table.
+        loop {
+            if let Err(e) = read_all(&layer, &mut listener, cursor).await {
+                tracing::warn!(error = %e, "channel layer lost its connection while reading");
+                break;
+            }
+            let woken = tokio::select! {
+                () = shutdown.cancelled() => return,
+                woken = tokio::time::timeout(poll, listener.try_recv()) => woken,
+            };
+            match woken {
+                // Notifications that arrived meanwhile are covered by the read that follows.
+                Ok(Ok(Some(_))) => while listener.next_buffered().is_some() {},
+                // Polling: a lost notification or a gap to settle.
+                Err(_elapsed) => {}
+                // The connection dropped; sqlx re-established it before returning.
+                Ok(Ok(None)) => {
+                    layer.inner.stats.reconnected();
+                    tracing::info!("channel layer listening again; catching up from its cursor");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "channel layer lost its LISTEN connection");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A LISTEN connection; on the first one, also the starting cursor.
+async fn connect(pool: &PgPool, cursor: &mut Option<Cursor>) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    if cursor.is_none() {
+        *cursor = Some(start_cursor(&mut listener).await?);
+    }
+    Ok(listener)
+}
+
+/// Reads and delivers until a read returns fewer rows than the limit.
+async fn read_all(
+    layer: &ChannelLayer,
+    listener: &mut PgListener,
+    cursor: &mut Cursor,
+) -> Result<(), sqlx::Error> {
+    loop {
+        let gaps: Vec<i64> = cursor.gaps.keys().copied().collect();
+        let rows = sqlx::query!(
+            r#"SELECT s.xmin AS "xmin!", s.xmax AS "xmax!",
+                      m.id AS "id?", m.target AS "target?", m.is_group AS "is_group?",
+                      m.payload AS "payload?"
+               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+                            pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) s
+               LEFT JOIN LATERAL (
+                   SELECT id, target, is_group, payload FROM channel_messages
+                   WHERE id > $1 OR id = ANY($2)
+                   ORDER BY id LIMIT $3
+               ) m ON true"#,
+            cursor.after,
+            &gaps,
+            FETCH_LIMIT,
+        )
+        .fetch_all(&mut *listener)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let (xmin, xmax) = (first.xmin, first.xmax);
+        let mut read = 0;
+        let mut found = Vec::new();
+        for row in rows {
+            let (Some(id), Some(target), Some(is_group), Some(payload)) =
+                (row.id, row.target, row.is_group, row.payload)
+            else {
+                continue;
+            };
+            read += 1;
+            found.push(Row {
+                id,
+                target,
+                is_group,
+                payload,
+            });
+        }
+        let abandoned = cursor.advance(found.iter().map(|r| r.id), xmin, xmax);
+        if abandoned > 0 {
+            layer.inner.stats.gaps_abandoned(abandoned);
+        }
+        for row in found {
+            deliver(layer, row);
+        }
+        if read < FETCH_LIMIT as usize {
+            return Ok(());
+        }
+    }
+}
+
+impl Cursor {
+    /// Moves past the ids just read (in ascending order), records the ids skipped over as gaps
+    /// and forgets gaps known to be rolled back. Returns how many gaps were given up.
+    fn advance(&mut self, ids: impl Iterator<Item = i64>, xmin: i64, xmax: i64) -> u64 {
+        let mut abandoned = 0;
+        // Gaps not read this time and whose possible writers have all ended.
+        let mut seen = Vec::new();
+        for id in ids {
+            if id <= self.after {
+                seen.push(id);
+                continue;
+            }
+            let skipped = id - self.after - 1;
+            if skipped > MAX_GAPS as i64 {
+                abandoned += (skipped - MAX_GAPS as i64) as u64;
+            }
+            for missing in (id - skipped.min(MAX_GAPS as i64))..id {
+                self.gaps.insert(missing, xmax);
+            }
+            self.after = id;
+        }
+        for id in seen {
+            self.gaps.remove(&id);
+        }
+        let before = self.gaps.len();
+        self.gaps.retain(|_, horizon| xmin < *horizon);
+        abandoned += (before - self.gaps.len()) as u64;
+        while self.gaps.len() > MAX_GAPS {
+            self.gaps.pop_first();
+            abandoned += 1;
+        }
+        abandoned
+    }
+}
+
+fn deliver(layer: &ChannelLayer, row: Row) {
+    if !layer.inner.local.wants(&row.target, row.is_group) {
+        return;
+    }
+    let kind = match serde_json::from_str::<TypeOnly>(&row.payload) {
+        Ok(t) => t.kind,
+        Err(e) => {
+            return tracing::warn!(id = row.id, error = %e, "skipping a channel message without a type");
+        }
+    };
+    let delivery = Arc::new(Delivery::new(
+        row.id,
+        row.target,
+        row.is_group,
+        kind,
+        row.payload,
+    ));
+    if !delivery.is_group && local::apply_control(layer, &delivery) {
+        return;
+    }
+    let fanout = layer.inner.local.fan_out(&delivery);
+    layer
+        .inner
+        .stats
+        .received(fanout.delivered, fanout.dropped_slow);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(after: i64) -> Cursor {
+        Cursor {
+            after,
+            gaps: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn ids_skipped_over_become_gaps_until_they_arrive() {
+        let mut c = cursor(10);
+        assert_eq!(c.advance([11, 14].into_iter(), 100, 105), 0);
+        assert_eq!(c.after, 14);
+        assert_eq!(c.gaps.keys().copied().collect::<Vec<_>>(), vec![12, 13]);
+        // 13 commits late: read through the gap list, no longer missing.
+        assert_eq!(c.advance([13].into_iter(), 101, 106), 0);
+        assert_eq!(c.gaps.keys().copied().collect::<Vec<_>>(), vec![12]);
+    }
+
+    #[test]
+    fn a_gap_is_given_up_only_once_every_writer_that_could_fill_it_has_ended() {
+        let mut c = cursor(0);
+        c.advance([2].into_iter(), 100, 105);
+        // xmin still below the horizon: id 1's transaction may be running.
+        assert_eq!(c.advance(std::iter::empty(), 104, 110), 0);
+        assert!(c.gaps.contains_key(&1));
+        // Every transaction older than 105 has ended and id 1 never appeared: rolled back.
+        assert_eq!(c.advance(std::iter::empty(), 105, 110), 1);
+        assert!(c.gaps.is_empty());
+    }
+
+    #[test]
+    fn huge_jumps_keep_a_bounded_number_of_gaps() {
+        let mut c = cursor(0);
+        let abandoned = c.advance([5_000].into_iter(), 1, 2);
+        assert_eq!(c.gaps.len(), MAX_GAPS);
+        assert_eq!(abandoned, 4_999 - MAX_GAPS as u64);
+        assert_eq!(c.gaps.keys().next(), Some(&(5_000 - MAX_GAPS as i64)));
+    }
+}

@@ -1,0 +1,152 @@
+//! Server-sent events on the channel layer: `text/event-stream` responses subscribed to groups.
+//!
+//! Every event carries `id:` (the message id) and `event:` (the message's `type`), so a browser's
+//! `EventSource` that reconnects sends `Last-Event-ID` and [`stream`] replays exactly what it
+//! missed — or, when that is no longer kept, sends one `hearth.gap` event so the page reloads
+//! its state. A comment goes out as soon as the stream is subscribed, and every
+//! [`KEEP_ALIVE`] after, so proxies keep the connection open and dead clients are noticed.
+//! Each event's bytes are built once per instance and shared by every stream.
+//!
+//! Authorisation is the route's: check the user, then choose the groups.
+
+use std::{
+    convert::Infallible,
+    sync::atomic::{AtomicI64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    extract::FromRequestParts,
+    http::{HeaderValue, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::stream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::WebError;
+use crate::channels::{ChannelError, ChannelLayer, GroupName, Subscription};
+
+/// How often an idle stream gets a comment.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+static OPEN: AtomicI64 = AtomicI64::new(0);
+
+/// Event streams open in this process.
+pub fn open_streams() -> i64 {
+    OPEN.load(Relaxed)
+}
+
+/// The `Last-Event-ID` header of a reconnecting `EventSource` (or `?last_event_id=` for clients
+/// that cannot set headers). A value that is not a message id is a 400.
+#[derive(Debug, Clone, Copy)]
+pub struct LastEventId(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let from_query = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "last_event_id")
+            .map(|(_, v)| v.into_owned());
+        let raw = match parts.headers.get("last-event-id") {
+            Some(value) => Some(value.to_str().unwrap_or("?").to_owned()),
+            None => from_query,
+        };
+        match raw.as_deref().map(str::trim) {
+            None | Some("") => Ok(Self(None)),
+            Some(raw) => raw.parse().map(|id| Self(Some(id))).map_err(|_| {
+                WebError::BadRequest(format!("Last-Event-ID {raw:?} is not a message id"))
+            }),
+        }
+    }
+}
+
+/// An event stream of every message sent to `groups` from now on — after `last_event_id`'s
+/// message first, when given.
+pub async fn stream(
+    layer: &ChannelLayer,
+    groups: &[GroupName],
+    LastEventId(last_event_id): LastEventId,
+) -> Result<Response, WebError> {
+    let mut subscription = layer.subscribe();
+    let mut first = String::from(": connected\n\n");
+    for group in groups {
+        match last_event_id {
+            None => subscription.join(group),
+            Some(after) => match subscription.join_from(group, after).await {
+                Ok(_) => {}
+                Err(ChannelError::GapTooOld { pruned_through, .. }) => {
+                    first.push_str(&format!(
+                        "event: hearth.gap\ndata: {{\"group\":\"{group}\",\"pruned_through\":{pruned_through}}}\n\n"
+                    ));
+                }
+                Err(e) => return Err(WebError::Internal(e.into())),
+            },
+        }
+    }
+    OPEN.fetch_add(1, Relaxed);
+    let state = State {
+        subscription,
+        first: Some(Bytes::from(first)),
+        closing: layer.closing(),
+        ended: false,
+        _open: OpenGuard,
+    };
+    let body = Body::from_stream(stream::unfold(state, next_chunk));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Ask nginx and the like not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct State {
+    subscription: Subscription,
+    first: Option<Bytes>,
+    closing: CancellationToken,
+    ended: bool,
+    _open: OpenGuard,
+}
+
+/// Counts the stream as open until the client goes away and the body is dropped.
+struct OpenGuard;
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn next_chunk(mut state: State) -> Option<(Result<Bytes, Infallible>, State)> {
+    if state.ended {
+        return None;
+    }
+    if let Some(first) = state.first.take() {
+        return Some((Ok(first), state));
+    }
+    let keep_alive = tokio::time::sleep_until(Instant::now() + KEEP_ALIVE);
+    let chunk = tokio::select! {
+        () = state.closing.cancelled() => return None,
+        () = keep_alive => Bytes::from_static(b": keep-alive\n\n"),
+        delivery = state.subscription.recv() => match delivery {
+            Some(delivery) => delivery.event_stream_frame(),
+            None if state.subscription.dropped_as_slow() => {
+                // Said once; the stream then ends and the browser reconnects with its
+                // Last-Event-ID, which replays what it missed.
+                state.ended = true;
+                Bytes::from_static(b"event: hearth.closed\ndata: {\"reason\":\"slow consumer\"}\n\n")
+            }
+            None => return None,
+        },
+    };
+    Some((Ok(chunk), state))
+}

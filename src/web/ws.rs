@@ -1,0 +1,476 @@
+//! WebSocket consumers: what Django Channels' `AsyncJsonWebsocketConsumer` is, on the channel
+//! layer.
+//!
+//! A [`Consumer`] has typed handlers: `connect` (with the route parameters and the session
+//! user; returning an error rejects the socket with a close code), `receive` for each JSON
+//! frame the client sends (decoded into `Incoming`; malformed JSON gets an error frame, the
+//! socket stays open), `event` for each channel-layer message (decoded into `Event`, typically
+//! an enum tagged by `type`, as `"type": "chat.message"` selects `chat_message` in Channels)
+//! and `disconnect`. Serve one with `.route("/ws/chat/{room}", ws::route::<ChatConsumer>())`.
+//!
+//! What every socket gets without asking:
+//!
+//! * the `Origin` checked against the request's host and `HEARTH_ALLOWED_ORIGINS` (403 before
+//!   the upgrade otherwise; clients that send no `Origin` are not browsers and carry no ambient
+//!   credentials of a victim, so they pass);
+//! * a maximum message size (close 1009), a ping every `HEARTH_WS_PING_INTERVAL` and an idle
+//!   timeout (close 4408);
+//! * a bounded send queue in the channel layer: a client that cannot keep up is closed with
+//!   1013 and counted, never buffered without bound;
+//! * resumption: a client that reconnects with `?last_id=N` can be given what it missed
+//!   ([`Connection::resume_from`] with [`Subscription::join_from`]);
+//! * a close with 1001 when the server shuts down.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use axum::{
+    extract::{
+        Path, Query, State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, header},
+    response::Response,
+    routing::{MethodRouter, get},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::time::{Instant, timeout};
+
+use super::{
+    AppState, WebError,
+    auth::{CurrentUser, User},
+};
+use crate::channels::{ChannelError, ChannelLayer, ChannelName, Delivery, Subscription};
+
+/// Close codes Hearth uses, beside the standard ones.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message over `HEARTH_WS_MAX_MESSAGE`.
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The client did not read its messages fast enough (slow consumer).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The route needs a signed-in user.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The user may not join this route (e.g. a private room).
+    pub const FORBIDDEN: u16 = 4403;
+    pub const NOT_FOUND: u16 = 4404;
+    /// Nothing heard from the client within `HEARTH_WS_IDLE_TIMEOUT`.
+    pub const IDLE_TIMEOUT: u16 = 4408;
+}
+
+/// A send to the client that takes longer than this means the client is gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a consumer handler fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Close the socket with this code and reason (shown to the client).
+    #[error("closing with {code}: {reason}")]
+    Close { code: u16, reason: String },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// Anything else: logged, and the socket is closed with 1011 and no detail.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ConsumerError {
+    pub fn close(code: u16, reason: impl Into<String>) -> Self {
+        Self::Close {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::close(close_code::UNAUTHORIZED, "sign in to use this socket")
+    }
+
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Self::close(close_code::FORBIDDEN, reason)
+    }
+
+    fn frame(&self) -> CloseFrame {
+        match self {
+            Self::Close { code, reason } => close_frame(*code, reason),
+            Self::Channel(_) | Self::Internal(_) => {
+                close_frame(close_code::INTERNAL_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ConsumerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+/// A WebSocket consumer. See the module documentation.
+pub trait Consumer: Sized + Send + 'static {
+    /// The route parameters, e.g. `struct Params { room: String }` for `/ws/chat/{room}`.
+    type Params: DeserializeOwned + Send + 'static;
+    /// A JSON frame from the client.
+    type Incoming: DeserializeOwned + Send;
+    /// A channel-layer message for this connection, selected by its `type`.
+    type Event: DeserializeOwned + Send;
+
+    /// The socket is open: check the user, join groups. An error closes it with its code.
+    fn connect(
+        ctx: &mut Connection,
+        params: Self::Params,
+    ) -> impl Future<Output = Result<Self, ConsumerError>> + Send;
+
+    /// The client sent a frame.
+    fn receive(
+        &mut self,
+        ctx: &mut Connection,
+        message: Self::Incoming,
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send;
+
+    /// A message arrived through the channel layer. By default it is forwarded as sent.
+    fn event(
+        &mut self,
+        ctx: &mut Connection,
+        event: Self::Event,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
+        let _ = event;
+        ctx.forward(delivery);
+        async { Ok(()) }
+    }
+
+    /// The socket is closing, for whatever reason. Groups are left afterwards by themselves.
+    fn disconnect(&mut self, ctx: &mut Connection) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+}
+
+/// What a consumer handler can do with its connection. Frames it sends are queued and written
+/// when the handler returns.
+pub struct Connection {
+    state: AppState,
+    user: Option<User>,
+    subscription: Subscription,
+    resume_from: Option<i64>,
+    outbox: Vec<Message>,
+    close: Option<CloseFrame>,
+}
+
+impl Connection {
+    /// The signed-in user who opened the socket, if any.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_ref()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn channels(&self) -> &ChannelLayer {
+        &self.state.channels
+    }
+
+    /// This connection's unique channel name, for `send` from anywhere.
+    pub fn channel_name(&self) -> &ChannelName {
+        self.subscription.name()
+    }
+
+    /// Join and leave groups, with history or presence.
+    pub fn subscription(&mut self) -> &mut Subscription {
+        &mut self.subscription
+    }
+
+    /// The id of the last message the client saw, from `?last_id=`, when it reconnects.
+    pub fn resume_from(&self) -> Option<i64> {
+        self.resume_from
+    }
+
+    /// Sends `value` as a JSON text frame.
+    pub fn send_json<T: Serialize + ?Sized>(&mut self, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(text) => self.outbox.push(Message::Text(text.into())),
+            Err(e) => tracing::error!(error = %e, "cannot encode a WebSocket frame"),
+        }
+    }
+
+    /// Sends a channel-layer message to the client as it was sent, encoded once for every
+    /// connection of this instance that forwards it.
+    pub fn forward(&mut self, delivery: &Delivery) {
+        self.send_shared(delivery, |d| d.payload().to_owned());
+    }
+
+    /// Sends the frame `encode` builds for `delivery`, built once per instance and shared by
+    /// every connection that sends it (`encode` must not depend on the connection).
+    pub fn send_shared(&mut self, delivery: &Delivery, encode: impl FnOnce(&Delivery) -> String) {
+        let bytes = delivery.shared_frame(encode);
+        match Utf8Bytes::try_from(bytes) {
+            Ok(text) => self.outbox.push(Message::Text(text)),
+            Err(e) => tracing::error!(error = %e, "a shared frame is not UTF-8"),
+        }
+    }
+
+    /// Closes the socket after the frames queued so far.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.close = Some(close_frame(code, reason));
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    // A close reason is limited to 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(&reason[..end]),
+    }
+}
+
+/// The error frame a client gets for a frame it should not have sent.
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: &'a str,
+}
+
+/// WebSocket gauges and counters of this process, for the dashboard and the operations pages.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WsStats {
+    pub open: i64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub rejected: u64,
+}
+
+static OPEN: AtomicI64 = AtomicI64::new(0);
+static FRAMES_IN: AtomicU64 = AtomicU64::new(0);
+static FRAMES_OUT: AtomicU64 = AtomicU64::new(0);
+static REJECTED: AtomicU64 = AtomicU64::new(0);
+
+pub fn stats() -> WsStats {
+    WsStats {
+        open: OPEN.load(Relaxed),
+        frames_in: FRAMES_IN.load(Relaxed),
+        frames_out: FRAMES_OUT.load(Relaxed),
+        rejected: REJECTED.load(Relaxed),
+    }
+}
+
+/// The `GET` route that serves consumer `C`.
+pub fn route<C: Consumer>() -> MethodRouter<AppState> {
+    get(upgrade::<C>)
+}
+
+#[derive(Deserialize)]
+struct Resume {
+    last_id: Option<i64>,
+}
+
+async fn upgrade<C: Consumer>(
+    State(state): State<AppState>,
+    params: Option<Path<HashMap<String, String>>>,
+    Query(resume): Query<Resume>,
+    CurrentUser(user): CurrentUser,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, WebError> {
+    check_origin(&headers, &state.config.allowed_origins)?;
+    let params = params.map(|Path(p)| p).unwrap_or_default();
+    let params = serde_json::Map::from_iter(
+        params
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v))),
+    );
+    let params: C::Params = serde_json::from_value(params.into())
+        .map_err(|e| WebError::BadRequest(format!("invalid route parameters: {e}")))?;
+    let config = &state.config;
+    let (max, ping, idle) = (
+        config.ws_max_message,
+        config.ws_ping_interval,
+        config.ws_idle_timeout,
+    );
+    let tracker = state.channels.tracker();
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers: they grow for large messages, and most sockets are idle.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            let ctx = Connection {
+                subscription: state.channels.subscribe(),
+                state,
+                user,
+                resume_from: resume.last_id,
+                outbox: Vec::new(),
+                close: None,
+            };
+            // Tracked by the channel layer, so shutdown waits for the close frames.
+            tracker.track_future(run::<C>(socket, ctx, params, ping, idle))
+        }))
+}
+
+/// Allows a request without `Origin`, or whose `Origin` names the host it was sent to or one
+/// of `allowed`.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), WebError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    if allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+        return Ok(());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let same_host = url::Url::parse(origin).is_ok_and(|url| {
+        let origin_host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => return false,
+        };
+        !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+    });
+    if same_host {
+        Ok(())
+    } else {
+        REJECTED.fetch_add(1, Relaxed);
+        tracing::warn!(%origin, %host, "WebSocket from a foreign origin refused");
+        Err(WebError::Forbidden(format!(
+            "origin {origin} is not allowed to open WebSockets here"
+        )))
+    }
+}
+
+#[tracing::instrument(skip_all, fields(consumer = std::any::type_name::<C>(), channel = %ctx.channel_name()))]
+async fn run<C: Consumer>(
+    mut socket: WebSocket,
+    mut ctx: Connection,
+    params: C::Params,
+    ping_every: Duration,
+    idle: Duration,
+) {
+    OPEN.fetch_add(1, Relaxed);
+    let mut consumer = match C::connect(&mut ctx, params).await {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            if let ConsumerError::Channel(_) | ConsumerError::Internal(_) = &e {
+                tracing::error!(error = ?e, "consumer connect failed");
+            }
+            REJECTED.fetch_add(1, Relaxed);
+            let _ = flush(&mut socket, &mut ctx).await;
+            let _ = socket.send(Message::Close(Some(e.frame()))).await;
+            OPEN.fetch_sub(1, Relaxed);
+            return;
+        }
+    };
+    let closing = ctx.state.channels.closing();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut deadline = Instant::now() + idle;
+    let close = loop {
+        if flush(&mut socket, &mut ctx).await.is_err() {
+            break None;
+        }
+        if let Some(frame) = ctx.close.take() {
+            break Some(frame);
+        }
+        let result = tokio::select! {
+            () = closing.cancelled() => break Some(close_frame(close_code::GOING_AWAY, "server shutting down")),
+            () = tokio::time::sleep_until(deadline) => break Some(close_frame(close_code::IDLE_TIMEOUT, "idle timeout")),
+            _ = ping.tick() => {
+                ctx.outbox.push(Message::Ping(Default::default()));
+                Ok(())
+            }
+            delivery = ctx.subscription.recv() => match delivery {
+                Some(delivery) => match delivery.decode::<C::Event>() {
+                    Ok(event) => consumer.event(&mut ctx, event, &delivery).await,
+                    Err(e) => {
+                        tracing::warn!(kind = %delivery.kind, error = %e, "no handler for this message type; ignored");
+                        Ok(())
+                    }
+                },
+                None if ctx.subscription.dropped_as_slow() => break Some(close_frame(
+                    close_code::TRY_AGAIN_LATER,
+                    "slow consumer: too many messages waiting to be sent",
+                )),
+                None => break Some(close_frame(close_code::GOING_AWAY, "server shutting down")),
+            },
+            frame = socket.recv() => {
+                deadline = Instant::now() + idle;
+                match frame {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(e)) => break too_big(&e).then(|| close_frame(close_code::TOO_BIG, "message too big")),
+                    Some(Ok(Message::Text(text))) => {
+                        FRAMES_IN.fetch_add(1, Relaxed);
+                        match serde_json::from_str::<C::Incoming>(&text) {
+                            Ok(message) => consumer.receive(&mut ctx, message).await,
+                            Err(e) => {
+                                ctx.send_json(&ErrorFrame { kind: "error", error: &format!("malformed message: {e}") });
+                                Ok(())
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        FRAMES_IN.fetch_add(1, Relaxed);
+                        ctx.send_json(&ErrorFrame { kind: "error", error: "binary frames are not supported; send JSON text" });
+                        Ok(())
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            if let ConsumerError::Channel(_) | ConsumerError::Internal(_) = &e {
+                tracing::error!(error = ?e, "consumer handler failed");
+            }
+            break Some(e.frame());
+        }
+    };
+    consumer.disconnect(&mut ctx).await;
+    if let Some(frame) = close {
+        let _ = flush(&mut socket, &mut ctx).await;
+        let _ = timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    }
+    OPEN.fetch_sub(1, Relaxed);
+}
+
+/// Whether a read failed because the client's message was over the limit.
+fn too_big(e: &axum::Error) -> bool {
+    use std::error::Error;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut source = e.source();
+    while let Some(inner) = source {
+        if let Some(WsError::Capacity(_)) = inner.downcast_ref::<WsError>() {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// Writes the queued frames; an error or a client that does not read for [`SEND_TIMEOUT`]
+/// ends the connection.
+async fn flush(socket: &mut WebSocket, ctx: &mut Connection) -> Result<(), ()> {
+    for message in ctx.outbox.drain(..) {
+        if !matches!(message, Message::Ping(_)) {
+            FRAMES_OUT.fetch_add(1, Relaxed);
+        }
+        match timeout(SEND_TIMEOUT, socket.send(message)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
+        }
+    }
+    Ok(())
+}
