@@ -96,6 +96,14 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
 
     let channels = state.channels.clone();
+    // Accept sockets once the channel layer reads, unless the database is down (then serve
+    // anyway, as for migrations: /readyz says 503 until it answers).
+    if tokio::time::timeout(Duration::from_secs(10), channels.ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the channel layer is not listening yet; serving anyway");
+    }
     // WebSockets and event streams are closed at the signal, not after the grace period:
     // they never finish by themselves, and the HTTP server waits for event streams.
     tokio::spawn({

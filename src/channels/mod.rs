@@ -39,7 +39,7 @@ use std::{
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use history::History;
@@ -195,6 +195,9 @@ struct Inner {
     local: Local,
     stats: Stats,
     publish: mpsc::Sender<Publish>,
+    /// Set once the reader knows where to start reading: messages written before that could
+    /// be missed by members of this instance, so the publisher waits for it.
+    ready: watch::Sender<bool>,
     shutdown: CancellationToken,
     /// Cancelled before `shutdown`: connections close (WebSocket 1001, event streams end).
     connections_closing: CancellationToken,
@@ -213,6 +216,7 @@ impl ChannelLayer {
             config,
             stats: Stats::default(),
             publish,
+            ready: watch::Sender::new(false),
             shutdown: CancellationToken::new(),
             connections_closing: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -234,6 +238,14 @@ impl ChannelLayer {
         if let Err(e) = presence::unregister_instance(self).await {
             tracing::warn!(error = %e, "cannot remove this instance's presence entries");
         }
+    }
+
+    /// Waits until the reader is listening and knows its starting point (the first time the
+    /// database answers). Serve connections only after it: a member that joins earlier could
+    /// miss messages sent meanwhile.
+    pub async fn ready(&self) {
+        let mut ready = self.inner.ready.subscribe();
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 
     /// Fires when connections should close (the server is shutting down).
@@ -339,6 +351,11 @@ impl ChannelLayer {
         }
         let control = serde_json::json!({"type": local::CONTROL_LEAVE, "group": group.as_str()});
         self.send(channel, &control).await.map(drop)
+    }
+
+    /// Deletes messages past their retention now (housekeeping does it every heartbeat).
+    pub async fn prune(&self) -> Result<u64, ChannelError> {
+        Ok(history::prune(&self.inner.pool, self.inner.config.retention).await?)
     }
 
     /// Counters and gauges of this instance's layer, plus the server's notification queue use.

@@ -24,6 +24,10 @@ pub(super) struct Publish {
 }
 
 pub(super) async fn run(layer: ChannelLayer, mut requests: mpsc::Receiver<Publish>) {
+    tokio::select! {
+        () = layer.ready() => {}
+        () = layer.inner.shutdown.cancelled() => return,
+    }
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {

@@ -87,6 +87,7 @@ pub(super) async fn run(layer: ChannelLayer) {
         let Some(cursor) = cursor.as_mut() else {
             continue;
         };
+        layer.inner.ready.send_replace(true);
         // Read first: whatever was sent while nobody listened is in the table.
         loop {
             if let Err(e) = read_all(&layer, &mut listener, cursor).await {

@@ -21,6 +21,7 @@ pub mod session;
 pub mod sse;
 pub mod state;
 pub mod templates;
+pub mod testing;
 pub mod ws;
 
 use std::{path::Path, time::Duration};

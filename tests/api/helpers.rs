@@ -9,6 +9,7 @@ use std::{
     path::PathBuf,
     str::FromStr,
     sync::{Mutex, OnceLock},
+    time::Duration,
 };
 
 use axum::Router;
@@ -170,6 +171,9 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
+    pub state: AppState,
+    /// The test's database, for a second instance on it (`Builder::database`).
+    pub db_options: PgConnectOptions,
     shutdown: CancellationToken,
 }
 
@@ -183,6 +187,7 @@ pub struct Builder {
     config: Config,
     routes: Router<AppState>,
     migrated: bool,
+    database: Option<PgConnectOptions>,
 }
 
 impl Builder {
@@ -202,18 +207,29 @@ impl Builder {
         self
     }
 
+    /// Serve from this (already migrated) database instead of a fresh one: a second instance.
+    pub fn database(mut self, options: PgConnectOptions) -> Self {
+        self.database = Some(options);
+        self
+    }
+
     pub async fn spawn(self) -> TestApp {
-        let (_, options) = if self.migrated {
-            migrated_database().await
-        } else {
-            empty_database().await
+        let options = match self.database {
+            Some(options) => options,
+            None if self.migrated => migrated_database().await.1,
+            None => empty_database().await.1,
         };
         let pool = db::pool_options(&self.config)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .expect("test pool");
         let state = AppState::new(self.config.clone(), pool.clone()).expect("state");
-        let router = hearth::server::app_with(state, self.routes);
+        if self.migrated {
+            tokio::time::timeout(Duration::from_secs(10), state.channels.ready())
+                .await
+                .expect("the channel layer is ready");
+        }
+        let router = hearth::server::app_with(state.clone(), self.routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -226,6 +242,8 @@ impl Builder {
             address,
             client: client(),
             pool,
+            state,
+            db_options: options,
             shutdown,
         }
     }
@@ -246,6 +264,7 @@ impl TestApp {
             config: test_config(),
             routes: Router::new(),
             migrated: true,
+            database: None,
         }
     }
 
@@ -255,6 +274,38 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// `ws://` URL of `path` on this app.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws{}{path}", self.address.trim_start_matches("http"))
+    }
+
+    /// Signs up `username` in a jar of its own and returns its `Cookie` header, for
+    /// WebSocket and event-stream clients that connect as that user.
+    pub async fn session_cookie(&self, username: &str) -> String {
+        use reqwest::cookie::CookieStore;
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let browser = Browser {
+            app: self,
+            client: reqwest::Client::builder()
+                .cookie_provider(jar.clone())
+                .redirect(redirect::Policy::none())
+                .build()
+                .unwrap(),
+        };
+        let response = browser.signup(username, "correct horse battery").await;
+        assert!(
+            response.status().is_redirection(),
+            "signup failed: {}",
+            response.status()
+        );
+        let url = reqwest::Url::parse(&self.address).unwrap();
+        jar.cookies(&url)
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub async fn get(&self, path: &str) -> Response {

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod binary;
+mod channels;
 mod embedded;
 mod helpers;
 mod jobs;
