@@ -83,7 +83,7 @@ pub struct Config {
     pub session_ttl: Duration,
 
     /// Mark cookies `Secure` (set this when Hearth is served over https).
-    #[arg(long, env = "HEARTH_SECURE_COOKIES", global = true)]
+    #[arg(long, env = "HEARTH_SECURE_COOKIES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
     pub secure_cookies: bool,
 
     /// Failed logins allowed per account within the window before further attempts get 429.
@@ -168,11 +168,11 @@ pub struct Config {
 
     /// Serve the benchmark routes of `bench/PROTOCOL` (`/bench/...`, `/ws/chat/{room}/`).
     /// Off in production.
-    #[arg(long, env = "HEARTH_BENCH_ROUTES", global = true)]
+    #[arg(long, env = "HEARTH_BENCH_ROUTES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
     pub bench_routes: bool,
 
     /// Write logs as JSON lines instead of text.
-    #[arg(long, env = "HEARTH_LOG_JSON", global = true)]
+    #[arg(long, env = "HEARTH_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
     pub log_json: bool,
 }
 

@@ -1,8 +1,8 @@
 //! The reader: one LISTEN connection per instance, reading new messages and fanning them out.
 //!
 //! A notification carries nothing; it only says "read". The reader reads the rows after its
-//! cursor, on the LISTEN connection itself (outside the pool, so an exhausted pool does not
-//! stop delivery), and hands each one with a local member to [`Local::fan_out`]. A message with
+//! cursor, on the LISTEN connection itself (a pool of one of its own, so an exhausted app pool
+//! does not stop delivery), and hands each one with a local member to [`Local::fan_out`]. A message with
 //! no member here is skipped before it is decoded.
 //!
 //! **No skipped ids.** Ids are drawn from a sequence when a message is inserted, but
@@ -19,7 +19,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{
+    PgPool,
+    postgres::{PgListener, PgPoolOptions},
+};
 
 use super::{ChannelLayer, Delivery, NOTIFY_CHANNEL, TypeOnly, local};
 
@@ -65,8 +68,15 @@ pub(super) async fn run(layer: ChannelLayer) {
     let poll = layer.inner.config.poll_interval;
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
+    // A pool of one, apart from the app's: the LISTEN connection never takes a connection
+    // requests need, and an exhausted app pool never stops delivery.
+    let options = (*layer.inner.pool.connect_options()).clone();
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .connect_lazy_with(options);
     loop {
-        let mut listener = match connect(&layer.inner.pool, &mut cursor).await {
+        let mut listener = match connect(&own, &mut cursor).await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "channel layer cannot LISTEN");

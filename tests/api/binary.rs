@@ -293,3 +293,54 @@ fn schedules_from_config_are_listed_and_unknown_kinds_refused() {
             .contains("\"no_such_kind\", which is not registered")
     );
 }
+
+#[tokio::test]
+async fn two_servers_on_one_database_deliver_each_others_messages() {
+    use hearth::web::testing::WsClient;
+    let (name, _) = crate::helpers::migrated_database().await;
+    let url = crate::helpers::database_url(&name);
+    let start = |dir: &Path| {
+        let mut command = hearth(dir);
+        command
+            .env("DATABASE_URL", &url)
+            .env("HEARTH_BENCH_ROUTES", "1")
+            .env(
+                "HEARTH_SECRET_KEY",
+                "a shared secret key that is long enough",
+            );
+        serve_with(command)
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, address_a, _log_a) = start(dir_a.path());
+    let (mut b, address_b, _log_b) = start(dir_b.path());
+
+    let mut on_a = WsClient::connect(format!(
+        "ws://{}/ws/chat/x/",
+        address_a.trim_start_matches("http://")
+    ))
+    .await
+    .unwrap();
+    let mut on_b = WsClient::connect(format!(
+        "ws://{}/ws/chat/x/",
+        address_b.trim_start_matches("http://")
+    ))
+    .await
+    .unwrap();
+    on_b.send_json(&serde_json::json!({"message": "from B"}))
+        .await
+        .unwrap();
+    assert_eq!(on_a.recv_json().await.unwrap()["message"], "from B");
+    assert_eq!(on_b.recv_json().await.unwrap()["message"], "from B");
+    on_a.send_json(&serde_json::json!({"message": "from A"}))
+        .await
+        .unwrap();
+    assert_eq!(on_b.recv_json().await.unwrap()["message"], "from A");
+
+    // SIGTERM closes A's sockets with "going away" and A exits cleanly.
+    kill(Pid::from_raw(a.id() as i32), Signal::SIGTERM).unwrap();
+    let (code, _) = on_a.expect_close().await.unwrap();
+    assert_eq!(code, hearth::web::ws::close_code::GOING_AWAY);
+    assert!(a.wait().unwrap().success());
+    kill(Pid::from_raw(b.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(b.wait().unwrap().success());
+}

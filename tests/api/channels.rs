@@ -20,6 +20,7 @@ use hearth::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::Connection as _;
 
 use crate::helpers::TestApp;
 
@@ -786,4 +787,83 @@ async fn a_subscription_that_does_not_read_is_dropped_at_its_queue_bound() {
     );
     assert!(slow.dropped_as_slow());
     assert_eq!(layer.stats().await.slow_consumers_dropped, 1);
+}
+
+#[tokio::test]
+async fn the_listener_reconnects_after_a_postgres_restart_and_history_fills_the_gap() {
+    use hearth::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let options = EmbeddedOptions {
+        durable: false,
+        ..Default::default()
+    };
+    let start = {
+        let (path, options) = (path.clone(), options.clone());
+        move || EmbeddedPostgres::start(&path, &options).expect("embedded PostgreSQL starts")
+    };
+    let pg = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+    let setup = sqlx::PgPool::connect_with(pg.connect_options())
+        .await
+        .unwrap();
+    hearth::db::migrations::run(&setup).await.unwrap();
+    setup.close().await;
+    let app = TestApp::builder()
+        .routes(routes())
+        .database(pg.connect_options())
+        .spawn()
+        .await;
+    let (mut stream, mut buffer) = open_stream(&app, None).await;
+    publish(&app, 1).await;
+    assert_eq!(read_events(&mut stream, &mut buffer, 1).await.len(), 1);
+
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
+    let pg = tokio::task::spawn_blocking(start).await.unwrap();
+    // Written behind the listener's back (no NOTIFY), while it is still reconnecting.
+    let mut direct = sqlx::PgConnection::connect_with(&pg.connect_options())
+        .await
+        .unwrap();
+    for n in [2, 3] {
+        sqlx::query(
+            "INSERT INTO channel_messages (target, is_group, payload) VALUES ('news', true, $1)",
+        )
+        .bind(format!(r#"{{"type":"news.item","n":{n}}}"#))
+        .execute(&mut direct)
+        .await
+        .unwrap();
+    }
+    // Sends through the layer succeed once its pool has fresh connections.
+    for n in [4, 5] {
+        let message = json!({"type": "news.item", "n": n});
+        let mut tries = 0;
+        while let Err(e) = app
+            .state
+            .channels
+            .group_send(&group("news"), &message)
+            .await
+        {
+            tries += 1;
+            assert!(tries < 100, "sends keep failing after the restart: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let events = read_events(&mut stream, &mut buffer, 4).await;
+    let numbers: Vec<i64> = events
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbers, vec![2, 3, 4, 5]);
+    assert!(app.state.channels.stats().await.listener_reconnects >= 1);
+    drop(stream);
+    drop(app);
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
 }
