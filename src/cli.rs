@@ -68,6 +68,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// The job-queue benchmark (PROTOCOL.md W4): `hearth bench jobs both 20000 3`.
     Jobs(crate::bench::jobs::BenchArgs),
+    /// The W5 WebSocket load client: `hearth bench ws chat --url ws://127.0.0.1:8000/ws/chat/bench/`.
+    Ws(crate::bench::ws::WsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +143,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench {
                 what: BenchCommand::Jobs(args),
             } => crate::bench::jobs::run(cli.config, args).await,
+            Command::Bench {
+                what: BenchCommand::Ws(args),
+            } => crate::bench::ws::run(args).await,
             Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Createuser {
                 name,

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ChannelError, ChannelLayer};
@@ -28,6 +29,18 @@ pub(super) async fn run(layer: ChannelLayer, mut requests: mpsc::Receiver<Publis
         () = layer.ready() => {}
         () = layer.inner.shutdown.cancelled() => return,
     }
+    // A connection of its own, committing without waiting for the WAL flush: a channel
+    // layer delivers at most once (Channels over Redis does not fsync either), and the flush
+    // is most of a publish's latency. A Postgres crash can lose the last moments of messages;
+    // it cannot reorder or corrupt them. Sends inside the caller's transaction keep its
+    // durability.
+    let options = (*layer.inner.pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .connect_lazy_with(options);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
@@ -36,17 +49,17 @@ pub(super) async fn run(layer: ChannelLayer, mut requests: mpsc::Receiver<Publis
                 // Write what was already accepted, then refuse new sends.
                 requests.close();
                 while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                    write(&layer, &mut batch).await;
+                    write(&layer, &pool, &mut batch).await;
                 }
                 return;
             }
         }
-        write(&layer, &mut batch).await;
+        write(&layer, &pool, &mut batch).await;
     }
 }
 
 #[tracing::instrument(skip_all, fields(messages = batch.len()))]
-async fn write(layer: &ChannelLayer, batch: &mut Vec<Publish>) {
+async fn write(layer: &ChannelLayer, pool: &PgPool, batch: &mut Vec<Publish>) {
     let (mut targets, mut groups, mut payloads) = (
         Vec::with_capacity(batch.len()),
         Vec::with_capacity(batch.len()),
@@ -73,7 +86,7 @@ async fn write(layer: &ChannelLayer, batch: &mut Vec<Publish>) {
         &groups,
         &payloads,
     )
-    .fetch_all(&layer.inner.pool)
+    .fetch_all(pool)
     .await;
     match result {
         Ok(mut ids) => {
