@@ -46,6 +46,11 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Inspect and clear the cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Benchmarks (see `hearth bench jobs --help`).
     Bench {
         #[command(subcommand)]
@@ -147,6 +152,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 what: BenchCommand::Ws(args),
             } => crate::bench::ws::run(args).await,
             Command::Jobs { action } => jobs(&cli.config, action).await,
+            Command::Cache { action } => cache(&cli.config, action).await,
             Command::Createuser {
                 name,
                 admin,
@@ -205,6 +211,50 @@ async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
         let pending = status.iter().filter(|m| m.applied_at.is_none()).count();
         println!("{} applied, {pending} pending", status.len() - pending);
         Ok(())
+    })
+    .await
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Entries and bytes of the shared tier.
+    Stats,
+    /// Delete entries, on every instance (their in-process copies too).
+    Clear {
+        /// Only keys starting with this (the full key: `<prefix>:<version>:<key>`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+}
+
+async fn cache(config: &Config, action: CacheCommand) -> anyhow::Result<()> {
+    use crate::{cache::Cache, web::state};
+    with_database(config, true, |pool| async move {
+        let channels =
+            crate::channels::ChannelLayer::start(pool.clone(), state::channel_config(config));
+        let cache = Cache::start(pool, channels.clone(), state::cache_config(config));
+        let outcome = async {
+            match action {
+                CacheCommand::Stats => {
+                    let stats = cache.stats().await.context("cannot read cache stats")?;
+                    println!("{}", serde_json::to_string_pretty(&stats)?);
+                }
+                CacheCommand::Clear { prefix } => {
+                    // The invalidation reaches running instances once the layer is listening.
+                    channels.ready().await;
+                    let n = cache
+                        .clear_prefix(&prefix)
+                        .await
+                        .context("cannot clear the cache")?;
+                    println!("{n} entries deleted");
+                }
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        cache.shutdown();
+        channels.shutdown().await;
+        outcome
     })
     .await
 }

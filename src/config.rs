@@ -166,6 +166,29 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Prepended to every cache key (`<prefix>:<version>:<key>`), to share one database
+    /// between applications.
+    #[arg(long, env = "HEARTH_CACHE_PREFIX", default_value = "", global = true)]
+    pub cache_prefix: String,
+
+    /// How long cached values live when the caller does not say.
+    #[arg(long, env = "HEARTH_CACHE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub cache_timeout: Duration,
+
+    /// How long a value stays in the in-process tier before it is read from Postgres again
+    /// (the bound on staleness should an invalidation message be lost).
+    #[arg(long, env = "HEARTH_CACHE_LOCAL_TTL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub cache_local_ttl: Duration,
+
+    /// Size bound of the in-process tier, in bytes.
+    #[arg(long, env = "HEARTH_CACHE_LOCAL_MAX_BYTES", default_value_t = 64 << 20, global = true)]
+    pub cache_local_max_bytes: u64,
+
+    /// Size bound of the shared tier (keys and values), in bytes; past it the least recently
+    /// written entries are evicted.
+    #[arg(long, env = "HEARTH_CACHE_MAX_BYTES", default_value_t = 256 << 20, global = true)]
+    pub cache_max_bytes: u64,
+
     /// Serve the benchmark routes of `bench/PROTOCOL` (`/bench/...`, `/ws/chat/{room}/`).
     /// Off in production.
     #[arg(long, env = "HEARTH_BENCH_ROUTES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
@@ -285,6 +308,15 @@ impl fmt::Display for Config {
             self.ws_max_message,
             d(self.ws_ping_interval),
             d(self.ws_idle_timeout)
+        )?;
+        writeln!(
+            f,
+            "  cache               prefix {:?} / timeout {} / local ttl {} / local max {} bytes / max {} bytes",
+            self.cache_prefix,
+            d(self.cache_timeout),
+            d(self.cache_local_ttl),
+            self.cache_local_max_bytes,
+            self.cache_max_bytes
         )?;
         if !self.allowed_origins.is_empty() {
             writeln!(

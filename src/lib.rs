@@ -11,6 +11,8 @@
 //! * [`web`]: the HTTP shell: router layers, error pages, sessions, CSRF, flash messages, the
 //!   signed-in user extractors and health checks.
 //! * [`jobs`]: background jobs and schedules on a `SKIP LOCKED` table, worked in-process.
+//! * [`cache`]: the cache framework — a Postgres shared tier behind an in-process tier, the
+//!   page cache with tags, fragments.
 //! * [`channels`]: the channel layer — groups, messages, history and presence across
 //!   instances over LISTEN/NOTIFY and a message table.
 //!
@@ -27,6 +29,7 @@
 
 pub mod accounts;
 pub mod bench;
+pub mod cache;
 pub mod channels;
 pub mod cli;
 pub mod config;

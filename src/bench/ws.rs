@@ -39,6 +39,8 @@ pub enum WsMode {
 pub struct WsArgs {
     #[arg(default_value = "chat")]
     pub mode: WsMode,
+    /// The room's URL; several, separated by commas, spread the receivers over several
+    /// instances round-robin (the sender uses the first).
     #[arg(long, default_value = "ws://127.0.0.1:8000/ws/chat/bench/")]
     pub url: String,
     #[arg(long, default_value_t = 1000)]
@@ -78,9 +80,11 @@ async fn connect_many(url: &str, n: usize, concurrency: usize) -> (Vec<Socket>, 
         ProgressStyle::with_template("connecting {bar:40} {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
     let results: Vec<_> = futures::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
             let bar = bar.clone();
+            let url = urls[i % urls.len()];
             async move {
                 let result = connect(url).await;
                 bar.inc(1);

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256, Sha512};
 use sqlx::PgPool;
 
 use crate::{
+    cache::{Cache, CacheConfig},
     channels::{ChannelConfig, ChannelLayer},
     config::Config,
 };
@@ -24,6 +25,8 @@ pub struct AppState {
     pub static_version: Arc<str>,
     /// This instance's channel layer (WebSockets, server-sent events, presence).
     pub channels: ChannelLayer,
+    /// The cache (Postgres shared tier, in-process tier).
+    pub cache: Cache,
 }
 
 impl AppState {
@@ -32,6 +35,7 @@ impl AppState {
     pub fn new(config: Config, db: PgPool) -> anyhow::Result<Self> {
         let secret = secret_key(&config)?;
         let channels = ChannelLayer::start(db.clone(), channel_config(&config));
+        let cache = Cache::start(db.clone(), channels.clone(), cache_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
         let static_version = static_version(&config.static_dir).into();
@@ -41,7 +45,20 @@ impl AppState {
             cookie_key,
             static_version,
             channels,
+            cache,
         })
+    }
+}
+
+/// The cache's settings from the configuration.
+pub fn cache_config(config: &Config) -> CacheConfig {
+    CacheConfig {
+        prefix: config.cache_prefix.clone(),
+        default_timeout: config.cache_timeout,
+        local_ttl: config.cache_local_ttl,
+        local_max_bytes: config.cache_local_max_bytes,
+        max_bytes: config.cache_max_bytes,
+        ..CacheConfig::default()
     }
 }
 

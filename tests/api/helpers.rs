@@ -188,7 +188,11 @@ pub struct Builder {
     routes: Router<AppState>,
     migrated: bool,
     database: Option<PgConnectOptions>,
+    routes_with: Option<RoutesWith>,
 }
+
+/// Builds extra routes from the app's state.
+type RoutesWith = Box<dyn FnOnce(&AppState) -> Router<AppState>>;
 
 impl Builder {
     pub fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
@@ -199,6 +203,15 @@ impl Builder {
     /// Extra routes served next to the real ones (to exercise extractors and error paths).
     pub fn routes(mut self, routes: Router<AppState>) -> Self {
         self.routes = routes;
+        self
+    }
+
+    /// Extra routes built from the app's state (e.g. layers that need its cache).
+    pub fn routes_with(
+        mut self,
+        routes: impl FnOnce(&AppState) -> Router<AppState> + 'static,
+    ) -> Self {
+        self.routes_with = Some(Box::new(routes));
         self
     }
 
@@ -229,7 +242,11 @@ impl Builder {
                 .await
                 .expect("the channel layer is ready");
         }
-        let router = hearth::server::app_with(state.clone(), self.routes);
+        let mut routes = self.routes;
+        if let Some(build) = self.routes_with {
+            routes = routes.merge(build(&state));
+        }
+        let router = hearth::server::app_with(state.clone(), routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -265,6 +282,7 @@ impl TestApp {
             routes: Router::new(),
             migrated: true,
             database: None,
+            routes_with: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod binary;
+mod cache;
 mod channels;
 mod embedded;
 mod helpers;

@@ -1,0 +1,521 @@
+//! The page cache: Django's `cache_page`, `never_cache` and the fragment cache, plus tags.
+//!
+//! `route.layer(cache_page(&cache, Duration::from_secs(60)).tag("posts"))` caches the
+//! responses of a route in the cache's two tiers:
+//!
+//! * only `GET`/`HEAD` answers `200` with a body of known length, that set no cookie, are not
+//!   `private`/`no-store`/`no-cache` and do not `Vary: *`;
+//! * the key is the method-independent full URL (host included) plus the values of the request
+//!   headers the response names in `Vary` (learned from the first response, as Django does), so
+//!   `Vary: Accept-Language` keeps languages apart;
+//! * responses get `Cache-Control: max-age`, `Expires`, an `ETag` (a hash of the body, unless
+//!   the handler set one) and `X-Cache: HIT|MISS`; hits also get `Age`. A request whose
+//!   `If-None-Match` matches is answered `304` without a body;
+//! * every page stored through a layer with `.tag("posts")` is dropped, on every instance, by
+//!   `cache.invalidate_tag("posts")` — what Django's page cache cannot do.
+//!
+//! [`never_cache`] marks a response as never to be cached, here or by browsers and proxies.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::{Body, HttpBody},
+    extract::Request,
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::Response,
+};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tower::{Layer, Service};
+
+use super::{Cache, CacheError, Timeout};
+
+/// Largest body the page cache stores.
+const MAX_BODY: u64 = 8 << 20;
+
+/// Headers that describe one connection or one response, never stored.
+const NOT_STORED: [HeaderName; 5] = [
+    header::SET_COOKIE,
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::AGE,
+    header::DATE,
+];
+
+/// Caches a route's responses for `ttl`. See the module documentation.
+pub fn cache_page(cache: &Cache, ttl: Duration) -> CachePage {
+    CachePage {
+        config: Arc::new(PageConfig {
+            cache: cache.clone(),
+            ttl,
+            tags: Vec::new(),
+        }),
+    }
+}
+
+/// The [`cache_page`] layer.
+#[derive(Clone)]
+pub struct CachePage {
+    config: Arc<PageConfig>,
+}
+
+struct PageConfig {
+    cache: Cache,
+    ttl: Duration,
+    tags: Vec<String>,
+}
+
+impl CachePage {
+    /// Tags every page this layer stores, for [`Cache::invalidate_tag`].
+    pub fn tag(self, tag: &str) -> Self {
+        let mut config = PageConfig {
+            cache: self.config.cache.clone(),
+            ttl: self.config.ttl,
+            tags: self.config.tags.clone(),
+        };
+        config.tags.push(tag.to_owned());
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl<S> Layer<S> for CachePage {
+    type Service = CachePageService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CachePageService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CachePageService<S> {
+    inner: S,
+    config: Arc<PageConfig>,
+}
+
+impl<S> Service<Request> for CachePageService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The clone that was polled ready serves this call; the fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        Box::pin(async move { Ok(serve(config, inner, request).await) })
+    }
+}
+
+/// A stored response.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    headers: Vec<(String, String)>,
+    /// Unix seconds, for `Age`.
+    stored_at: i64,
+    etag: String,
+}
+
+async fn serve<S>(config: Arc<PageConfig>, mut inner: S, request: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let method = request.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return call(&mut inner, request).await;
+    }
+    let cache = &config.cache;
+    let url = full_url(&request);
+    let request_headers = request.headers().clone();
+    let vary_key = format!("page.vary:{}", digest(url.as_bytes()));
+    match lookup(cache, &vary_key, &url, &request_headers).await {
+        Ok(Some((stored, body))) => {
+            return respond_hit(stored, body, &request_headers, method == Method::HEAD);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, %url, "page cache lookup failed; serving uncached"),
+    }
+
+    let response = call(&mut inner, request).await;
+    let Some(vary) = cacheable(&response) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY as usize).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, %url, "cannot read a response body for the page cache");
+            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+            return Response::from_parts(parts, Body::empty());
+        }
+    };
+    let etag = match parts
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(etag) => etag.to_owned(),
+        None => format!("\"{}\"", &digest(&bytes)[..32]),
+    };
+    let now = OffsetDateTime::now_utc();
+    set(&mut parts.headers, header::ETAG, &etag);
+    if !parts
+        .headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("max-age"))
+    {
+        set(
+            &mut parts.headers,
+            header::CACHE_CONTROL,
+            &format!("max-age={}", config.ttl.as_secs()),
+        );
+    }
+    set(
+        &mut parts.headers,
+        header::EXPIRES,
+        &http_date(now + config.ttl),
+    );
+    let stored = Stored {
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !NOT_STORED.contains(name))
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect(),
+        stored_at: now.unix_timestamp(),
+        etag: etag.clone(),
+    };
+    if let Err(e) = store(
+        &config,
+        &vary_key,
+        &vary,
+        &url,
+        &request_headers,
+        &stored,
+        &bytes,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, %url, "cannot store a page in the cache");
+    }
+    set(
+        &mut parts.headers,
+        HeaderName::from_static("x-cache"),
+        "MISS",
+    );
+    if matches_etag(&request_headers, &etag) {
+        return not_modified(parts.headers);
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    };
+    Response::from_parts(parts, body)
+}
+
+async fn call<S>(inner: &mut S, request: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    match inner.call(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The `Vary` header names of a cacheable response, or `None` if it must not be cached.
+fn cacheable(response: &Response) -> Option<Vec<String>> {
+    let headers = response.headers();
+    if response.status() != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    let control = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if ["private", "no-store", "no-cache"]
+        .iter()
+        .any(|d| control.contains(d))
+    {
+        return None;
+    }
+    // A stream (no known length) or a huge body is passed through.
+    if response
+        .body()
+        .size_hint()
+        .exact()
+        .is_none_or(|n| n > MAX_BODY)
+    {
+        return None;
+    }
+    let mut vary = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        for name in value.to_str().ok()?.split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if name == "*" {
+                return None;
+            }
+            if !name.is_empty() {
+                vary.push(name);
+            }
+        }
+    }
+    vary.sort();
+    vary.dedup();
+    Some(vary)
+}
+
+fn page_key(url: &str, vary: &[String], headers: &HeaderMap) -> String {
+    let mut hash = Sha256::new();
+    hash.update(url.as_bytes());
+    for name in vary {
+        hash.update(b"\n");
+        hash.update(name.as_bytes());
+        hash.update(b"=");
+        for value in headers.get_all(name.as_str()) {
+            hash.update(value.as_bytes());
+            hash.update(b",");
+        }
+    }
+    format!("page:{}", hex::encode(hash.finalize()))
+}
+
+async fn lookup(
+    cache: &Cache,
+    vary_key: &str,
+    url: &str,
+    headers: &HeaderMap,
+) -> Result<Option<(Stored, Bytes)>, CacheError> {
+    let Some(vary) = cache.get_raw(&cache.full_key(vary_key)?).await? else {
+        return Ok(None);
+    };
+    let vary: Vec<String> = super::decode(vary_key, &vary)?;
+    let key = page_key(url, &vary, headers);
+    let Some(raw) = cache.get_raw(&cache.full_key(&key)?).await? else {
+        return Ok(None);
+    };
+    Ok(decode_page(&raw))
+}
+
+async fn store(
+    config: &PageConfig,
+    vary_key: &str,
+    vary: &[String],
+    url: &str,
+    headers: &HeaderMap,
+    stored: &Stored,
+    body: &Bytes,
+) -> Result<(), CacheError> {
+    let cache = &config.cache;
+    let tags: Vec<&str> = config.tags.iter().map(String::as_str).collect();
+    let timeout = Timeout::After(config.ttl);
+    cache.set_tagged(vary_key, &vary, timeout, &tags).await?;
+    let key = page_key(url, vary, headers);
+    let raw = encode_page(stored, body);
+    cache
+        .set_raw(cache.full_key(&key)?, raw, timeout, &tags)
+        .await
+}
+
+/// A stored page: 4 bytes of big-endian length, the JSON of [`Stored`], then the body as is.
+fn encode_page(stored: &Stored, body: &Bytes) -> Bytes {
+    let meta = serde_json::to_vec(stored).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + meta.len() + body.len());
+    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+fn decode_page(raw: &Bytes) -> Option<(Stored, Bytes)> {
+    let len = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let meta = raw.get(4..4 + len)?;
+    let stored = serde_json::from_slice(meta).ok()?;
+    Some((stored, raw.slice(4 + len..)))
+}
+
+fn respond_hit(stored: Stored, body: Bytes, request: &HeaderMap, head: bool) -> Response {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &stored.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let age = (OffsetDateTime::now_utc().unix_timestamp() - stored.stored_at).max(0);
+    set(&mut headers, header::AGE, &age.to_string());
+    set(&mut headers, HeaderName::from_static("x-cache"), "HIT");
+    if matches_etag(request, &stored.etag) {
+        return not_modified(headers);
+    }
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
+    *response.headers_mut() = headers;
+    response
+}
+
+fn not_modified(headers: HeaderMap) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::ETAG,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::VARY,
+        header::AGE,
+        HeaderName::from_static("x-cache"),
+    ] {
+        if let Some(value) = headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+fn matches_etag(request: &HeaderMap, etag: &str) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == "*" || tag == etag.trim_start_matches("W/"))
+}
+
+fn full_url(request: &Request) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("{host}{path}")
+}
+
+fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// An HTTP date: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(at: OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    at.format(&format).unwrap_or_default()
+}
+
+/// Middleware marking responses as never cacheable (Django's `never_cache`): by the page
+/// cache, browsers and proxies. `route.layer(axum::middleware::from_fn(never_cache))`.
+pub async fn never_cache(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    set(
+        headers,
+        header::CACHE_CONTROL,
+        "max-age=0, no-cache, no-store, must-revalidate, private",
+    );
+    set(
+        headers,
+        header::EXPIRES,
+        &http_date(OffsetDateTime::now_utc()),
+    );
+    response
+}
+
+impl Cache {
+    /// A rendered fragment of a template, by `name` and the values it depends on (Django's
+    /// `{% cache %}` tag): `render` runs on a miss, once per instance however many requests
+    /// miss together.
+    pub async fn fragment<F, Fut>(
+        &self,
+        name: &str,
+        vary_on: &[&str],
+        ttl: Duration,
+        render: F,
+    ) -> Result<String, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<String>>,
+    {
+        let mut hash = Sha256::new();
+        for part in vary_on {
+            hash.update(part.as_bytes());
+            hash.update(b"\0");
+        }
+        let key = format!("fragment:{name}:{}", hex::encode(hash.finalize()));
+        self.get_or_set(&key, Timeout::After(ttl), render).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        let at = OffsetDateTime::from_unix_timestamp(784_111_777).unwrap();
+        assert_eq!(http_date(at), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn etags_match_weakly_and_by_list() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"a\", W/\"b\""),
+        );
+        assert!(matches_etag(&headers, "\"b\""));
+        assert!(!matches_etag(&headers, "\"c\""));
+    }
+
+    #[test]
+    fn stored_pages_round_trip() {
+        let stored = Stored {
+            headers: vec![("content-type".into(), "text/html".into())],
+            stored_at: 7,
+            etag: "\"x\"".into(),
+        };
+        let raw = encode_page(&stored, &Bytes::from_static(b"<p>hi</p>"));
+        let (back, body) = decode_page(&raw).unwrap();
+        assert_eq!(
+            (back.stored_at, back.etag.as_str(), &body[..]),
+            (7, "\"x\"", &b"<p>hi</p>"[..])
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! The cache: API semantics, two instances, eviction, the page cache and stampedes.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::HeaderMap,
+    response::{Html, IntoResponse},
+    routing::get,
+};
+use hearth::{
+    AppState,
+    cache::{
+        CacheError, Timeout,
+        page::{cache_page, never_cache},
+    },
+};
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn get_set_add_delete_and_expiry_behave_like_djangos() {
+    let app = TestApp::spawn().await;
+    let cache = &app.state.cache;
+
+    assert_eq!(cache.get::<String>("greeting").await.unwrap(), None);
+    cache
+        .set("greeting", "hello", Timeout::Default)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get::<String>("greeting").await.unwrap().as_deref(),
+        Some("hello")
+    );
+    assert!(cache.has_key("greeting").await.unwrap());
+
+    assert!(
+        !cache
+            .add("greeting", "other", Timeout::Default)
+            .await
+            .unwrap(),
+        "add keeps what is there"
+    );
+    assert!(
+        cache
+            .add("fresh", &json!({"n": 1}), Timeout::Never)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        cache.get::<serde_json::Value>("fresh").await.unwrap(),
+        Some(json!({"n": 1}))
+    );
+
+    cache
+        .set("short", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    cache.set("forever", &2, Timeout::Never).await.unwrap();
+    cache.set("zero", &3, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        cache.get::<i32>("zero").await.unwrap(),
+        None,
+        "a zero timeout keeps nothing"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(cache.get::<i32>("short").await.unwrap(), None, "expired");
+    assert_eq!(cache.get::<i32>("forever").await.unwrap(), Some(2));
+    assert!(
+        cache.add("short", &9, Timeout::Default).await.unwrap(),
+        "an expired key can be added"
+    );
+
+    assert!(cache.delete("greeting").await.unwrap());
+    assert!(!cache.delete("greeting").await.unwrap());
+    assert_eq!(cache.get::<String>("greeting").await.unwrap(), None);
+
+    assert!(
+        cache
+            .touch("forever", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    assert!(!cache.touch("missing", Timeout::Never).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cache.get::<i32>("forever").await.unwrap(),
+        None,
+        "touch set a new timeout"
+    );
+}
+
+#[tokio::test]
+async fn many_at_once_versions_and_clear() {
+    let app = TestApp::spawn().await;
+    let cache = &app.state.cache;
+
+    cache
+        .set_many(&[("a", 1), ("b", 2), ("c", 3)], Timeout::Default)
+        .await
+        .unwrap();
+    let found = cache.get_many::<i32>(&["a", "b", "missing"]).await.unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!((found["a"], found["b"]), (1, 2));
+    assert_eq!(cache.delete_many(&["a", "b", "missing"]).await.unwrap(), 2);
+
+    let v2 = cache.with_version(2);
+    v2.set("c", &30, Timeout::Default).await.unwrap();
+    assert_eq!(
+        cache.get::<i32>("c").await.unwrap(),
+        Some(3),
+        "versions keep keys apart"
+    );
+    assert_eq!(v2.get::<i32>("c").await.unwrap(), Some(30));
+
+    assert_eq!(cache.clear().await.unwrap(), 2);
+    assert_eq!(cache.get::<i32>("c").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn bad_keys_and_wrong_types_are_clear_errors() {
+    let app = TestApp::spawn().await;
+    let cache = &app.state.cache;
+
+    let bad = cache.set("has space", &1, Timeout::Default).await;
+    assert!(matches!(bad, Err(CacheError::InvalidKey { .. })), "{bad:?}");
+    let long = "k".repeat(251);
+    assert!(matches!(
+        cache.get::<i32>(&long).await,
+        Err(CacheError::InvalidKey { .. })
+    ));
+    cache
+        .set("text", "not a number", Timeout::Default)
+        .await
+        .unwrap();
+    assert!(matches!(
+        cache.get::<i32>("text").await,
+        Err(CacheError::Decode { .. })
+    ));
+    assert!(matches!(
+        cache.incr("text", 1).await,
+        Err(CacheError::NotAnInteger(_))
+    ));
+    assert!(matches!(
+        cache.incr("absent", 1).await,
+        Err(CacheError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_increments_add_a_hundred() {
+    let app = TestApp::builder()
+        .config(|c| c.db_max_connections = 10)
+        .spawn()
+        .await;
+    let cache = app.state.cache.clone();
+    cache.set("hits", &0, Timeout::Never).await.unwrap();
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.incr("hits", 1).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    assert_eq!(cache.get::<i64>("hits").await.unwrap(), Some(100));
+    assert_eq!(cache.decr("hits", 30).await.unwrap(), 70);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_misses_compute_once() {
+    let app = TestApp::spawn().await;
+    let cache = app.state.cache.clone();
+    let runs = Arc::new(AtomicUsize::new(0));
+
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_set("report", Timeout::Default, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(42_u32)
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 42);
+    }
+
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        cache.get::<u32>("report").await.unwrap(),
+        Some(42),
+        "stored for the next caller"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_values_and_invalidate_each_others_local_copies() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::builder()
+        .database(a.db_options.clone())
+        .spawn()
+        .await;
+
+    a.state
+        .cache
+        .set("shared", "v1", Timeout::Never)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.state
+            .cache
+            .get::<String>("shared")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
+
+    // B now holds v1 in its in-process tier; A's change must not be served stale by B.
+    a.state
+        .cache
+        .set("shared", "v2", Timeout::Never)
+        .await
+        .unwrap();
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = b.state.cache.get::<String>("shared").await.unwrap();
+        if seen.as_deref() == Some("v2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("v2"),
+        "B dropped its copy within a second"
+    );
+
+    a.state.cache.delete("shared").await.unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        if b.state
+            .cache
+            .get::<String>("shared")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "a delete on A reaches B's in-process tier");
+    let stats = b.state.cache.stats().await.unwrap();
+    assert!(stats.local_hits >= 1 && stats.shared_hits >= 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn past_its_size_bound_the_shared_tier_evicts_the_oldest() {
+    let app = TestApp::builder()
+        .config(|c| c.cache_max_bytes = 10_000)
+        .spawn()
+        .await;
+    let cache = &app.state.cache;
+    let blob = "x".repeat(1_000);
+    for n in 0..20 {
+        cache
+            .set(&format!("blob{n}"), &blob, Timeout::Never)
+            .await
+            .unwrap();
+    }
+
+    let evicted = cache.sweep().await.unwrap();
+
+    assert!(evicted >= 10, "evicted {evicted}");
+    let stats = cache.stats().await.unwrap();
+    assert!(stats.shared_bytes <= 10_000, "{stats:?}");
+    assert_eq!(stats.shared_evictions, evicted);
+    let newest = cache.with_version(1).get::<String>("blob19").await.unwrap();
+    assert!(newest.is_some(), "the newest entries stay");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_entries WHERE key = ':1:blob0'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "the oldest went first");
+}
+
+/// A page whose renders are counted, with a few variants.
+fn pages(state: &AppState, renders: Arc<AtomicUsize>) -> Router<AppState> {
+    let count = move || {
+        renders.fetch_add(1, Ordering::SeqCst);
+    };
+    let (c1, c2, c3, c4) = (count.clone(), count.clone(), count.clone(), count);
+    Router::new()
+        .route(
+            "/cached",
+            get(move || async move {
+                c1();
+                Html("<p>posts</p>")
+            })
+            .layer(cache_page(&state.cache, Duration::from_secs(60)).tag("posts")),
+        )
+        .route(
+            "/other",
+            get(move || async move {
+                c2();
+                Html("<p>other</p>")
+            })
+            .layer(cache_page(&state.cache, Duration::from_secs(60)).tag("other")),
+        )
+        .route(
+            "/cookie",
+            get(move || async move {
+                c3();
+                ([("set-cookie", "a=b")], Html("<p>private</p>"))
+            })
+            .layer(cache_page(&state.cache, Duration::from_secs(60))),
+        )
+        .route(
+            "/lang",
+            get(move |headers: HeaderMap| async move {
+                c4();
+                let lang = headers
+                    .get("accept-language")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("en")
+                    .to_owned();
+                (
+                    [("vary", "Accept-Language")],
+                    Html(format!("<p>{lang}</p>")),
+                )
+                    .into_response()
+            })
+            .layer(cache_page(&state.cache, Duration::from_secs(60))),
+        )
+        .route(
+            "/never",
+            get(|State(_): State<AppState>| async { Html("<p>now</p>") })
+                .layer(axum::middleware::from_fn(never_cache))
+                .layer(cache_page(&state.cache, Duration::from_secs(60))),
+        )
+}
+
+async fn page_app() -> (TestApp, Arc<AtomicUsize>) {
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = renders.clone();
+    let app = TestApp::builder()
+        .routes_with(move |state| pages(state, counter))
+        .spawn()
+        .await;
+    (app, renders)
+}
+
+#[tokio::test]
+async fn the_page_cache_serves_hits_with_etags_and_answers_304() {
+    let (app, renders) = page_app().await;
+
+    let first = app.get("/cached").await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert_eq!(first.headers()["cache-control"], "max-age=60");
+    assert!(first.headers().contains_key("expires"));
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(first.text().await.unwrap(), "<p>posts</p>");
+
+    let second = app.get("/cached").await;
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    assert!(second.headers().contains_key("age"));
+    assert_eq!(second.headers()["etag"], etag.as_str());
+    assert_eq!(second.text().await.unwrap(), "<p>posts</p>");
+    assert_eq!(renders.load(Ordering::SeqCst), 1, "the handler ran once");
+
+    let revalidated = app
+        .client
+        .get(app.url("/cached"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert!(revalidated.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cookies_private_and_never_cache_responses_are_not_cached() {
+    let (app, renders) = page_app().await;
+
+    for _ in 0..2 {
+        let response = app.get("/cookie").await;
+        assert!(!response.headers().contains_key("x-cache"));
+    }
+    assert_eq!(renders.load(Ordering::SeqCst), 2);
+
+    let never = app.get("/never").await;
+    assert!(
+        never.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("no-store")
+    );
+    assert!(!never.headers().contains_key("x-cache"));
+    assert!(!app.get("/never").await.headers().contains_key("x-cache"));
+}
+
+#[tokio::test]
+async fn vary_keeps_languages_apart() {
+    let (app, renders) = page_app().await;
+    let get = |lang: &'static str| {
+        app.client
+            .get(app.url("/lang"))
+            .header("accept-language", lang)
+            .send()
+    };
+
+    assert_eq!(get("fr").await.unwrap().text().await.unwrap(), "<p>fr</p>");
+    assert_eq!(get("de").await.unwrap().text().await.unwrap(), "<p>de</p>");
+    let again = get("fr").await.unwrap();
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert_eq!(again.text().await.unwrap(), "<p>fr</p>");
+    assert_eq!(renders.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn invalidating_a_tag_drops_exactly_the_tagged_pages() {
+    let (app, renders) = page_app().await;
+    app.get("/cached").await;
+    app.get("/other").await;
+    assert_eq!(app.get("/cached").await.headers()["x-cache"], "HIT");
+
+    app.state.cache.invalidate_tag("posts").await.unwrap();
+
+    assert_eq!(app.get("/cached").await.headers()["x-cache"], "MISS");
+    assert_eq!(app.get("/other").await.headers()["x-cache"], "HIT");
+    assert_eq!(renders.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn fragments_render_once_per_key() {
+    let app = TestApp::spawn().await;
+    let cache = &app.state.cache;
+    let renders = Arc::new(AtomicUsize::new(0));
+    let render = |n: &'static str| {
+        let renders = renders.clone();
+        move || async move {
+            renders.fetch_add(1, Ordering::SeqCst);
+            Ok(format!("<aside>{n}</aside>"))
+        }
+    };
+
+    let one = cache
+        .fragment("sidebar", &["ada"], Duration::from_secs(60), render("ada"))
+        .await
+        .unwrap();
+    let again = cache
+        .fragment("sidebar", &["ada"], Duration::from_secs(60), render("x"))
+        .await
+        .unwrap();
+    let other = cache
+        .fragment("sidebar", &["bob"], Duration::from_secs(60), render("bob"))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (one.as_str(), again.as_str(), other.as_str()),
+        (
+            "<aside>ada</aside>",
+            "<aside>ada</aside>",
+            "<aside>bob</aside>"
+        )
+    );
+    assert_eq!(renders.load(Ordering::SeqCst), 2);
+}
