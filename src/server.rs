@@ -50,7 +50,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         .with_state(state.clone());
     let mut router = Router::new().merge(pages);
     if config.bench_routes {
-        router = router.merge(crate::bench::routes::routes().with_state(state.clone()));
+        router = router.merge(crate::bench::routes::routes(&state).with_state(state.clone()));
     }
     let router = router
         .merge(web::health::routes().with_state(state))
@@ -92,6 +92,11 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
         apply_migrations(&db, &tasks, &shutdown).await?;
     }
 
+    if config.bench_routes {
+        crate::bench::routes::seed(&db.pool)
+            .await
+            .context("cannot seed the benchmark posts")?;
+    }
     let state = AppState::new(config.clone(), db.pool.clone())?;
     let listener = TcpListener::bind(config.bind)
         .await

@@ -1,5 +1,7 @@
 //! The benchmark protocol's endpoints, on the same platform pieces the apps use.
 //!
+//! * W1, `GET /bench/page`: the 20 latest posts, one query, an askama page extending a layout;
+//! * W2, `GET /bench/cached`: the same page behind `cache_page(60s)` (the two-tier cache);
 //! * W5, `GET /ws/chat/{room}/`: a WebSocket consumer; on connect the socket joins the room's
 //!   group, and every `{"message": "..."}` a member sends is `group_send` to the room and
 //!   forwarded to every member (the sender included) as `{"type":"chat.message","message":...}`.
@@ -14,18 +16,28 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
+use std::time::Duration;
+
+use askama::Template;
+
 use crate::{
+    cache::page::cache_page,
     channels::GroupName,
     web::{
-        AppState, WebError,
+        AppState, WebError, render,
         sse::{self, LastEventId},
         ws::{self, Connection, Consumer, ConsumerError, close_code},
     },
 };
 
 /// The routes, to be served outside the CSRF layer (the load clients have no session).
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
+        .route("/bench/page", get(page))
+        .route(
+            "/bench/cached",
+            get(page).layer(cache_page(&state.cache, Duration::from_secs(60))),
+        )
         .route("/ws/chat/{room}/", ws::route::<ChatRoom>())
         .route("/bench/events", get(events))
         .route("/bench/publish", post(publish))
@@ -115,4 +127,85 @@ async fn publish(
         .await
         .map_err(|e| WebError::Internal(e.into()))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Template)]
+#[template(path = "bench/page.html")]
+struct Page {
+    posts: Vec<PostView>,
+}
+
+struct PostView {
+    id: i32,
+    title: String,
+    author_name: String,
+    excerpt: String,
+    iso: String,
+    date: String,
+}
+
+/// W1: one query, one template.
+async fn page(State(state): State<AppState>) -> Result<axum::response::Html<String>, WebError> {
+    let rows = sqlx::query!(
+        "SELECT id, title, author_name, body, published_at FROM bench_posts
+         ORDER BY published_at DESC LIMIT 20"
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let iso = time::format_description::well_known::Rfc3339;
+    let date = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    let posts = rows
+        .into_iter()
+        .map(|row| PostView {
+            id: row.id,
+            title: row.title,
+            author_name: row.author_name,
+            excerpt: row.body.chars().take(100).collect(),
+            iso: row.published_at.format(&iso).unwrap_or_default(),
+            date: row.published_at.format(&date).unwrap_or_default(),
+        })
+        .collect();
+    render(&Page { posts })
+}
+
+/// Fills `bench_posts` with the protocol's 10,000 deterministic posts unless they are there.
+/// Every value is a function of the row id, as in the peers' `seed.sql`, so both sides serve
+/// byte-identical data.
+pub async fn seed(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    let count = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM bench_posts"#)
+        .fetch_one(pool)
+        .await?;
+    if count == 10_000 {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query!("DELETE FROM bench_posts")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query!(
+        r#"WITH w AS (
+             SELECT ARRAY['async','buffer','cache','daemon','engine','fiber','graph','heap','index','journal',
+                          'kernel','lambda','mutex','node','object','packet','queue','router','socket','thread',
+                          'vector','worker','yield','zero','batch','commit','driver','event','frame','gateway',
+                          'header','latency','module','network','parser','runtime','schema','stream','token','upstream'] AS a,
+                    ARRAY['Ada Lovelace','Alan Turing','Grace Hopper','Edsger Dijkstra','Barbara Liskov',
+                          'Donald Knuth','Margaret Hamilton','Ken Thompson','Dennis Ritchie','Frances Allen',
+                          'John McCarthy','Leslie Lamport','Radia Perlman','Tony Hoare','Niklaus Wirth',
+                          'Adele Goldberg','Butler Lampson','Shafi Goldwasser','Robin Milner','Sophie Wilson'] AS authors
+           )
+           INSERT INTO bench_posts (id, title, author_name, body, published_at)
+           SELECT i,
+                  initcap(a[1 + (i * 7) % 40]) || ' ' || a[1 + (i * 13) % 40] || ' and the ' || a[1 + (i * 31) % 40] || ' #' || i,
+                  authors[1 + (i * 17) % 20],
+                  left((SELECT string_agg(a[1 + ((i * 31 + j * 17 + j * j) % 40)], ' ' ORDER BY j)
+                          FROM generate_series(0, 99) AS j), 500),
+                  timestamptz '2024-01-01 00:00:00+00' + i * interval '53 minutes' + ((i * 7919) % 1800) * interval '1 second'
+           FROM generate_series(1, 10000) AS i, w"#
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    sqlx::query!("ANALYZE bench_posts").execute(pool).await?;
+    tracing::info!("seeded bench_posts with 10,000 posts");
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! One binary (rather than one per file) so that one embedded cluster serves the whole run.
 
 mod accounts;
+mod bench_routes;
 mod binary;
 mod cache;
 mod channels;

@@ -1,0 +1,88 @@
+//! The benchmark protocol's routes (`HEARTH_BENCH_ROUTES=1`): W1, W2, W5 and W6.
+
+use hearth::web::testing::WsClient;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+async fn spawn() -> TestApp {
+    let app = TestApp::builder()
+        .config(|c| c.bench_routes = true)
+        .spawn()
+        .await;
+    hearth::bench::routes::seed(&app.pool).await.unwrap();
+    app
+}
+
+#[tokio::test]
+async fn the_page_lists_the_20_latest_posts_and_the_cached_page_hits() {
+    let app = spawn().await;
+
+    let page = app.get("/bench/page").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert_eq!(html.matches("<article").count(), 20);
+    assert!(html.contains("id=\"post-10000\""), "newest first");
+    assert!(html.contains("<time datetime=\""));
+
+    let first = app.get("/bench/cached").await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let second = app.get("/bench/cached").await;
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    assert_eq!(second.text().await.unwrap(), html);
+}
+
+#[tokio::test]
+async fn the_chat_room_echoes_to_every_member_and_rejects_bad_rooms() {
+    let app = spawn().await;
+    let mut a = WsClient::connect(app.ws_url("/ws/chat/bench/"))
+        .await
+        .unwrap();
+    let mut b = WsClient::connect(app.ws_url("/ws/chat/bench/"))
+        .await
+        .unwrap();
+
+    a.send_json(&json!({"message": "7"})).await.unwrap();
+
+    assert_eq!(a.recv_json().await.unwrap()["message"], "7");
+    assert_eq!(b.recv_json().await.unwrap()["message"], "7");
+    let mut bad = WsClient::connect(app.ws_url("/ws/chat/not%20ok/"))
+        .await
+        .unwrap();
+    let (code, _) = bad.expect_close().await.unwrap();
+    assert_eq!(code, hearth::web::ws::close_code::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn published_messages_reach_the_event_stream() {
+    let app = spawn().await;
+    let mut stream = app.get("/bench/events").await;
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert!(
+        std::str::from_utf8(&first)
+            .unwrap()
+            .starts_with(": connected")
+    );
+
+    let published = app
+        .client
+        .post(app.url("/bench/publish"))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 204);
+
+    let event = stream.chunk().await.unwrap().unwrap();
+    let event = std::str::from_utf8(&event).unwrap();
+    assert!(
+        event.contains("data: {\"type\":\"bench.message\",\"message\":\"hi\"}"),
+        "{event}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_flag_the_routes_do_not_exist() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/bench/page").await.status(), 404);
+}
