@@ -75,6 +75,8 @@ pub enum BenchCommand {
     Jobs(crate::bench::jobs::BenchArgs),
     /// The W5 WebSocket load client: `hearth bench ws chat --url ws://127.0.0.1:8000/ws/chat/bench/`.
     Ws(crate::bench::ws::WsArgs),
+    /// Cache round trips per tier: `hearth bench cache 10000`.
+    Cache(crate::bench::cache::CacheArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +153,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench {
                 what: BenchCommand::Ws(args),
             } => crate::bench::ws::run(args).await,
+            Command::Bench {
+                what: BenchCommand::Cache(args),
+            } => crate::bench::cache::run(cli.config, args).await,
             Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Cache { action } => cache(&cli.config, action).await,
             Command::Createuser {

@@ -149,9 +149,8 @@ async fn chat(args: WsArgs) -> anyhow::Result<()> {
     let (sockets, errors) = connect_many(&args.url, args.clients, args.connect_concurrency).await;
     let connect_s = started.elapsed().as_secs_f64();
     let connected = sockets.len();
-    let mut sender = connect(&args.url)
-        .await
-        .context("the sender cannot connect")?;
+    let first = args.url.split(',').next().unwrap_or_default().trim();
+    let mut sender = connect(first).await.context("the sender cannot connect")?;
 
     let clock = Instant::now();
     let now_us = move || clock.elapsed().as_micros() as u64;
