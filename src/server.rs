@@ -108,6 +108,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
 
     let channels = state.channels.clone();
+    let cache = state.cache.clone();
     // Accept sockets once the channel layer reads, unless the database is down (then serve
     // anyway, as for migrations: /readyz says 503 until it answers).
     if tokio::time::timeout(Duration::from_secs(10), channels.ready())
@@ -136,6 +137,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     tracing::info!("HTTP server stopped; stopping job workers and background tasks");
     shutdown.cancel();
     workers.shutdown().await;
+    cache.shutdown();
     channels.shutdown().await;
     tasks.close();
     tasks.wait().await;

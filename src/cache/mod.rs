@@ -639,7 +639,7 @@ impl Cache {
         .await?
         .rows_affected();
         self.inner.local.invalidate_all();
-        self.broadcast(Vec::new(), Vec::new(), true);
+        self.broadcast_now(Vec::new(), Vec::new(), true).await;
         Ok(deleted)
     }
 
@@ -658,7 +658,8 @@ impl Cache {
         .await?
         .rows_affected();
         drop_tag_locally(&self.inner.local, tag);
-        self.broadcast(Vec::new(), vec![tag.to_owned()], false);
+        self.broadcast_now(Vec::new(), vec![tag.to_owned()], false)
+            .await;
         Ok(deleted)
     }
 
@@ -689,6 +690,15 @@ impl Cache {
     /// Tells the other instances to drop local copies; in the background, so writes do not wait
     /// for it (a lost message leaves a copy stale for at most the local TTL).
     fn broadcast(&self, keys: Vec<String>, tags: Vec<String>, all: bool) {
+        let cache = self.clone();
+        self.inner.channels.tracker().spawn(async move {
+            cache.broadcast_now(keys, tags, all).await;
+        });
+    }
+
+    /// [`broadcast`](Self::broadcast), waiting until the message is written: for the rare,
+    /// wide invalidations (clear, tags), and for commands that exit right after.
+    async fn broadcast_now(&self, keys: Vec<String>, tags: Vec<String>, all: bool) {
         let message = Invalidation {
             kind: "cache.invalidate".into(),
             from: self.inner.channels.instance().to_owned(),
@@ -696,13 +706,10 @@ impl Cache {
             tags,
             all,
         };
-        let channels = self.inner.channels.clone();
-        self.inner.channels.tracker().spawn(async move {
-            let group = GroupName::parse(INVALIDATIONS).expect("a valid group name");
-            if let Err(e) = channels.group_send(&group, &message).await {
-                tracing::warn!(error = %e, "cannot tell other instances to drop cached copies");
-            }
-        });
+        let group = GroupName::parse(INVALIDATIONS).expect("a valid group name");
+        if let Err(e) = self.inner.channels.group_send(&group, &message).await {
+            tracing::warn!(error = %e, "cannot tell other instances to drop cached copies");
+        }
     }
 }
 
@@ -719,9 +726,12 @@ async fn listen(cache: Cache) {
     let mut subscription = cache.inner.channels.subscribe();
     subscription.join(&GroupName::parse(INVALIDATIONS).expect("a valid group name"));
     let me = cache.inner.channels.instance().to_owned();
+    // Connections close first at shutdown; this is one of them.
+    let closing = cache.inner.channels.closing();
     loop {
         let delivery = tokio::select! {
             () = cache.inner.shutdown.cancelled() => return,
+            () = closing.cancelled() => return,
             delivery = subscription.recv() => delivery,
         };
         let Some(delivery) = delivery else {

@@ -344,3 +344,51 @@ async fn two_servers_on_one_database_deliver_each_others_messages() {
     kill(Pid::from_raw(b.id() as i32), Signal::SIGTERM).unwrap();
     assert!(b.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn cache_stats_and_clear_on_the_command_line() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let name = app.db_options.get_database().unwrap().to_owned();
+    let url = crate::helpers::database_url(&name);
+    let cache = &app.state.cache;
+    cache
+        .set("kept", &1, hearth::cache::Timeout::Never)
+        .await
+        .unwrap();
+    cache
+        .set("other", &2, hearth::cache::Timeout::Never)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = hearth(dir.path())
+            .env("DATABASE_URL", &url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let stats: serde_json::Value = serde_json::from_str(&run(&["cache", "stats"])).unwrap();
+    assert_eq!(stats["shared_entries"], 2);
+    assert_eq!(
+        run(&["cache", "clear", "--prefix", ":1:kept"]).trim(),
+        "1 entries deleted"
+    );
+    assert_eq!(cache.get::<i32>("other").await.unwrap(), Some(2));
+    let mut gone = false;
+    for _ in 0..50 {
+        if cache.get::<i32>("kept").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the running instance dropped its in-process copy");
+    assert_eq!(run(&["cache", "clear"]).trim(), "1 entries deleted");
+}
