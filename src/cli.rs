@@ -155,7 +155,13 @@ pub fn run(cli: Cli) -> ExitCode {
             } => crate::bench::ws::run(args).await,
             Command::Bench {
                 what: BenchCommand::Cache(args),
-            } => crate::bench::cache::run(cli.config, args).await,
+            } => {
+                let config = &cli.config;
+                with_database(config, true, |pool| {
+                    crate::bench::cache::run(config, pool, args)
+                })
+                .await
+            }
             Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Cache { action } => cache(&cli.config, action).await,
             Command::Createuser {

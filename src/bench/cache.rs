@@ -6,14 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use indicatif::ProgressBar;
+use sqlx::PgPool;
 
 use crate::{
     cache::{Cache, CacheConfig, Timeout},
     channels::ChannelLayer,
     config::Config,
-    db::{Database, migrations},
     web::state,
 };
 
@@ -24,26 +23,17 @@ pub struct CacheArgs {
     pub n: usize,
 }
 
-pub async fn run(config: Config, args: CacheArgs) -> anyhow::Result<()> {
-    let db = Database::open(&config, true)
-        .await
-        .context("cannot open the database")?;
-    migrations::run(&db.pool)
-        .await
-        .context("cannot apply migrations")?;
-    let channels = ChannelLayer::start(db.pool.clone(), state::channel_config(&config));
+/// Runs on `pool` (opened and migrated by the command line).
+pub async fn run(config: &Config, pool: PgPool, args: CacheArgs) -> anyhow::Result<()> {
+    let channels = ChannelLayer::start(pool.clone(), state::channel_config(config));
     channels.ready().await;
-    let two_tiers = Cache::start(
-        db.pool.clone(),
-        channels.clone(),
-        state::cache_config(&config),
-    );
+    let two_tiers = Cache::start(pool.clone(), channels.clone(), state::cache_config(config));
     let shared_only = Cache::start(
-        db.pool.clone(),
+        pool,
         channels.clone(),
         CacheConfig {
             local_ttl: Duration::ZERO,
-            ..state::cache_config(&config)
+            ..state::cache_config(config)
         },
     );
     let value = "x".repeat(100);
@@ -77,7 +67,6 @@ pub async fn run(config: Config, args: CacheArgs) -> anyhow::Result<()> {
     two_tiers.shutdown();
     shared_only.shutdown();
     channels.shutdown().await;
-    db.close().await?;
     result
 }
 
