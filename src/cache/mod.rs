@@ -24,9 +24,10 @@ mod stats;
 mod sweep;
 
 use std::{
+    any::Any,
     collections::HashMap,
     future::Future,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -136,6 +137,34 @@ struct Local {
     value: Bytes,
     expires_at: Option<SystemTime>,
     tags: Arc<[String]>,
+    /// The value decoded by its reader, kept with the entry so that a hot entry is decoded
+    /// once, not on every hit (the page cache keeps its parsed response here). It goes away
+    /// with the entry, so invalidation needs nothing more.
+    decoded: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Local {
+    fn new(value: Bytes, expires_at: Option<SystemTime>, tags: Arc<[String]>) -> Self {
+        Self {
+            value,
+            expires_at,
+            tags,
+            decoded: Arc::default(),
+        }
+    }
+
+    /// The value as `decode` reads it, decoded at most once per entry; `None` if `decode`
+    /// fails (or an earlier reader decoded it as another type).
+    fn decoded<T: Any + Send + Sync>(
+        &self,
+        decode: impl FnOnce(&Bytes) -> Option<T>,
+    ) -> Option<Arc<T>> {
+        let any = self.decoded.get_or_init(|| match decode(&self.value) {
+            Some(value) => Arc::new(value),
+            None => Arc::new(()),
+        });
+        any.clone().downcast::<T>().ok()
+    }
 }
 
 /// Local entries live for the local TTL, or until the value expires if that is sooner.
@@ -268,16 +297,22 @@ impl Cache {
 
     /// Bytes under a full key: the local tier, else the shared tier (then kept locally).
     async fn get_raw(&self, full: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_entry(full).await?.map(|local| local.value))
+    }
+
+    async fn get_entry(&self, full: &str) -> Result<Option<Local>, CacheError> {
         if let Some(local) = self.inner.local.get(full).await {
             self.inner.stats.local_hit();
-            return Ok(Some(local.value));
+            return Ok(Some(local));
         }
         self.inner.stats.local_miss();
         match self.fetch_shared(full).await? {
             Some(local) => {
-                let value = local.value.clone();
-                self.inner.local.insert(full.to_owned(), local).await;
-                Ok(Some(value))
+                self.inner
+                    .local
+                    .insert(full.to_owned(), local.clone())
+                    .await;
+                Ok(Some(local))
             }
             None => Ok(None),
         }
@@ -294,11 +329,11 @@ impl Cache {
         match row {
             Some(row) => {
                 self.inner.stats.shared_hit();
-                Ok(Some(Local {
-                    value: Bytes::from(row.value),
-                    expires_at: row.expires_at.map(SystemTime::from),
-                    tags: row.tags.into(),
-                }))
+                Ok(Some(Local::new(
+                    Bytes::from(row.value),
+                    row.expires_at.map(SystemTime::from),
+                    row.tags.into(),
+                )))
             }
             None => {
                 self.inner.stats.shared_miss();
@@ -354,11 +389,7 @@ impl Cache {
         .execute(&self.inner.pool)
         .await?;
         self.inner.stats.set();
-        let local = Local {
-            value: bytes,
-            expires_at: expires_at.map(SystemTime::from),
-            tags: tags.into(),
-        };
+        let local = Local::new(bytes, expires_at.map(SystemTime::from), tags.into());
         self.inner.local.insert(full.clone(), local).await;
         self.broadcast(vec![full], Vec::new(), false);
         Ok(())
@@ -428,11 +459,7 @@ impl Cache {
                 None => Some(SystemTime::now()),
                 Some(at) => at.map(SystemTime::from),
             };
-            Ok::<_, CacheError>(Local {
-                value: bytes,
-                expires_at,
-                tags: Arc::from([]),
-            })
+            Ok::<_, CacheError>(Local::new(bytes, expires_at, Arc::from([])))
         };
         let entry = self
             .inner
@@ -490,11 +517,11 @@ impl Cache {
             };
             self.inner.stats.shared_hit();
             found.insert((*key).to_owned(), decode(key, &row.value)?);
-            let local = Local {
-                value: Bytes::from(row.value),
-                expires_at: row.expires_at.map(SystemTime::from),
-                tags: row.tags.into(),
-            };
+            let local = Local::new(
+                Bytes::from(row.value),
+                row.expires_at.map(SystemTime::from),
+                row.tags.into(),
+            );
             self.inner.local.insert(row.key, local).await;
         }
         Ok(found)

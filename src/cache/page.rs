@@ -151,8 +151,8 @@ where
     let request_headers = request.headers().clone();
     let vary_key = format!("page.vary:{}", digest(url.as_bytes()));
     match lookup(cache, &vary_key, &url, &request_headers).await {
-        Ok(Some((stored, body))) => {
-            return respond_hit(stored, body, &request_headers, method == Method::HEAD);
+        Ok(Some(page)) => {
+            return respond_hit(&page, &request_headers, method == Method::HEAD);
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, %url, "page cache lookup failed; serving uncached"),
@@ -305,21 +305,24 @@ fn page_key(url: &str, vary: &[String], headers: &HeaderMap) -> String {
     format!("page:{}", hex::encode(hash.finalize()))
 }
 
+/// The stored page for this request, parsed once per local entry.
 async fn lookup(
     cache: &Cache,
     vary_key: &str,
     url: &str,
     headers: &HeaderMap,
-) -> Result<Option<(Stored, Bytes)>, CacheError> {
-    let Some(vary) = cache.get_raw(&cache.full_key(vary_key)?).await? else {
+) -> Result<Option<Arc<Page>>, CacheError> {
+    let Some(vary) = cache.get_entry(&cache.full_key(vary_key)?).await? else {
         return Ok(None);
     };
-    let vary: Vec<String> = super::decode(vary_key, &vary)?;
+    let Some(vary) = vary.decoded(|bytes| serde_json::from_slice::<Vec<String>>(bytes).ok()) else {
+        return Ok(None);
+    };
     let key = page_key(url, &vary, headers);
-    let Some(raw) = cache.get_raw(&cache.full_key(&key)?).await? else {
+    let Some(entry) = cache.get_entry(&cache.full_key(&key)?).await? else {
         return Ok(None);
     };
-    Ok(decode_page(&raw))
+    Ok(entry.decoded(decode_page))
 }
 
 async fn store(
@@ -352,14 +355,18 @@ fn encode_page(stored: &Stored, body: &Bytes) -> Bytes {
     Bytes::from(out)
 }
 
-fn decode_page(raw: &Bytes) -> Option<(Stored, Bytes)> {
-    let len = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
-    let meta = raw.get(4..4 + len)?;
-    let stored = serde_json::from_slice(meta).ok()?;
-    Some((stored, raw.slice(4 + len..)))
+/// A stored page, parsed.
+struct Page {
+    headers: HeaderMap,
+    stored_at: i64,
+    etag: String,
+    body: Bytes,
 }
 
-fn respond_hit(stored: Stored, body: Bytes, request: &HeaderMap, head: bool) -> Response {
+fn decode_page(raw: &Bytes) -> Option<Page> {
+    let len = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let meta = raw.get(4..4 + len)?;
+    let stored: Stored = serde_json::from_slice(meta).ok()?;
     let mut headers = HeaderMap::new();
     for (name, value) in &stored.headers {
         if let (Ok(name), Ok(value)) = (
@@ -369,17 +376,28 @@ fn respond_hit(stored: Stored, body: Bytes, request: &HeaderMap, head: bool) -> 
             headers.append(name, value);
         }
     }
-    let age = (OffsetDateTime::now_utc().unix_timestamp() - stored.stored_at).max(0);
+    Some(Page {
+        headers,
+        stored_at: stored.stored_at,
+        etag: stored.etag,
+        body: raw.slice(4 + len..),
+    })
+}
+
+fn respond_hit(page: &Page, request: &HeaderMap, head: bool) -> Response {
+    let mut headers = page.headers.clone();
+    let age = (OffsetDateTime::now_utc().unix_timestamp() - page.stored_at).max(0);
     set(&mut headers, header::AGE, &age.to_string());
     set(&mut headers, HeaderName::from_static("x-cache"), "HIT");
-    if matches_etag(request, &stored.etag) {
+    if matches_etag(request, &page.etag) {
         return not_modified(headers);
     }
-    let mut response = Response::new(if head {
+    let body = if head {
         Body::empty()
     } else {
-        Body::from(body)
-    });
+        Body::from(page.body.clone())
+    };
+    let mut response = Response::new(body);
     *response.headers_mut() = headers;
     response
 }
@@ -512,10 +530,9 @@ mod tests {
             etag: "\"x\"".into(),
         };
         let raw = encode_page(&stored, &Bytes::from_static(b"<p>hi</p>"));
-        let (back, body) = decode_page(&raw).unwrap();
-        assert_eq!(
-            (back.stored_at, back.etag.as_str(), &body[..]),
-            (7, "\"x\"", &b"<p>hi</p>"[..])
-        );
+        let page = decode_page(&raw).unwrap();
+        assert_eq!((page.stored_at, page.etag.as_str()), (7, "\"x\""));
+        assert_eq!(&page.body[..], b"<p>hi</p>");
+        assert_eq!(page.headers["content-type"], "text/html");
     }
 }
