@@ -8,6 +8,8 @@
 //!   "login required" / "admin required" extractors.
 //! * [`csrf`], [`flash`]: the CSRF check on state-changing requests, one-shot flash messages.
 //! * [`health`]: `/healthz` and `/readyz`.
+//! * [`ws`]: WebSocket consumers on the channel layer; [`sse`]: server-sent event streams;
+//!   [`testing`]: a WebSocket test client for consumer tests.
 //!
 //! [`layers`] stacks the cross-cutting middleware (request ids, tracing, compression, timeouts,
 //! body limits, panics) around a router.
