@@ -113,7 +113,7 @@ pub struct Config {
     pub static_dir: PathBuf,
 
     /// Job queues this process works, with how many jobs of each run at once.
-    #[arg(long, env = "HEARTH_QUEUES", default_value = "default:10", value_parser = parse_queue_spec, global = true)]
+    #[arg(long, env = "HEARTH_QUEUES", default_value = "default:10,mail:2", value_parser = parse_queue_spec, global = true)]
     pub queues: QueueSpec,
 
     /// How often idle job workers look for due jobs without being notified.
@@ -189,6 +189,38 @@ pub struct Config {
     #[arg(long, env = "HEARTH_CACHE_MAX_BYTES", default_value_t = 256 << 20, global = true)]
     pub cache_max_bytes: u64,
 
+    /// The site's public address (`https://hearth.example.com`), for links in mail. Without
+    /// it, `http://<bind address>`.
+    #[arg(long, env = "HEARTH_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// SMTP server for outgoing mail: `smtp://user:pass@host:587` (STARTTLS),
+    /// `smtps://user:pass@host` (TLS). Without it mail goes to the dev mailbox at `/mailbox`.
+    #[arg(long, env = "HEARTH_SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
+
+    /// The sender of outgoing mail.
+    #[arg(
+        long,
+        env = "HEARTH_MAIL_FROM",
+        default_value = "Hearth <hearth@localhost>",
+        global = true
+    )]
+    pub mail_from: String,
+
+    /// The hour (0-23) the daily digest goes out.
+    #[arg(long, env = "HEARTH_DIGEST_HOUR", default_value_t = 7, value_parser = clap::value_parser!(u8).range(0..24), global = true)]
+    pub digest_hour: u8,
+
+    /// The time zone of the digest hour (an IANA name such as `Europe/Paris`).
+    #[arg(
+        long,
+        env = "HEARTH_DIGEST_TIME_ZONE",
+        default_value = "UTC",
+        global = true
+    )]
+    pub digest_time_zone: String,
+
     /// Serve the benchmark routes of `bench/PROTOCOL` (`/bench/...`, `/ws/chat/{room}/`).
     /// Off in production.
     #[arg(long, env = "HEARTH_BENCH_ROUTES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
@@ -200,6 +232,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The site's address for links that leave the site (mail): `HEARTH_PUBLIC_URL`, or the
+    /// bind address.
+    pub fn site_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.bind),
+        }
+    }
+
     /// The settings a bare `hearth` would run with: defaults plus the `HEARTH_*` and
     /// `DATABASE_URL` environment variables, no flags. Tests and tools start here and set fields.
     pub fn from_env() -> Result<Self, clap::Error> {
@@ -318,6 +359,17 @@ impl fmt::Display for Config {
             self.cache_local_max_bytes,
             self.cache_max_bytes
         )?;
+        writeln!(
+            f,
+            "  mail                {} / from {} / digest at {}:00 {}",
+            self.smtp_url
+                .as_deref()
+                .map_or_else(|| "dev mailbox".to_string(), mask_url),
+            self.mail_from,
+            self.digest_hour,
+            self.digest_time_zone
+        )?;
+        writeln!(f, "  public url          {}", self.site_url())?;
         if !self.allowed_origins.is_empty() {
             writeln!(
                 f,

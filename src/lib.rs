@@ -18,8 +18,13 @@
 //!
 //! The apps, one folder per feature, built on the platform:
 //!
-//! * [`accounts`]: sign up, log in, log out, change password, login throttling.
+//! * [`accounts`]: sign up, log in, log out, change password, settings, login throttling.
 //! * [`home`]: the home page.
+//! * [`publishing`]: posts in Markdown, drafts and publishing, subscriptions to authors, the
+//!   daily digest.
+//! * [`mail`]: the outbox, SMTP or dev-mailbox delivery at most once, the mailbox pages.
+//! * [`notifications`]: per-user notifications with a live unread count.
+//! * [`chat`]: rooms, a WebSocket consumer with presence, typing, mentions and moderation.
 //! * [`ops`]: operations endpoints (job status).
 //!
 //! [`bench`] is `hearth bench jobs`, the job-queue benchmark.
@@ -31,12 +36,16 @@ pub mod accounts;
 pub mod bench;
 pub mod cache;
 pub mod channels;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod home;
 pub mod jobs;
+pub mod mail;
+pub mod notifications;
 pub mod ops;
+pub mod publishing;
 pub mod server;
 pub mod telemetry;
 pub mod web;

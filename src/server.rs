@@ -14,11 +14,18 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     accounts,
+    channels::ChannelLayer,
+    chat,
     config::Config,
     db::{Database, migrations},
     home,
-    jobs::{Registry, Schedule, WorkerConfig, Workers},
-    ops,
+    jobs::{Enqueue, Registry, Schedule, WorkerConfig, Workers, schedule::Every},
+    mail::{self, Mailer},
+    notifications, ops,
+    publishing::{
+        self,
+        jobs::{DailyDigest, DigestZone, NotifySubscribers, PostPublished, SiteUrl},
+    },
     web::{self, session},
 };
 
@@ -37,6 +44,10 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
     let pages = Router::new()
         .merge(home::routes())
         .merge(accounts::routes())
+        .merge(publishing::routes(&state))
+        .merge(notifications::routes())
+        .merge(chat::routes())
+        .merge(mail::routes())
         .merge(ops::routes())
         .merge(extra)
         .layer(middleware::from_fn_with_state(
@@ -105,7 +116,8 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
 
     tasks.spawn(sweep_periodically(state.db.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
+    let registry = job_registry(&config, &state.channels)?;
+    let workers = Workers::start(db.pool.clone(), registry, worker_config(&config)?);
 
     let channels = state.channels.clone();
     let cache = state.cache.clone();
@@ -164,9 +176,13 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
         .context("cannot apply migrations")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let workers = Workers::start(db.pool.clone(), job_registry(), worker_config(&config)?);
+    // Jobs send to groups (notifications, progress), so a worker has a channel layer too.
+    let channels = ChannelLayer::start(db.pool.clone(), web::state::channel_config(&config));
+    let registry = job_registry(&config, &channels)?;
+    let workers = Workers::start(db.pool.clone(), registry, worker_config(&config)?);
     shutdown.cancelled().await;
     workers.shutdown().await;
+    channels.shutdown().await;
     db.close()
         .await
         .context("cannot stop the database cleanly")?;
@@ -174,19 +190,50 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
 }
 
 /// Every job kind this program runs. Apps add theirs here.
-pub fn job_registry() -> Registry {
+fn job_kinds() -> Registry {
     Registry::new()
+        .register::<PostPublished>()
+        .register::<NotifySubscribers>()
+        .register::<DailyDigest>()
+}
+
+/// The job kinds with what they need at run time: the mailer, the channel layer, the site's
+/// address and the digest's time zone.
+pub fn job_registry(config: &Config, channels: &ChannelLayer) -> anyhow::Result<Registry> {
+    let mailer = Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?;
+    Ok(job_kinds()
+        .with_data(mailer)
+        .with_data(channels.clone())
+        .with_data(SiteUrl(config.site_url()))
+        .with_data(DigestZone(digest_zone(config)?)))
+}
+
+fn digest_zone(config: &Config) -> anyhow::Result<chrono_tz::Tz> {
+    config.digest_time_zone.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "HEARTH_DIGEST_TIME_ZONE {:?} is not a time zone name such as Europe/Paris",
+            config.digest_time_zone
+        )
+    })
 }
 
 /// Every periodic job of this program: those apps declare here, plus `HEARTH_SCHEDULES`.
 /// A schedule of a kind this program does not run is an error at start-up, not a job that
 /// would be discarded every time it fires.
 pub fn job_schedules(config: &Config) -> anyhow::Result<Vec<Schedule>> {
-    let mut schedules: Vec<Schedule> = Vec::new();
+    let digest = Every::cron(
+        &format!("0 {} * * *", config.digest_hour),
+        &config.digest_time_zone,
+    )?;
+    let mut schedules = vec![Schedule::new(
+        "daily-digest",
+        digest,
+        Enqueue::new(&DailyDigest::default())?,
+    )?];
     if let Some(spec) = &config.schedules {
         schedules.extend(crate::jobs::schedule::parse_config(spec)?);
     }
-    let registry = job_registry();
+    let registry = job_kinds();
     for schedule in &schedules {
         let kind = schedule.job.kind();
         anyhow::ensure!(

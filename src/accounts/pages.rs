@@ -12,11 +12,14 @@ use axum::{
 use axum_extra::extract::{CookieJar, SignedCookieJar};
 use serde::Deserialize;
 
-use super::throttle::{self, Limits};
+use super::{
+    Email,
+    throttle::{self, Limits},
+};
 use crate::web::{
     AppState, Layout, WebError,
     auth::{self, CreateUserError, NewPassword, RequireLogin, User, Username},
-    csrf, flash, render, session,
+    csrf, flash, render, safe_next, session,
 };
 
 #[derive(Template)]
@@ -24,6 +27,7 @@ use crate::web::{
 struct SignupPage {
     layout: Layout,
     username: String,
+    email: String,
     error: Option<String>,
 }
 
@@ -54,6 +58,9 @@ fn form_error(status: StatusCode, page: &impl Template) -> Response {
 #[derive(Deserialize)]
 pub(super) struct SignupForm {
     username: String,
+    /// Optional: without an address, notifications stay in the app.
+    #[serde(default)]
+    email: String,
     password: String,
     password_confirm: String,
 }
@@ -62,6 +69,7 @@ pub(super) async fn signup_form(layout: Layout) -> Result<impl IntoResponse, Web
     render(&SignupPage {
         layout,
         username: String::new(),
+        email: String::new(),
         error: None,
     })
 }
@@ -81,6 +89,7 @@ pub(super) async fn signup(
             &SignupPage {
                 layout,
                 username: form.username.clone(),
+                email: form.email.clone(),
                 error: Some(error),
             },
         )
@@ -91,6 +100,10 @@ pub(super) async fn signup(
     };
     let password = match NewPassword::parse(&form.password) {
         Ok(password) => password,
+        Err(e) => return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, e, layout)),
+    };
+    let email = match Email::parse_optional(&form.email) {
+        Ok(email) => email,
         Err(e) => return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, e, layout)),
     };
     if form.password != form.password_confirm {
@@ -112,6 +125,9 @@ pub(super) async fn signup(
         Err(CreateUserError::Database(e)) => return Err(e.into()),
         Err(CreateUserError::Hash(e)) => return Err(e.into()),
     };
+    if let Some(email) = &email {
+        set_email(&state, user.id, Some(email)).await?;
+    }
     tracing::info!(user_id = user.id, "signed up");
     let message = format!("Welcome to Hearth, {}!", user.username);
     start_session(&state, &user, cookies, signed, &headers, message, "/").await
@@ -142,16 +158,6 @@ async fn start_session(
 #[derive(Deserialize)]
 pub(super) struct NextParam {
     next: Option<String>,
-}
-
-/// Only same-site paths are followed after login: `/x` yes, `//evil.example` or `https://…` no.
-fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
-            path.to_string()
-        }
-        _ => "/".to_string(),
-    }
 }
 
 pub(super) async fn login_form(
@@ -319,4 +325,89 @@ pub(super) async fn change_password(
 /// The signed-in user as JSON.
 pub(super) async fn me(login: RequireLogin) -> Json<User> {
     Json(login.user)
+}
+
+async fn set_email(state: &AppState, user_id: i64, email: Option<&Email>) -> Result<(), WebError> {
+    sqlx::query!(
+        "UPDATE users SET email = $2 WHERE id = $1",
+        user_id,
+        email.map(Email::as_str)
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(())
+}
+
+#[derive(Template)]
+#[template(path = "accounts/settings.html")]
+struct SettingsPage {
+    layout: Layout,
+    email: String,
+    digest_by_mail: bool,
+    error: Option<String>,
+}
+
+pub(super) async fn settings_form(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+) -> Result<Response, WebError> {
+    let row = sqlx::query!(
+        "SELECT email, digest_by_mail FROM users WHERE id = $1",
+        login.user.id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    Ok(render(&SettingsPage {
+        layout,
+        email: row.email.unwrap_or_default(),
+        digest_by_mail: row.digest_by_mail,
+        error: None,
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct SettingsForm {
+    #[serde(default)]
+    email: String,
+    /// A checkbox: present when ticked.
+    digest_by_mail: Option<String>,
+}
+
+/// Saves the mail address and the notification preference: in-app only, or also the daily
+/// digest by mail.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id))]
+pub(super) async fn settings(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    signed: SignedCookieJar,
+    Form(form): Form<SettingsForm>,
+) -> Result<Response, WebError> {
+    let email = match Email::parse_optional(&form.email) {
+        Ok(email) => email,
+        Err(error) => {
+            let page = SettingsPage {
+                layout,
+                email: form.email,
+                digest_by_mail: form.digest_by_mail.is_some(),
+                error: Some(error),
+            };
+            return Ok(form_error(StatusCode::UNPROCESSABLE_ENTITY, &page));
+        }
+    };
+    sqlx::query!(
+        "UPDATE users SET email = $2, digest_by_mail = $3 WHERE id = $1",
+        login.user.id,
+        email.as_ref().map(Email::as_str),
+        form.digest_by_mail.is_some()
+    )
+    .execute(&state.db)
+    .await?;
+    Ok((
+        flash::set(signed, "Settings saved."),
+        Redirect::to("/account/settings"),
+    )
+        .into_response())
 }

@@ -12,7 +12,11 @@
 //!   the handler set one) and `X-Cache: HIT|MISS`; hits also get `Age`. A request whose
 //!   `If-None-Match` matches is answered `304` without a body;
 //! * every page stored through a layer with `.tag("posts")` is dropped, on every instance, by
-//!   `cache.invalidate_tag("posts")` — what Django's page cache cannot do.
+//!   `cache.invalidate_tag("posts")` — what Django's page cache cannot do. A handler can tag
+//!   one response further with the [`TAGS`] header (`x-cache-tags: post-42, author-7`, removed
+//!   before the response leaves), so that editing one post drops exactly the pages showing it;
+//! * `.bypass(predicate)` serves the requests it selects uncached, neither read nor stored —
+//!   for instance signed-in visitors, whose pages show their own name.
 //!
 //! [`never_cache`] marks a response as never to be cached, here or by browsers and proxies.
 
@@ -52,6 +56,9 @@ const NOT_STORED: [HeaderName; 5] = [
     header::DATE,
 ];
 
+/// A response header listing more tags for the page being stored, comma-separated.
+pub const TAGS: HeaderName = HeaderName::from_static("x-cache-tags");
+
 /// Caches a route's responses for `ttl`. See the module documentation.
 pub fn cache_page(cache: &Cache, ttl: Duration) -> CachePage {
     CachePage {
@@ -59,6 +66,7 @@ pub fn cache_page(cache: &Cache, ttl: Duration) -> CachePage {
             cache: cache.clone(),
             ttl,
             tags: Vec::new(),
+            bypass: None,
         }),
     }
 }
@@ -69,21 +77,28 @@ pub struct CachePage {
     config: Arc<PageConfig>,
 }
 
+#[derive(Clone)]
 struct PageConfig {
     cache: Cache,
     ttl: Duration,
     tags: Vec<String>,
+    bypass: Option<fn(&HeaderMap) -> bool>,
 }
 
 impl CachePage {
     /// Tags every page this layer stores, for [`Cache::invalidate_tag`].
     pub fn tag(self, tag: &str) -> Self {
-        let mut config = PageConfig {
-            cache: self.config.cache.clone(),
-            ttl: self.config.ttl,
-            tags: self.config.tags.clone(),
-        };
+        let mut config = PageConfig::clone(&self.config);
         config.tags.push(tag.to_owned());
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Serves the requests `predicate` selects (by their headers) without the cache.
+    pub fn bypass(self, predicate: fn(&HeaderMap) -> bool) -> Self {
+        let mut config = PageConfig::clone(&self.config);
+        config.bypass = Some(predicate);
         Self {
             config: Arc::new(config),
         }
@@ -143,14 +158,18 @@ where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
     let method = request.method().clone();
-    if method != Method::GET && method != Method::HEAD {
-        return call(&mut inner, request).await;
+    let bypassed = config
+        .bypass
+        .is_some_and(|bypass| bypass(request.headers()));
+    if (method != Method::GET && method != Method::HEAD) || bypassed {
+        let mut response = call(&mut inner, request).await;
+        response.headers_mut().remove(TAGS);
+        return response;
     }
     let cache = &config.cache;
     let url = full_url(&request);
     let request_headers = request.headers().clone();
-    let vary_key = format!("page.vary:{}", digest(url.as_bytes()));
-    match lookup(cache, &vary_key, &url, &request_headers).await {
+    match lookup(cache, &url, &request_headers).await {
         Ok(Some(page)) => {
             return respond_hit(&page, &request_headers, method == Method::HEAD);
         }
@@ -158,7 +177,8 @@ where
         Err(e) => tracing::warn!(error = %e, %url, "page cache lookup failed; serving uncached"),
     }
 
-    let response = call(&mut inner, request).await;
+    let mut response = call(&mut inner, request).await;
+    let page_tags = response_tags(response.headers_mut());
     let Some(vary) = cacheable(&response) else {
         return response;
     };
@@ -210,12 +230,12 @@ where
     };
     if let Err(e) = store(
         &config,
-        &vary_key,
         &vary,
         &url,
         &request_headers,
         &stored,
         &bytes,
+        &page_tags,
     )
     .await
     {
@@ -245,6 +265,21 @@ where
         Ok(response) => response,
         Err(never) => match never {},
     }
+}
+
+/// Takes the [`TAGS`] header off a response, returning its tags.
+fn response_tags(headers: &mut HeaderMap) -> Vec<String> {
+    let Some(value) = headers.remove(TAGS) else {
+        return Vec::new();
+    };
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The `Vary` header names of a cacheable response, or `None` if it must not be cached.
@@ -290,6 +325,11 @@ fn cacheable(response: &Response) -> Option<Vec<String>> {
     Some(vary)
 }
 
+/// The key of the `Vary` header names learned for `url`.
+fn vary_key(url: &str) -> String {
+    format!("page.vary:{}", digest(url.as_bytes()))
+}
+
 fn page_key(url: &str, vary: &[String], headers: &HeaderMap) -> String {
     let mut hash = Sha256::new();
     hash.update(url.as_bytes());
@@ -308,11 +348,10 @@ fn page_key(url: &str, vary: &[String], headers: &HeaderMap) -> String {
 /// The stored page for this request, parsed once per local entry.
 async fn lookup(
     cache: &Cache,
-    vary_key: &str,
     url: &str,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Page>>, CacheError> {
-    let Some(vary) = cache.get_entry(&cache.full_key(vary_key)?).await? else {
+    let Some(vary) = cache.get_entry(&cache.full_key(&vary_key(url))?).await? else {
         return Ok(None);
     };
     let Some(vary) = vary.decoded(|bytes| serde_json::from_slice::<Vec<String>>(bytes).ok()) else {
@@ -327,17 +366,24 @@ async fn lookup(
 
 async fn store(
     config: &PageConfig,
-    vary_key: &str,
     vary: &[String],
     url: &str,
     headers: &HeaderMap,
     stored: &Stored,
     body: &Bytes,
+    page_tags: &[String],
 ) -> Result<(), CacheError> {
     let cache = &config.cache;
-    let tags: Vec<&str> = config.tags.iter().map(String::as_str).collect();
+    let tags: Vec<&str> = config
+        .tags
+        .iter()
+        .chain(page_tags)
+        .map(String::as_str)
+        .collect();
     let timeout = Timeout::After(config.ttl);
-    cache.set_tagged(vary_key, &vary, timeout, &tags).await?;
+    cache
+        .set_tagged(&vary_key(url), &vary, timeout, &tags)
+        .await?;
     let key = page_key(url, vary, headers);
     let raw = encode_page(stored, body);
     cache

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Acquire, Postgres};
+use sqlx::{Acquire, PgConnection, Postgres};
 use time::OffsetDateTime;
 
 use super::{Job, wake};
@@ -251,8 +251,15 @@ impl Enqueue {
         db: A,
     ) -> Result<Enqueued, EnqueueError> {
         let mut conn = db.acquire().await?;
+        self.enqueue_on(&mut conn).await
+    }
+
+    /// [`enqueue`](Self::enqueue) on one connection, typically a transaction's (`&mut *tx`):
+    /// the job exists only if the transaction commits. Not generic, so callers that hold the
+    /// transaction behind a reference keep a `Send` future (what axum handlers need).
+    pub async fn enqueue_on(self, conn: &mut PgConnection) -> Result<Enqueued, EnqueueError> {
         if self.unique.is_some() {
-            let mut done = insert(&mut conn, vec![self]).await?;
+            let mut done = insert(&mut *conn, vec![self]).await?;
             return done
                 .pop()
                 .ok_or(EnqueueError::Database(sqlx::Error::RowNotFound));

@@ -75,6 +75,29 @@ pub fn layers(router: Router, request_timeout: Duration, body_limit: usize) -> R
     router.layer(stack)
 }
 
+/// Whether a request is personal: it carries a session (its page shows who is signed in) or
+/// a flash message. The page cache's `bypass` for pages shared by anonymous visitors.
+pub fn is_personal(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim_start().split_once('='))
+        .any(|(name, _)| name == session::COOKIE || name == flash::COOKIE)
+}
+
+/// Where to go after a form: only same-site paths are followed, `/x` yes, `//evil.example` or
+/// `https://…` no (anything else is `/`).
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_string()
+        }
+        _ => "/".to_string(),
+    }
+}
+
 /// `static/` under `/static`, cached for a year: templates add `?v=<content hash>` to every
 /// asset URL, so a changed file gets a new URL rather than a stale cache hit.
 pub fn static_files(dir: &Path) -> Router {

@@ -70,10 +70,22 @@ impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
 pub async fn stream(
     layer: &ChannelLayer,
     groups: &[GroupName],
+    last_event_id: LastEventId,
+) -> Result<Response, WebError> {
+    stream_with_prelude(layer, groups, last_event_id, "").await
+}
+
+/// [`stream`], starting with `prelude`: events in the wire format (`event: x\ndata: {...}\n\n`)
+/// that describe the state the live messages then update, such as a current count.
+pub async fn stream_with_prelude(
+    layer: &ChannelLayer,
+    groups: &[GroupName],
     LastEventId(last_event_id): LastEventId,
+    prelude: &str,
 ) -> Result<Response, WebError> {
     let mut subscription = layer.subscribe();
     let mut first = String::from(": connected\n\n");
+    first.push_str(prelude);
     for group in groups {
         match last_event_id {
             None => subscription.join(group),

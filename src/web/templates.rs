@@ -45,6 +45,19 @@ impl FromRequestParts<AppState> for Layout {
     }
 }
 
+impl Layout {
+    /// The layout of a page the shared page cache may store for every anonymous visitor:
+    /// nothing in it may belong to this one visitor, such as their CSRF token. (A flash
+    /// message may stay: showing it clears its cookie, and a response that sets a cookie is
+    /// never stored.)
+    pub fn for_shared_cache(self) -> Self {
+        Self {
+            csrf_token: String::new(),
+            ..self
+        }
+    }
+}
+
 /// Renders a template to an HTML response; a template error is an internal error.
 pub fn render(template: &impl Template) -> Result<Html<String>, WebError> {
     template
@@ -60,4 +73,28 @@ pub struct ErrorPage {
     pub status: u16,
     pub reason: &'static str,
     pub message: String,
+}
+
+/// "just now", "5 min ago", "3 h ago", "2 days ago", then the date: how pages show times.
+pub fn ago(at: time::OffsetDateTime) -> String {
+    let seconds = (time::OffsetDateTime::now_utc() - at)
+        .whole_seconds()
+        .max(0);
+    match seconds {
+        0..60 => "just now".into(),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86_400 => format!("{} h ago", seconds / 3600),
+        86_400..604_800 => match seconds / 86_400 {
+            1 => "yesterday".into(),
+            days => format!("{days} days ago"),
+        },
+        _ => date(at),
+    }
+}
+
+/// A date as pages show it: `22 Nov 2026`.
+pub fn date(at: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'_>] =
+        time::macros::format_description!("[day padding:none] [month repr:short] [year]");
+    at.format(FORMAT).unwrap_or_default()
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, read_events};
 
 /// A chat room consumer as an app would write one: signed-in users only, presence, resume.
 struct Room {
@@ -414,55 +414,6 @@ async fn a_reconnecting_client_gets_what_it_missed_or_is_told_the_gap_is_too_old
         .await
         .unwrap();
     next_of_type(&mut late, "gap").await;
-}
-
-/// One server-sent event.
-#[derive(Debug, PartialEq)]
-struct Event {
-    id: Option<i64>,
-    kind: Option<String>,
-    data: String,
-}
-
-/// Reads `n` events (comments skipped) from an event stream.
-async fn read_events(
-    response: &mut reqwest::Response,
-    buffer: &mut String,
-    n: usize,
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    while events.len() < n {
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut event = Event {
-                id: None,
-                kind: None,
-                data: String::new(),
-            };
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    event.id = v.parse().ok();
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    event.kind = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    event.data = v.to_owned();
-                }
-            }
-            if !event.data.is_empty() {
-                events.push(event);
-            }
-        }
-        if events.len() >= n {
-            break;
-        }
-        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-            .await
-            .expect("an event within 5 s")
-            .unwrap()
-            .expect("the stream is open");
-        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    events
 }
 
 async fn open_stream(app: &TestApp, last_event_id: Option<i64>) -> (reqwest::Response, String) {

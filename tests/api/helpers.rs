@@ -175,6 +175,8 @@ pub struct TestApp {
     /// The test's database, for a second instance on it (`Builder::database`).
     pub db_options: PgConnectOptions,
     shutdown: CancellationToken,
+    /// Job workers, when built `with_workers()`: the app then runs its jobs as `serve` does.
+    _workers: Option<hearth::jobs::Workers>,
 }
 
 impl Drop for TestApp {
@@ -189,6 +191,7 @@ pub struct Builder {
     migrated: bool,
     database: Option<PgConnectOptions>,
     routes_with: Option<RoutesWith>,
+    workers: bool,
 }
 
 /// Builds extra routes from the app's state.
@@ -212,6 +215,12 @@ impl Builder {
         routes: impl FnOnce(&AppState) -> Router<AppState> + 'static,
     ) -> Self {
         self.routes_with = Some(Box::new(routes));
+        self
+    }
+
+    /// Runs the app's job workers (every queue, polling every 100 ms) beside the server.
+    pub fn with_workers(mut self) -> Self {
+        self.workers = true;
         self
     }
 
@@ -246,6 +255,17 @@ impl Builder {
         if let Some(build) = self.routes_with {
             routes = routes.merge(build(&state));
         }
+        let workers = self.workers.then(|| {
+            let config = hearth::jobs::WorkerConfig {
+                poll_interval: Duration::from_millis(100),
+                ..hearth::jobs::WorkerConfig::new(
+                    hearth::jobs::parse_queues("default:4,mail:2").unwrap(),
+                )
+            };
+            let registry =
+                hearth::server::job_registry(&self.config, &state.channels).expect("job registry");
+            hearth::jobs::Workers::start(pool.clone(), registry, config)
+        });
         let router = hearth::server::app_with(state.clone(), routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
@@ -262,6 +282,7 @@ impl Builder {
             state,
             db_options: options,
             shutdown,
+            _workers: workers,
         }
     }
 }
@@ -283,6 +304,7 @@ impl TestApp {
             migrated: true,
             database: None,
             routes_with: None,
+            workers: false,
         }
     }
 
@@ -330,6 +352,53 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("GET")
     }
 
+    /// Signs up `name` (password `correct horse battery`) in a browser of its own.
+    pub async fn user(&self, name: &str) -> TestUser<'_> {
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let browser = Browser {
+            app: self,
+            client: reqwest::Client::builder()
+                .cookie_provider(jar.clone())
+                .redirect(redirect::Policy::none())
+                .build()
+                .unwrap(),
+        };
+        let response = browser.signup(name, "correct horse battery").await;
+        assert!(
+            response.status().is_redirection(),
+            "signup of {name} failed: {}",
+            response.status()
+        );
+        let url = reqwest::Url::parse(&self.address).unwrap();
+        let cookie = reqwest::cookie::CookieStore::cookies(&*jar, &url)
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let id = sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        TestUser {
+            id,
+            cookie,
+            browser,
+        }
+    }
+
+    /// The app's jobs with what they need, as `serve` registers them.
+    pub fn registry(&self) -> hearth::jobs::Registry {
+        hearth::server::job_registry(&self.state.config, &self.state.channels).unwrap()
+    }
+
+    /// Runs every job waiting in `queue` now, in this task; returns how many ran.
+    pub async fn drain(&self, queue: &str) -> usize {
+        hearth::jobs::testing::drain(&self.pool, &self.registry(), queue)
+            .await
+            .expect("drain")
+    }
+
     /// A client with its own cookie jar: a second browser.
     pub fn other_browser(&self) -> Browser<'_> {
         Browser {
@@ -359,6 +428,62 @@ impl TestApp {
 
     pub async fn csrf_token(&self) -> String {
         self.browser().csrf_token().await
+    }
+}
+
+/// A signed-up user and their browser.
+pub struct TestUser<'a> {
+    pub id: i64,
+    /// The `Cookie` header of their session, for WebSocket and event-stream clients.
+    pub cookie: String,
+    pub browser: Browser<'a>,
+}
+
+impl TestUser<'_> {
+    pub async fn get(&self, path: &str) -> Response {
+        self.browser.get(path).await
+    }
+
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+        self.browser.post_form(path, fields).await
+    }
+
+    /// Sets the user's mail address (and keeps the daily digest on).
+    pub async fn set_email(&self, email: &str) {
+        let response = self
+            .post_form(
+                "/account/settings",
+                &[("email", email), ("digest_by_mail", "on")],
+            )
+            .await;
+        assert_redirect(&response, "/account/settings");
+    }
+
+    /// Writes a post and returns its slug; `publish` publishes it at once.
+    pub async fn write(&self, title: &str, body: &str, publish: bool) -> String {
+        let action = if publish { "publish" } else { "save" };
+        let response = self
+            .post_form(
+                "/posts",
+                &[("title", title), ("body", body), ("action", action)],
+            )
+            .await;
+        assert!(
+            response.status().is_redirection(),
+            "writing {title:?} failed: {}",
+            response.status()
+        );
+        let location = response.headers()["location"].to_str().unwrap();
+        location.trim_start_matches("/posts/").to_owned()
+    }
+
+    /// A WebSocket to `path` as this user.
+    pub async fn socket(&self, path: &str) -> hearth::web::testing::WsClient {
+        hearth::web::testing::WsClient::build(self.browser.app.ws_url(path))
+            .cookie(self.cookie.clone())
+            .connect()
+            .await
+            .expect("connect")
     }
 }
 
@@ -441,4 +566,53 @@ pub fn assert_redirect(response: &Response, to: &str) {
         response.status()
     );
     assert_eq!(response.headers()["location"], to);
+}
+
+/// One server-sent event.
+#[derive(Debug, PartialEq)]
+pub struct Event {
+    pub id: Option<i64>,
+    pub kind: Option<String>,
+    pub data: String,
+}
+
+/// Reads `n` events (comments skipped) from an event stream.
+pub async fn read_events(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    n: usize,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut event = Event {
+                id: None,
+                kind: None,
+                data: String::new(),
+            };
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    event.id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event.kind = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    event.data = v.to_owned();
+                }
+            }
+            if !event.data.is_empty() {
+                events.push(event);
+            }
+        }
+        if events.len() >= n {
+            break;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .expect("the stream is open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    events
 }

@@ -1,0 +1,27 @@
+//! Chat app: rooms, their members and messages, and the room page's WebSocket consumer.
+//!
+//! * `pages`: the room list (create a room, public or private), the room page and
+//!   invitations to private rooms.
+//! * `consumer`: `/ws/rooms/{slug}` — messages persisted and broadcast to the room's group in
+//!   one transaction, the last 50 on join and older ones on request, presence, typing, edits,
+//!   deletes and moderation, `@name` mentions as notifications, and resumption after a drop.
+//! * [`room`]: who may open a room, and the message rows every part shows.
+
+mod consumer;
+mod pages;
+pub mod room;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+
+use crate::web::{AppState, ws};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/chat", get(pages::rooms).post(pages::create))
+        .route("/chat/{slug}", get(pages::room))
+        .route("/chat/{slug}/invite", post(pages::invite))
+        .route("/ws/rooms/{slug}", ws::route::<consumer::ChatConsumer>())
+}

@@ -1,0 +1,249 @@
+//! The room list, room creation, the room page and invitations.
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Redirect, Response},
+};
+use axum_extra::extract::SignedCookieJar;
+use serde::Deserialize;
+
+use super::{
+    consumer::MAX_MESSAGE,
+    room::{self, Denied, Room},
+};
+use crate::{
+    publishing::post::{Slug, Title},
+    web::{AppState, Layout, WebError, auth::RequireLogin, flash, render},
+};
+
+struct RoomRow {
+    slug: String,
+    name: String,
+    is_private: bool,
+    members: i64,
+    last_message_at: Option<time::OffsetDateTime>,
+}
+
+impl RoomRow {
+    fn active(&self) -> String {
+        self.last_message_at
+            .map(crate::web::templates::ago)
+            .unwrap_or_else(|| "no messages yet".into())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "chat/rooms.html")]
+struct RoomsPage {
+    layout: Layout,
+    rooms: Vec<RoomRow>,
+    name: String,
+    error: Option<String>,
+}
+
+async fn visible_rooms(state: &AppState, user_id: i64) -> Result<Vec<RoomRow>, sqlx::Error> {
+    sqlx::query_as!(
+        RoomRow,
+        r#"SELECT r.slug, r.name, r.is_private, r.last_message_at,
+                  (SELECT count(*) FROM chat_members m WHERE m.room_id = r.id) AS "members!"
+             FROM chat_rooms r
+            WHERE NOT r.is_private
+               OR EXISTS (SELECT 1 FROM chat_members m WHERE m.room_id = r.id AND m.user_id = $1)
+            ORDER BY r.last_message_at DESC NULLS LAST, r.name
+            LIMIT 200"#,
+        user_id
+    )
+    .fetch_all(&state.db)
+    .await
+}
+
+/// Public rooms and the private rooms the user belongs to.
+pub(super) async fn rooms(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+) -> Result<Response, WebError> {
+    let rooms = visible_rooms(&state, login.user.id).await?;
+    Ok(render(&RoomsPage {
+        layout,
+        rooms,
+        name: String::new(),
+        error: None,
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewRoom {
+    name: String,
+    #[serde(default)]
+    private: Option<String>,
+}
+
+/// Creates a room; its creator is its first member.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id))]
+pub(super) async fn create(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    jar: SignedCookieJar,
+    Form(form): Form<NewRoom>,
+) -> Result<Response, WebError> {
+    let name = form.name.trim();
+    let parsed = match name.chars().count() {
+        n if n > 80 => Err(format!("The name is {n} characters long; the limit is 80.")),
+        _ => Title::parse(name).map_err(|_| "A room needs a name.".to_owned()),
+    };
+    let title = match parsed {
+        Ok(title) => title,
+        Err(error) => {
+            let rooms = visible_rooms(&state, login.user.id).await?;
+            let page = RoomsPage {
+                layout,
+                rooms,
+                name: form.name,
+                error: Some(error),
+            };
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
+        }
+    };
+    let base = Slug::from_title(&title);
+    let mut tx = state.db.begin().await?;
+    let mut created = None;
+    for n in 1..=50 {
+        let slug = if n == 1 {
+            base.clone()
+        } else {
+            base.numbered(n)
+        };
+        // Room slugs are shorter than post slugs.
+        let slug: String = slug.as_str().chars().take(60).collect();
+        let slug = slug.trim_end_matches('-').to_owned();
+        created = sqlx::query_scalar!(
+            "INSERT INTO chat_rooms (slug, name, is_private, created_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (slug) DO NOTHING RETURNING id",
+            slug,
+            name,
+            form.private.is_some(),
+            login.user.id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|id| (id, slug));
+        if created.is_some() {
+            break;
+        }
+    }
+    let Some((room_id, slug)) = created else {
+        return Err(WebError::Conflict(
+            "Too many rooms have this name; choose another one.".into(),
+        ));
+    };
+    sqlx::query!(
+        "INSERT INTO chat_members (room_id, user_id) VALUES ($1, $2)",
+        room_id,
+        login.user.id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(room_id, "room created");
+    Ok((
+        flash::set(jar, "Room created."),
+        Redirect::to(&format!("/chat/{slug}")),
+    )
+        .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "chat/room.html")]
+struct RoomPage {
+    layout: Layout,
+    room: Room,
+    max_message: usize,
+}
+
+async fn open(state: &AppState, slug: &str, login: &RequireLogin) -> Result<Room, WebError> {
+    match room::open(&state.db, slug, &login.user).await? {
+        Ok(room) => Ok(room),
+        Err(Denied::NotFound) => Err(WebError::NotFound),
+        Err(Denied::Private) => Err(WebError::Forbidden(
+            "This room is private; ask one of its members to invite you.".into(),
+        )),
+    }
+}
+
+/// The room page; messages, presence and typing come over the room's socket.
+pub(super) async fn room(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    Path(slug): Path<String>,
+) -> Result<Response, WebError> {
+    let room = open(&state, &slug, &login).await?;
+    Ok(render(&RoomPage {
+        layout,
+        room,
+        max_message: MAX_MESSAGE,
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct Invite {
+    username: String,
+}
+
+/// Adds a user to a private room; any member may invite.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, room = %slug))]
+pub(super) async fn invite(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(slug): Path<String>,
+    Form(form): Form<Invite>,
+) -> Result<Response, WebError> {
+    let room = open(&state, &slug, &login).await?;
+    if !room.is_private {
+        return Err(WebError::Unprocessable(
+            "Public rooms need no invitation.".into(),
+        ));
+    }
+    let invited = sqlx::query!(
+        "INSERT INTO chat_members (room_id, user_id, invited_by)
+         SELECT $1, id, $3 FROM users WHERE lower(username) = lower($2)
+         ON CONFLICT DO NOTHING
+         RETURNING user_id",
+        room.id,
+        form.username.trim(),
+        login.user.id
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    let message = match invited {
+        Some(_) => format!("{} can now open this room.", form.username.trim()),
+        None => {
+            let exists = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($1)) AS "e!""#,
+                form.username.trim()
+            )
+            .fetch_one(&state.db)
+            .await?;
+            if !exists {
+                return Err(WebError::Unprocessable(format!(
+                    "There is no user called {:?}.",
+                    form.username.trim()
+                )));
+            }
+            format!("{} is already a member.", form.username.trim())
+        }
+    };
+    Ok((
+        flash::set(jar, message),
+        Redirect::to(&format!("/chat/{slug}")),
+    )
+        .into_response())
+}

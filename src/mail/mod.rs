@@ -1,0 +1,189 @@
+//! Mail app: the outbox every message goes through, its delivery over SMTP (lettre) or into
+//! the dev mailbox, and the mailbox pages admins read.
+//!
+//! Jobs call [`Mailer::send_once`] with an idempotency key. The message is written to the
+//! `outbox` table first (a retried job finds the row it wrote before), claimed, handed to the
+//! transport and marked sent: each message is sent at most once however often the job runs
+//! (see `migrations/0010_mail.sql`). Without `HEARTH_SMTP_URL` the transport is the dev
+//! mailbox: messages are marked delivered there and admins read them at `/mailbox`.
+
+mod pages;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::{Router, routing::get};
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
+    message::{Mailbox, header::ContentType},
+};
+use sqlx::PgPool;
+
+use crate::web::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/mailbox", get(pages::list))
+        .route("/mailbox/{id}", get(pages::show))
+}
+
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// What makes it unique (`post-published:42:1`, `digest:7:2026-11-22`).
+    pub key: String,
+    pub user_id: Option<i64>,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// What [`Mailer::send_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Sent now.
+    Now,
+    /// Sent before (by an earlier attempt, or another instance).
+    Before,
+    /// An earlier attempt claimed it and never said whether it went out (it died mid-send).
+    /// Not sent again: at most once.
+    InDoubt,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0:?} is not a mail address")]
+    Address(String),
+    #[error("the SMTP server refused the message: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("cannot build the message: {0}")]
+    Build(#[from] lettre::error::Error),
+}
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Dev,
+}
+
+/// Sends mail through the outbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: Arc<Transport>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    /// SMTP when `smtp_url` is given (`smtp://user:pass@host:587?tls=required`,
+    /// `smtps://host`), otherwise the dev mailbox.
+    pub fn new(smtp_url: Option<&str>, from: &str) -> anyhow::Result<Self> {
+        let from: Mailbox = from
+            .parse()
+            .with_context(|| format!("HEARTH_MAIL_FROM {from:?} is not a mail address"))?;
+        let transport = match smtp_url {
+            Some(url) => Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .context("HEARTH_SMTP_URL is not a valid SMTP URL")?
+                    .build(),
+            ),
+            None => Transport::Dev,
+        };
+        Ok(Self {
+            transport: Arc::new(transport),
+            from,
+        })
+    }
+
+    /// Whether messages go to the dev mailbox rather than an SMTP server.
+    pub fn is_dev(&self) -> bool {
+        matches!(*self.transport, Transport::Dev)
+    }
+
+    /// Sends `message` unless a message with its key was sent (or claimed) before.
+    #[tracing::instrument(skip_all, fields(key = %message.key))]
+    pub async fn send_once(&self, pool: &PgPool, message: &Message) -> Result<Sent, MailError> {
+        let to: Mailbox = message
+            .to
+            .parse()
+            .map_err(|_| MailError::Address(message.to.clone()))?;
+        sqlx::query!(
+            "INSERT INTO outbox (idempotency_key, user_id, to_address, subject, body)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (idempotency_key) DO NOTHING",
+            message.key,
+            message.user_id,
+            message.to,
+            message.subject,
+            message.body
+        )
+        .execute(pool)
+        .await?;
+        // The stored row wins over `message`: a retry sends what the first attempt wrote.
+        let claimed = sqlx::query!(
+            "UPDATE outbox SET claimed_at = now()
+              WHERE idempotency_key = $1 AND claimed_at IS NULL
+              RETURNING id, subject, body",
+            message.key
+        )
+        .fetch_optional(pool)
+        .await?;
+        let Some(row) = claimed else {
+            let sent = sqlx::query_scalar!(
+                r#"SELECT sent_at IS NOT NULL AS "sent!" FROM outbox WHERE idempotency_key = $1"#,
+                message.key
+            )
+            .fetch_one(pool)
+            .await?;
+            if !sent {
+                tracing::warn!("an earlier attempt died while sending; not sending again");
+                return Ok(Sent::InDoubt);
+            }
+            return Ok(Sent::Before);
+        };
+        let transport = match self.deliver(to, &row.subject, row.body).await {
+            Ok(transport) => transport,
+            Err(e) => {
+                // Refused before it was accepted: release the claim so a retry can send it.
+                sqlx::query!(
+                    "UPDATE outbox SET claimed_at = NULL, last_error = $2 WHERE id = $1",
+                    row.id,
+                    e.to_string()
+                )
+                .execute(pool)
+                .await?;
+                return Err(e);
+            }
+        };
+        sqlx::query!(
+            "UPDATE outbox SET sent_at = now(), transport = $2, last_error = NULL WHERE id = $1",
+            row.id,
+            transport
+        )
+        .execute(pool)
+        .await?;
+        tracing::info!(outbox_id = row.id, transport, "mail sent");
+        Ok(Sent::Now)
+    }
+
+    async fn deliver(
+        &self,
+        to: Mailbox,
+        subject: &str,
+        body: String,
+    ) -> Result<&'static str, MailError> {
+        match &*self.transport {
+            Transport::Dev => Ok("dev"),
+            Transport::Smtp(smtp) => {
+                let email = lettre::Message::builder()
+                    .from(self.from.clone())
+                    .to(to)
+                    .subject(subject)
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(body)?;
+                smtp.send(email).await?;
+                Ok("smtp")
+            }
+        }
+    }
+}

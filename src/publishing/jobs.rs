@@ -1,0 +1,218 @@
+//! The jobs publishing sets off, and the daily digest.
+//!
+//! Their args carry ids only; each job re-reads the rows, so it acts on what the database
+//! says when it runs (a post unpublished meanwhile is not announced). Each is safe to run
+//! again: mail goes through the outbox's idempotency keys, notifications through their dedupe
+//! keys.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    channels::ChannelLayer,
+    jobs::{Defaults, Job, JobContext, Outcome},
+    mail::{Mailer, Message, Sent},
+    notifications::{self, Kind, NewNotification},
+};
+
+/// The public address of the site, for links in mail (`HEARTH_PUBLIC_URL`).
+#[derive(Debug, Clone)]
+pub struct SiteUrl(pub String);
+
+/// When the daily digest goes out: its time zone names the day it covers.
+#[derive(Debug, Clone)]
+pub struct DigestZone(pub chrono_tz::Tz);
+
+fn data<T: std::any::Any + Send + Sync>(ctx: &JobContext) -> anyhow::Result<&T> {
+    ctx.data::<T>().with_context(|| {
+        format!(
+            "the job registry lacks a {} (see server::job_registry)",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// Mails the author that their post was published.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PostPublished {
+    pub post_id: i64,
+    /// Which publication of the post this is: a republished post mails again.
+    pub publish_count: i32,
+}
+
+impl Job for PostPublished {
+    const KIND: &'static str = "publishing.post_published";
+
+    fn defaults() -> Defaults {
+        Defaults {
+            queue: "mail",
+            max_attempts: 10,
+            ..Defaults::default()
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(post_id = self.post_id))]
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        let (mailer, SiteUrl(site)) = (data::<Mailer>(&ctx)?, data::<SiteUrl>(&ctx)?);
+        let Some(post) = sqlx::query!(
+            "SELECT p.title, p.slug, p.published_at IS NOT NULL AS \"published!\",
+                    u.id AS author_id, u.username, u.email
+               FROM posts p JOIN users u ON u.id = p.author_id WHERE p.id = $1",
+            self.post_id
+        )
+        .fetch_optional(&ctx.pool)
+        .await?
+        else {
+            return Outcome::with_result("the post was deleted");
+        };
+        let Some(email) = post.email else {
+            return Outcome::with_result("the author has no mail address");
+        };
+        let message = Message {
+            key: format!("post-published:{}:{}", self.post_id, self.publish_count),
+            user_id: Some(post.author_id),
+            to: email,
+            subject: format!("Your post “{}” is published", post.title),
+            body: format!(
+                "Hello {},\n\nyour post “{}” is published:\n{site}/posts/{}\n\n— Hearth\n",
+                post.username, post.title, post.slug
+            ),
+        };
+        let sent = mailer.send_once(&ctx.pool, &message).await?;
+        Outcome::with_result(format!("{sent:?}"))
+    }
+}
+
+/// Notifies an author's subscribers of a newly published post, in the app and live.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NotifySubscribers {
+    pub post_id: i64,
+}
+
+impl Job for NotifySubscribers {
+    const KIND: &'static str = "publishing.notify_subscribers";
+
+    #[tracing::instrument(skip_all, fields(post_id = self.post_id))]
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        let channels = data::<ChannelLayer>(&ctx)?;
+        let mut tx = ctx.pool.begin().await?;
+        let Some(post) = sqlx::query!(
+            "SELECT p.title, p.slug, p.author_id, u.username
+               FROM posts p JOIN users u ON u.id = p.author_id
+              WHERE p.id = $1 AND p.published_at IS NOT NULL",
+            self.post_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Outcome::with_result("the post is no longer published");
+        };
+        let subscribers = sqlx::query_scalar!(
+            "SELECT subscriber_id FROM subscriptions WHERE author_id = $1 ORDER BY subscriber_id",
+            post.author_id
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let title = format!("{} published “{}”", post.username, post.title);
+        let url = format!("/posts/{}", post.slug);
+        let key = format!("post:{}", self.post_id);
+        let mut notified = 0;
+        for user_id in subscribers {
+            let notification = NewNotification {
+                user_id,
+                kind: Kind::PostPublished,
+                title: &title,
+                url: &url,
+                dedupe_key: &key,
+            };
+            if notifications::notify(&mut tx, channels, &notification)
+                .await?
+                .is_some()
+            {
+                notified += 1;
+            }
+        }
+        tx.commit().await?;
+        Outcome::with_result(serde_json::json!({ "notified": notified }))
+    }
+}
+
+/// Mails every subscriber who asked for it the posts of the last day, by the authors they
+/// follow, that they have not opened yet. At most one digest per user and day: the outbox key
+/// holds the date, so a second run (a retry, or the schedule firing on two instances) sends
+/// nothing new.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DailyDigest {}
+
+impl Job for DailyDigest {
+    const KIND: &'static str = "publishing.daily_digest";
+
+    fn defaults() -> Defaults {
+        Defaults {
+            queue: "mail",
+            max_attempts: 5,
+            ..Defaults::default()
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        let (mailer, SiteUrl(site)) = (data::<Mailer>(&ctx)?, data::<SiteUrl>(&ctx)?);
+        let DigestZone(zone) = data::<DigestZone>(&ctx)?;
+        let day = chrono::Utc::now().with_timezone(zone).date_naive();
+        let rows = sqlx::query!(
+            r#"SELECT u.id AS user_id, u.username, u.email AS "email!",
+                      p.title, p.slug, a.username AS author
+                 FROM users u
+                 JOIN subscriptions s ON s.subscriber_id = u.id
+                 JOIN posts p ON p.author_id = s.author_id
+                             AND p.published_at > now() - interval '1 day'
+                 JOIN users a ON a.id = p.author_id
+                WHERE u.digest_by_mail AND u.email IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM post_reads r
+                                   WHERE r.user_id = u.id AND r.post_id = p.id)
+                ORDER BY u.id, p.published_at"#
+        )
+        .fetch_all(&ctx.pool)
+        .await?;
+        let mut digests: BTreeMap<i64, (String, String, Vec<String>)> = BTreeMap::new();
+        for row in rows {
+            let entry = digests
+                .entry(row.user_id)
+                .or_insert_with(|| (row.username, row.email, Vec::new()));
+            entry.2.push(format!(
+                "• {} — by {}\n  {site}/posts/{}",
+                row.title, row.author, row.slug
+            ));
+        }
+        let (mut sent, mut failed) = (0, 0);
+        for (user_id, (username, email, lines)) in digests {
+            let message = Message {
+                key: format!("digest:{user_id}:{day}"),
+                user_id: Some(user_id),
+                to: email,
+                subject: format!("Your Hearth digest for {day}"),
+                body: format!(
+                    "Hello {username},\n\nnew posts from the authors you follow:\n\n{}\n\nChange how you hear from us: {site}/account/settings\n",
+                    lines.join("\n\n")
+                ),
+            };
+            match mailer.send_once(&ctx.pool, &message).await {
+                Ok(Sent::Now) => sent += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    // The others still go out; the retry sends the ones that failed.
+                    tracing::warn!(error = %e, user_id, "cannot send a digest");
+                    failed += 1;
+                }
+            }
+        }
+        anyhow::ensure!(
+            failed == 0,
+            "{failed} digests could not be sent ({sent} were)"
+        );
+        Outcome::with_result(serde_json::json!({ "day": day.to_string(), "sent": sent }))
+    }
+}

@@ -1,0 +1,68 @@
+//! Publishing app: posts written in Markdown with a draft/published state, readers'
+//! subscriptions to authors, the mail and notifications publishing sets off, and the daily
+//! digest.
+//!
+//! * [`post`]: titles, bodies and slugs, parsed at the edge; [`markdown`]: safe rendering.
+//! * `pages`: the public list and post pages (page-cached for anonymous readers, tagged so an
+//!   edit drops exactly the pages that show it), the editor, author pages and subscriptions.
+//! * [`jobs`]: what publishing enqueues in its own transaction — the "your post was
+//!   published" mail and the subscribers' notifications — and the daily digest.
+
+pub mod jobs;
+pub mod markdown;
+mod pages;
+pub mod post;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+
+use crate::{
+    cache::page::cache_page,
+    web::{self, AppState},
+};
+
+/// How long anonymous readers are served a stored page. Edits drop the pages they change at
+/// once (by tag), so this only bounds how stale a page can get if an invalidation is lost.
+const PAGE_TTL: Duration = Duration::from_secs(300);
+
+/// The page-cache tag of the public list of posts.
+pub const LIST_TAG: &str = "posts";
+
+/// The page-cache tag of one post's page.
+pub fn post_tag(post_id: i64) -> String {
+    format!("post-{post_id}")
+}
+
+/// The page-cache tag of an author's page.
+pub fn author_tag(author_id: i64) -> String {
+    format!("author-{author_id}")
+}
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let shared = cache_page(&state.cache, PAGE_TTL).bypass(web::is_personal);
+    Router::new()
+        // The page cache passes POSTs through untouched.
+        .route(
+            "/posts",
+            get(pages::list)
+                .post(pages::create)
+                .layer(shared.clone().tag(LIST_TAG)),
+        )
+        .route("/posts/{slug}", get(pages::show).layer(shared.clone()))
+        .route("/authors/{username}", get(pages::author).layer(shared))
+        .route("/posts/new", get(pages::new_form))
+        .route("/posts/preview", post(pages::preview))
+        .route(
+            "/posts/{slug}/edit",
+            get(pages::edit_form).post(pages::update),
+        )
+        .route("/posts/{slug}/publish", post(pages::publish))
+        .route("/posts/{slug}/unpublish", post(pages::unpublish))
+        .route("/me/posts", get(pages::mine))
+        .route("/authors/{username}/subscribe", post(pages::subscribe))
+        .route("/authors/{username}/unsubscribe", post(pages::unsubscribe))
+}

@@ -1,0 +1,678 @@
+//! The publishing pages: the public list and post pages, the editor, author pages and
+//! subscriptions.
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Path, Query, State},
+    http::{HeaderValue, StatusCode},
+    response::{Html, IntoResponse, Redirect, Response},
+};
+use axum_extra::extract::SignedCookieJar;
+use serde::Deserialize;
+use sqlx::{Postgres, Transaction};
+use time::OffsetDateTime;
+
+use super::{
+    LIST_TAG, author_tag,
+    jobs::{NotifySubscribers, PostPublished},
+    markdown,
+    post::{Body, Slug, Title},
+    post_tag,
+};
+use crate::{
+    cache::page::TAGS,
+    jobs::Enqueue,
+    web::{
+        AppState, Layout, WebError,
+        auth::{CurrentUser, RequireLogin, User},
+        flash, render,
+        templates::{ago, date},
+    },
+};
+
+const LIST_PAGE: i64 = 20;
+
+/// A post as pages show it.
+pub(super) struct PostView {
+    id: i64,
+    slug: String,
+    title: String,
+    body: String,
+    body_html: String,
+    author_id: i64,
+    author: String,
+    published_at: Option<OffsetDateTime>,
+    updated_at: OffsetDateTime,
+}
+
+impl PostView {
+    fn is_published(&self) -> bool {
+        self.published_at.is_some()
+    }
+
+    fn published(&self) -> String {
+        self.published_at.map(date).unwrap_or_default()
+    }
+
+    fn updated(&self) -> String {
+        ago(self.updated_at)
+    }
+
+    fn excerpt(&self) -> String {
+        markdown::excerpt(&self.body, 220)
+    }
+}
+
+async fn find(state: &AppState, slug: &str) -> Result<PostView, WebError> {
+    sqlx::query_as!(
+        PostView,
+        "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
+                p.published_at, p.updated_at
+           FROM posts p JOIN users u ON u.id = p.author_id
+          WHERE p.slug = $1",
+        slug
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(WebError::NotFound)
+}
+
+/// The post at `slug` if `user` wrote it: 404 if there is none, 403 if it is someone else's.
+async fn own(state: &AppState, slug: &str, user: &User) -> Result<PostView, WebError> {
+    let post = find(state, slug).await?;
+    if post.author_id != user.id {
+        return Err(WebError::Forbidden(
+            "Only its author can change a post.".into(),
+        ));
+    }
+    Ok(post)
+}
+
+/// `Layout` for a page the page cache may share between anonymous visitors.
+fn shared_layout(layout: Layout) -> Layout {
+    if layout.user.is_some() {
+        layout
+    } else {
+        layout.for_shared_cache()
+    }
+}
+
+fn with_tags(html: Html<String>, tags: &[String]) -> Response {
+    let mut response = html.into_response();
+    if let Ok(value) = HeaderValue::from_str(&tags.join(",")) {
+        response.headers_mut().insert(TAGS, value);
+    }
+    response
+}
+
+#[derive(Template)]
+#[template(path = "posts/list.html")]
+struct ListPage {
+    layout: Layout,
+    posts: Vec<PostView>,
+    page: i64,
+    more: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    page: Option<i64>,
+}
+
+/// The published posts, newest first, 20 to a page.
+#[tracing::instrument(skip_all)]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    layout: Layout,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, WebError> {
+    let page = query.page.unwrap_or(1).clamp(1, 10_000);
+    let mut posts = sqlx::query_as!(
+        PostView,
+        "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
+                p.published_at, p.updated_at
+           FROM posts p JOIN users u ON u.id = p.author_id
+          WHERE p.published_at IS NOT NULL
+          ORDER BY p.published_at DESC, p.id DESC
+          LIMIT $1 OFFSET $2",
+        LIST_PAGE + 1,
+        (page - 1) * LIST_PAGE
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let more = posts.len() as i64 > LIST_PAGE;
+    posts.truncate(LIST_PAGE as usize);
+    let html = render(&ListPage {
+        layout: shared_layout(layout),
+        posts,
+        page,
+        more,
+    })?;
+    Ok(html.into_response())
+}
+
+#[derive(Template)]
+#[template(path = "posts/show.html")]
+struct ShowPage {
+    layout: Layout,
+    post: PostView,
+    is_author: bool,
+    subscribed: bool,
+}
+
+/// One post. Drafts are shown to their author only (404 to anyone else). A signed-in reader's
+/// visit is recorded, so the daily digest leaves the post out.
+#[tracing::instrument(skip_all, fields(slug = %slug))]
+pub(super) async fn show(
+    State(state): State<AppState>,
+    layout: Layout,
+    Path(slug): Path<String>,
+) -> Result<Response, WebError> {
+    let post = find(&state, &slug).await?;
+    let viewer = layout.user.as_ref().map(|u| u.id);
+    let is_author = viewer == Some(post.author_id);
+    if !post.is_published() && !is_author {
+        return Err(WebError::NotFound);
+    }
+    let mut subscribed = false;
+    if let Some(user_id) = viewer.filter(|_| !is_author) {
+        sqlx::query!(
+            "INSERT INTO post_reads (user_id, post_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            user_id,
+            post.id
+        )
+        .execute(&state.db)
+        .await?;
+        subscribed = is_subscribed(&state, user_id, post.author_id).await?;
+    }
+    let tags = [post_tag(post.id)];
+    let html = render(&ShowPage {
+        layout: shared_layout(layout),
+        post,
+        is_author,
+        subscribed,
+    })?;
+    Ok(with_tags(html, &tags))
+}
+
+async fn is_subscribed(state: &AppState, user_id: i64, author_id: i64) -> Result<bool, WebError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE subscriber_id = $1 AND author_id = $2) AS "e!""#,
+        user_id,
+        author_id
+    )
+    .fetch_one(&state.db)
+    .await?)
+}
+
+#[derive(Template)]
+#[template(path = "posts/edit.html")]
+struct EditPage {
+    layout: Layout,
+    /// `None` for a new post.
+    slug: Option<String>,
+    title: String,
+    body: String,
+    is_published: bool,
+    error: Option<String>,
+}
+
+impl EditPage {
+    fn action(&self) -> String {
+        match &self.slug {
+            Some(slug) => format!("/posts/{slug}/edit"),
+            None => "/posts".into(),
+        }
+    }
+}
+
+fn form_error(status: StatusCode, page: &EditPage) -> Response {
+    match render(page) {
+        Ok(html) => (status, html).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(super) async fn new_form(_login: RequireLogin, layout: Layout) -> Result<Response, WebError> {
+    Ok(render(&EditPage {
+        layout,
+        slug: None,
+        title: String::new(),
+        body: String::new(),
+        is_published: false,
+        error: None,
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct PostForm {
+    title: String,
+    body: String,
+    /// `save` (keep the state it has: a draft stays a draft) or `publish`.
+    #[serde(default)]
+    action: String,
+}
+
+fn parse_form(form: &PostForm) -> Result<(Title, Body), String> {
+    Ok((Title::parse(&form.title)?, Body::parse(&form.body)?))
+}
+
+/// Creates a post (a draft, or published at once with the "Publish" button).
+#[tracing::instrument(skip_all, fields(user_id = login.user.id))]
+pub(super) async fn create(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    jar: SignedCookieJar,
+    Form(form): Form<PostForm>,
+) -> Result<Response, WebError> {
+    let (title, body) = match parse_form(&form) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return Ok(form_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &EditPage {
+                    layout,
+                    slug: None,
+                    title: form.title,
+                    body: form.body,
+                    is_published: false,
+                    error: Some(error),
+                },
+            ));
+        }
+    };
+    let html = markdown::render(body.as_str());
+    let mut tx = state.db.begin().await?;
+    let (id, slug) = insert_with_free_slug(&mut tx, login.user.id, &title, &body, &html).await?;
+    let published = form.action == "publish" && publish_in(&mut tx, id).await?;
+    tx.commit().await?;
+    tracing::info!(post_id = id, published, "post created");
+    if published {
+        invalidate(&state, id, login.user.id).await;
+    }
+    let message = if published {
+        "Your post is published."
+    } else {
+        "Draft saved."
+    };
+    Ok((
+        flash::set(jar, message),
+        Redirect::to(&format!("/posts/{slug}")),
+    )
+        .into_response())
+}
+
+/// Inserts the post under the first free slug among `title`, `title-2`, `title-3`...
+async fn insert_with_free_slug(
+    tx: &mut Transaction<'_, Postgres>,
+    author_id: i64,
+    title: &Title,
+    body: &Body,
+    html: &str,
+) -> Result<(i64, String), WebError> {
+    let base = Slug::from_title(title);
+    for n in 1..=50 {
+        let slug = if n == 1 {
+            base.clone()
+        } else {
+            base.numbered(n)
+        };
+        let id = sqlx::query_scalar!(
+            "INSERT INTO posts (author_id, slug, title, body, body_html)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (slug) DO NOTHING RETURNING id",
+            author_id,
+            slug.as_str(),
+            title.as_str(),
+            body.as_str(),
+            html
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = id {
+            return Ok((id, slug.as_str().to_owned()));
+        }
+    }
+    Err(WebError::Conflict(
+        "Too many posts have this title; choose another one.".into(),
+    ))
+}
+
+/// Publishes a draft in `tx` and enqueues, in the same transaction, the author's mail and the
+/// subscribers' notifications: they exist only if the publication commits. `false` if the
+/// post was already published.
+async fn publish_in(tx: &mut Transaction<'_, Postgres>, post_id: i64) -> Result<bool, WebError> {
+    let Some(publish_count) = sqlx::query_scalar!(
+        "UPDATE posts SET published_at = now(), publish_count = publish_count + 1, updated_at = now()
+          WHERE id = $1 AND published_at IS NULL
+          RETURNING publish_count",
+        post_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let mail = PostPublished {
+        post_id,
+        publish_count,
+    };
+    let notify = NotifySubscribers { post_id };
+    for job in [Enqueue::new(&mail), Enqueue::new(&notify)] {
+        job.map_err(anyhow::Error::new)?
+            .enqueue_on(tx)
+            .await
+            .map_err(anyhow::Error::new)?;
+    }
+    Ok(true)
+}
+
+/// Drops the cached pages that show this post: its own, the list, its author's page.
+/// Called after commit, so that no request can store the old version again afterwards.
+async fn invalidate(state: &AppState, post_id: i64, author_id: i64) {
+    for tag in [
+        LIST_TAG.to_owned(),
+        post_tag(post_id),
+        author_tag(author_id),
+    ] {
+        if let Err(e) = state.cache.invalidate_tag(&tag).await {
+            tracing::warn!(error = %e, tag, "cannot invalidate cached pages; they expire by themselves");
+        }
+    }
+}
+
+pub(super) async fn edit_form(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    Path(slug): Path<String>,
+) -> Result<Response, WebError> {
+    let post = own(&state, &slug, &login.user).await?;
+    Ok(render(&EditPage {
+        layout,
+        is_published: post.is_published(),
+        slug: Some(post.slug),
+        title: post.title,
+        body: post.body,
+        error: None,
+    })?
+    .into_response())
+}
+
+/// Saves an edit (and publishes a draft with the "Publish" button).
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, slug = %slug))]
+pub(super) async fn update(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    jar: SignedCookieJar,
+    Path(slug): Path<String>,
+    Form(form): Form<PostForm>,
+) -> Result<Response, WebError> {
+    let post = own(&state, &slug, &login.user).await?;
+    let (title, body) = match parse_form(&form) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return Ok(form_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &EditPage {
+                    layout,
+                    is_published: post.is_published(),
+                    slug: Some(post.slug),
+                    title: form.title,
+                    body: form.body,
+                    error: Some(error),
+                },
+            ));
+        }
+    };
+    let html = markdown::render(body.as_str());
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "UPDATE posts SET title = $2, body = $3, body_html = $4, updated_at = now() WHERE id = $1",
+        post.id,
+        title.as_str(),
+        body.as_str(),
+        html
+    )
+    .execute(&mut *tx)
+    .await?;
+    let published = form.action == "publish" && publish_in(&mut tx, post.id).await?;
+    tx.commit().await?;
+    if post.is_published() || published {
+        invalidate(&state, post.id, post.author_id).await;
+    }
+    let message = if published {
+        "Your post is published."
+    } else {
+        "Saved."
+    };
+    Ok((
+        flash::set(jar, message),
+        Redirect::to(&format!("/posts/{slug}")),
+    )
+        .into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, slug = %slug))]
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(slug): Path<String>,
+) -> Result<Response, WebError> {
+    let post = own(&state, &slug, &login.user).await?;
+    let mut tx = state.db.begin().await?;
+    let published = publish_in(&mut tx, post.id).await?;
+    tx.commit().await?;
+    let message = if published {
+        invalidate(&state, post.id, post.author_id).await;
+        "Your post is published."
+    } else {
+        "That post was already published."
+    };
+    Ok((
+        flash::set(jar, message),
+        Redirect::to(&format!("/posts/{slug}")),
+    )
+        .into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, slug = %slug))]
+pub(super) async fn unpublish(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(slug): Path<String>,
+) -> Result<Response, WebError> {
+    let post = own(&state, &slug, &login.user).await?;
+    let changed = sqlx::query!(
+        "UPDATE posts SET published_at = NULL, updated_at = now()
+          WHERE id = $1 AND published_at IS NOT NULL",
+        post.id
+    )
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    if changed > 0 {
+        invalidate(&state, post.id, post.author_id).await;
+    }
+    Ok((
+        flash::set(jar, "The post is a draft again."),
+        Redirect::to(&format!("/posts/{slug}")),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct PreviewForm {
+    body: String,
+}
+
+/// The editor's preview: the body rendered exactly as it will be shown.
+pub(super) async fn preview(
+    _login: RequireLogin,
+    Form(form): Form<PreviewForm>,
+) -> Result<Html<String>, WebError> {
+    let body = Body::parse(&form.body).map_err(WebError::Unprocessable)?;
+    Ok(Html(markdown::render(body.as_str())))
+}
+
+#[derive(Template)]
+#[template(path = "posts/mine.html")]
+struct MinePage {
+    layout: Layout,
+    posts: Vec<PostView>,
+}
+
+/// The signed-in author's posts, drafts included.
+pub(super) async fn mine(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+) -> Result<Response, WebError> {
+    let posts = sqlx::query_as!(
+        PostView,
+        "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
+                p.published_at, p.updated_at
+           FROM posts p JOIN users u ON u.id = p.author_id
+          WHERE p.author_id = $1
+          ORDER BY p.updated_at DESC LIMIT 200",
+        login.user.id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(render(&MinePage { layout, posts })?.into_response())
+}
+
+#[derive(Template)]
+#[template(path = "posts/author.html")]
+struct AuthorPage {
+    layout: Layout,
+    author: String,
+    is_self: bool,
+    subscribed: bool,
+    subscribers: i64,
+    posts: Vec<PostView>,
+}
+
+async fn author_id(state: &AppState, username: &str) -> Result<(i64, String), WebError> {
+    let row = sqlx::query!(
+        "SELECT id, username FROM users WHERE lower(username) = lower($1)",
+        username
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(WebError::NotFound)?;
+    Ok((row.id, row.username))
+}
+
+/// An author's published posts, with a subscribe button.
+pub(super) async fn author(
+    State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
+    layout: Layout,
+    Path(username): Path<String>,
+) -> Result<Response, WebError> {
+    let (id, author) = author_id(&state, &username).await?;
+    let posts = sqlx::query_as!(
+        PostView,
+        "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
+                p.published_at, p.updated_at
+           FROM posts p JOIN users u ON u.id = p.author_id
+          WHERE p.author_id = $1 AND p.published_at IS NOT NULL
+          ORDER BY p.published_at DESC LIMIT 100",
+        id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let subscribers = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM subscriptions WHERE author_id = $1"#,
+        id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let subscribed = match &viewer {
+        Some(user) if user.id != id => is_subscribed(&state, user.id, id).await?,
+        _ => false,
+    };
+    let html = render(&AuthorPage {
+        layout: shared_layout(layout),
+        is_self: viewer.as_ref().is_some_and(|u| u.id == id),
+        author,
+        subscribed,
+        subscribers,
+        posts,
+    })?;
+    Ok(with_tags(html, &[author_tag(id)]))
+}
+
+#[derive(Deserialize)]
+pub(super) struct NextForm {
+    next: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, author = %username))]
+pub(super) async fn subscribe(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(username): Path<String>,
+    Form(form): Form<NextForm>,
+) -> Result<Response, WebError> {
+    let (id, author) = author_id(&state, &username).await?;
+    if id == login.user.id {
+        return Err(WebError::Unprocessable(
+            "You cannot subscribe to yourself.".into(),
+        ));
+    }
+    sqlx::query!(
+        "INSERT INTO subscriptions (subscriber_id, author_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        login.user.id,
+        id
+    )
+    .execute(&state.db)
+    .await?;
+    after_subscription(&state, id).await;
+    let next = crate::web::safe_next(form.next.as_deref());
+    Ok((
+        flash::set(jar, format!("You will hear about {author}'s new posts.")),
+        Redirect::to(&next),
+    )
+        .into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, author = %username))]
+pub(super) async fn unsubscribe(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(username): Path<String>,
+    Form(form): Form<NextForm>,
+) -> Result<Response, WebError> {
+    let (id, author) = author_id(&state, &username).await?;
+    sqlx::query!(
+        "DELETE FROM subscriptions WHERE subscriber_id = $1 AND author_id = $2",
+        login.user.id,
+        id
+    )
+    .execute(&state.db)
+    .await?;
+    after_subscription(&state, id).await;
+    let next = crate::web::safe_next(form.next.as_deref());
+    Ok((
+        flash::set(jar, format!("Unsubscribed from {author}.")),
+        Redirect::to(&next),
+    )
+        .into_response())
+}
+
+/// The author page shows the subscriber count: drop its cached copies.
+async fn after_subscription(state: &AppState, author_id: i64) {
+    if let Err(e) = state.cache.invalidate_tag(&author_tag(author_id)).await {
+        tracing::warn!(error = %e, "cannot invalidate the author page");
+    }
+}
