@@ -16,6 +16,14 @@ struct HomePage {
     members: i64,
     newest: Vec<String>,
     server_version: String,
+    posts: Vec<Recent>,
+}
+
+/// A recently published post, for the front page.
+struct Recent {
+    slug: String,
+    title: String,
+    author: String,
 }
 
 #[tracing::instrument(skip_all)]
@@ -33,7 +41,17 @@ async fn home(
         sqlx::query_scalar!("SELECT username FROM users ORDER BY created_at DESC, id DESC LIMIT 5")
             .fetch_all(&state.db)
             .await?;
+    let posts = sqlx::query_as!(
+        Recent,
+        "SELECT p.slug, p.title, u.username AS author
+           FROM posts p JOIN users u ON u.id = p.author_id
+          WHERE p.published_at IS NOT NULL
+          ORDER BY p.published_at DESC LIMIT 5"
+    )
+    .fetch_all(&state.db)
+    .await?;
     render(&HomePage {
+        posts,
         layout,
         members: stats.members,
         newest,

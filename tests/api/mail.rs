@@ -1,0 +1,139 @@
+//! The mailer against a real SMTP conversation: a minimal SMTP server on a local port that
+//! records what it is sent, or refuses recipients, in front of a real PostgreSQL outbox.
+
+use hearth::mail::{MailError, Mailer, Message, Sent};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpListener,
+    sync::mpsc,
+};
+
+use crate::helpers::TestApp;
+
+/// Serves SMTP on a free port; each accepted message's DATA arrives on the channel. With
+/// `refuse`, every recipient gets `550`.
+async fn smtp_server(refuse: bool) -> (String, mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(body) = data.as_mut() {
+                        if line == "." {
+                            tx.send(data.take().unwrap()).unwrap();
+                            write.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            body.push_str(&line);
+                            body.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split(' ').next().unwrap_or_default().to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 test\r\n",
+                        "RCPT" if refuse => b"550 no such user\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            write.write_all(b"221 bye\r\n").await.unwrap();
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    write.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+fn message(key: &str) -> Message {
+    Message {
+        key: key.into(),
+        user_id: None,
+        to: "ada@example.com".into(),
+        subject: "Hello from Hearth".into(),
+        body: "Line one.\nLine two.".into(),
+    }
+}
+
+#[tokio::test]
+async fn smtp_delivery_sends_each_message_once() {
+    let app = TestApp::spawn().await;
+    let (url, mut received) = smtp_server(false).await;
+    let mailer = Mailer::new(Some(&url), "Hearth <hearth@example.com>").unwrap();
+
+    assert_eq!(mailer.send_once(&app.pool, &message("k1")).await.unwrap(), Sent::Now);
+    assert_eq!(mailer.send_once(&app.pool, &message("k1")).await.unwrap(), Sent::Before);
+
+    let data = received.recv().await.unwrap();
+    assert!(data.contains("Subject: Hello from Hearth"), "{data}");
+    assert!(data.contains("To: ada@example.com"), "{data}");
+    assert!(data.contains("Line two."), "{data}");
+    assert!(received.try_recv().is_err(), "sent once");
+    let transport: String = sqlx::query_scalar("SELECT transport FROM outbox WHERE idempotency_key = 'k1'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(transport, "smtp");
+}
+
+#[tokio::test]
+async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not_resent() {
+    let app = TestApp::spawn().await;
+    let (refusing, _) = smtp_server(true).await;
+    let mailer = Mailer::new(Some(&refusing), "hearth@example.com").unwrap();
+
+    let error = mailer.send_once(&app.pool, &message("k2")).await.unwrap_err();
+    assert!(matches!(error, MailError::Smtp(_)), "{error}");
+    let (claimed, last_error): (bool, Option<String>) = sqlx::query_as(
+        "SELECT claimed_at IS NOT NULL, last_error FROM outbox WHERE idempotency_key = 'k2'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(!claimed, "released for the retry");
+    assert!(last_error.unwrap().contains("no such user"));
+
+    // The retry, once the server accepts: sent.
+    let (url, mut received) = smtp_server(false).await;
+    let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
+    assert_eq!(mailer.send_once(&app.pool, &message("k2")).await.unwrap(), Sent::Now);
+    assert!(received.recv().await.is_some());
+
+    // A message claimed by an attempt that died mid-send is never sent again.
+    sqlx::query(
+        "INSERT INTO outbox (idempotency_key, to_address, subject, body, claimed_at)
+         VALUES ('k3', 'ada@example.com', 's', 'b', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(mailer.send_once(&app.pool, &message("k3")).await.unwrap(), Sent::InDoubt);
+    assert!(received.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn bad_addresses_and_settings_are_clear_errors() {
+    let app = TestApp::spawn().await;
+    let mailer = Mailer::new(None, "hearth@example.com").unwrap();
+    assert!(mailer.is_dev());
+    let mut bad = message("k4");
+    bad.to = "not an address".into();
+    assert!(matches!(
+        mailer.send_once(&app.pool, &bad).await,
+        Err(MailError::Address(_))
+    ));
+    assert!(Mailer::new(None, "nobody").is_err());
+    assert!(Mailer::new(Some("ftp://x"), "hearth@example.com").is_err());
+}
