@@ -1,0 +1,165 @@
+//! End-to-end tests in a real headless Chromium: each test serves the app on an ephemeral port
+//! and runs a script from `tests/browser/` against it (Node driving the system Chromium through
+//! playwright-core). `scripts/test` installs Chromium and the npm package, then runs
+//! `cargo test`; when either is missing these tests fail and say so, they never skip.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    process::Command,
+    sync::Semaphore,
+    task::JoinHandle,
+};
+
+use crate::helpers::TestApp;
+
+/// How long one script may run (once it has the browser), Chromium's start included.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The script's own time limit: shorter, so that it reports the step and screenshots first.
+const SCRIPT_OWN_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// One Chromium at a time: a browser beside the rest of the suite is enough on a small machine,
+/// and the scripts' 10 s waits stay far from their limits.
+static ONE_BROWSER: Semaphore = Semaphore::const_new(1);
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$CHROMIUM`, else Debian's `/usr/bin/chromium` (what the scripts launch).
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// `<target dir>/browser-shots`: the test binary is `<target dir>/<profile>/deps/api-<hash>`.
+fn shots_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .unwrap_or_else(|| manifest_dir().join("target"))
+        .join("browser-shots")
+}
+
+/// Fails (never skips) when what the scripts need is not installed.
+fn check_prerequisites() {
+    let mut missing = Vec::new();
+    let chromium = chromium();
+    if !chromium.is_file() {
+        missing.push(format!(
+            "no Chromium at {} (Debian package `chromium`, or set CHROMIUM)",
+            chromium.display()
+        ));
+    }
+    let playwright = manifest_dir().join("tests/browser/node_modules/playwright-core/package.json");
+    if !playwright.is_file() {
+        missing.push(
+            "no tests/browser/node_modules/playwright-core (`npm ci --prefix tests/browser`)"
+                .to_owned(),
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser tests cannot run: {}.\nRun `scripts/test` (it installs them, then runs cargo test).",
+        missing.join("; ")
+    );
+}
+
+fn collect(mut pipe: impl AsyncRead + Unpin + Send + 'static) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes).await;
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs `node tests/browser/<script>` against `app` (`HEARTH_URL`), with screenshots in
+/// `<target dir>/browser-shots/<script name>/` and `env` added to its environment; panics with
+/// the script's output unless it exits 0 within [`SCRIPT_TIMEOUT`].
+pub(crate) async fn run_script(app: &TestApp, script: &str, env: &[(&str, &str)]) {
+    check_prerequisites();
+    let _browser = ONE_BROWSER
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+
+    let node = std::env::var("NODE").unwrap_or_else(|_| "node".to_owned());
+    let shots = shots_dir();
+    let mut command = Command::new(&node);
+    command
+        .arg(Path::new("tests/browser").join(script))
+        .current_dir(manifest_dir())
+        .env("HEARTH_URL", app.url("").trim_end_matches('/'))
+        .env("SHOTS", &shots)
+        .env("CHROMIUM", chromium())
+        .env(
+            "BROWSER_TIMEOUT_MS",
+            SCRIPT_OWN_TIMEOUT.as_millis().to_string(),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap_or_else(|err| {
+        panic!(
+            "cannot run `{node}` ({err}): the browser tests need Node.js 20 or newer on PATH \
+             (or NODE=/path/to/node); then run `scripts/test`"
+        )
+    });
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+
+    let status = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for node")),
+        Err(_) => {
+            // SIGTERM first: playwright closes Chromium on it; then make sure.
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+            None
+        }
+    };
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    let outcome = match status {
+        Some(status) if status.success() => {
+            print!("{stdout}");
+            eprint!("{stderr}");
+            return;
+        }
+        Some(status) => format!("failed ({status})"),
+        None => format!("did not finish within {SCRIPT_TIMEOUT:?} and was stopped"),
+    };
+    panic!(
+        "browser script tests/browser/{script} {outcome}\n\
+         --- stdout\n{stdout}\n--- stderr\n{stderr}\n\
+         --- screenshots: {}",
+        shots
+            .join(Path::new(script).file_stem().unwrap_or_default())
+            .display()
+    );
+}
+
+#[tokio::test]
+async fn smoke_signup_login_logout_in_a_real_browser() {
+    let app = TestApp::spawn().await;
+    run_script(&app, "smoke.mjs", &[]).await;
+}
