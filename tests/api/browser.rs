@@ -163,3 +163,57 @@ async fn smoke_signup_login_logout_in_a_real_browser() {
     let app = TestApp::spawn().await;
     run_script(&app, "smoke.mjs", &[]).await;
 }
+
+#[tokio::test]
+async fn two_users_chat_in_a_room_and_see_each_other_online() {
+    let app = TestApp::spawn().await;
+    run_script(&app, "chat.mjs", &[]).await;
+}
+
+#[tokio::test]
+async fn publishing_a_post_raises_the_subscribers_bell_without_a_reload() {
+    // The subscribers' notifications are a job: the app runs its workers, as `serve` does.
+    let app = TestApp::builder().with_workers().spawn().await;
+    run_script(&app, "bell.mjs", &[]).await;
+}
+
+#[tokio::test]
+async fn the_daily_digest_lands_once_in_the_dev_mailbox() {
+    use hearth::{jobs::Enqueue, publishing::jobs::DailyDigest};
+
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    ada.set_email("ada@example.com").await;
+    bob.set_email("bob@example.com").await;
+    bob.post_form("/authors/ada/subscribe", &[]).await;
+    ada.write("A day in the life", "text", true).await;
+    app.drain("mail").await;
+    // The schedule firing on two instances, or a retry: the digest still goes out once.
+    for _ in 0..2 {
+        Enqueue::new(&DailyDigest::default())
+            .unwrap()
+            .enqueue(&app.pool)
+            .await
+            .unwrap();
+        app.drain("mail").await;
+    }
+
+    run_script(
+        &app,
+        "mailbox.mjs",
+        &[
+            ("ADMIN_USER", "root"),
+            ("ADMIN_PASSWORD", "correct horse battery"),
+            ("DIGEST_TO", "bob@example.com"),
+            ("DIGEST_POST", "A day in the life"),
+        ],
+    )
+    .await;
+}

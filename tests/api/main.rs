@@ -4,9 +4,13 @@
 mod accounts;
 mod bench_routes;
 mod binary;
+mod browser;
 mod cache;
 mod channels;
+mod chat;
 mod embedded;
 mod helpers;
 mod jobs;
+mod mail;
+mod publishing;
 mod shell;

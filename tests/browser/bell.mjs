@@ -1,0 +1,60 @@
+// The notification bell updates live: a reader subscribes to an author; the author writes and
+// publishes a post in the editor (with a preview); the reader's bell count goes up without a
+// reload; the reader opens the notification and lands on the post.
+// Screenshots: editor-preview.png, post.png, bell.png, notifications.png, posts-phone.png.
+import { BASE, clickAndWait, expectText, fail, newPage, run, shot, signup, step, uniqueName } from './lib.mjs';
+
+const password = 'correct horse battery';
+const author = uniqueName('author');
+const reader = uniqueName('reader');
+const title = `Fresh news ${Date.now() % 10000}`;
+
+await run(async ({ browser, page }) => {
+  const readerPage = await newPage(browser);
+  const badge = readerPage.locator('[data-testid=unread-count]');
+
+  await step('a. the reader subscribes to the author', async () => {
+    await signup(page, author, password);
+    await signup(readerPage, reader, password);
+    await readerPage.goto(`${BASE}/authors/${author}`);
+    await clickAndWait(readerPage, readerPage.getByRole('button', { name: 'Subscribe' }));
+    await expectText(readerPage, `You will hear about ${author}'s new posts.`);
+    await readerPage.goto(`${BASE}/posts`);
+    if (await badge.isVisible()) fail('the bell shows a count before anything happened');
+  });
+
+  await step('b. the author writes, previews and publishes', async () => {
+    await page.goto(`${BASE}/posts/new`);
+    await page.locator('input[name=title]').fill(title);
+    await page.locator('textarea[name=body]').fill('Some **bold** news.\n\n<script>alert(1)</script>');
+    await page.getByRole('tab', { name: 'Preview' }).click();
+    await page.locator('.preview strong', { hasText: 'bold' }).waitFor();
+    await shot(page, 'editor-preview.png');
+    await clickAndWait(page, page.getByRole('button', { name: 'Publish' }));
+    await expectText(page, 'Your post is published.');
+    await shot(page, 'post.png');
+  });
+
+  await step("c. the reader's bell shows 1 without a reload", async () => {
+    try {
+      await badge.waitFor({ state: 'visible' });
+    } catch {
+      fail('the bell count never appeared');
+    }
+    const count = (await badge.innerText()).trim();
+    if (count !== '1') fail(`the bell shows ${count}, expected 1`);
+    await shot(readerPage, 'bell.png');
+  });
+
+  await step('d. the reader opens the notification and reads the post', async () => {
+    await clickAndWait(readerPage, readerPage.locator('a.bell'));
+    await expectText(readerPage, title);
+    await shot(readerPage, 'notifications.png');
+    await clickAndWait(readerPage, readerPage.getByRole('button', { name: new RegExp(title) }));
+    await expectText(readerPage, 'Some bold news.');
+    await badge.waitFor({ state: 'hidden' });
+    await readerPage.setViewportSize({ width: 390, height: 844 });
+    await readerPage.goto(`${BASE}/posts`);
+    await shot(readerPage, 'posts-phone.png');
+  });
+});
