@@ -1,4 +1,6 @@
-//! The dev mailbox: every message in the outbox, for administrators.
+//! The mailbox: the outbox as pages. Administrators read every message; while mail goes to
+//! the dev mailbox (no `HEARTH_SMTP_URL`), every user also reads the messages sent to them —
+//! what a new user needs to see their "post published" mail without a mail server.
 
 use askama::Template;
 use axum::{
@@ -8,7 +10,11 @@ use axum::{
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::web::{AppState, Layout, WebError, auth::RequireAdmin, render};
+use crate::web::{
+    AppState, Layout, WebError,
+    auth::{RequireLogin, User},
+    render,
+};
 
 const PAGE: i64 = 50;
 
@@ -61,19 +67,35 @@ pub(super) struct ListQuery {
     before: Option<i64>,
 }
 
+/// Whose mail `user` may read: everyone's (`None`) for admins, their own in dev mode.
+fn readable_by(state: &AppState, user: &User) -> Result<Option<i64>, WebError> {
+    if user.is_admin {
+        Ok(None)
+    } else if state.config.smtp_url.is_none() {
+        Ok(Some(user.id))
+    } else {
+        Err(WebError::Forbidden(
+            "Mail is delivered by SMTP; the mailbox is for administrators.".into(),
+        ))
+    }
+}
+
 pub(super) async fn list(
     State(state): State<AppState>,
-    _admin: RequireAdmin,
+    login: RequireLogin,
     layout: Layout,
     Query(query): Query<ListQuery>,
 ) -> Result<impl IntoResponse, WebError> {
+    let only = readable_by(&state, &login.user)?;
     let mut rows = sqlx::query_as!(
         Row,
         "SELECT id, to_address, subject, body, created_at, sent_at, claimed_at, transport, last_error
-           FROM outbox WHERE id < coalesce($1, 9223372036854775807)
+           FROM outbox
+          WHERE id < coalesce($1, 9223372036854775807) AND ($3::bigint IS NULL OR user_id = $3)
           ORDER BY id DESC LIMIT $2",
         query.before,
-        PAGE + 1
+        PAGE + 1,
+        only
     )
     .fetch_all(&state.db)
     .await?;
@@ -90,17 +112,20 @@ pub(super) async fn list(
     })
 }
 
+/// One message; someone else's is a 404, as if it did not exist.
 pub(super) async fn show(
     State(state): State<AppState>,
-    _admin: RequireAdmin,
+    login: RequireLogin,
     layout: Layout,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse, WebError> {
+    let only = readable_by(&state, &login.user)?;
     let mail = sqlx::query_as!(
         Row,
         "SELECT id, to_address, subject, body, created_at, sent_at, claimed_at, transport, last_error
-           FROM outbox WHERE id = $1",
-        id
+           FROM outbox WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)",
+        id,
+        only
     )
     .fetch_optional(&state.db)
     .await?

@@ -20,6 +20,9 @@ pub struct Layout {
     pub flash: Option<String>,
     pub csrf_token: String,
     pub static_version: Arc<str>,
+    /// Mail goes to the in-app dev mailbox (no SMTP server configured): every user gets a
+    /// link to read their own.
+    pub dev_mailbox: bool,
 }
 
 impl FromRequestParts<AppState> for Layout {
@@ -41,6 +44,7 @@ impl FromRequestParts<AppState> for Layout {
             flash,
             csrf_token,
             static_version: state.static_version.clone(),
+            dev_mailbox: state.config.smtp_url.is_none(),
         })
     }
 }

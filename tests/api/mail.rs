@@ -35,7 +35,11 @@ async fn smtp_server(refuse: bool) -> (String, mpsc::UnboundedReceiver<String>) 
                         }
                         continue;
                     }
-                    let verb = line.split(' ').next().unwrap_or_default().to_ascii_uppercase();
+                    let verb = line
+                        .split(' ')
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_uppercase();
                     let reply: &[u8] = match verb.as_str() {
                         "EHLO" | "HELO" => b"250 test\r\n",
                         "RCPT" if refuse => b"550 no such user\r\n",
@@ -73,18 +77,25 @@ async fn smtp_delivery_sends_each_message_once() {
     let (url, mut received) = smtp_server(false).await;
     let mailer = Mailer::new(Some(&url), "Hearth <hearth@example.com>").unwrap();
 
-    assert_eq!(mailer.send_once(&app.pool, &message("k1")).await.unwrap(), Sent::Now);
-    assert_eq!(mailer.send_once(&app.pool, &message("k1")).await.unwrap(), Sent::Before);
+    assert_eq!(
+        mailer.send_once(&app.pool, &message("k1")).await.unwrap(),
+        Sent::Now
+    );
+    assert_eq!(
+        mailer.send_once(&app.pool, &message("k1")).await.unwrap(),
+        Sent::Before
+    );
 
     let data = received.recv().await.unwrap();
     assert!(data.contains("Subject: Hello from Hearth"), "{data}");
     assert!(data.contains("To: ada@example.com"), "{data}");
     assert!(data.contains("Line two."), "{data}");
     assert!(received.try_recv().is_err(), "sent once");
-    let transport: String = sqlx::query_scalar("SELECT transport FROM outbox WHERE idempotency_key = 'k1'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let transport: String =
+        sqlx::query_scalar("SELECT transport FROM outbox WHERE idempotency_key = 'k1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(transport, "smtp");
 }
 
@@ -94,7 +105,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     let (refusing, _) = smtp_server(true).await;
     let mailer = Mailer::new(Some(&refusing), "hearth@example.com").unwrap();
 
-    let error = mailer.send_once(&app.pool, &message("k2")).await.unwrap_err();
+    let error = mailer
+        .send_once(&app.pool, &message("k2"))
+        .await
+        .unwrap_err();
     assert!(matches!(error, MailError::Smtp(_)), "{error}");
     let (claimed, last_error): (bool, Option<String>) = sqlx::query_as(
         "SELECT claimed_at IS NOT NULL, last_error FROM outbox WHERE idempotency_key = 'k2'",
@@ -108,7 +122,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     // The retry, once the server accepts: sent.
     let (url, mut received) = smtp_server(false).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
-    assert_eq!(mailer.send_once(&app.pool, &message("k2")).await.unwrap(), Sent::Now);
+    assert_eq!(
+        mailer.send_once(&app.pool, &message("k2")).await.unwrap(),
+        Sent::Now
+    );
     assert!(received.recv().await.is_some());
 
     // A message claimed by an attempt that died mid-send is never sent again.
@@ -119,7 +136,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     .execute(&app.pool)
     .await
     .unwrap();
-    assert_eq!(mailer.send_once(&app.pool, &message("k3")).await.unwrap(), Sent::InDoubt);
+    assert_eq!(
+        mailer.send_once(&app.pool, &message("k3")).await.unwrap(),
+        Sent::InDoubt
+    );
     assert!(received.try_recv().is_err());
 }
 

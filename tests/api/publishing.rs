@@ -286,9 +286,10 @@ async fn the_published_mail_is_sent_once_however_often_the_job_runs() {
 }
 
 #[tokio::test]
-async fn admins_read_the_dev_mailbox_and_others_cannot() {
+async fn in_the_dev_mailbox_users_read_their_own_mail_and_admins_read_all() {
     let app = TestApp::spawn().await;
     let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
     ada.set_email("ada@example.com").await;
     ada.write("Mailed", "body", true).await;
     app.drain("mail").await;
@@ -297,24 +298,46 @@ async fn admins_read_the_dev_mailbox_and_others_cannot() {
         .execute(&app.pool)
         .await
         .unwrap();
-
-    assert_eq!(ada.get("/mailbox").await.status(), StatusCode::FORBIDDEN);
-    let page = root.get("/mailbox").await.text().await.unwrap();
-    assert!(page.contains("Your post “Mailed” is published"), "{page}");
     let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let page = root
-        .get(&format!("/mailbox/{id}"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("ada@example.com"));
+
+    for reader in [&ada, &root] {
+        let page = reader.get("/mailbox").await.text().await.unwrap();
+        assert!(page.contains("Your post “Mailed” is published"), "{page}");
+        let page = reader
+            .get(&format!("/mailbox/{id}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("ada@example.com"));
+    }
+    let page = bob.get("/mailbox").await.text().await.unwrap();
+    assert!(!page.contains("Mailed"), "bob sees only his own mail");
     assert_eq!(
-        ada.get(&format!("/mailbox/{id}")).await.status(),
-        StatusCode::FORBIDDEN
+        bob.get(&format!("/mailbox/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_redirect(&app.get("/mailbox").await, "/login?next=%2Fmailbox");
+}
+
+#[tokio::test]
+async fn with_smtp_configured_the_mailbox_is_for_admins_only() {
+    let app = TestApp::builder()
+        .config(|c| c.smtp_url = Some("smtp://127.0.0.1:9".into()))
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    assert_eq!(ada.get("/mailbox").await.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !ada.get("/")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains(">Mailbox<")
     );
 }
 

@@ -1,7 +1,9 @@
 // The notification bell updates live: a reader subscribes to an author; the author writes and
 // publishes a post in the editor (with a preview); the reader's bell count goes up without a
-// reload; the reader opens the notification and lands on the post.
-// Screenshots: editor-preview.png, post.png, bell.png, notifications.png, posts-phone.png.
+// reload; the reader opens the notification and lands on the post; the author finds the "your
+// post is published" mail in the dev mailbox.
+// Screenshots: editor-preview.png, post.png, bell.png, notifications.png, posts-phone.png,
+// mailbox.png.
 import { BASE, clickAndWait, expectText, fail, newPage, run, shot, signup, step, uniqueName } from './lib.mjs';
 
 const password = 'correct horse battery';
@@ -56,5 +58,16 @@ await run(async ({ browser, page }) => {
     await readerPage.setViewportSize({ width: 390, height: 844 });
     await readerPage.goto(`${BASE}/posts`);
     await shot(readerPage, 'posts-phone.png');
+  });
+
+  await step('e. the author finds the "published" mail in the dev mailbox', async () => {
+    const subject = `Your post “${title}” is published`;
+    for (let attempt = 0; ; attempt++) {
+      await page.goto(`${BASE}/mailbox`);
+      if ((await page.getByText(subject).count()) > 0) break;
+      if (attempt === 20) fail(`no mail "${subject}" in the mailbox`);
+      await page.waitForTimeout(250);
+    }
+    await shot(page, 'mailbox.png');
   });
 });
