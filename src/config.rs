@@ -221,6 +221,11 @@ pub struct Config {
     )]
     pub digest_time_zone: String,
 
+    /// Bearer token that lets scrapers read `/metrics` (`Authorization: Bearer <token>`);
+    /// signed-in administrators can read it without one.
+    #[arg(long, env = "HEARTH_METRICS_TOKEN", global = true)]
+    pub metrics_token: Option<String>,
+
     /// Serve the benchmark routes of `bench/PROTOCOL` (`/bench/...`, `/ws/chat/{room}/`).
     /// Off in production.
     #[arg(long, env = "HEARTH_BENCH_ROUTES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]

@@ -25,6 +25,7 @@
 //! * [`mail`]: the outbox, SMTP or dev-mailbox delivery at most once, the mailbox pages.
 //! * [`notifications`]: per-user notifications with a live unread count.
 //! * [`chat`]: rooms, a WebSocket consumer with presence, typing, mentions and moderation.
+//! * [`dashboard`]: live charts of this instance over server-sent events.
 //! * [`ops`]: operations endpoints (job status).
 //!
 //! [`bench`] is `hearth bench jobs`, the job-queue benchmark.
@@ -39,6 +40,7 @@ pub mod channels;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod home;
 pub mod jobs;

@@ -17,6 +17,7 @@ use crate::{
     channels::ChannelLayer,
     chat,
     config::Config,
+    dashboard,
     db::{Database, migrations},
     home,
     jobs::{Enqueue, Registry, Schedule, WorkerConfig, Workers, schedule::Every},
@@ -47,6 +48,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(publishing::routes(&state))
         .merge(notifications::routes())
         .merge(chat::routes())
+        .merge(dashboard::routes())
         .merge(mail::routes())
         .merge(ops::routes())
         .merge(extra)
@@ -64,7 +66,11 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         router = router.merge(crate::bench::routes::routes(&state).with_state(state.clone()));
     }
     let router = router
-        .merge(web::health::routes().with_state(state))
+        .merge(web::health::routes().with_state(state.clone()))
+        .route(
+            "/metrics",
+            axum::routing::get(web::metrics::endpoint).with_state(state),
+        )
         .nest("/static", web::static_files(&config.static_dir))
         .fallback(web::error::not_found);
     web::layers(router, config.request_timeout, config.body_limit)

@@ -690,6 +690,12 @@ impl Cache {
         Ok(deleted)
     }
 
+    /// `(hits, misses)` of this instance's lookups since it started, both tiers together: a
+    /// cheap read (no query) for samplers that poll every second.
+    pub fn lookups(&self) -> (u64, u64) {
+        self.inner.stats.lookups()
+    }
+
     /// Counters of this instance and the size of the shared tier.
     pub async fn stats(&self) -> Result<CacheStats, CacheError> {
         let shared = sqlx::query!(

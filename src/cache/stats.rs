@@ -56,6 +56,14 @@ impl Stats {
         self.sets.fetch_add(1, Relaxed);
     }
 
+    /// Lookups answered by either tier, and lookups that found nothing in either.
+    pub(super) fn lookups(&self) -> (u64, u64) {
+        (
+            self.local_hits.load(Relaxed) + self.shared_hits.load(Relaxed),
+            self.shared_misses.load(Relaxed),
+        )
+    }
+
     pub(super) fn snapshot(&self, local: (u64, u64), shared: (i64, i64)) -> CacheStats {
         CacheStats {
             local_hits: self.local_hits.load(Relaxed),

@@ -408,11 +408,22 @@ fn lock_data_dir(data_dir: &Path) -> Result<fs::File, EmbeddedError> {
         .write(true)
         .open(&path)
         .map_err(io_err(format!("cannot open {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(EmbeddedError::Locked(data_dir.to_path_buf())),
-        Err(fs::TryLockError::Error(e)) => {
-            Err(io_err(format!("cannot lock {}", path.display()))(e))
+    // A lock can outlive its holder by a moment: a child forked by any thread of the
+    // process that held it shares the open file until that child execs. So a busy lock is
+    // tried again for a little while before it counts as held by another process.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(EmbeddedError::Locked(data_dir.to_path_buf()));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_err(format!("cannot lock {}", path.display()))(e));
+            }
         }
     }
 }

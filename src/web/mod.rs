@@ -7,7 +7,7 @@
 //! * [`session`], [`auth`]: server-side sessions in Postgres, users, password hashing and the
 //!   "login required" / "admin required" extractors.
 //! * [`csrf`], [`flash`]: the CSRF check on state-changing requests, one-shot flash messages.
-//! * [`health`]: `/healthz` and `/readyz`.
+//! * [`health`]: `/healthz` and `/readyz`; [`metrics`]: HTTP counters and `/metrics`.
 //! * [`ws`]: WebSocket consumers on the channel layer; [`sse`]: server-sent event streams;
 //!   [`testing`]: a WebSocket test client for consumer tests.
 //!
@@ -19,6 +19,7 @@ pub mod csrf;
 pub mod error;
 pub mod flash;
 pub mod health;
+pub mod metrics;
 pub mod session;
 pub mod sse;
 pub mod state;
@@ -66,6 +67,7 @@ pub fn layers(router: Router, request_timeout: Duration, body_limit: usize) -> R
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %request_id)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::from_fn(metrics::track))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(error::error_pages))
         .layer(CatchPanicLayer::new())

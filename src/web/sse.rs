@@ -100,13 +100,13 @@ pub async fn stream_with_prelude(
             },
         }
     }
-    OPEN.fetch_add(1, Relaxed);
+    let open = OpenGuard::count();
     let state = State {
         subscription,
         first: Some(Bytes::from(first)),
         closing: layer.closing(),
         ended: false,
-        _open: OpenGuard,
+        _open: open,
     };
     let body = Body::from_stream(stream::unfold(state, next_chunk));
     let mut response = body.into_response();
@@ -130,7 +130,16 @@ struct State {
 }
 
 /// Counts the stream as open until the client goes away and the body is dropped.
-struct OpenGuard;
+pub struct OpenGuard;
+
+impl OpenGuard {
+    /// Counts an event stream served another way (axum's `Sse`) in [`open_streams`] for as
+    /// long as the guard lives: keep it in the stream.
+    pub fn count() -> Self {
+        OPEN.fetch_add(1, Relaxed);
+        Self
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {

@@ -12,5 +12,6 @@ mod embedded;
 mod helpers;
 mod jobs;
 mod mail;
+mod ops;
 mod publishing;
 mod shell;
