@@ -149,6 +149,24 @@ impl ChannelLayer {
     }
 
     /// This instance's groups and their local member counts, largest first.
+    /// Groups with presence entries on live instances: `(group, connections, distinct users)`.
+    pub async fn presence_counts(&self) -> Result<Vec<(String, i64, i64)>, ChannelError> {
+        let rows = sqlx::query!(
+            r#"SELECT p.group_name, count(*) AS "connections!", count(DISTINCT p.user_id) AS "users!"
+                 FROM channel_presence p
+                 JOIN channel_instances i ON i.id = p.instance
+                WHERE i.heartbeat_at > now() - make_interval(secs => $1)
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 200"#,
+            self.dead_after_secs(),
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.group_name, r.connections, r.users))
+            .collect())
+    }
+
     pub fn local_groups(&self) -> Vec<(String, usize)> {
         self.inner.local.group_sizes()
     }

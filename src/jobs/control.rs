@@ -221,3 +221,108 @@ pub async fn set_limits(
     .await?;
     Ok(())
 }
+
+/// Discards a job that waits (available or scheduled): it will not run, and stays readable
+/// as `discarded` (and can be retried). Running jobs are cancelled instead. Returns false if
+/// there is no such waiting job.
+pub async fn discard(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let gone = sqlx::query_scalar!(
+        r#"
+        WITH gone AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
+        released AS (
+            DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ('discarded' = ANY (k.holds_in))
+        )
+        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
+                               errors, progress_percent, progress_message, created_at, attempted_at)
+        SELECT id, kind, queue, args, priority, 'discarded', attempt, max_attempts, unique_key, tags,
+               errors, progress_percent, progress_message, created_at, attempted_at
+          FROM gone
+        RETURNING id
+        "#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(gone.is_some())
+}
+
+/// Makes a waiting job (scheduled for later, or backing off before a retry) due now and
+/// wakes the workers. Returns false if there is no such waiting job.
+pub async fn run_now(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let queue = sqlx::query_scalar!(
+        "WITH due AS (UPDATE jobs SET run_at = now() WHERE id = $1 AND state = 'available' RETURNING queue)
+         SELECT queue FROM due, pg_notify('hearth_jobs', (SELECT queue FROM due))",
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(queue.is_some())
+}
+
+/// What to look for among jobs; every field narrows the search.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Filter {
+    /// `scheduled`, `available`, `running`, `completed`, `discarded` or `cancelled`.
+    pub state: Option<String>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub tag: Option<String>,
+    pub id: Option<i64>,
+}
+
+/// Jobs matching `filter`, newest first, `limit` from `offset`.
+pub async fn search(
+    pool: &PgPool,
+    filter: &Filter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<JobStatus>, sqlx::Error> {
+    sqlx::query_as!(
+        JobStatus,
+        r#"
+        SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
+               attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
+               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
+          FROM job_statuses
+         WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
+           AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR $4 = ANY (tags))
+           AND ($5::bigint IS NULL OR id = $5)
+         ORDER BY id DESC
+         LIMIT $6 OFFSET $7
+        "#,
+        filter.state,
+        filter.queue,
+        filter.kind,
+        filter.tag,
+        filter.id,
+        limit,
+        offset
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many jobs each queue has in each state (finished ones included).
+#[derive(Debug, Clone, Serialize)]
+pub struct Count {
+    pub queue: String,
+    pub state: String,
+    pub jobs: i64,
+}
+
+pub async fn counts(pool: &PgPool) -> Result<Vec<Count>, sqlx::Error> {
+    sqlx::query_as!(
+        Count,
+        r#"SELECT queue AS "queue!", state AS "state!", count(*) AS "jobs!"
+             FROM job_statuses GROUP BY 1, 2 ORDER BY 1, 2"#
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The queues that are paused.
+pub async fn paused(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!("SELECT queue FROM job_queues_paused ORDER BY queue")
+        .fetch_all(pool)
+        .await
+}

@@ -1,9 +1,24 @@
-//! Operations app: job status for clients that poll ("task id, processing" pattern).
+//! Operations app: the console under `/ops` (administrators only) and the job status API.
+//!
+//! * `jobs`: counts by state and queue (updated live), the searchable job list with bulk
+//!   actions, a job's page with its errors and the actions retry, cancel, discard and run
+//!   now; queues (pause, resume) and schedules (run now).
+//! * `system`: the channel layer (instances, connections, groups, presence, counters), the
+//!   cache (stats, clear by prefix or tag) and the database health these depend on (table
+//!   sizes, dead tuples, the oldest open transaction).
+//! * [`audit`]: every action is recorded with who took it; the console shows the log.
+//!
+//! Every action is a CSRF-protected POST that the page asks to confirm first.
+//! `GET /api/jobs/{id}` is for any signed-in client that polls a job it started.
+
+pub mod audit;
+mod jobs;
+mod system;
 
 use axum::{
     Json, Router,
     extract::{Path, State},
-    routing::get,
+    routing::{get, post},
 };
 
 use crate::{
@@ -12,7 +27,20 @@ use crate::{
 };
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/jobs/{id}", get(job_status))
+    Router::new()
+        .route("/api/jobs/{id}", get(job_status))
+        .route("/ops", get(jobs::overview))
+        .route("/ops/api/counts", get(jobs::counts))
+        .route("/ops/jobs", get(jobs::list))
+        .route("/ops/jobs/bulk", post(jobs::bulk))
+        .route("/ops/jobs/{id}", get(jobs::show))
+        .route("/ops/jobs/{id}/{action}", post(jobs::act))
+        .route("/ops/queues/{queue}/{action}", post(jobs::queue))
+        .route("/ops/schedules/{name}/run", post(jobs::run_schedule))
+        .route("/ops/realtime", get(system::realtime))
+        .route("/ops/cache", get(system::cache).post(system::cache_action))
+        .route("/ops/db", get(system::database))
+        .route("/ops/audit", get(system::audit_log))
 }
 
 /// `GET /api/jobs/{id}`: state, attempts, errors, progress and result of a job. Signed-in

@@ -96,6 +96,15 @@ pub fn ago(at: time::OffsetDateTime) -> String {
     }
 }
 
+/// An instant as operations pages show it: `2026-11-22 08:43:07 UTC`.
+pub fn timestamp(at: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    at.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
+}
+
 /// A date as pages show it: `22 Nov 2026`.
 pub fn date(at: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::FormatItem<'_>] =

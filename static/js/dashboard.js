@@ -1,7 +1,8 @@
 // The live dashboard: the history and then one sample a second over server-sent events,
-// drawn as SVG polylines by hand (no charting library). Each chart spans the last 15 minutes
-// (900 samples, one viewBox unit each) and scales to its own maximum.
+// drawn as SVG polylines by hand (no charting library). Each chart spans the samples kept
+// (at least a minute, at most 15 minutes) and scales to its own maximum.
 const KEEP = 900;
+const MIN_WINDOW = 60;
 const samples = [];
 const status = document.getElementById('status');
 
@@ -32,7 +33,9 @@ const SVG = 'http://www.w3.org/2000/svg';
 
 function draw() {
   const last = samples[samples.length - 1];
-  const offset = KEEP - samples.length;
+  const window = Math.max(MIN_WINDOW, samples.length);
+  const offset = window - samples.length;
+  const scale = KEEP / Math.max(1, window - 1);
   for (const [name, chart] of Object.entries(charts)) {
     const section = document.querySelector(`[data-chart=${name}]`);
     const svg = section.querySelector('svg');
@@ -42,7 +45,7 @@ function draw() {
       const points = [];
       samples.forEach((s, x) => {
         const v = f(s);
-        if (v != null) points.push(`${offset + x},${(120 - (v / max) * 116).toFixed(1)}`);
+        if (v != null) points.push(`${((offset + x) * scale).toFixed(1)},${(120 - (v / max) * 116).toFixed(1)}`);
       });
       const line = document.createElementNS(SVG, 'polyline');
       line.setAttribute('points', points.join(' '));

@@ -183,3 +183,286 @@ async fn the_dashboard_streams_its_history_then_a_sample_a_second() {
         );
     }
 }
+
+/// A job of a kind nobody runs, waiting until next year: it stays where the test puts it.
+async fn parked_job(app: &TestApp, kind: &str) -> i64 {
+    use hearth::jobs::{Defaults, Enqueue};
+    Enqueue::raw(kind, serde_json::json!({"n": 1}), Defaults::default())
+        .unwrap()
+        .delay(std::time::Duration::from_secs(365 * 86_400))
+        .tags(["ops-test"])
+        .enqueue(&app.pool)
+        .await
+        .unwrap()
+        .id
+}
+
+async fn job_state(app: &TestApp, id: i64) -> String {
+    hearth::jobs::control::status(&app.pool, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+}
+
+#[tokio::test]
+async fn every_console_page_and_action_is_for_admins_only() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let id = parked_job(&app, "ops.kept").await;
+    let pages = [
+        "/ops".to_owned(),
+        "/ops/api/counts".to_owned(),
+        "/ops/jobs".to_owned(),
+        format!("/ops/jobs/{id}"),
+        "/ops/realtime".to_owned(),
+        "/ops/cache".to_owned(),
+        "/ops/db".to_owned(),
+        "/ops/audit".to_owned(),
+    ];
+    for page in &pages {
+        assert_eq!(
+            ada.get(page).await.status(),
+            StatusCode::FORBIDDEN,
+            "{page}"
+        );
+        assert!(app.get(page).await.status().is_redirection(), "{page}");
+    }
+    let actions = [
+        format!("/ops/jobs/{id}/discard"),
+        "/ops/jobs/bulk".to_owned(),
+        "/ops/queues/default/pause".to_owned(),
+        "/ops/schedules/daily-digest/run".to_owned(),
+        "/ops/cache".to_owned(),
+    ];
+    for action in &actions {
+        let response = ada
+            .post_form(action, &[("action", "discard"), ("value", "x")])
+            .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{action}");
+    }
+    assert_eq!(job_state(&app, id).await, "scheduled", "nothing was done");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_audit")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 0);
+}
+
+#[tokio::test]
+async fn an_admin_discards_retries_runs_and_cancels_jobs_and_each_action_is_audited() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    let id = parked_job(&app, "ops.kept").await;
+
+    let page = root
+        .get(&format!("/ops/jobs/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("ops.kept") && page.contains("scheduled"),
+        "{page}"
+    );
+
+    let response = root
+        .post_form(&format!("/ops/jobs/{id}/discard"), &[])
+        .await;
+    assert_eq!(response.headers()["location"], format!("/ops/jobs/{id}"));
+    assert_eq!(job_state(&app, id).await, "discarded");
+
+    root.post_form(&format!("/ops/jobs/{id}/retry"), &[]).await;
+    assert_eq!(job_state(&app, id).await, "available");
+
+    let later = parked_job(&app, "ops.kept").await;
+    root.post_form(&format!("/ops/jobs/{later}/run-now"), &[])
+        .await;
+    assert_eq!(job_state(&app, later).await, "available", "due now");
+
+    root.post_form(&format!("/ops/jobs/{later}/cancel"), &[])
+        .await;
+    assert_eq!(job_state(&app, later).await, "cancelled");
+
+    let response = root
+        .post_form(&format!("/ops/jobs/{id}/explode"), &[])
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let log = root.get("/ops/audit").await.text().await.unwrap();
+    for action in ["job.discard", "job.retry", "job.run-now", "job.cancel"] {
+        assert!(log.contains(action), "{action} missing from the audit log");
+    }
+    let who: Vec<String> = sqlx::query_scalar("SELECT DISTINCT username FROM ops_audit")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(who, ["root"]);
+}
+
+#[tokio::test]
+async fn bulk_actions_apply_to_the_filtered_jobs_only() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    let mut ours = Vec::new();
+    for _ in 0..3 {
+        ours.push(parked_job(&app, "ops.bulk").await);
+    }
+    let other = parked_job(&app, "ops.other").await;
+
+    let list = root
+        .get("/ops/jobs?kind=ops.bulk")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(list.matches("<code>ops.bulk</code>").count(), 3);
+    assert!(!list.contains("ops.other"));
+
+    let response = root
+        .post_form(
+            "/ops/jobs/bulk",
+            &[
+                ("kind", "ops.bulk"),
+                ("state", ""),
+                ("queue", ""),
+                ("tag", ""),
+                ("id", ""),
+                ("action", "discard"),
+            ],
+        )
+        .await;
+    assert!(response.status().is_redirection());
+    for id in &ours {
+        assert_eq!(job_state(&app, *id).await, "discarded");
+    }
+    assert_eq!(job_state(&app, other).await, "scheduled");
+
+    root.post_form(
+        "/ops/jobs/bulk",
+        &[
+            ("kind", "ops.bulk"),
+            ("state", "discarded"),
+            ("queue", ""),
+            ("tag", "ops-test"),
+            ("id", ""),
+            ("action", "retry"),
+        ],
+    )
+    .await;
+    for id in &ours {
+        assert_eq!(job_state(&app, *id).await, "available");
+    }
+    let response = root.get("/ops/jobs?id=abc").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn queues_pause_and_resume_and_schedules_run_now() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+
+    root.post_form("/ops/queues/mail/pause", &[]).await;
+    let paused: Vec<String> = sqlx::query_scalar("SELECT queue FROM job_queues_paused")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, ["mail"]);
+    let overview = root.get("/ops").await.text().await.unwrap();
+    assert!(
+        overview.contains("paused") && overview.contains("daily-digest"),
+        "{overview}"
+    );
+    root.post_form("/ops/queues/mail/resume", &[]).await;
+    let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM job_queues_paused")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, 0);
+
+    let response = root.post_form("/ops/schedules/daily-digest/run", &[]).await;
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let id: i64 = location.trim_start_matches("/ops/jobs/").parse().unwrap();
+    let job = hearth::jobs::control::status(&app.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.kind, "publishing.daily_digest");
+    assert_eq!(
+        root.post_form("/ops/schedules/nope/run", &[])
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let counts: Value = root.get("/ops/api/counts").await.json().await.unwrap();
+    assert!(
+        counts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["queue"] == "mail" && c["jobs"] == 1)
+    );
+}
+
+#[tokio::test]
+async fn the_cache_page_shows_stats_and_clears_by_prefix_or_tag() {
+    use hearth::cache::Timeout;
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    let cache = &app.state.cache;
+    cache.set("report:1", &1, Timeout::Never).await.unwrap();
+    cache.set("report:2", &2, Timeout::Never).await.unwrap();
+    cache
+        .set_tagged("sidebar", &3, Timeout::Never, &["layout"])
+        .await
+        .unwrap();
+    cache.set("keep", &4, Timeout::Never).await.unwrap();
+
+    let page = root.get("/ops/cache").await.text().await.unwrap();
+    assert!(page.contains("Shared (Postgres)"));
+
+    // Keys are stored as <prefix>:<version>:<key>; the console clears by stored key.
+    let stored: String =
+        sqlx::query_scalar("SELECT key FROM cache_entries WHERE key LIKE '%report:1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let prefix = stored.trim_end_matches('1');
+    root.post_form(
+        "/ops/cache",
+        &[("action", "clear_prefix"), ("value", prefix)],
+    )
+    .await;
+    root.post_form(
+        "/ops/cache",
+        &[("action", "invalidate_tag"), ("value", "layout")],
+    )
+    .await;
+    assert_eq!(cache.get::<i32>("report:1").await.unwrap(), None);
+    assert_eq!(cache.get::<i32>("sidebar").await.unwrap(), None);
+    assert_eq!(cache.get::<i32>("keep").await.unwrap(), Some(4));
+    let response = root
+        .post_form("/ops/cache", &[("action", "clear_prefix"), ("value", " ")])
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_realtime_and_database_pages_show_instances_tables_and_open_transactions() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    let mut chat = root.socket("/ws/rooms/lobby").await;
+    chat.recv_json().await.unwrap();
+
+    let page = root.get("/ops/realtime").await.text().await.unwrap();
+    assert!(page.contains(app.state.channels.instance()), "{page}");
+    assert!(page.contains("chat.room.1"), "the lobby's presence: {page}");
+
+    // An idle transaction elsewhere: the page names it.
+    let mut open = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *open).await.unwrap();
+    let page = root.get("/ops/db").await.text().await.unwrap();
+    assert!(page.contains("idle in transaction"), "{page}");
+    assert!(page.contains("<code>jobs</code>") && page.contains("<code>channel_messages</code>"));
+    open.rollback().await.unwrap();
+}

@@ -1,0 +1,451 @@
+//! The console's job pages and actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use askama::Template;
+use axum::{
+    Form, Json,
+    extract::{Path, Query, State},
+    response::{IntoResponse, Redirect, Response},
+};
+use axum_extra::extract::SignedCookieJar;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::audit;
+use crate::{
+    jobs::{
+        QueueName,
+        control::{self, Cancelled, Count, Filter, JobStatus},
+        maintenance::{self, ScheduleStatus},
+    },
+    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render},
+};
+
+const PAGE: i64 = 50;
+/// The most jobs one bulk action touches.
+const BULK_LIMIT: i64 = 1000;
+const STATES: [&str; 6] = [
+    "scheduled",
+    "available",
+    "running",
+    "completed",
+    "discarded",
+    "cancelled",
+];
+
+/// Counts by queue, one row per queue with a column per state.
+struct CountTable {
+    states: Vec<&'static str>,
+    rows: Vec<(String, Vec<i64>)>,
+}
+
+fn count_table(counts: &[Count]) -> CountTable {
+    let mut by_queue: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    for c in counts {
+        by_queue
+            .entry(&c.queue)
+            .or_default()
+            .insert(&c.state, c.jobs);
+    }
+    CountTable {
+        states: STATES.to_vec(),
+        rows: by_queue
+            .into_iter()
+            .map(|(queue, states)| {
+                let cells = STATES
+                    .iter()
+                    .map(|s| states.get(s).copied().unwrap_or(0))
+                    .collect();
+                (queue.to_owned(), cells)
+            })
+            .collect(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ops/overview.html")]
+struct OverviewPage {
+    layout: Layout,
+    counts: CountTable,
+    queues: Vec<(String, bool)>,
+    schedules: Vec<ScheduleStatus>,
+    audit: Vec<audit::Entry>,
+}
+
+/// `/ops`: counts by queue and state, queues, schedules, the latest actions.
+pub(super) async fn overview(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    layout: Layout,
+) -> Result<Response, WebError> {
+    let counts = control::counts(&state.db).await?;
+    let paused: BTreeSet<String> = control::paused(&state.db).await?.into_iter().collect();
+    let mut queues: BTreeSet<String> = counts.iter().map(|c| c.queue.clone()).collect();
+    queues.extend(state.config.queues.0.iter().map(|(q, _)| q.to_string()));
+    queues.extend(paused.iter().cloned());
+    let queues = queues
+        .into_iter()
+        .map(|q| {
+            let is_paused = paused.contains(&q);
+            (q, is_paused)
+        })
+        .collect();
+    let schedules = crate::server::job_schedules(&state.config).map_err(WebError::Internal)?;
+    let schedules = maintenance::schedule_status(&state.db, &schedules).await?;
+    let audit = audit::recent(&state.db, 10).await?;
+    Ok(render(&OverviewPage {
+        layout,
+        counts: count_table(&counts),
+        queues,
+        schedules,
+        audit,
+    })?
+    .into_response())
+}
+
+/// `/ops/api/counts`: what the overview's table shows, for its live refresh.
+pub(super) async fn counts(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+) -> Result<Json<Vec<Count>>, WebError> {
+    Ok(Json(control::counts(&state.db).await?))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    id: String,
+    page: Option<i64>,
+}
+
+impl ListQuery {
+    /// The filter the form describes; empty fields do not filter. A non-numeric id is a 400.
+    fn filter(&self) -> Result<Filter, WebError> {
+        let given = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+        let id = match given(&self.id) {
+            Some(id) => Some(
+                id.parse::<i64>()
+                    .map_err(|_| WebError::BadRequest(format!("{id:?} is not a job id")))?,
+            ),
+            None => None,
+        };
+        Ok(Filter {
+            state: given(&self.state),
+            queue: given(&self.queue),
+            kind: given(&self.kind),
+            tag: given(&self.tag),
+            id,
+        })
+    }
+
+    /// The query string of this filter, for pagination links.
+    fn query_string(&self) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("state", &self.state)
+            .append_pair("queue", &self.queue)
+            .append_pair("kind", &self.kind)
+            .append_pair("tag", &self.tag)
+            .append_pair("id", &self.id)
+            .finish()
+    }
+}
+
+struct JobRow {
+    job: JobStatus,
+}
+
+impl JobRow {
+    fn created(&self) -> String {
+        crate::web::templates::ago(self.job.created_at)
+    }
+
+    fn last_error(&self) -> String {
+        self.job
+            .errors
+            .as_array()
+            .and_then(|errors| errors.last())
+            .and_then(|e| e["error"].as_str())
+            .map(|e| e.chars().take(120).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ops/jobs.html")]
+struct ListPage {
+    layout: Layout,
+    query: ListQuery,
+    states: Vec<&'static str>,
+    jobs: Vec<JobRow>,
+    page: i64,
+    more: bool,
+    query_string: String,
+}
+
+/// `/ops/jobs`: jobs matching a filter, newest first, 50 to a page.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    layout: Layout,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, WebError> {
+    let filter = query.filter()?;
+    let page = query.page.unwrap_or(1).clamp(1, 10_000);
+    let mut jobs = control::search(&state.db, &filter, PAGE + 1, (page - 1) * PAGE).await?;
+    let more = jobs.len() as i64 > PAGE;
+    jobs.truncate(PAGE as usize);
+    let query_string = query.query_string();
+    Ok(render(&ListPage {
+        layout,
+        states: STATES.to_vec(),
+        jobs: jobs.into_iter().map(|job| JobRow { job }).collect(),
+        page,
+        more,
+        query,
+        query_string,
+    })?
+    .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "ops/job.html")]
+struct JobPage {
+    layout: Layout,
+    job: JobStatus,
+    args: String,
+    result: String,
+    errors: Vec<(i64, String, String, String)>,
+}
+
+impl JobPage {
+    fn at(&self, at: &time::OffsetDateTime) -> String {
+        crate::web::templates::timestamp(*at)
+    }
+
+    fn maybe(&self, at: &Option<time::OffsetDateTime>) -> String {
+        at.map_or_else(|| "–".into(), crate::web::templates::timestamp)
+    }
+}
+
+/// `/ops/jobs/{id}`: everything about one job, and what can be done to it.
+pub(super) async fn show(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    layout: Layout,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
+    let job = control::status(&state.db, id)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let errors = job
+        .errors
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                    (
+                        e["attempt"].as_i64().unwrap_or(0),
+                        text("at"),
+                        text("instance"),
+                        text("error"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(render(&JobPage {
+        layout,
+        args: pretty(&job.args),
+        result: job.result.as_ref().map(pretty).unwrap_or_default(),
+        errors,
+        job,
+    })?
+    .into_response())
+}
+
+/// What an action on one job did, in words for the flash message.
+async fn apply(state: &AppState, id: i64, action: &str) -> Result<String, WebError> {
+    let pool = &state.db;
+    Ok(match action {
+        "retry" => match control::retry(pool, id).await? {
+            true => format!("Job {id} is back in its queue."),
+            false => format!("Job {id} is not discarded or cancelled; nothing to retry."),
+        },
+        "cancel" => match control::cancel(pool, id).await? {
+            Cancelled::Cancelled => format!("Job {id} is cancelled."),
+            Cancelled::Requested => format!("Job {id} is running; its worker was told to stop."),
+            Cancelled::AlreadyFinished => format!("Job {id} had already finished."),
+            Cancelled::NotFound => return Err(WebError::NotFound),
+        },
+        "discard" => match control::discard(pool, id).await? {
+            true => format!("Job {id} is discarded."),
+            false => format!("Job {id} is not waiting; only waiting jobs can be discarded."),
+        },
+        "run-now" => match control::run_now(pool, id).await? {
+            true => format!("Job {id} is due now."),
+            false => format!("Job {id} is not waiting; nothing to run."),
+        },
+        other => {
+            return Err(WebError::BadRequest(format!(
+                "{other:?} is not a job action (retry, cancel, discard, run-now)"
+            )));
+        }
+    })
+}
+
+/// `POST /ops/jobs/{id}/{action}`.
+#[tracing::instrument(skip(state, admin, jar))]
+pub(super) async fn act(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    jar: SignedCookieJar,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<Response, WebError> {
+    let outcome = apply(&state, id, &action).await?;
+    audit::record(
+        &state.db,
+        &admin,
+        &format!("job.{action}"),
+        &id.to_string(),
+        json!({ "outcome": outcome }),
+    )
+    .await?;
+    Ok((
+        flash::set(jar, outcome),
+        Redirect::to(&format!("/ops/jobs/{id}")),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct BulkForm {
+    action: String,
+    #[serde(flatten)]
+    query: ListQuery,
+}
+
+/// `POST /ops/jobs/bulk`: one action on every job the filter matches (at most 1,000).
+#[tracing::instrument(skip_all, fields(action = %form.action))]
+pub(super) async fn bulk(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    jar: SignedCookieJar,
+    Form(form): Form<BulkForm>,
+) -> Result<Response, WebError> {
+    let filter = form.query.filter()?;
+    if !["retry", "cancel", "discard"].contains(&form.action.as_str()) {
+        return Err(WebError::BadRequest(format!(
+            "{:?} is not a bulk action (retry, cancel, discard)",
+            form.action
+        )));
+    }
+    let jobs = control::search(&state.db, &filter, BULK_LIMIT, 0).await?;
+    let mut changed = 0;
+    for job in &jobs {
+        let outcome = match form.action.as_str() {
+            "retry" => control::retry(&state.db, job.id).await?,
+            "cancel" => matches!(
+                control::cancel(&state.db, job.id).await?,
+                Cancelled::Cancelled | Cancelled::Requested
+            ),
+            _ => control::discard(&state.db, job.id).await?,
+        };
+        changed += usize::from(outcome);
+    }
+    let message = format!(
+        "{}: {changed} of {} matching jobs changed.",
+        form.action,
+        jobs.len()
+    );
+    audit::record(
+        &state.db,
+        &admin,
+        &format!("jobs.bulk_{}", form.action),
+        &form.query.query_string(),
+        json!({ "matched": jobs.len(), "changed": changed }),
+    )
+    .await?;
+    let back = format!("/ops/jobs?{}", form.query.query_string());
+    Ok((flash::set(jar, message), Redirect::to(&back)).into_response())
+}
+
+/// `POST /ops/queues/{queue}/{pause|resume}`.
+#[tracing::instrument(skip(state, admin, jar))]
+pub(super) async fn queue(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    jar: SignedCookieJar,
+    Path((queue, action)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    let name = QueueName::parse(&queue).map_err(|e| WebError::BadRequest(e.to_string()))?;
+    let message = match action.as_str() {
+        "pause" => {
+            control::pause(&state.db, &name).await?;
+            format!("Queue {queue} is paused on every instance.")
+        }
+        "resume" => {
+            control::resume(&state.db, &name).await?;
+            format!("Queue {queue} runs again.")
+        }
+        other => {
+            return Err(WebError::BadRequest(format!(
+                "{other:?} is not a queue action (pause, resume)"
+            )));
+        }
+    };
+    audit::record(
+        &state.db,
+        &admin,
+        &format!("queue.{action}"),
+        &queue,
+        json!({}),
+    )
+    .await?;
+    Ok((flash::set(jar, message), Redirect::to("/ops")).into_response())
+}
+
+/// `POST /ops/schedules/{name}/run`: enqueues the schedule's job now, outside its timetable.
+#[tracing::instrument(skip(state, admin, jar))]
+pub(super) async fn run_schedule(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    jar: SignedCookieJar,
+    Path(name): Path<String>,
+) -> Result<Response, WebError> {
+    let schedules = crate::server::job_schedules(&state.config).map_err(WebError::Internal)?;
+    let schedule = schedules
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or(WebError::NotFound)?;
+    let enqueued = schedule
+        .job
+        .enqueue(&state.db)
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    audit::record(
+        &state.db,
+        &admin,
+        "schedule.run",
+        &name,
+        json!({ "job_id": enqueued.id }),
+    )
+    .await?;
+    let message = format!("Schedule {name} enqueued job {}.", enqueued.id);
+    Ok((
+        flash::set(jar, message),
+        Redirect::to(&format!("/ops/jobs/{}", enqueued.id)),
+    )
+        .into_response())
+}
