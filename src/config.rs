@@ -221,6 +221,22 @@ pub struct Config {
     )]
     pub digest_time_zone: String,
 
+    /// Upstream services `GET /api/aggregate` fans out to: `name=URL[@timeout]`, separated by
+    /// commas (`weather=http://127.0.0.1:9001/now@2s`); the timeout defaults to 3s.
+    #[arg(long, env = "HEARTH_UPSTREAMS", default_value = "", value_parser = crate::gateway::Upstreams::parse, global = true)]
+    pub upstreams: crate::gateway::Upstreams,
+
+    /// Base URL of the benchmark's upstream stub; `GET /bench/gather` (W3) calls
+    /// `<URL>/upstream/1`, `/2` and `/3`.
+    #[arg(long, env = "HEARTH_BENCH_UPSTREAM_URL", default_value = "http://127.0.0.1:8081", value_parser = crate::gateway::http_url, global = true)]
+    pub bench_upstream_url: url::Url,
+
+    /// Largest CSV file an import accepts, in bytes (413 above it). The upload route reads a
+    /// request this large (plus its multipart envelope) even past the body limit, which every
+    /// other route keeps.
+    #[arg(long, env = "HEARTH_UPLOAD_MAX_BYTES", default_value_t = 5 * 1024 * 1024, global = true)]
+    pub upload_max_bytes: usize,
+
     /// Bearer token that lets scrapers read `/metrics` (`Authorization: Bearer <token>`);
     /// signed-in administrators can read it without one.
     #[arg(long, env = "HEARTH_METRICS_TOKEN", global = true)]
@@ -327,6 +343,7 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "  request timeout     {}", d(self.request_timeout))?;
         writeln!(f, "  body limit          {} bytes", self.body_limit)?;
+        writeln!(f, "  upload limit        {} bytes", self.upload_max_bytes)?;
         writeln!(f, "  shutdown grace      {}", d(self.shutdown_grace))?;
         writeln!(f, "  session ttl         {}", d(self.session_ttl))?;
         writeln!(f, "  secure cookies      {}", self.secure_cookies)?;
@@ -374,6 +391,7 @@ impl fmt::Display for Config {
             self.digest_hour,
             self.digest_time_zone
         )?;
+        writeln!(f, "  upstreams           {}", self.upstreams)?;
         writeln!(f, "  public url          {}", self.site_url())?;
         if !self.allowed_origins.is_empty() {
             writeln!(

@@ -27,6 +27,8 @@
 //! * [`chat`]: rooms, a WebSocket consumer with presence, typing, mentions and moderation.
 //! * [`dashboard`]: live charts of this instance over server-sent events.
 //! * [`ops`]: operations endpoints (job status).
+//! * [`uploads`]: CSV imports of posts, run as a job, with live progress.
+//! * [`gateway`]: `/api/aggregate`, concurrent calls to the configured upstream services.
 //!
 //! [`bench`] is `hearth bench jobs`, the job-queue benchmark.
 //!
@@ -42,6 +44,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod gateway;
 pub mod home;
 pub mod jobs;
 pub mod mail;
@@ -50,6 +53,7 @@ pub mod ops;
 pub mod publishing;
 pub mod server;
 pub mod telemetry;
+pub mod uploads;
 pub mod web;
 
 pub use server::{AppState, app};

@@ -14,6 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     accounts,
+    cache::Cache,
     channels::ChannelLayer,
     chat,
     config::Config,
@@ -51,6 +52,8 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(dashboard::routes())
         .merge(mail::routes())
         .merge(ops::routes())
+        .merge(crate::uploads::routes(&config))
+        .merge(crate::gateway::routes())
         .merge(extra)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -72,8 +75,15 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
             axum::routing::get(web::metrics::endpoint).with_state(state),
         )
         .nest("/static", web::static_files(&config.static_dir))
-        .fallback(web::error::not_found);
-    web::layers(router, config.request_timeout, config.body_limit)
+        .fallback(web::error::not_found)
+        // The hard limit below admits an upload; every other route keeps the body limit
+        // (an inner DefaultBodyLimit wins: the upload route sets its own).
+        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit));
+    web::layers(
+        router,
+        config.request_timeout,
+        crate::uploads::body_limit(&config),
+    )
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for in-flight requests.
@@ -122,7 +132,8 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
 
     tasks.spawn(sweep_periodically(state.db.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let registry = job_registry(&config, &state.channels)?;
+    // Imports publish posts, so jobs drop cached pages too.
+    let registry = job_registry(&config, &state.channels, &state.cache)?;
     let workers = Workers::start(db.pool.clone(), registry, worker_config(&config)?);
 
     let channels = state.channels.clone();
@@ -184,10 +195,17 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     // Jobs send to groups (notifications, progress), so a worker has a channel layer too.
     let channels = ChannelLayer::start(db.pool.clone(), web::state::channel_config(&config));
-    let registry = job_registry(&config, &channels)?;
+    // Imports publish posts, so jobs drop cached pages: a worker has the cache too.
+    let cache = Cache::start(
+        db.pool.clone(),
+        channels.clone(),
+        web::state::cache_config(&config),
+    );
+    let registry = job_registry(&config, &channels, &cache)?;
     let workers = Workers::start(db.pool.clone(), registry, worker_config(&config)?);
     shutdown.cancelled().await;
     workers.shutdown().await;
+    cache.shutdown();
     channels.shutdown().await;
     db.close()
         .await
@@ -201,15 +219,22 @@ fn job_kinds() -> Registry {
         .register::<PostPublished>()
         .register::<NotifySubscribers>()
         .register::<DailyDigest>()
+        .register::<crate::uploads::ImportCsv>()
 }
 
-/// The job kinds with what they need at run time: the mailer, the channel layer, the site's
-/// address and the digest's time zone.
-pub fn job_registry(config: &Config, channels: &ChannelLayer) -> anyhow::Result<Registry> {
+/// The job kinds with what they need at run time: the mailer, the channel layer (live
+/// notifications, progress), the cache (an import that publishes drops cached pages), the
+/// site's address and the digest's time zone.
+pub fn job_registry(
+    config: &Config,
+    channels: &ChannelLayer,
+    cache: &Cache,
+) -> anyhow::Result<Registry> {
     let mailer = Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?;
     Ok(job_kinds()
         .with_data(mailer)
         .with_data(channels.clone())
+        .with_data(cache.clone())
         .with_data(SiteUrl(config.site_url()))
         .with_data(DigestZone(digest_zone(config)?)))
 }

@@ -2,6 +2,8 @@
 //!
 //! * W1, `GET /bench/page`: the 20 latest posts, one query, an askama page extending a layout;
 //! * W2, `GET /bench/cached`: the same page behind `cache_page(60s)` (the two-tier cache);
+//! * W3, `GET /bench/gather`: three concurrent calls to the upstream stub, served by the
+//!   gateway app's fan-out (`crate::gateway::bench_routes`);
 //! * W5, `GET /ws/chat/{room}/`: a WebSocket consumer; on connect the socket joins the room's
 //!   group, and every `{"message": "..."}` a member sends is `group_send` to the room and
 //!   forwarded to every member (the sender included) as `{"type":"chat.message","message":...}`.
@@ -41,6 +43,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/ws/chat/{room}/", ws::route::<ChatRoom>())
         .route("/bench/events", get(events))
         .route("/bench/publish", post(publish))
+        .merge(crate::gateway::bench_routes(state))
 }
 
 #[derive(Deserialize)]

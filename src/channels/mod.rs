@@ -358,6 +358,13 @@ impl ChannelLayer {
         Ok(history::prune(&self.inner.pool, self.inner.config.retention).await?)
     }
 
+    /// `(messages published, deliveries)` of this instance so far: a cheap read (no query)
+    /// for samplers that poll every second.
+    pub fn message_counts(&self) -> (u64, u64) {
+        let snapshot = self.inner.stats.snapshot((0, 0), None);
+        (snapshot.messages_published, snapshot.deliveries)
+    }
+
     /// Counters and gauges of this instance's layer, plus the server's notification queue use.
     pub async fn stats(&self) -> StatsSnapshot {
         let usage = sqlx::query_scalar!(r#"SELECT pg_notification_queue_usage() AS "u!""#)

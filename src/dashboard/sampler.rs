@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     cache::Cache,
+    channels::ChannelLayer,
     jobs::metrics as job_metrics,
     web::{AppState, metrics, sse, ws},
 };
@@ -40,12 +41,16 @@ pub struct Sample {
     pub queue_depth: Option<i64>,
     /// Hits over lookups in the second; `None` when nothing was looked up.
     pub cache_hit_ratio: Option<f64>,
+    /// Channel-layer messages this instance published in the second.
+    pub messages_published_per_s: u64,
+    /// Copies of channel-layer messages queued to this instance's connections in the second.
+    pub deliveries_per_s: u64,
 }
 
 pub(super) struct Sampler {
     history: Mutex<VecDeque<Arc<Sample>>>,
     live: broadcast::Sender<Arc<Sample>>,
-    source: Mutex<(PgPool, Cache)>,
+    source: Mutex<(PgPool, Cache, ChannelLayer)>,
 }
 
 static SAMPLER: OnceLock<Arc<Sampler>> = OnceLock::new();
@@ -56,13 +61,21 @@ pub(super) fn get_or_start(state: &AppState) -> Arc<Sampler> {
         let sampler = Arc::new(Sampler {
             history: Mutex::new(VecDeque::with_capacity(KEEP)),
             live: broadcast::channel(16).0,
-            source: Mutex::new((state.db.clone(), state.cache.clone())),
+            source: Mutex::new(source(state)),
         });
         tokio::spawn(run(sampler.clone()));
         sampler
     });
-    *lock(&sampler.source) = (state.db.clone(), state.cache.clone());
+    *lock(&sampler.source) = source(state);
     sampler.clone()
+}
+
+fn source(state: &AppState) -> (PgPool, Cache, ChannelLayer) {
+    (
+        state.db.clone(),
+        state.cache.clone(),
+        state.channels.clone(),
+    )
 }
 
 /// A std `Mutex` is enough: it is held for a copy or a push, never across an `await`.
@@ -87,34 +100,45 @@ struct Totals {
     completed: u64,
     failed: u64,
     lookups: (u64, u64),
+    published: u64,
+    deliveries: u64,
 }
 
-fn totals(cache: &Cache) -> Totals {
+fn totals(cache: &Cache, channels: &ChannelLayer) -> Totals {
     let jobs = job_metrics::snapshot();
+    let (published, deliveries) = channels.message_counts();
     Totals {
         http: metrics::http(),
         completed: jobs.completed,
         failed: jobs.retried + jobs.discarded,
         lookups: cache.lookups(),
+        published,
+        deliveries,
     }
 }
 
 async fn run(sampler: Arc<Sampler>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let (_, cache) = lock(&sampler.source).clone();
-    let mut before = totals(&cache);
+    let (_, cache, channels) = lock(&sampler.source).clone();
+    let mut before = totals(&cache, &channels);
     loop {
         tick.tick().await;
-        let (pool, cache) = lock(&sampler.source).clone();
-        let now = totals(&cache);
-        let queue_depth = sqlx::query_scalar!(
+        let (pool, cache, channels) = lock(&sampler.source).clone();
+        let now = totals(&cache, &channels);
+        // Bounded, so that a slow or unreachable database delays no sample.
+        let depth = sqlx::query_scalar!(
             r#"SELECT count(*) AS "n!" FROM jobs WHERE state = 'available' AND run_at <= now()"#
         )
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| tracing::debug!(error = %e, "cannot read the queue depth"))
-        .ok();
+        .fetch_one(&pool);
+        let queue_depth = match tokio::time::timeout(Duration::from_millis(500), depth).await {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the queue depth");
+                None
+            }
+            Err(_) => None,
+        };
         let second: Vec<u64> = now
             .http
             .buckets
@@ -135,6 +159,8 @@ async fn run(sampler: Arc<Sampler>) {
             jobs_failed_per_s: now.failed.saturating_sub(before.failed),
             queue_depth,
             cache_hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            messages_published_per_s: now.published.saturating_sub(before.published),
+            deliveries_per_s: now.deliveries.saturating_sub(before.deliveries),
         });
         before = now;
         {

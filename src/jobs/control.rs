@@ -326,3 +326,32 @@ pub async fn paused(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         .fetch_all(pool)
         .await
 }
+
+/// What says a queue is stuck, failing or slow, from the live jobs of every instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueHealth {
+    pub queue: String,
+    /// How long the oldest due job has waited for a worker.
+    pub oldest_due_s: Option<f64>,
+    /// Waiting jobs that failed before and wait for their next attempt.
+    pub retrying: i64,
+    pub running: i64,
+    /// How long the longest-running job has run.
+    pub longest_running_s: Option<f64>,
+}
+
+pub async fn health(pool: &PgPool) -> Result<Vec<QueueHealth>, sqlx::Error> {
+    sqlx::query_as!(
+        QueueHealth,
+        r#"SELECT queue AS "queue!",
+                  extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'available' AND run_at <= now()))::float8
+                      AS oldest_due_s,
+                  count(*) FILTER (WHERE state = 'available' AND jsonb_array_length(errors) > 0) AS "retrying!",
+                  count(*) FILTER (WHERE state = 'running') AS "running!",
+                  extract(epoch FROM now() - min(attempted_at) FILTER (WHERE state = 'running'))::float8
+                      AS longest_running_s
+             FROM jobs GROUP BY queue ORDER BY queue"#
+    )
+    .fetch_all(pool)
+    .await
+}

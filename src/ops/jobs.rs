@@ -67,10 +67,32 @@ fn count_table(counts: &[Count]) -> CountTable {
 #[template(path = "ops/overview.html")]
 struct OverviewPage {
     layout: Layout,
+    health: Vec<control::QueueHealth>,
+    timings: crate::jobs::metrics::MetricsSnapshot,
     counts: CountTable,
     queues: Vec<(String, bool)>,
     schedules: Vec<ScheduleStatus>,
     audit: Vec<audit::Entry>,
+}
+
+impl OverviewPage {
+    /// Seconds as a short duration: `45 s`, `12 min`, `3.0 h`.
+    fn age(&self, seconds: &Option<f64>) -> String {
+        match *seconds {
+            None => "–".into(),
+            Some(s) if s < 120.0 => format!("{s:.0} s"),
+            Some(s) if s < 7200.0 => format!("{:.0} min", s / 60.0),
+            Some(s) => format!("{:.1} h", s / 3600.0),
+        }
+    }
+
+    /// A histogram bound in microseconds, as milliseconds.
+    fn ms(&self, us: &Option<u64>) -> String {
+        us.map_or_else(
+            || "–".into(),
+            |us| format!("≤ {:.1} ms", us as f64 / 1000.0),
+        )
+    }
 }
 
 /// `/ops`: counts by queue and state, queues, schedules, the latest actions.
@@ -96,6 +118,8 @@ pub(super) async fn overview(
     let audit = audit::recent(&state.db, 10).await?;
     Ok(render(&OverviewPage {
         layout,
+        health: control::health(&state.db).await?,
+        timings: crate::jobs::metrics::snapshot(),
         counts: count_table(&counts),
         queues,
         schedules,

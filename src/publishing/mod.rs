@@ -19,11 +19,13 @@ use axum::{
     Router,
     routing::{get, post},
 };
+use sqlx::{Postgres, Transaction};
 
 use crate::{
     cache::page::cache_page,
     web::{self, AppState},
 };
+use post::{Body, Slug, Title};
 
 /// How long anonymous readers are served a stored page. Edits drop the pages they change at
 /// once (by tag), so this only bounds how stale a page can get if an invalidation is lost.
@@ -40,6 +42,41 @@ pub fn post_tag(post_id: i64) -> String {
 /// The page-cache tag of an author's page.
 pub fn author_tag(author_id: i64) -> String {
     format!("author-{author_id}")
+}
+
+/// Inserts a draft under the first free slug among `title`, `title-2`, `title-3`... up to
+/// `title-50`. Returns its id and slug, or `None` when all of those are taken.
+pub async fn insert_with_free_slug(
+    tx: &mut Transaction<'_, Postgres>,
+    author_id: i64,
+    title: &Title,
+    body: &Body,
+    html: &str,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let base = Slug::from_title(title);
+    for n in 1..=50 {
+        let slug = if n == 1 {
+            base.clone()
+        } else {
+            base.numbered(n)
+        };
+        let id = sqlx::query_scalar!(
+            "INSERT INTO posts (author_id, slug, title, body, body_html)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (slug) DO NOTHING RETURNING id",
+            author_id,
+            slug.as_str(),
+            title.as_str(),
+            body.as_str(),
+            html
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = id {
+            return Ok(Some((id, slug.as_str().to_owned())));
+        }
+    }
+    Ok(None)
 }
 
 pub fn routes(state: &AppState) -> Router<AppState> {

@@ -14,10 +14,10 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    LIST_TAG, author_tag,
+    LIST_TAG, author_tag, insert_with_free_slug,
     jobs::{NotifySubscribers, PostPublished},
     markdown,
-    post::{Body, Slug, Title},
+    post::{Body, Title},
     post_tag,
 };
 use crate::{
@@ -286,7 +286,11 @@ pub(super) async fn create(
     };
     let html = markdown::render(body.as_str());
     let mut tx = state.db.begin().await?;
-    let (id, slug) = insert_with_free_slug(&mut tx, login.user.id, &title, &body, &html).await?;
+    let (id, slug) = insert_with_free_slug(&mut tx, login.user.id, &title, &body, &html)
+        .await?
+        .ok_or_else(|| {
+            WebError::Conflict("Too many posts have this title; choose another one.".into())
+        })?;
     let published = form.action == "publish" && publish_in(&mut tx, id).await?;
     tx.commit().await?;
     tracing::info!(post_id = id, published, "post created");
@@ -303,42 +307,6 @@ pub(super) async fn create(
         Redirect::to(&format!("/posts/{slug}")),
     )
         .into_response())
-}
-
-/// Inserts the post under the first free slug among `title`, `title-2`, `title-3`...
-async fn insert_with_free_slug(
-    tx: &mut Transaction<'_, Postgres>,
-    author_id: i64,
-    title: &Title,
-    body: &Body,
-    html: &str,
-) -> Result<(i64, String), WebError> {
-    let base = Slug::from_title(title);
-    for n in 1..=50 {
-        let slug = if n == 1 {
-            base.clone()
-        } else {
-            base.numbered(n)
-        };
-        let id = sqlx::query_scalar!(
-            "INSERT INTO posts (author_id, slug, title, body, body_html)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (slug) DO NOTHING RETURNING id",
-            author_id,
-            slug.as_str(),
-            title.as_str(),
-            body.as_str(),
-            html
-        )
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some(id) = id {
-            return Ok((id, slug.as_str().to_owned()));
-        }
-    }
-    Err(WebError::Conflict(
-        "Too many posts have this title; choose another one.".into(),
-    ))
 }
 
 /// Publishes a draft in `tx` and enqueues, in the same transaction, the author's mail and the

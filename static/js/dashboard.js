@@ -17,6 +17,10 @@ const charts = {
     series: [(s) => s.jobs_completed_per_s, (s) => s.jobs_failed_per_s],
     text: (s) => `${s.jobs_completed_per_s} / ${s.jobs_failed_per_s}`,
   },
+  messages: {
+    series: [(s) => s.messages_published_per_s, (s) => s.deliveries_per_s],
+    text: (s) => `${s.messages_published_per_s} / ${s.deliveries_per_s}`,
+  },
   depth: { series: [(s) => s.queue_depth], text: (s) => (s.queue_depth == null ? '?' : `${s.queue_depth}`) },
   cache: {
     series: [(s) => (s.cache_hit_ratio == null ? null : s.cache_hit_ratio * 100)],

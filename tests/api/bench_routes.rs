@@ -86,3 +86,65 @@ async fn without_the_flag_the_routes_do_not_exist() {
     let app = TestApp::spawn().await;
     assert_eq!(app.get("/bench/page").await.status(), 404);
 }
+
+/// W3 against a stub of `upstream/stub.js`: the three bodies in order, or 502 if one fails.
+#[tokio::test]
+async fn gather_returns_the_three_upstream_bodies_or_502() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use axum::{
+        Json, Router, extract::Path, http::StatusCode, response::IntoResponse, routing::get,
+    };
+
+    let failing = Arc::new(AtomicBool::new(false));
+    let stub = Router::new().route(
+        "/upstream/{n}",
+        get({
+            let failing = failing.clone();
+            move |Path(n): Path<String>| async move {
+                if n == "2" && failing.load(Ordering::SeqCst) {
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                Json(json!({"source": n, "value": 42, "delay_ms": 0})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, stub).await.unwrap() });
+    let app = TestApp::builder()
+        .config(|c| {
+            c.bench_routes = true;
+            c.bench_upstream_url = base.parse().unwrap();
+        })
+        .spawn()
+        .await;
+
+    let response = app.get("/bench/gather").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let sources: Vec<_> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(body["count"], 3);
+    assert_eq!(sources, ["1", "2", "3"]);
+    assert_eq!(
+        body["results"][0],
+        json!({"source": "1", "value": 42, "delay_ms": 0})
+    );
+
+    failing.store(true, Ordering::SeqCst);
+    let response = app.get("/bench/gather").await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "upstream 2: upstream answered 500"
+    );
+}

@@ -217,3 +217,68 @@ async fn the_daily_digest_lands_once_in_the_dev_mailbox() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_admin_retries_a_discarded_job_and_sees_it_complete_live() {
+    use hearth::{
+        jobs::{Enqueue, control},
+        publishing::jobs::NotifySubscribers,
+    };
+
+    let app = TestApp::builder().with_workers().spawn().await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // A job that would succeed (there is no such post: nothing to announce), parked until
+    // next year and discarded, as an operator would find a job that gave up.
+    let id = Enqueue::new(&NotifySubscribers { post_id: 0 })
+        .unwrap()
+        .delay(Duration::from_secs(365 * 86_400))
+        .enqueue(&app.pool)
+        .await
+        .unwrap()
+        .id;
+    assert!(control::discard(&app.pool, id).await.unwrap());
+
+    run_script(
+        &app,
+        "ops.mjs",
+        &[
+            ("ADMIN_USER", "root"),
+            ("ADMIN_PASSWORD", "correct horse battery"),
+            ("JOB_ID", &id.to_string()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_upload_shows_its_progress_bar_moving_to_done() {
+    use hearth::jobs::{QueueName, control};
+
+    let app = TestApp::builder().with_workers().spawn().await;
+    // The import waits until its page listens: a 2,000-row import takes well under a second,
+    // and the page must see it move rather than only its end.
+    let queue = QueueName::parse("default").unwrap();
+    control::pause(&app.pool, &queue).await.unwrap();
+    let release = tokio::spawn({
+        let (pool, channels) = (app.pool.clone(), app.state.channels.clone());
+        async move {
+            let listening = || {
+                channels
+                    .local_groups()
+                    .iter()
+                    .any(|(group, _)| group.starts_with("upload."))
+            };
+            while !listening() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            control::resume(&pool, &queue).await.unwrap();
+        }
+    });
+    run_script(&app, "upload.mjs", &[]).await;
+    release.await.unwrap();
+}

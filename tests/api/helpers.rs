@@ -263,7 +263,8 @@ impl Builder {
                 )
             };
             let registry =
-                hearth::server::job_registry(&self.config, &state.channels).expect("job registry");
+                hearth::server::job_registry(&self.config, &state.channels, &state.cache)
+                    .expect("job registry");
             hearth::jobs::Workers::start(pool.clone(), registry, config)
         });
         let router = hearth::server::app_with(state.clone(), routes);
@@ -389,7 +390,8 @@ impl TestApp {
 
     /// The app's jobs with what they need, as `serve` registers them.
     pub fn registry(&self) -> hearth::jobs::Registry {
-        hearth::server::job_registry(&self.state.config, &self.state.channels).unwrap()
+        hearth::server::job_registry(&self.state.config, &self.state.channels, &self.state.cache)
+            .unwrap()
     }
 
     /// Runs every job waiting in `queue` now, in this task; returns how many ran.
