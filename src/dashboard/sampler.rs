@@ -12,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::{sync::broadcast, task::JoinHandle};
 
 use crate::{
     cache::Cache,
@@ -51,6 +51,9 @@ pub(super) struct Sampler {
     history: Mutex<VecDeque<Arc<Sample>>>,
     live: broadcast::Sender<Arc<Sample>>,
     source: Mutex<(PgPool, Cache, ChannelLayer)>,
+    /// The sampling task. Started again if it has ended: a task dies with the runtime that
+    /// spawned it, and a test process runs one runtime per test.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 static SAMPLER: OnceLock<Arc<Sampler>> = OnceLock::new();
@@ -58,15 +61,18 @@ static SAMPLER: OnceLock<Arc<Sampler>> = OnceLock::new();
 /// The process's sampler, started on first use.
 pub(super) fn get_or_start(state: &AppState) -> Arc<Sampler> {
     let sampler = SAMPLER.get_or_init(|| {
-        let sampler = Arc::new(Sampler {
+        Arc::new(Sampler {
             history: Mutex::new(VecDeque::with_capacity(KEEP)),
             live: broadcast::channel(16).0,
             source: Mutex::new(source(state)),
-        });
-        tokio::spawn(run(sampler.clone()));
-        sampler
+            task: Mutex::new(None),
+        })
     });
     *lock(&sampler.source) = source(state);
+    let mut task = lock(&sampler.task);
+    if task.as_ref().is_none_or(JoinHandle::is_finished) {
+        *task = Some(tokio::spawn(run(sampler.clone())));
+    }
     sampler.clone()
 }
 

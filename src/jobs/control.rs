@@ -90,24 +90,7 @@ pub enum Cancelled {
 }
 
 pub async fn cancel(pool: &PgPool, id: i64) -> Result<Cancelled, sqlx::Error> {
-    let queued = sqlx::query_scalar!(
-        r#"
-        WITH gone AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
-        released AS (
-            DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ('cancelled' = ANY (k.holds_in))
-        )
-        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
-                               errors, progress_percent, progress_message, created_at, attempted_at)
-        SELECT id, kind, queue, args, priority, 'cancelled', attempt, max_attempts, unique_key, tags,
-               errors, progress_percent, progress_message, created_at, attempted_at
-          FROM gone
-        RETURNING id
-        "#,
-        id
-    )
-    .fetch_optional(pool)
-    .await?;
-    if queued.is_some() {
+    if finish_waiting(pool, id, "cancelled").await? {
         return Ok(Cancelled::Cancelled);
     }
     let running = sqlx::query_scalar!(
@@ -226,24 +209,31 @@ pub async fn set_limits(
 /// as `discarded` (and can be retried). Running jobs are cancelled instead. Returns false if
 /// there is no such waiting job.
 pub async fn discard(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
-    let gone = sqlx::query_scalar!(
+    finish_waiting(pool, id, "discarded").await
+}
+
+/// Moves a waiting job to the finished jobs as `state` (`cancelled` or `discarded`), and
+/// releases its unique key unless the key holds in that state. False if it was not waiting.
+async fn finish_waiting(pool: &PgPool, id: i64, state: &str) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query_scalar!(
         r#"
         WITH gone AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
         released AS (
-            DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ('discarded' = ANY (k.holds_in))
+            DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ($2::text = ANY (k.holds_in))
         )
         INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
                                errors, progress_percent, progress_message, created_at, attempted_at)
-        SELECT id, kind, queue, args, priority, 'discarded', attempt, max_attempts, unique_key, tags,
+        SELECT id, kind, queue, args, priority, $2::text, attempt, max_attempts, unique_key, tags,
                errors, progress_percent, progress_message, created_at, attempted_at
           FROM gone
         RETURNING id
         "#,
-        id
+        id,
+        state
     )
     .fetch_optional(pool)
     .await?;
-    Ok(gone.is_some())
+    Ok(moved.is_some())
 }
 
 /// Makes a waiting job (scheduled for later, or backing off before a retry) due now and

@@ -604,13 +604,8 @@ pub(super) async fn subscribe(
     )
     .execute(&state.db)
     .await?;
-    after_subscription(&state, id).await;
-    let next = crate::web::safe_next(form.next.as_deref());
-    Ok((
-        flash::set(jar, format!("You will hear about {author}'s new posts.")),
-        Redirect::to(&next),
-    )
-        .into_response())
+    let message = format!("You will hear about {author}'s new posts.");
+    Ok(after_subscription(&state, id, jar, message, form).await)
 }
 
 #[tracing::instrument(skip_all, fields(user_id = login.user.id, author = %username))]
@@ -629,18 +624,22 @@ pub(super) async fn unsubscribe(
     )
     .execute(&state.db)
     .await?;
-    after_subscription(&state, id).await;
-    let next = crate::web::safe_next(form.next.as_deref());
-    Ok((
-        flash::set(jar, format!("Unsubscribed from {author}.")),
-        Redirect::to(&next),
-    )
-        .into_response())
+    let message = format!("Unsubscribed from {author}.");
+    Ok(after_subscription(&state, id, jar, message, form).await)
 }
 
-/// The author page shows the subscriber count: drop its cached copies.
-async fn after_subscription(state: &AppState, author_id: i64) {
+/// Drops the author page's cached copies (it shows the subscriber count), then goes back
+/// where the form came from with `message`.
+async fn after_subscription(
+    state: &AppState,
+    author_id: i64,
+    jar: SignedCookieJar,
+    message: String,
+    form: NextForm,
+) -> Response {
     if let Err(e) = state.cache.invalidate_tag(&author_tag(author_id)).await {
         tracing::warn!(error = %e, "cannot invalidate the author page");
     }
+    let next = crate::web::safe_next(form.next.as_deref());
+    (flash::set(jar, message), Redirect::to(&next)).into_response()
 }

@@ -325,28 +325,7 @@ impl TestApp {
     /// Signs up `username` in a jar of its own and returns its `Cookie` header, for
     /// WebSocket and event-stream clients that connect as that user.
     pub async fn session_cookie(&self, username: &str) -> String {
-        use reqwest::cookie::CookieStore;
-        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-        let browser = Browser {
-            app: self,
-            client: reqwest::Client::builder()
-                .cookie_provider(jar.clone())
-                .redirect(redirect::Policy::none())
-                .build()
-                .unwrap(),
-        };
-        let response = browser.signup(username, "correct horse battery").await;
-        assert!(
-            response.status().is_redirection(),
-            "signup failed: {}",
-            response.status()
-        );
-        let url = reqwest::Url::parse(&self.address).unwrap();
-        jar.cookies(&url)
-            .expect("a session cookie")
-            .to_str()
-            .unwrap()
-            .to_owned()
+        self.user(username).await.cookie
     }
 
     pub async fn get(&self, path: &str) -> Response {
