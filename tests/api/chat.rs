@@ -136,6 +136,8 @@ async fn a_client_that_reconnects_gets_what_it_missed_without_duplicates() {
     let seen = next(&mut a, "chat.message").await["message"]["id"]
         .as_i64()
         .unwrap();
+    // Bob's own copy too, so that each `next` below waits for the message just sent.
+    next(&mut b, "chat.message").await;
     drop(a);
 
     for n in 0..3 {
