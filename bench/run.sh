@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# bench/run.sh -- Hearth and the Django peer stack side by side (bench/peers, PROTOCOL.md v1),
+# alternately in one run, then BENCHMARKS.md and bench/ratios.svg.
+#
+#   bench/run.sh                                          # the full run (about 25-35 minutes)
+#   ROUNDS=1 DURATION=2s WORKLOADS="w1 w2" bench/run.sh   # a smoke run
+#
+# Method: for every workload, ROUNDS rounds; in each round Hearth then the peer (A B A B A B).
+# Every measurement gets a FRESH server process (started, health-checked, warmed up, measured,
+# stopped), so no measurement inherits sockets, caches or heap growth from the one before; both
+# sides run alone on the machine while measured (Postgres, Redis and the upstream stub are shared).
+# W4 runs with no server up: `hearth bench jobs` then each peer queue's command, once per round.
+#
+# Knobs (env):
+#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w4"
+#   CONNS=64 THREADS=2 (wrk)   WS_CLIENTS=1000 WS_MESSAGES=200 WS_RATE=20   SSE_CLIENTS=500
+#   SSE_MESSAGES=100 SSE_RATE=10   JOBS_N=20000 LATENCY_N=200   JOBQ_PEERS="celery procrastinate graphile-worker"
+#   HEARTH_PORT=8100 PEER_PORT=8200 UPSTREAM_PORT=8081   UVICORN_WORKERS=2
+#   HEARTH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/hearth_bench
+#   BENCH_PEER_PG_DSN=postgresql://postgres@127.0.0.1:5432/bench_peer   BENCH_REDIS_URL=redis://127.0.0.1:6379
+#   OUTDIR=bench/results/<UTC timestamp>   SKIP_BUILD=1 (use the existing target/release/hearth)
+#   NO_REPORT=1 (do not regenerate BENCHMARKS.md / ratios.svg)
+set -uo pipefail
+BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH/.." && pwd)"
+cd "$ROOT"
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10s}"; DURATION="${DURATION%s}"
+WARMUP="${WARMUP:-3s}"; WARMUP="${WARMUP%s}"
+WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w4}"
+CONNS="${CONNS:-64}"; THREADS="${THREADS:-2}"
+WS_CLIENTS="${WS_CLIENTS:-1000}"; WS_MESSAGES="${WS_MESSAGES:-200}"; WS_RATE="${WS_RATE:-20}"
+SSE_CLIENTS="${SSE_CLIENTS:-500}"; SSE_MESSAGES="${SSE_MESSAGES:-100}"; SSE_RATE="${SSE_RATE:-10}"
+JOBS_N="${JOBS_N:-20000}"; export LATENCY_N="${LATENCY_N:-200}"
+JOBQ_PEERS="${JOBQ_PEERS:-celery procrastinate graphile-worker}"
+HEARTH_PORT="${HEARTH_PORT:-8100}"; PEER_PORT="${PEER_PORT:-8200}"; UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
+UVICORN_WORKERS="${UVICORN_WORKERS:-2}"
+HEARTH_DATABASE_URL="${HEARTH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hearth_bench}"
+export BENCH_PEER_PG_DSN="${BENCH_PEER_PG_DSN:-postgresql://postgres@127.0.0.1:5432/bench_peer}"
+export BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
+UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT"
+BENCH_VENV="${BENCH_VENV:-$BENCH/.venv}"; PY="$BENCH_VENV/bin/python"
+HEARTH="$ROOT/target/release/hearth"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUTDIR="${OUTDIR:-$BENCH/results/$STAMP}"
+mkdir -p "$OUTDIR/logs"
+export BENCH_LOGDIR="$OUTDIR/logs"
+LOG="$OUTDIR/logs/run.log"
+T0=$(date +%s)
+say() { printf '[%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" | tee -a "$LOG" >&2; }
+has() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---- processes we start: each in its own process group; stopped by group id only --------
+STARTED=()
+stop_group() {
+  local p="$1"
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+  for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }; sleep 0.2; done
+  kill -KILL -- "-$p" 2>/dev/null; wait "$p" 2>/dev/null; sleep 0.3
+}
+cleanup() { for p in "${STARTED[@]}"; do stop_group "$p"; done; STARTED=(); }
+trap 'cleanup' EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+listening() { ss -ltn "sport = :$1" | grep -q LISTEN; }
+wait_http() { for _ in $(seq 1 "${2:-150}"); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done; return 1; }
+# The exact commands, once each, for BENCHMARKS.md.
+note_cmd() { grep -qxF -- "$*" "$OUTDIR/commands.txt" 2>/dev/null || printf '%s\n' "$*" >> "$OUTDIR/commands.txt"; }
+
+# ---- build, setup, facts ------------------------------------------------------------------
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  say "cargo build --release"
+  note_cmd "cargo build --release"
+  cargo build --release >"$OUTDIR/logs/cargo.log" 2>&1 || { say "cargo build failed (see $OUTDIR/logs/cargo.log)"; exit 1; }
+fi
+[ -x "$HEARTH" ] || { say "no $HEARTH"; exit 1; }
+say "bench/setup.sh (idempotent)"
+note_cmd "bench/setup.sh"
+"$BENCH/setup.sh" >"$OUTDIR/logs/setup.log" 2>&1 || { say "setup failed (see $OUTDIR/logs/setup.log)"; exit 1; }
+for p in "$HEARTH_PORT" "$PEER_PORT"; do listening "$p" && { say "port $p is busy: stop what listens there or set HEARTH_PORT/PEER_PORT"; exit 1; }; done
+
+"$PY" - "$OUTDIR/meta.json" <<EOF
+import json, os, platform, subprocess, sys
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception as e: return f"? ({e})"
+mem_kib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+json.dump({
+  "started_utc": "$STAMP", "rounds": $ROUNDS, "duration_s": $DURATION, "warmup_s": $WARMUP,
+  "workloads": "$WORKLOADS".split(), "conns": $CONNS, "threads": $THREADS,
+  "ws": {"clients": $WS_CLIENTS, "messages": $WS_MESSAGES, "rate": $WS_RATE},
+  "sse": {"clients": $SSE_CLIENTS, "messages": $SSE_MESSAGES, "rate": $SSE_RATE},
+  "jobs": {"n": $JOBS_N, "latency_n": $LATENCY_N, "peers": "$JOBQ_PEERS".split()},
+  "uvicorn_workers": $UVICORN_WORKERS,
+  "machine": {
+    "nproc": sh("nproc"), "cpu": cpu, "memory_gib": round(mem_kib / 1048576, 1),
+    "kernel": platform.release(), "os": sh(". /etc/os-release && echo \$PRETTY_NAME"),
+    "postgres": sh("psql -qtAX '$HEARTH_DATABASE_URL' -c 'SHOW server_version'"),
+    "redis": sh("redis-cli -u '$BENCH_REDIS_URL' INFO server | grep redis_version | cut -d: -f2"),
+    "rustc": sh("rustc -V"), "python": platform.python_version(), "node": sh("node --version"),
+    "wrk": sh("dpkg-query -W -f='\${Version}' wrk 2>/dev/null || wrk -v 2>&1 | head -1"),
+    "django": sh("$PY -c 'import django; print(django.__version__)'"),
+    "hearth_commit": sh("git -C '$ROOT' rev-parse --short HEAD") + (" (+ uncommitted changes)" if sh("git -C '$ROOT' status --porcelain -- src Cargo.toml Cargo.lock templates migrations") else ""),
+  },
+}, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# ---- upstream stub (W3), shared by both sides --------------------------------------------------
+if ! listening "$UPSTREAM_PORT"; then
+  UPSTREAM_PORT="$UPSTREAM_PORT" setsid node "$BENCH/upstream/stub.js" >"$OUTDIR/logs/upstream.log" 2>&1 </dev/null &
+  STUB_PID=$!; STARTED+=("$STUB_PID")
+  note_cmd "UPSTREAM_PORT=$UPSTREAM_PORT node bench/upstream/stub.js"
+  wait_http "$UPSTREAM_URL/upstream/1" || { say "upstream stub did not start"; exit 1; }
+else
+  say "an upstream stub already listens on :$UPSTREAM_PORT; using it"
+fi
+
+# ---- servers: one fresh server per measurement ---------------------------------------------------
+SERVER_PID=""; BASE=""; WS=""
+start_server() { # side
+  if [ "$1" = hearth ]; then
+    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn target/release/hearth serve"
+    note_cmd "$cmd"
+    HEARTH_BENCH_ROUTES=1 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
+      DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn \
+      setsid "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
+    SERVER_PID=$!; BASE="http://127.0.0.1:$HEARTH_PORT"
+  else
+    redis-cli -u "$BENCH_REDIS_URL/0" FLUSHDB >/dev/null  # channel-layer groups of an earlier run
+    local args="peer.asgi:application --host 127.0.0.1 --port $PEER_PORT --workers $UVICORN_WORKERS --loop uvloop --http httptools --ws auto --timeout-graceful-shutdown 5 --no-access-log --log-level warning"
+    note_cmd "cd bench/peers && UPSTREAM_URL=$UPSTREAM_URL PYTHONPATH=. ../.venv/bin/uvicorn $args"
+    # shellcheck disable=SC2086
+    ( cd "$BENCH/peers" && UPSTREAM_URL="$UPSTREAM_URL" PYTHONPATH=. exec setsid "$BENCH_VENV/bin/uvicorn" $args \
+        >>"$OUTDIR/logs/peer.log" 2>&1 </dev/null ) &
+    SERVER_PID=$!; BASE="http://127.0.0.1:$PEER_PORT"
+  fi
+  STARTED+=("$SERVER_PID"); WS="ws://${BASE#http://}"
+  wait_http "$BASE/bench/page" 300 || { say "$1 did not answer $BASE/bench/page (see $OUTDIR/logs/$1.log)"; return 1; }
+  "$PY" "$BENCH/clients/procutil.py" wait-idle "$SERVER_PID" 30 >/dev/null 2>&1
+}
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  stop_group "$SERVER_PID"
+  local keep=(); for p in "${STARTED[@]}"; do [ "$p" = "$SERVER_PID" ] || keep+=("$p"); done; STARTED=("${keep[@]}")
+  SERVER_PID=""
+}
+
+# ---- one measurement --------------------------------------------------------------------------------
+save() { # workload round side json-line
+  local f="$OUTDIR/$1-r$2-$3.json"
+  if [[ "$4" == "{"* ]]; then
+    "$PY" -c 'import json,sys; d=json.loads(sys.argv[4]); print(json.dumps({"workload":sys.argv[1],"round":int(sys.argv[2]),"side":sys.argv[3],"result":d}))' \
+      "$1" "$2" "$3" "$4" > "$f"
+    "$PY" "$BENCH/scripts/report.py" --line "$f"
+  else
+    printf '{"workload":"%s","round":%s,"side":"%s","result":null}\n' "$1" "$2" "$3" > "$f"; echo "no result"
+  fi
+}
+measure() { # workload side -> prints the client's JSON line
+  local w="$1" out=""
+  case "$w" in
+    w1|w2|w3|w3c256)
+      local path c=$CONNS
+      case "$w" in w1) path=/bench/page;; w2) path=/bench/cached;; *) path=/bench/gather;; esac
+      [ "$w" = w3c256 ] && c=256
+      note_cmd "wrk -t$THREADS -c$c -d${WARMUP}s --timeout 10s <base>$path   # warm-up"
+      note_cmd "wrk -t$THREADS -c$c -d${DURATION}s --timeout 10s -s bench/clients/wrk_json.lua <base>$path"
+      wrk -t"$THREADS" -c"$c" -d"${WARMUP}s" --timeout 10s "$BASE$path" >/dev/null 2>&1
+      "$PY" "$BENCH/clients/procutil.py" wait-idle "$SERVER_PID" 10 >/dev/null 2>&1
+      out=$(timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --timeout 10s -s "$BENCH/clients/wrk_json.lua" "$BASE$path" 2>&1)
+      echo "$out" >> "$OUTDIR/logs/wrk.log";;
+    w5)
+      note_cmd "node bench/clients/ws_load.js --mode chat --url <ws>/ws/chat/bench/ --clients $WS_CLIENTS --messages $WS_MESSAGES --rate $WS_RATE"
+      out=$(timeout 300 node "$BENCH/clients/ws_load.js" --mode chat --url "$WS/ws/chat/bench/" --clients "$WS_CLIENTS" \
+            --messages "$WS_MESSAGES" --rate "$WS_RATE" 2>>"$OUTDIR/logs/clients.log");;
+    w5rust)
+      note_cmd "target/release/hearth bench ws chat --url <ws>/ws/chat/bench/ --clients $WS_CLIENTS --messages $WS_MESSAGES --rate $WS_RATE"
+      out=$(timeout 300 "$HEARTH" bench ws chat --url "$WS/ws/chat/bench/" --clients "$WS_CLIENTS" \
+            --messages "$WS_MESSAGES" --rate "$WS_RATE" 2>>"$OUTDIR/logs/clients.log");;
+    w6)
+      note_cmd "node bench/clients/sse_load.js --base <base> --clients $SSE_CLIENTS --messages $SSE_MESSAGES --rate $SSE_RATE"
+      out=$(timeout 240 node "$BENCH/clients/sse_load.js" --base "$BASE" --clients "$SSE_CLIENTS" \
+            --messages "$SSE_MESSAGES" --rate "$SSE_RATE" 2>>"$OUTDIR/logs/clients.log");;
+  esac
+  grep '^{' <<<"$out" | tail -1
+}
+
+ORDER=(w1 w2 w3 w3c256 w5 w5rust w6)
+SERVER_WLS=(); for w in "${ORDER[@]}"; do has "$w" && SERVER_WLS+=("$w"); done
+JOBQ_LIST=(); has w4 && JOBQ_LIST=(hearth $JOBQ_PEERS)
+TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]}) * ROUNDS )); DONE=0
+say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
+
+for w in "${SERVER_WLS[@]}"; do
+  for r in $(seq 1 "$ROUNDS"); do
+    for side in hearth peer; do
+      DONE=$((DONE + 1))
+      printf '[%4ss] [%s round %d/%d] %s... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$w" "$r" "$ROUNDS" "$side" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
+      if start_server "$side"; then
+        line=$(measure "$w")
+      else
+        line=""
+      fi
+      stop_server
+      save "$w" "$r" "$side" "$line" | tee -a "$LOG" >&2
+    done
+  done
+done
+
+# ---- W4: no server running; Hearth's in-process workers, then each peer queue ---------------------------
+jobq_cmd() {
+  case "$1" in
+    hearth) echo "env DATABASE_URL=$HEARTH_DATABASE_URL RUST_LOG=warn $HEARTH bench jobs both $JOBS_N 1";;
+    celery|procrastinate) echo "$PY $BENCH/peers/jobs/jobq.py --tool $1 both $JOBS_N 1";;
+    graphile-worker) echo "node $BENCH/peers/jobs/graphile.js both $JOBS_N 1";;
+  esac
+}
+for r in $(seq 1 "$ROUNDS"); do
+  for q in "${JOBQ_LIST[@]}"; do
+    DONE=$((DONE + 1))
+    printf '[%4ss] [w4 round %d/%d] %s... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$r" "$ROUNDS" "$q" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
+    cmd=$(jobq_cmd "$q")
+    note_cmd "${cmd//$ROOT\//}   # LATENCY_N=$LATENCY_N, once per round"
+    # shellcheck disable=SC2086
+    out=$(cd "$BENCH/peers/jobs" && timeout 600 $cmd 2>>"$OUTDIR/logs/jobs-$q.log")
+    tp=$(grep '^{' <<<"$out" | grep '"throughput"' | tail -1)
+    lat=$(grep '^{' <<<"$out" | grep '"latency"' | tail -1)
+    { save "w4tp" "$r" "$q" "$tp"; save "w4lat" "$r" "$q" "$lat"; } | paste -sd' ' | tee -a "$LOG" >&2
+  done
+done
+
+cleanup
+say "measurements done in $(( $(date +%s) - T0 ))s; raw JSON in $OUTDIR"
+if [ "${NO_REPORT:-0}" != 1 ]; then
+  "$PY" "$BENCH/scripts/report.py" "$OUTDIR" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \
+    && say "wrote BENCHMARKS.md and bench/ratios.svg"
+fi
