@@ -75,7 +75,7 @@ def cell(vals, nd=1, unit=""):
     if not vals:
         return "-"
     med = statistics.median(vals)
-    if len(vals) == 1:
+    if len(vals) == 1 or min(vals) == max(vals):
         return f"{num(med, nd)}{unit}"
     return f"{num(med, nd)}{unit} [{num(min(vals), nd)}–{num(max(vals), nd)}]"
 
@@ -262,7 +262,8 @@ def write_svg(path, chart, smoke):
     H = top + rowh * len(chart) + 50
     hi = max([c[1] for c in chart] + [c[2] or 0 for c in chart] + [10])
     lo = min([c[1] for c in chart] + [1]) 
-    lmin, lmax = math.floor(math.log10(min(lo, 1) * 0.9)), math.ceil(math.log10(hi * 1.1))
+    lmin = math.floor(math.log10(lo * 0.9)) if lo < 1 else 0
+    lmax = math.ceil(math.log10(hi * 1.1))
     span = W - left - right
 
     def x(v):
