@@ -272,9 +272,9 @@ def write_svg(path, chart, smoke):
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
          'font-family="system-ui, sans-serif" font-size="12">',
          f'<rect width="{W}" height="{H}" fill="#fff"/>',
-         f'<text x="{left}" y="22" font-size="15" font-weight="600">Hearth ÷ peer (log scale); tick = target'
-         f'{" — SMOKE RUN, not the real figures" if smoke else ""}</text>',
-         f'<text x="{left}" y="40" fill="#555">green: target met, orange: missed, grey: no target</text>']
+         f'<text x="{left}" y="22" font-size="15" font-weight="600">Hearth ÷ peer (log scale); tick = target</text>',
+         f'<text x="{left}" y="40" fill="{"#c00" if smoke else "#555"}">'
+         f'{"SMOKE RUN, not the real figures. " if smoke else ""}green: target met, orange: missed, grey: no target</text>']
     for e in range(lmin, lmax + 1):
         for mlt in (1, 2, 5):
             v = mlt * 10 ** e
