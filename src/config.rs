@@ -194,8 +194,9 @@ pub struct Config {
     #[arg(long, env = "HEARTH_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
-    /// SMTP server for outgoing mail: `smtp://user:pass@host:587` (STARTTLS),
-    /// `smtps://user:pass@host` (TLS). Without it mail goes to the dev mailbox at `/mailbox`.
+    /// SMTP server for outgoing mail: `smtp://user:pass@host:587?tls=required` (STARTTLS),
+    /// `smtps://user:pass@host` (TLS), `smtp://host:25` (plain, for a local relay only).
+    /// Without it mail goes to the dev mailbox at `/mailbox`.
     #[arg(long, env = "HEARTH_SMTP_URL", global = true)]
     pub smtp_url: Option<String>,
 

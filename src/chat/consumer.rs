@@ -107,6 +107,8 @@ enum Outgoing<'a> {
         messages: Vec<ChatMessage>,
         /// Whether older messages than the first one exist.
         more: bool,
+        /// The client missed too much to resume: it drops what it shows and starts over.
+        gap: bool,
         presence: Vec<Present>,
     },
     History {
@@ -205,7 +207,7 @@ impl Consumer for ChatConsumer {
         ctx.subscription()
             .join_with_presence(&group, Some(me), serde_json::json!({}))
             .await
-            .map_err(|e| ConsumerError::close(close_code::INTERNAL_ERROR, e.to_string()))?;
+            .map_err(|e| ConsumerError::Internal(e.into()))?;
 
         // Joined first, read second: a message committed in between arrives live too, and
         // `shown_through` drops that copy.
@@ -214,12 +216,20 @@ impl Consumer for ChatConsumer {
         if more {
             messages.remove(0);
         }
+        // Resuming: what the client missed after its last message, unless that is more than
+        // RESUME_LIMIT; then it starts over from the latest 50 (`gap`) rather than be shown a
+        // hole it cannot see.
+        let mut gap = false;
         if let Some(last_seen) = ctx.resume_from() {
             let oldest_shown = messages.first().map_or(i64::MAX, |m| m.id);
             if last_seen < oldest_shown {
                 let missed = room::after(&db, room.id, last_seen, RESUME_LIMIT).await?;
-                messages.retain(|m| m.id > missed.last().map_or(0, |l| l.id));
-                messages.splice(0..0, missed);
+                if missed.len() as i64 == RESUME_LIMIT {
+                    gap = true;
+                } else {
+                    messages.retain(|m| m.id > missed.last().map_or(0, |l| l.id));
+                    messages.splice(0..0, missed);
+                }
             }
         }
         let shown_through = messages.last().map_or(0, |m| m.id);
@@ -227,7 +237,7 @@ impl Consumer for ChatConsumer {
             .channels()
             .presence(&group)
             .await
-            .map_err(|e| ConsumerError::close(close_code::INTERNAL_ERROR, e.to_string()))?
+            .map_err(|e| ConsumerError::Internal(e.into()))?
             .into_iter()
             .map(|p| Present {
                 channel: p.channel,
@@ -244,6 +254,7 @@ impl Consumer for ChatConsumer {
             },
             messages,
             more,
+            gap,
             presence,
         });
         Ok(Self {
@@ -370,7 +381,7 @@ impl ChatConsumer {
             .channels
             .group_send_in(&mut tx, &self.room.group(), &broadcast)
             .await
-            .map_err(|e| ConsumerError::close(close_code::INTERNAL_ERROR, e.to_string()))?;
+            .map_err(|e| ConsumerError::Internal(e.into()))?;
         tx.commit().await?;
         Ok(())
     }
@@ -390,7 +401,8 @@ impl ChatConsumer {
             "SELECT u.id FROM users u
               WHERE lower(u.username) = ANY($1) AND u.id <> $2
                 AND (NOT $3 OR EXISTS (SELECT 1 FROM chat_members m
-                                        WHERE m.room_id = $4 AND m.user_id = u.id))",
+                                        WHERE m.room_id = $4 AND m.user_id = u.id))
+              ORDER BY u.id",
             &names,
             self.user.id,
             self.room.is_private,
@@ -411,7 +423,7 @@ impl ChatConsumer {
             };
             notifications::notify(tx, channels, &notification)
                 .await
-                .map_err(|e| ConsumerError::close(close_code::INTERNAL_ERROR, e.to_string()))?;
+                .map_err(|e| ConsumerError::Internal(e.into()))?;
         }
         Ok(())
     }
@@ -498,7 +510,7 @@ impl ChatConsumer {
         channels
             .group_send_in(tx, &self.room.group(), &Broadcast::Update { message })
             .await
-            .map_err(|e| ConsumerError::close(close_code::INTERNAL_ERROR, e.to_string()))?;
+            .map_err(|e| ConsumerError::Internal(e.into()))?;
         Ok(())
     }
 }

@@ -110,18 +110,17 @@ pub(super) async fn create(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
         }
     };
-    let base = Slug::from_title(&title);
+    // Room slugs are at most 60 characters: cut the base so that `-50` still fits.
+    let base: String = Slug::from_title(&title).as_str().chars().take(56).collect();
+    let base = base.trim_end_matches('-').to_owned();
     let mut tx = state.db.begin().await?;
     let mut created = None;
     for n in 1..=50 {
         let slug = if n == 1 {
             base.clone()
         } else {
-            base.numbered(n)
+            format!("{base}-{n}")
         };
-        // Room slugs are shorter than post slugs.
-        let slug: String = slug.as_str().chars().take(60).collect();
-        let slug = slug.trim_end_matches('-').to_owned();
         created = sqlx::query_scalar!(
             "INSERT INTO chat_rooms (slug, name, is_private, created_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (slug) DO NOTHING RETURNING id",

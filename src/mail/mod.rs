@@ -103,9 +103,10 @@ impl Mailer {
     /// Sends `message` unless a message with its key was sent (or claimed) before.
     #[tracing::instrument(skip_all, fields(key = %message.key))]
     pub async fn send_once(&self, pool: &PgPool, message: &Message) -> Result<Sent, MailError> {
-        let to: Mailbox = message
+        // Checked before anything is stored, so a bad address is a clear error, not a row.
+        message
             .to
-            .parse()
+            .parse::<Mailbox>()
             .map_err(|_| MailError::Address(message.to.clone()))?;
         sqlx::query!(
             "INSERT INTO outbox (idempotency_key, user_id, to_address, subject, body)
@@ -123,7 +124,7 @@ impl Mailer {
         let claimed = sqlx::query!(
             "UPDATE outbox SET claimed_at = now()
               WHERE idempotency_key = $1 AND claimed_at IS NULL
-              RETURNING id, subject, body",
+              RETURNING id, to_address, subject, body",
             message.key
         )
         .fetch_optional(pool)
@@ -141,14 +142,29 @@ impl Mailer {
             }
             return Ok(Sent::Before);
         };
+        let to: Mailbox = row
+            .to_address
+            .parse()
+            .map_err(|_| MailError::Address(row.to_address.clone()))?;
         let transport = match self.deliver(to, &row.subject, row.body).await {
             Ok(transport) => transport,
             Err(e) => {
-                // Refused before it was accepted: release the claim so a retry can send it.
+                // Released for a retry only when it certainly did not go out: the message
+                // could not be built, or the server answered with a refusal. A lost
+                // connection or a timeout may come after the server took the message, so
+                // it stays claimed: in doubt, never sent twice.
+                let not_sent = match &e {
+                    MailError::Smtp(smtp) => smtp.is_permanent() || smtp.is_transient(),
+                    MailError::Build(_) | MailError::Address(_) => true,
+                    MailError::Database(_) => false,
+                };
                 sqlx::query!(
-                    "UPDATE outbox SET claimed_at = NULL, last_error = $2 WHERE id = $1",
+                    "UPDATE outbox SET claimed_at = CASE WHEN $3 THEN NULL ELSE claimed_at END,
+                            last_error = $2
+                      WHERE id = $1",
                     row.id,
-                    e.to_string()
+                    e.to_string(),
+                    not_sent
                 )
                 .execute(pool)
                 .await?;

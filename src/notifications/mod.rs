@@ -99,6 +99,7 @@ pub async fn notify(
     channels: &ChannelLayer,
     notification: &NewNotification<'_>,
 ) -> Result<Option<i64>, NotifyError> {
+    lock_user(tx, notification.user_id).await?;
     let Some(id) = sqlx::query_scalar!(
         "INSERT INTO notifications (user_id, kind, title, url, dedupe_key)
          VALUES ($1, $2, $3, $4, $5)
@@ -127,6 +128,22 @@ pub async fn notify(
         .group_send_in(tx, &user_group(notification.user_id), &message)
         .await?;
     Ok(Some(id))
+}
+
+/// Serialises the transactions that change a user's notifications until `tx` ends, so that
+/// the unread count each one sends is the count after it, not a count that misses another's
+/// concurrent change. Callers that lock several users lock them in ascending id order.
+pub(crate) async fn lock_user(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('hearth.notifications', $1))",
+        user_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// How many unread notifications `user_id` has.

@@ -104,6 +104,7 @@ pub(super) async fn mark_read(
 ) -> Result<Response, WebError> {
     let user_id = login.user.id;
     let mut tx = state.db.begin().await?;
+    super::lock_user(&mut tx, user_id).await?;
     let url = sqlx::query_scalar!(
         "UPDATE notifications SET read_at = coalesce(read_at, now())
           WHERE id = $1 AND user_id = $2 RETURNING url",
@@ -130,6 +131,7 @@ pub(super) async fn mark_all_read(
 ) -> Result<Response, WebError> {
     let user_id = login.user.id;
     let mut tx = state.db.begin().await?;
+    super::lock_user(&mut tx, user_id).await?;
     sqlx::query!(
         "UPDATE notifications SET read_at = now() WHERE user_id = $1 AND read_at IS NULL",
         user_id

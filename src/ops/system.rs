@@ -233,7 +233,7 @@ pub(super) async fn database(
              FROM pg_stat_user_tables
             WHERE relname IN ('jobs', 'jobs_done', 'job_unique_keys', 'channel_messages',
                               'channel_presence', 'cache_entries', 'sessions', 'outbox',
-                              'notifications', 'chat_messages', 'posts')
+                              'notifications', 'chat_messages', 'posts', 'uploads')
             ORDER BY pg_total_relation_size(relid) DESC"#
     )
     .fetch_all(&state.db)

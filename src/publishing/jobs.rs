@@ -67,6 +67,9 @@ impl Job for PostPublished {
         else {
             return Outcome::with_result("the post was deleted");
         };
+        if !post.published {
+            return Outcome::with_result("the post is no longer published");
+        }
         let Some(email) = post.email else {
             return Outcome::with_result("the author has no mail address");
         };
@@ -161,7 +164,16 @@ impl Job for DailyDigest {
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
         let (mailer, SiteUrl(site)) = (data::<Mailer>(&ctx)?, data::<SiteUrl>(&ctx)?);
         let DigestZone(zone) = data::<DigestZone>(&ctx)?;
-        let day = chrono::Utc::now().with_timezone(zone).date_naive();
+        // The day the job was enqueued for (its occurrence), not the day it runs: a retry
+        // after midnight must reuse the same outbox keys.
+        let enqueued_at = sqlx::query_scalar!("SELECT created_at FROM jobs WHERE id = $1", ctx.id)
+            .fetch_optional(&ctx.pool)
+            .await?
+            .map_or_else(chrono::Utc::now, |at| {
+                chrono::DateTime::from_timestamp(at.unix_timestamp(), 0)
+                    .unwrap_or_else(chrono::Utc::now)
+            });
+        let day = enqueued_at.with_timezone(zone).date_naive();
         let rows = sqlx::query!(
             r#"SELECT u.id AS user_id, u.username, u.email AS "email!",
                       p.title, p.slug, a.username AS author

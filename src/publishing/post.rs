@@ -45,6 +45,9 @@ impl Body {
     }
 }
 
+/// Slugs that name routes of their own under `/posts/`.
+const RESERVED: [&str; 2] = ["new", "preview"];
+
 /// A URL slug: lower-case ASCII words joined by single hyphens, at most 80 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slug(String);
@@ -85,6 +88,10 @@ impl Slug {
         if slug.is_empty() {
             slug.push_str("post");
         }
+        // `/posts/new` and `/posts/preview` are the editor's own routes.
+        if RESERVED.contains(&slug.as_str()) {
+            slug.push_str("-post");
+        }
         Self(slug)
     }
 
@@ -124,6 +131,8 @@ mod tests {
         assert_eq!(slug("  Café   crème 2 "), "cafe-creme-2");
         assert_eq!(slug("<script>"), "script");
         assert_eq!(slug("!!!"), "post");
+        assert_eq!(slug("New"), "new-post");
+        assert_eq!(slug("Preview"), "preview-post");
         assert!(Slug::parse(&slug(&"long words ".repeat(15))).is_ok());
     }
 

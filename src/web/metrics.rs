@@ -45,13 +45,30 @@ static HTTP: Http = Http {
     sum_us: AtomicU64::new(0),
 };
 
+/// Counts a request in flight until dropped: a request whose client went away is dropped
+/// mid-way, and must leave the gauge all the same.
+struct InFlight;
+
+impl InFlight {
+    fn count() -> Self {
+        HTTP.in_flight.fetch_add(1, Relaxed);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        HTTP.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Middleware: counts every request, its status class and its duration.
 pub async fn track(request: Request, next: Next) -> Response {
-    HTTP.in_flight.fetch_add(1, Relaxed);
+    let in_flight = InFlight::count();
     let started = Instant::now();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
-    HTTP.in_flight.fetch_sub(1, Relaxed);
+    drop(in_flight);
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     HTTP.by_class[class].fetch_add(1, Relaxed);
     let seconds = elapsed.as_secs_f64();

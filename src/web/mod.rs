@@ -90,10 +90,16 @@ pub fn is_personal(headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// Where to go after a form: only same-site paths are followed, `/x` yes, `//evil.example` or
-/// `https://…` no (anything else is `/`).
+/// `https://…` no (anything else is `/`). Whitespace and control characters are refused too:
+/// browsers drop a tab from a URL, so `/\t/evil.example` would become `//evil.example`.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
             path.to_string()
         }
         _ => "/".to_string(),
@@ -111,4 +117,25 @@ pub fn static_files(dir: &Path) -> Router {
             ))
             .service(ServeDir::new(dir)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_same_site_paths_are_followed() {
+        assert_eq!(safe_next(Some("/posts?page=2")), "/posts?page=2");
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\t/evil.example",
+            "/\\evil",
+            "/ /x",
+            "/\n/x",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
 }

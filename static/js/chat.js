@@ -154,6 +154,11 @@ function handle(frame) {
   switch (frame.type) {
     case 'hello': {
       me = frame.you;
+      if (frame.gap) {
+        // Too much was missed to fill in: start over from the latest messages.
+        for (const node of messages.values()) node.remove();
+        messages.clear();
+      }
       const stick = messages.size === 0 || nearBottom();
       present.clear();
       for (const entry of frame.presence) present.set(entry.channel, entry.username);

@@ -12,19 +12,30 @@ function show(unread) {
   badge.closest('a')?.setAttribute('aria-label', `Notifications (${unread} unread)`);
 }
 
+// Live events received so far: a fetched count only applies if no newer event came while it
+// was asked for. (The stream's opening count is older than any fetch made after it opened.)
+let seen = 0;
+
+async function refetch() {
+  const before = seen;
+  const response = await fetch('/api/notifications/unread', { credentials: 'same-origin' });
+  if (response.ok && seen === before) show((await response.json()).unread);
+}
+
 if (badge && 'EventSource' in window) {
   const source = new EventSource('/notifications/stream');
   for (const type of ['notification.count', 'notification.new', 'notification.read']) {
     source.addEventListener(type, (event) => {
       try {
+        if (type !== 'notification.count') seen += 1;
         show(JSON.parse(event.data).unread);
       } catch (e) {
         console.warn('bad notification event', e);
       }
     });
   }
-  source.addEventListener('hearth.gap', async () => {
-    const response = await fetch('/api/notifications/unread', { credentials: 'same-origin' });
-    if (response.ok) show((await response.json()).unread);
-  });
+  // The stream's opening count is read just before it joins the user's group; once it is
+  // open, ask again, so a notification that came in between is counted.
+  source.addEventListener('open', refetch);
+  source.addEventListener('hearth.gap', refetch);
 }

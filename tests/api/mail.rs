@@ -10,9 +10,18 @@ use tokio::{
 
 use crate::helpers::TestApp;
 
-/// Serves SMTP on a free port; each accepted message's DATA arrives on the channel. With
-/// `refuse`, every recipient gets `550`.
-async fn smtp_server(refuse: bool) -> (String, mpsc::UnboundedReceiver<String>) {
+/// How the test server behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Accept,
+    /// Every recipient gets `550`.
+    Refuse,
+    /// Reads the whole message, then hangs up without answering: did it go out?
+    HangUpAfterData,
+}
+
+/// Serves SMTP on a free port; each message's DATA arrives on the channel.
+async fn smtp_server(mode: Server) -> (String, mpsc::UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("smtp://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -28,6 +37,9 @@ async fn smtp_server(refuse: bool) -> (String, mpsc::UnboundedReceiver<String>) 
                     if let Some(body) = data.as_mut() {
                         if line == "." {
                             tx.send(data.take().unwrap()).unwrap();
+                            if mode == Server::HangUpAfterData {
+                                return;
+                            }
                             write.write_all(b"250 queued\r\n").await.unwrap();
                         } else {
                             body.push_str(&line);
@@ -42,7 +54,7 @@ async fn smtp_server(refuse: bool) -> (String, mpsc::UnboundedReceiver<String>) 
                         .to_ascii_uppercase();
                     let reply: &[u8] = match verb.as_str() {
                         "EHLO" | "HELO" => b"250 test\r\n",
-                        "RCPT" if refuse => b"550 no such user\r\n",
+                        "RCPT" if mode == Server::Refuse => b"550 no such user\r\n",
                         "DATA" => {
                             data = Some(String::new());
                             b"354 go ahead\r\n"
@@ -74,7 +86,7 @@ fn message(key: &str) -> Message {
 #[tokio::test]
 async fn smtp_delivery_sends_each_message_once() {
     let app = TestApp::spawn().await;
-    let (url, mut received) = smtp_server(false).await;
+    let (url, mut received) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "Hearth <hearth@example.com>").unwrap();
 
     assert_eq!(
@@ -102,7 +114,7 @@ async fn smtp_delivery_sends_each_message_once() {
 #[tokio::test]
 async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not_resent() {
     let app = TestApp::spawn().await;
-    let (refusing, _) = smtp_server(true).await;
+    let (refusing, _) = smtp_server(Server::Refuse).await;
     let mailer = Mailer::new(Some(&refusing), "hearth@example.com").unwrap();
 
     let error = mailer
@@ -120,7 +132,7 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     assert!(last_error.unwrap().contains("no such user"));
 
     // The retry, once the server accepts: sent.
-    let (url, mut received) = smtp_server(false).await;
+    let (url, mut received) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
     assert_eq!(
         mailer.send_once(&app.pool, &message("k2")).await.unwrap(),
@@ -156,4 +168,25 @@ async fn bad_addresses_and_settings_are_clear_errors() {
     ));
     assert!(Mailer::new(None, "nobody").is_err());
     assert!(Mailer::new(Some("ftp://x"), "hearth@example.com").is_err());
+}
+
+#[tokio::test]
+async fn a_connection_lost_after_the_message_was_sent_is_not_sent_again() {
+    let app = TestApp::spawn().await;
+    let (url, mut received) = smtp_server(Server::HangUpAfterData).await;
+    let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
+
+    assert!(mailer.send_once(&app.pool, &message("k5")).await.is_err());
+    assert!(
+        received.recv().await.is_some(),
+        "the server got the message"
+    );
+    // The retry: the server may have taken it, so it is in doubt, not sent twice.
+    let (url, mut again) = smtp_server(Server::Accept).await;
+    let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
+    assert_eq!(
+        mailer.send_once(&app.pool, &message("k5")).await.unwrap(),
+        Sent::InDoubt
+    );
+    assert!(again.try_recv().is_err());
 }

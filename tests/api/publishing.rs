@@ -277,6 +277,19 @@ async fn the_published_mail_is_sent_once_however_often_the_job_runs() {
     assert!(body.contains(&format!("/posts/{slug}")), "{body}");
     assert_eq!(transport.as_deref(), Some("dev"));
 
+    // Unpublished before its mail went out: no mail for that publication.
+    ada.post_form(&format!("/posts/{slug}/unpublish"), &[])
+        .await;
+    ada.post_form(&format!("/posts/{slug}/publish"), &[]).await;
+    ada.post_form(&format!("/posts/{slug}/unpublish"), &[])
+        .await;
+    app.drain("mail").await;
+    assert_eq!(
+        outbox(&app).await.len(),
+        1,
+        "not announced once unpublished"
+    );
+
     // Republishing is a new publication: one more mail.
     ada.post_form(&format!("/posts/{slug}/unpublish"), &[])
         .await;
