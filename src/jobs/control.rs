@@ -58,22 +58,11 @@ pub async fn list(
     state: Option<&str>,
     limit: i64,
 ) -> Result<Vec<JobStatus>, sqlx::Error> {
-    sqlx::query_as!(
-        JobStatus,
-        r#"
-        SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
-               attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
-               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
-          FROM job_statuses
-         WHERE $1::text IS NULL OR state = $1
-         ORDER BY id DESC
-         LIMIT $2
-        "#,
-        state,
-        limit
-    )
-    .fetch_all(pool)
-    .await
+    let filter = Filter {
+        state: state.map(str::to_owned),
+        ..Filter::default()
+    };
+    search(pool, &filter, limit, 0).await
 }
 
 /// What a cancel request did.

@@ -302,11 +302,7 @@ pub(super) async fn create(
     } else {
         "Draft saved."
     };
-    Ok((
-        flash::set(jar, message),
-        Redirect::to(&format!("/posts/{slug}")),
-    )
-        .into_response())
+    Ok(back_to_post(jar, &slug, message))
 }
 
 /// Publishes a draft in `tx` and enqueues, in the same transaction, the author's mail and the
@@ -418,11 +414,7 @@ pub(super) async fn update(
     } else {
         "Saved."
     };
-    Ok((
-        flash::set(jar, message),
-        Redirect::to(&format!("/posts/{slug}")),
-    )
-        .into_response())
+    Ok(back_to_post(jar, &slug, message))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = login.user.id, slug = %slug))]
@@ -442,11 +434,7 @@ pub(super) async fn publish(
     } else {
         "That post was already published."
     };
-    Ok((
-        flash::set(jar, message),
-        Redirect::to(&format!("/posts/{slug}")),
-    )
-        .into_response())
+    Ok(back_to_post(jar, &slug, message))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = login.user.id, slug = %slug))]
@@ -468,11 +456,16 @@ pub(super) async fn unpublish(
     if changed > 0 {
         invalidate(&state, post.id, post.author_id).await;
     }
-    Ok((
-        flash::set(jar, "The post is a draft again."),
+    Ok(back_to_post(jar, &slug, "The post is a draft again."))
+}
+
+/// To the post's page, with `message` shown there.
+fn back_to_post(jar: SignedCookieJar, slug: &str, message: &str) -> Response {
+    (
+        flash::set(jar, message),
         Redirect::to(&format!("/posts/{slug}")),
     )
-        .into_response())
+        .into_response()
 }
 
 #[derive(Deserialize)]

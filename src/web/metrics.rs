@@ -167,10 +167,17 @@ fn authorize(
 }
 
 /// One metric family: its `# HELP` and `# TYPE` lines, then its samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, String)]) {
+fn family<L: AsRef<str>>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(L, String)],
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
+        let labels = labels.as_ref();
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {value}");
         } else {
@@ -188,10 +195,6 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         .iter()
         .zip(HTTP.by_class.iter())
         .map(|(c, n)| (format!("class=\"{c}\""), n.load(Relaxed).to_string()))
-        .collect();
-    let by_class: Vec<(&str, String)> = by_class
-        .iter()
-        .map(|(l, v)| (l.as_str(), v.clone()))
         .collect();
     family(
         &mut out,
@@ -239,14 +242,9 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         ("snoozed", jobs.snoozed),
         ("rescued", jobs.rescued),
     ];
-    let labels: Vec<String> = events
+    let samples: Vec<(String, String)> = events
         .iter()
-        .map(|(e, _)| format!("event=\"{e}\""))
-        .collect();
-    let samples: Vec<(&str, String)> = labels
-        .iter()
-        .zip(events)
-        .map(|(l, (_, n))| (l.as_str(), n.to_string()))
+        .map(|(e, n)| (format!("event=\"{e}\""), n.to_string()))
         .collect();
     family(
         &mut out,
@@ -262,14 +260,12 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
     )
     .fetch_all(&state.db)
     .await?;
-    let labels: Vec<String> = depth
+    let samples: Vec<(String, String)> = depth
         .iter()
-        .map(|r| format!("queue=\"{}\",state=\"{}\"", escape(&r.queue), r.state))
-        .collect();
-    let samples: Vec<(&str, String)> = labels
-        .iter()
-        .zip(&depth)
-        .map(|(l, r)| (l.as_str(), r.n.to_string()))
+        .map(|r| {
+            let labels = format!("queue=\"{}\",state=\"{}\"", escape(&r.queue), r.state);
+            (labels, r.n.to_string())
+        })
         .collect();
     family(
         &mut out,
