@@ -77,6 +77,8 @@ pub enum BenchCommand {
     Ws(crate::bench::ws::WsArgs),
     /// Cache round trips per tier: `hearth bench cache 10000`.
     Cache(crate::bench::cache::CacheArgs),
+    /// Collaborative documents: fan-out latency with 20 editors, memory per open document.
+    Docs(crate::bench::docs::DocsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +161,15 @@ pub fn run(cli: Cli) -> ExitCode {
                 let config = &cli.config;
                 with_database(config, true, |pool| {
                     crate::bench::cache::run(config, pool, args)
+                })
+                .await
+            }
+            Command::Bench {
+                what: BenchCommand::Docs(args),
+            } => {
+                let config = &cli.config;
+                with_database(config, true, |pool| {
+                    crate::bench::docs::run(config, pool, args)
                 })
                 .await
             }

@@ -25,6 +25,8 @@
 //! * [`mail`]: the outbox, SMTP or dev-mailbox delivery at most once, the mailbox pages.
 //! * [`notifications`]: per-user notifications with a live unread count.
 //! * [`chat`]: rooms, a WebSocket consumer with presence, typing, mentions and moderation.
+//! * [`documents`]: collaborative documents — a Yjs/yrs CRDT over a WebSocket consumer, carets,
+//!   offline edits, named versions.
 //! * [`dashboard`]: live charts of this instance over server-sent events.
 //! * [`ops`]: operations endpoints (job status).
 //! * [`uploads`]: CSV imports of posts, run as a job, with live progress.
@@ -44,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod documents;
 pub mod gateway;
 pub mod home;
 pub mod jobs;

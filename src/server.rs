@@ -20,7 +20,7 @@ use crate::{
     config::Config,
     dashboard,
     db::{Database, migrations},
-    home,
+    documents, home,
     jobs::{Enqueue, Registry, Schedule, WorkerConfig, Workers, schedule::Every},
     mail::{self, Mailer},
     notifications, ops,
@@ -49,6 +49,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(publishing::routes(&state))
         .merge(notifications::routes())
         .merge(chat::routes())
+        .merge(documents::routes())
         .merge(dashboard::routes())
         .merge(mail::routes())
         .merge(ops::routes())
@@ -220,6 +221,7 @@ fn job_kinds() -> Registry {
         .register::<NotifySubscribers>()
         .register::<DailyDigest>()
         .register::<crate::uploads::ImportCsv>()
+        .register::<crate::documents::CompactDocument>()
 }
 
 /// The job kinds with what they need at run time: the mailer, the channel layer (live

@@ -2,12 +2,15 @@
 //!
 //! * [`jobs`]: `hearth bench jobs`, the job-queue benchmark (W4);
 //! * [`cache`]: `hearth bench cache`, get/set round trips per cache tier;
+//! * [`docs`]: `hearth bench docs`, collaborative editing: update fan-out latency with many
+//!   editors on one document, and memory per open document;
 //! * [`ws`]: `hearth bench ws`, a W5 load client that does not cap the server it measures;
 //! * [`routes`]: the HTTP and WebSocket endpoints the load clients hit (W5 chat over a
 //!   WebSocket consumer, W6 server-sent events), served only with `HEARTH_BENCH_ROUTES=1` so
 //!   production routes stay clean.
 
 pub mod cache;
+pub mod docs;
 pub mod jobs;
 pub mod routes;
 pub mod ws;

@@ -302,17 +302,22 @@ fn cpu_time() -> f64 {
     })
 }
 
+/// VmRSS of `pid`, in KiB (0 when it cannot be read).
+pub(super) fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// VmRSS of `pid` and all its descendants, in KiB.
 fn rss_tree_kib(pid: u32) -> u64 {
     let mut total = 0;
     let mut pending = vec![pid];
     while let Some(pid) = pending.pop() {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        total += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        total += rss_kib(pid);
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         pending.extend(

@@ -282,3 +282,31 @@ async fn an_upload_shows_its_progress_bar_moving_to_done() {
     run_script(&app, "upload.mjs", &[]).await;
     release.await.unwrap();
 }
+
+#[tokio::test]
+async fn two_people_type_in_one_document_and_converge_even_after_going_offline() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    app.user("bob").await;
+    let response = ada.post_form("/docs", &[("title", "Shared notes")]).await;
+    let doc = response.headers()["location"].to_str().unwrap().to_owned();
+    let response = ada
+        .post_form(
+            &format!("{doc}/members"),
+            &[("username", "bob"), ("role", "edit")],
+        )
+        .await;
+    assert!(response.status().is_redirection(), "{}", response.status());
+
+    run_script(
+        &app,
+        "docs.mjs",
+        &[
+            ("DOC_URL", &doc),
+            ("USER_A", "ada"),
+            ("USER_B", "bob"),
+            ("PASSWORD", "correct horse battery"),
+        ],
+    )
+    .await;
+}

@@ -8,6 +8,7 @@ mod browser;
 mod cache;
 mod channels;
 mod chat;
+mod documents;
 mod embedded;
 mod gateway;
 mod helpers;

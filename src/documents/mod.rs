@@ -1,0 +1,50 @@
+//! Collaborative documents: several people edit one text at once, see each other's carets,
+//! and never lose an edit, across instances and dropped connections.
+//!
+//! The text is a CRDT — Yjs in the browser (`static/vendor/yjs.mjs`), its Rust port yrs on
+//! the server — so concurrent edits merge without a central order and a client that was
+//! offline sends what it did when it is back.
+//!
+//! * [`crdt`]: rebuilding a document from stored updates, diffs against a client's state
+//!   vector, the plain text, and the edit a restore makes.
+//! * [`document`]: rights (owner, editor, reader), loading and storing updates.
+//! * `consumer`: `/ws/docs/{id}` — the sync handshake, updates stored and broadcast in one
+//!   transaction, carets, presence, rights re-read when the owner changes them.
+//! * [`compact`]: the job that folds stored updates into the snapshot.
+//! * `pages`: the list, the editor page, members, versions and restore, export, delete.
+
+pub mod compact;
+mod consumer;
+pub mod crdt;
+pub mod document;
+mod pages;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+
+pub use compact::CompactDocument;
+pub use consumer::MAX_UPDATE;
+
+use crate::web::{AppState, ws};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/docs", get(pages::list).post(pages::create))
+        .route("/docs/{id}", get(pages::edit))
+        .route("/docs/{id}/text", get(pages::text))
+        .route("/docs/{id}/title", post(pages::rename))
+        .route("/docs/{id}/members", post(pages::add_member))
+        .route(
+            "/docs/{id}/members/{user_id}/remove",
+            post(pages::remove_member),
+        )
+        .route("/docs/{id}/versions", post(pages::save_version))
+        .route(
+            "/docs/{id}/versions/{version_id}/restore",
+            post(pages::restore_version),
+        )
+        .route("/docs/{id}/delete", post(pages::delete))
+        .route("/ws/docs/{id}", ws::route::<consumer::DocConsumer>())
+}

@@ -1,0 +1,526 @@
+//! The document pages: the list, creating, the editor page, its plain-text export, renaming,
+//! members and their rights, named versions and restoring one, deleting.
+//!
+//! Changes other editors must see at once go to the document's group: a new title, a restore
+//! (as a CRDT update, so concurrent edits elsewhere in the text survive), and changed rights
+//! (whose sockets re-read them).
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use axum_extra::extract::SignedCookieJar;
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use serde::Deserialize;
+
+use super::{
+    consumer::Broadcast,
+    crdt::State as CrdtState,
+    document::{self, Access, Document},
+};
+use crate::web::{AppState, Layout, WebError, auth::RequireLogin, flash, render, templates::ago};
+
+/// A document title or version name: trimmed, 1 to `max` characters.
+fn parse_name(raw: &str, what: &str, max: usize) -> Result<String, WebError> {
+    let name = raw.trim();
+    match name.chars().count() {
+        0 => Err(WebError::Unprocessable(format!(
+            "The {what} cannot be empty."
+        ))),
+        n if n > max => Err(WebError::Unprocessable(format!(
+            "The {what} is {n} characters long; the limit is {max}."
+        ))),
+        _ => Ok(name.to_owned()),
+    }
+}
+
+/// The document and the user's rights, or 404 for a document they may not see.
+async fn open(
+    state: &AppState,
+    id: i64,
+    login: &RequireLogin,
+) -> Result<(Document, Access), WebError> {
+    document::open(&state.db, id, &login.user)
+        .await?
+        .ok_or(WebError::NotFound)
+}
+
+async fn open_to_edit(
+    state: &AppState,
+    id: i64,
+    login: &RequireLogin,
+) -> Result<Document, WebError> {
+    match open(state, id, login).await? {
+        (document, access) if access.can_edit() => Ok(document),
+        _ => Err(WebError::Forbidden(
+            "You can read this document but not change it.".into(),
+        )),
+    }
+}
+
+async fn open_as_owner(
+    state: &AppState,
+    id: i64,
+    login: &RequireLogin,
+) -> Result<Document, WebError> {
+    match open(state, id, login).await? {
+        (document, access) if access.is_owner() => Ok(document),
+        _ => Err(WebError::Forbidden(
+            "Only the document's owner can do this.".into(),
+        )),
+    }
+}
+
+fn load_failed(e: document::LoadError) -> WebError {
+    WebError::Internal(e.into())
+}
+
+fn back(jar: SignedCookieJar, id: i64, message: impl Into<String>) -> Response {
+    (
+        flash::set(jar, message),
+        Redirect::to(&format!("/docs/{id}")),
+    )
+        .into_response()
+}
+
+struct DocRow {
+    id: i64,
+    title: String,
+    owner: String,
+    role: String,
+    body_text: String,
+    updated_at: time::OffsetDateTime,
+}
+
+impl DocRow {
+    fn edited(&self) -> String {
+        ago(self.updated_at)
+    }
+
+    /// The start of the text as of the last compaction.
+    fn preview(&self) -> String {
+        let mut preview: String = self.body_text.chars().take(120).collect();
+        if self.body_text.chars().nth(120).is_some() {
+            preview.push('…');
+        }
+        preview
+    }
+}
+
+#[derive(Template)]
+#[template(path = "docs/list.html")]
+struct ListPage {
+    layout: Layout,
+    docs: Vec<DocRow>,
+    title: String,
+    error: Option<String>,
+}
+
+async fn visible(state: &AppState, user_id: i64) -> Result<Vec<DocRow>, sqlx::Error> {
+    sqlx::query_as!(
+        DocRow,
+        r#"SELECT d.id, d.title, u.username AS owner, d.body_text,
+                  CASE WHEN d.owner_id = $1 THEN 'owner'
+                       WHEN m.can_edit THEN 'editor' ELSE 'reader' END AS "role!",
+                  greatest(d.updated_at,
+                           (SELECT max(created_at) FROM document_updates du
+                             WHERE du.document_id = d.id)) AS "updated_at!"
+             FROM documents d
+             JOIN users u ON u.id = d.owner_id
+             LEFT JOIN document_members m ON m.document_id = d.id AND m.user_id = $1
+            WHERE d.owner_id = $1 OR m.user_id IS NOT NULL
+            ORDER BY 6 DESC
+            LIMIT 200"#,
+        user_id
+    )
+    .fetch_all(&state.db)
+    .await
+}
+
+/// The documents a user owns or was added to.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+) -> Result<Response, WebError> {
+    let docs = visible(&state, login.user.id).await?;
+    Ok(render(&ListPage {
+        layout,
+        docs,
+        title: String::new(),
+        error: None,
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct TitleForm {
+    title: String,
+}
+
+/// Creates an empty document owned by the user.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id))]
+pub(super) async fn create(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    jar: SignedCookieJar,
+    Form(form): Form<TitleForm>,
+) -> Result<Response, WebError> {
+    let title = match parse_name(&form.title, "title", 200) {
+        Ok(title) => title,
+        Err(WebError::Unprocessable(error)) => {
+            let docs = visible(&state, login.user.id).await?;
+            let page = ListPage {
+                layout,
+                docs,
+                title: form.title,
+                error: Some(error),
+            };
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
+        }
+        Err(e) => return Err(e),
+    };
+    let id = sqlx::query_scalar!(
+        "INSERT INTO documents (title, owner_id) VALUES ($1, $2) RETURNING id",
+        title,
+        login.user.id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    tracing::info!(document_id = id, "document created");
+    Ok(back(jar, id, "Document created."))
+}
+
+struct MemberRow {
+    user_id: i64,
+    username: String,
+    can_edit: bool,
+}
+
+struct VersionRow {
+    id: i64,
+    name: String,
+    author: Option<String>,
+    created_at: time::OffsetDateTime,
+    chars: i32,
+}
+
+impl VersionRow {
+    fn saved(&self) -> String {
+        ago(self.created_at)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "docs/edit.html")]
+struct EditPage {
+    layout: Layout,
+    doc: Document,
+    owner: String,
+    access: Access,
+    members: Vec<MemberRow>,
+    versions: Vec<VersionRow>,
+}
+
+/// The editor; the text, carets and editors come over the document's socket.
+pub(super) async fn edit(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    layout: Layout,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
+    let (doc, access) = open(&state, id, &login).await?;
+    let owner = sqlx::query_scalar!("SELECT username FROM users WHERE id = $1", doc.owner_id)
+        .fetch_one(&state.db)
+        .await?;
+    let members = sqlx::query_as!(
+        MemberRow,
+        "SELECT m.user_id, u.username, m.can_edit
+           FROM document_members m JOIN users u ON u.id = m.user_id
+          WHERE m.document_id = $1 ORDER BY lower(u.username)",
+        id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let versions = sqlx::query_as!(
+        VersionRow,
+        r#"SELECT v.id, v.name, u.username AS "author?", v.created_at,
+                  length(v.body_text) AS "chars!"
+             FROM document_versions v LEFT JOIN users u ON u.id = v.created_by
+            WHERE v.document_id = $1 ORDER BY v.id DESC LIMIT 100"#,
+        id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(render(&EditPage {
+        layout,
+        doc,
+        owner,
+        access,
+        members,
+        versions,
+    })?
+    .into_response())
+}
+
+/// The body as plain text, for export.
+pub(super) async fn text(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
+    open(&state, id, &login).await?;
+    let body = document::load(&state.db, id)
+        .await
+        .map_err(load_failed)?
+        .text();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "private, no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Renames a document; open editors see the new title at once.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
+pub(super) async fn rename(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(id): Path<i64>,
+    Form(form): Form<TitleForm>,
+) -> Result<Response, WebError> {
+    let doc = open_to_edit(&state, id, &login).await?;
+    let title = parse_name(&form.title, "title", 200)?;
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "UPDATE documents SET title = $2, updated_at = now() WHERE id = $1",
+        id,
+        title
+    )
+    .execute(&mut *tx)
+    .await?;
+    state
+        .channels
+        .group_send_in(&mut tx, &doc.group(), &Broadcast::Title { title: &title })
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    tx.commit().await?;
+    Ok(back(jar, id, "Renamed."))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MemberForm {
+    username: String,
+    role: String,
+}
+
+/// Adds a member, or changes a member's rights (owner only).
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
+pub(super) async fn add_member(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(id): Path<i64>,
+    Form(form): Form<MemberForm>,
+) -> Result<Response, WebError> {
+    let doc = open_as_owner(&state, id, &login).await?;
+    let can_edit = match form.role.as_str() {
+        "edit" => true,
+        "read" => false,
+        other => {
+            return Err(WebError::Unprocessable(format!(
+                "The role must be \"edit\" or \"read\", not {other:?}."
+            )));
+        }
+    };
+    let username = form.username.trim();
+    let mut tx = state.db.begin().await?;
+    let member = sqlx::query!(
+        "SELECT id FROM users WHERE lower(username) = lower($1)",
+        username
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| WebError::Unprocessable(format!("There is no user called {username:?}.")))?;
+    if member.id == doc.owner_id {
+        return Err(WebError::Unprocessable(
+            "The owner can always edit their document.".into(),
+        ));
+    }
+    sqlx::query!(
+        "INSERT INTO document_members (document_id, user_id, can_edit, added_by)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (document_id, user_id) DO UPDATE SET can_edit = EXCLUDED.can_edit",
+        id,
+        member.id,
+        can_edit,
+        login.user.id
+    )
+    .execute(&mut *tx)
+    .await?;
+    state
+        .channels
+        .group_send_in(
+            &mut tx,
+            &doc.group(),
+            &Broadcast::Access {
+                user_id: Some(member.id),
+            },
+        )
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    tx.commit().await?;
+    let rights = if can_edit { "edit" } else { "read" };
+    Ok(back(
+        jar,
+        id,
+        format!("{username} can now {rights} this document."),
+    ))
+}
+
+/// Removes a member (owner only); their open sockets close.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
+pub(super) async fn remove_member(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path((id, member_id)): Path<(i64, i64)>,
+) -> Result<Response, WebError> {
+    let doc = open_as_owner(&state, id, &login).await?;
+    let mut tx = state.db.begin().await?;
+    let removed = sqlx::query_scalar!(
+        "DELETE FROM document_members WHERE document_id = $1 AND user_id = $2 RETURNING user_id",
+        id,
+        member_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if removed.is_none() {
+        return Err(WebError::NotFound);
+    }
+    state
+        .channels
+        .group_send_in(
+            &mut tx,
+            &doc.group(),
+            &Broadcast::Access {
+                user_id: Some(member_id),
+            },
+        )
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    tx.commit().await?;
+    Ok(back(jar, id, "Member removed."))
+}
+
+#[derive(Deserialize)]
+pub(super) struct VersionForm {
+    name: String,
+}
+
+/// Saves the current state under a name.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
+pub(super) async fn save_version(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(id): Path<i64>,
+    Form(form): Form<VersionForm>,
+) -> Result<Response, WebError> {
+    open_to_edit(&state, id, &login).await?;
+    let name = parse_name(&form.name, "version name", 100)?;
+    let current = document::load(&state.db, id).await.map_err(load_failed)?;
+    sqlx::query!(
+        "INSERT INTO document_versions (document_id, name, state, body_text, created_by)
+         VALUES ($1, $2, $3, $4, $5)",
+        id,
+        name,
+        current.encode(),
+        current.text(),
+        login.user.id
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(back(jar, id, format!("Version “{name}” saved.")))
+}
+
+/// Makes the text what it was in a version, as a new edit everyone receives: text that
+/// differs is replaced, so edits made meanwhile elsewhere in the text are kept.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
+pub(super) async fn restore_version(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path((id, version_id)): Path<(i64, i64)>,
+) -> Result<Response, WebError> {
+    let doc = open_to_edit(&state, id, &login).await?;
+    let version = sqlx::query!(
+        "SELECT name, state FROM document_versions WHERE id = $1 AND document_id = $2",
+        version_id,
+        id
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(WebError::NotFound)?;
+    let target = CrdtState::from_updates([version.state.as_slice()])
+        .map_err(|e| WebError::Internal(anyhow::Error::new(e).context("a stored version")))?
+        .text();
+    let current = document::load(&state.db, id).await.map_err(load_failed)?;
+    let update = current.replace_text(&target);
+    let encoded = BASE64.encode(&update);
+    let mut tx = state.db.begin().await?;
+    document::append(&mut tx, id, login.user.id, &update).await?;
+    let group = doc.group();
+    for message in [
+        Broadcast::Update {
+            update: &encoded,
+            from: "",
+        },
+        Broadcast::Restored {
+            version: &version.name,
+            by: &login.user.username,
+        },
+    ] {
+        state
+            .channels
+            .group_send_in(&mut tx, &group, &message)
+            .await
+            .map_err(|e| WebError::Internal(e.into()))?;
+    }
+    tx.commit().await?;
+    Ok(back(jar, id, format!("Restored “{}”.", version.name)))
+}
+
+/// Deletes a document with its updates and versions (owner only); open sockets close.
+#[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    login: RequireLogin,
+    jar: SignedCookieJar,
+    Path(id): Path<i64>,
+) -> Result<Response, WebError> {
+    let doc = open_as_owner(&state, id, &login).await?;
+    let mut tx = state.db.begin().await?;
+    sqlx::query!("DELETE FROM documents WHERE id = $1", id)
+        .execute(&mut *tx)
+        .await?;
+    state
+        .channels
+        .group_send_in(&mut tx, &doc.group(), &Broadcast::Access { user_id: None })
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    tx.commit().await?;
+    Ok((
+        flash::set(jar, format!("“{}” deleted.", doc.title)),
+        Redirect::to("/docs"),
+    )
+        .into_response())
+}
