@@ -120,6 +120,16 @@ pub struct Config {
     #[arg(long, env = "HEARTH_JOB_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub job_poll_interval: Duration,
 
+    /// Database connections of the job workers in `serve`, apart from the requests' pool: a
+    /// burst of requests never stops the queue, and a burst of jobs never makes requests wait.
+    #[arg(
+        long,
+        env = "HEARTH_JOB_DB_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub job_db_connections: u32,
+
     /// How long a running job's lease lasts without a heartbeat; a job of a dead worker runs
     /// again after this.
     #[arg(long, env = "HEARTH_JOB_LEASE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
@@ -155,6 +165,26 @@ pub struct Config {
     /// A WebSocket that sends nothing (not even a pong) for this long is closed.
     #[arg(long, env = "HEARTH_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub ws_idle_timeout: Duration,
+
+    /// Open WebSockets one signed-in user may hold on this instance (0: no limit); one more is
+    /// refused with 429.
+    #[arg(
+        long,
+        env = "HEARTH_WS_MAX_PER_USER",
+        default_value_t = 50,
+        global = true
+    )]
+    pub ws_max_per_user: u32,
+
+    /// Open WebSockets one client address may hold on this instance (0: no limit). Behind a
+    /// proxy every client has the proxy's address: raise it there.
+    #[arg(
+        long,
+        env = "HEARTH_WS_MAX_PER_ADDRESS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub ws_max_per_address: u32,
 
     /// Origins (`https://example.com`) allowed to open WebSockets, besides the server's own
     /// host, separated by commas.
@@ -358,8 +388,9 @@ impl fmt::Display for Config {
         writeln!(f, "  static dir          {}", self.static_dir.display())?;
         writeln!(
             f,
-            "  job queues          {} / poll {} / lease {} / keep {}",
+            "  job queues          {} / {} connections / poll {} / lease {} / keep {}",
             self.queues,
+            self.job_db_connections,
             d(self.job_poll_interval),
             d(self.job_lease),
             d(self.job_retention)
@@ -372,6 +403,11 @@ impl fmt::Display for Config {
             self.ws_max_message,
             d(self.ws_ping_interval),
             d(self.ws_idle_timeout)
+        )?;
+        writeln!(
+            f,
+            "  websocket limits    {} per user / {} per address (0: none)",
+            self.ws_max_per_user, self.ws_max_per_address
         )?;
         writeln!(
             f,

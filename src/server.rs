@@ -19,7 +19,7 @@ use crate::{
     chat,
     config::Config,
     dashboard,
-    db::{Database, migrations},
+    db::{self, Database, migrations},
     documents, home,
     jobs::{Enqueue, Registry, Schedule, WorkerConfig, Workers, schedule::Every},
     mail::{self, Mailer},
@@ -135,7 +135,11 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     // Imports publish posts, so jobs drop cached pages too.
     let registry = job_registry(&config, &state.channels, &state.cache)?;
-    let workers = Workers::start(db.pool.clone(), registry, worker_config(&config)?);
+    let workers = Workers::start(
+        job_pool(&config, &db.pool),
+        registry,
+        worker_config(&config)?,
+    );
 
     let channels = state.channels.clone();
     let cache = state.cache.clone();
@@ -212,6 +216,16 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot stop the database cleanly")?;
     Ok(())
+}
+
+/// The job workers' own pool in `serve` (`HEARTH_JOB_DB_CONNECTIONS`), on the same database
+/// as `app_pool`. Jobs run their queries on it too, so requests and jobs never starve each
+/// other of connections.
+pub fn job_pool(config: &Config, app_pool: &sqlx::PgPool) -> sqlx::PgPool {
+    db::pool_options(config)
+        .max_connections(config.job_db_connections.max(1))
+        .min_connections(0)
+        .connect_lazy_with((*app_pool.connect_options()).clone())
 }
 
 /// Every job kind this program runs. Apps add theirs here.

@@ -10,10 +10,15 @@
 //! cursor to 12 would lose 11. So every id below the cursor that has not been seen is kept as a
 //! *gap* and read again (`id = ANY(gaps)`) until it arrives — it is then delivered, late but
 //! not lost — or is known never to arrive. The migration makes each transaction take its xid
-//! before its message id, so when a gap is first seen its transaction's xid is below the
-//! snapshot's `xmax`; once a later snapshot's `xmin` reaches that `xmax`, every such
-//! transaction has ended, and a gap still missing was rolled back. A long transaction elsewhere
-//! only delays forgetting gaps, never delivery.
+//! before its message id, so the transaction that holds a gap got its xid before the reader
+//! saw the gap. Right after seeing new gaps the reader takes an xid of its own (`horizon`),
+//! which is therefore newer than every such transaction's; once a later snapshot's `xmin`
+//! reaches it, all of them have ended, and a gap still missing was rolled back. A long
+//! transaction elsewhere only delays forgetting gaps, never delivery.
+//!
+//! (Not the snapshot's `xmax`: since PostgreSQL 14 it is one past the latest *completed*
+//! transaction, and a transaction that took its xid earlier can still be running at or above
+//! it — a gap given up on that bound was a message lost under concurrent writers.)
 //!
 //! [`Local::fan_out`]: super::local::Local::fan_out
 
@@ -50,10 +55,14 @@ async fn start_cursor(listener: &mut PgListener) -> Result<Cursor, sqlx::Error> 
 /// The reader's position: every id up to `after` was delivered or is in `gaps`.
 struct Cursor {
     after: i64,
-    /// Missing id → the snapshot `xmax` it must be older than once all its possible writers
-    /// have ended.
+    /// Missing id → an xid newer than every transaction that could still write it: once a
+    /// snapshot's `xmin` reaches it, the gap was rolled back. [`UNSET`] until the reader
+    /// has taken that xid.
     gaps: BTreeMap<i64, i64>,
 }
+
+/// The horizon of a gap just seen, before [`Cursor::set_horizon`]: never reached.
+const UNSET: i64 = i64::MAX;
 
 struct Row {
     id: i64,
@@ -146,11 +155,10 @@ async fn read_all(
     loop {
         let gaps: Vec<i64> = cursor.gaps.keys().copied().collect();
         let rows = sqlx::query!(
-            r#"SELECT s.xmin AS "xmin!", s.xmax AS "xmax!",
+            r#"SELECT s.xmin AS "xmin!",
                       m.id AS "id?", m.target AS "target?", m.is_group AS "is_group?",
                       m.payload AS "payload?"
-               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
-                            pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) s
+               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) s
                LEFT JOIN LATERAL (
                    SELECT id, target, is_group, payload FROM channel_messages
                    WHERE id > $1 OR id = ANY($2)
@@ -165,7 +173,7 @@ async fn read_all(
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let (xmin, xmax) = (first.xmin, first.xmax);
+        let xmin = first.xmin;
         let mut read = 0;
         let mut found = Vec::new();
         for row in rows {
@@ -182,9 +190,18 @@ async fn read_all(
                 payload,
             });
         }
-        let abandoned = cursor.advance(found.iter().map(|r| r.id), xmin, xmax);
+        let abandoned = cursor.advance(found.iter().map(|r| r.id), xmin);
         if abandoned > 0 {
             layer.inner.stats.gaps_abandoned(abandoned);
+        }
+        if cursor.gaps.values().any(|&h| h == UNSET) {
+            // An xid of the reader's own, assigned now: newer than the xid of any transaction
+            // that holds one of the new gaps (those took theirs before their message ids).
+            let horizon =
+                sqlx::query_scalar!(r#"SELECT pg_current_xact_id()::text::bigint AS "xid!""#)
+                    .fetch_one(&mut *listener)
+                    .await?;
+            cursor.set_horizon(horizon);
         }
         for row in found {
             deliver(layer, row);
@@ -197,8 +214,9 @@ async fn read_all(
 
 impl Cursor {
     /// Moves past the ids just read (in ascending order), records the ids skipped over as gaps
-    /// and forgets gaps known to be rolled back. Returns how many gaps were given up.
-    fn advance(&mut self, ids: impl Iterator<Item = i64>, xmin: i64, xmax: i64) -> u64 {
+    /// (with an [`UNSET`] horizon) and forgets gaps known to be rolled back: those whose
+    /// horizon the snapshot's `xmin` has reached. Returns how many gaps were given up.
+    fn advance(&mut self, ids: impl Iterator<Item = i64>, xmin: i64) -> u64 {
         let mut abandoned = 0;
         // Gaps not read this time and whose possible writers have all ended.
         let mut seen = Vec::new();
@@ -212,7 +230,7 @@ impl Cursor {
                 abandoned += (skipped - MAX_GAPS as i64) as u64;
             }
             for missing in (id - skipped.min(MAX_GAPS as i64))..id {
-                self.gaps.insert(missing, xmax);
+                self.gaps.insert(missing, UNSET);
             }
             self.after = id;
         }
@@ -227,6 +245,15 @@ impl Cursor {
             abandoned += 1;
         }
         abandoned
+    }
+}
+
+impl Cursor {
+    /// Gives the gaps just seen their horizon.
+    fn set_horizon(&mut self, horizon: i64) {
+        for h in self.gaps.values_mut().filter(|h| **h == UNSET) {
+            *h = horizon;
+        }
     }
 }
 
@@ -271,30 +298,47 @@ mod tests {
     #[test]
     fn ids_skipped_over_become_gaps_until_they_arrive() {
         let mut c = cursor(10);
-        assert_eq!(c.advance([11, 14].into_iter(), 100, 105), 0);
+        assert_eq!(c.advance([11, 14].into_iter(), 100), 0);
+        c.set_horizon(107);
         assert_eq!(c.after, 14);
         assert_eq!(c.gaps.keys().copied().collect::<Vec<_>>(), vec![12, 13]);
         // 13 commits late: read through the gap list, no longer missing.
-        assert_eq!(c.advance([13].into_iter(), 101, 106), 0);
+        assert_eq!(c.advance([13].into_iter(), 101), 0);
         assert_eq!(c.gaps.keys().copied().collect::<Vec<_>>(), vec![12]);
     }
 
     #[test]
     fn a_gap_is_given_up_only_once_every_writer_that_could_fill_it_has_ended() {
         let mut c = cursor(0);
-        c.advance([2].into_iter(), 100, 105);
+        c.advance([2].into_iter(), 100);
+        // Before the reader took its xid, nothing is given up, whatever xmin says.
+        assert_eq!(c.advance(std::iter::empty(), 1_000), 0);
+        c.set_horizon(105);
         // xmin still below the horizon: id 1's transaction may be running.
-        assert_eq!(c.advance(std::iter::empty(), 104, 110), 0);
+        assert_eq!(c.advance(std::iter::empty(), 104), 0);
         assert!(c.gaps.contains_key(&1));
         // Every transaction older than 105 has ended and id 1 never appeared: rolled back.
-        assert_eq!(c.advance(std::iter::empty(), 105, 110), 1);
+        assert_eq!(c.advance(std::iter::empty(), 105), 1);
         assert!(c.gaps.is_empty());
+    }
+
+    #[test]
+    fn a_later_gap_gets_its_own_horizon() {
+        let mut c = cursor(0);
+        c.advance([2].into_iter(), 100);
+        c.set_horizon(105);
+        c.advance([4].into_iter(), 103);
+        c.set_horizon(110);
+        assert_eq!(c.gaps.get(&1), Some(&105));
+        assert_eq!(c.gaps.get(&3), Some(&110));
+        assert_eq!(c.advance(std::iter::empty(), 106), 1);
+        assert_eq!(c.gaps.keys().copied().collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]
     fn huge_jumps_keep_a_bounded_number_of_gaps() {
         let mut c = cursor(0);
-        let abandoned = c.advance([5_000].into_iter(), 1, 2);
+        let abandoned = c.advance([5_000].into_iter(), 1);
         assert_eq!(c.gaps.len(), MAX_GAPS);
         assert_eq!(abandoned, 4_999 - MAX_GAPS as u64);
         assert_eq!(c.gaps.keys().next(), Some(&(5_000 - MAX_GAPS as i64)));

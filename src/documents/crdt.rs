@@ -89,10 +89,12 @@ impl State {
     /// delete and one insert between the common prefix and suffix, so concurrent edits outside
     /// that span survive (a restore replaces what differs, not the whole text).
     pub fn replace_text(&self, target: &str) -> Vec<u8> {
-        let current = self.text();
-        let (start, old_len, new_part) = text_change(&current, target);
         let body = self.doc.get_or_insert_text(BODY);
+        // The text is read in the same transaction that edits it, so an update applied from
+        // another thread in between cannot shift the offsets.
         let mut txn = self.doc.transact_mut();
+        let current = body.get_string(&txn);
+        let (start, old_len, new_part) = text_change(&current, target);
         // yrs counts text offsets in bytes by default; `text_change` cuts on char boundaries.
         if old_len > 0 {
             body.remove_range(&mut txn, start, old_len);

@@ -12,6 +12,7 @@ use crate::{
     cache::{Cache, CacheConfig},
     channels::{ChannelConfig, ChannelLayer},
     config::Config,
+    web::ws::SocketLimits,
 };
 
 /// Cheap to clone: a pool handle and a few `Arc`s.
@@ -27,6 +28,8 @@ pub struct AppState {
     pub channels: ChannelLayer,
     /// The cache (Postgres shared tier, in-process tier).
     pub cache: Cache,
+    /// Open WebSockets per user and per client address, for their limits.
+    pub sockets: Arc<SocketLimits>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
             static_version,
             channels,
             cache,
+            sockets: Arc::default(),
         })
     }
 }

@@ -15,6 +15,8 @@
 //!   credentials of a victim, so they pass);
 //! * a maximum message size (close 1009), a ping every `HEARTH_WS_PING_INTERVAL` and an idle
 //!   timeout (close 4408);
+//! * at most `HEARTH_WS_MAX_PER_USER` open sockets per signed-in user and
+//!   `HEARTH_WS_MAX_PER_ADDRESS` per client address on an instance (429 before the upgrade);
 //! * a bounded send queue in the channel layer: a client that cannot keep up is closed with
 //!   1013 and counted, never buffered without bound;
 //! * resumption: a client that reconnects with `?last_id=N` can be given what it missed
@@ -24,13 +26,17 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
 use axum::{
     extract::{
-        Path, Query, State,
+        ConnectInfo, Path, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
     http::{HeaderMap, header},
@@ -267,6 +273,98 @@ pub fn stats() -> WsStats {
     }
 }
 
+/// Open WebSockets of this instance per signed-in user and per client address, so that one
+/// user or one address cannot hold every socket (and file descriptor) the server has.
+#[derive(Debug, Default)]
+pub struct SocketLimits {
+    // A std mutex: held for a map update, never across an await.
+    open: Mutex<OpenSockets>,
+}
+
+#[derive(Debug, Default)]
+struct OpenSockets {
+    users: HashMap<i64, u32>,
+    addresses: HashMap<IpAddr, u32>,
+}
+
+/// One open socket's place in [`SocketLimits`], given back when dropped.
+struct SocketSlot {
+    limits: Arc<SocketLimits>,
+    user: Option<i64>,
+    address: IpAddr,
+}
+
+impl SocketLimits {
+    /// Takes a place for a socket of `user` from `address`, or says which limit is reached
+    /// (`0` means no limit).
+    fn acquire(
+        self: &Arc<Self>,
+        user: Option<i64>,
+        address: IpAddr,
+        per_user: u32,
+        per_address: u32,
+    ) -> Result<SocketSlot, WebError> {
+        let mut open = self
+            .open
+            .lock()
+            .expect("socket counts are never left half-updated");
+        let by_user = user.map_or(0, |id| open.users.get(&id).copied().unwrap_or(0));
+        if user.is_some() && per_user > 0 && by_user >= per_user {
+            return Err(WebError::TooManyRequests(format!(
+                "You have {by_user} live connections open already (the limit is {per_user}); close a tab and try again."
+            )));
+        }
+        let by_address = open.addresses.get(&address).copied().unwrap_or(0);
+        if per_address > 0 && by_address >= per_address {
+            return Err(WebError::TooManyRequests(format!(
+                "Too many live connections from your address (the limit is {per_address})."
+            )));
+        }
+        if let Some(id) = user {
+            *open.users.entry(id).or_default() += 1;
+        }
+        *open.addresses.entry(address).or_default() += 1;
+        Ok(SocketSlot {
+            limits: self.clone(),
+            user,
+            address,
+        })
+    }
+
+    /// Open sockets of `user` on this instance.
+    pub fn of_user(&self, user: i64) -> u32 {
+        let open = self
+            .open
+            .lock()
+            .expect("socket counts are never left half-updated");
+        open.users.get(&user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .expect("socket counts are never left half-updated");
+        let release = |count: Option<&mut u32>| {
+            count.map(|c| {
+                *c -= 1;
+                *c == 0
+            })
+        };
+        if let Some(id) = self.user
+            && release(open.users.get_mut(&id)) == Some(true)
+        {
+            open.users.remove(&id);
+        }
+        if release(open.addresses.get_mut(&self.address)) == Some(true) {
+            open.addresses.remove(&self.address);
+        }
+    }
+}
+
 /// The `GET` route that serves consumer `C`.
 pub fn route<C: Consumer>() -> MethodRouter<AppState> {
     get(upgrade::<C>)
@@ -282,10 +380,17 @@ async fn upgrade<C: Consumer>(
     params: Option<Path<HashMap<String, String>>>,
     Query(resume): Query<Resume>,
     CurrentUser(user): CurrentUser,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
     check_origin(&headers, &state.config.allowed_origins)?;
+    let slot = state.sockets.acquire(
+        user.as_ref().map(|u| u.id),
+        peer.ip(),
+        state.config.ws_max_per_user,
+        state.config.ws_max_per_address,
+    )?;
     let params = params.map(|Path(p)| p).unwrap_or_default();
     let params = serde_json::Map::from_iter(
         params
@@ -317,8 +422,12 @@ async fn upgrade<C: Consumer>(
                 outbox: Vec::new(),
                 close: None,
             };
-            // Tracked by the channel layer, so shutdown waits for the close frames.
-            tracker.track_future(run::<C>(socket, ctx, params, ping, idle))
+            // Tracked by the channel layer, so shutdown waits for the close frames; the slot
+            // is given back when the socket ends.
+            tracker.track_future(async move {
+                run::<C>(socket, ctx, params, ping, idle).await;
+                drop(slot);
+            })
         }))
 }
 

@@ -530,6 +530,59 @@ async fn group_send_in_a_transaction_is_delivered_only_if_it_commits() {
     assert_eq!(delivery.decode::<Value>().unwrap()["n"], 2);
 }
 
+async fn next_id(sub: &mut hearth::channels::Subscription) -> i64 {
+    tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the subscription is open")
+        .id
+}
+
+/// The gap's transaction took its xid after the last commit the reader's snapshot knew of
+/// (so at or above that snapshot's `xmax`), and stays open while other messages flow: it must
+/// still be delivered when it commits. (The horizon used to be `xmax`, which lost it.)
+#[tokio::test]
+async fn a_gap_whose_writer_took_its_xid_after_the_last_commit_is_kept_until_it_commits() {
+    let app = spawn().await;
+    let layer = &app.state.channels;
+    let mut sub = layer.subscribe();
+    let news = group("news");
+    sub.join(&news);
+    let take_xid = "SELECT pg_current_xact_id()::text";
+
+    let mut older = app.pool.begin().await.unwrap();
+    sqlx::query(take_xid).execute(&mut *older).await.unwrap();
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query(take_xid).execute(&mut *holder).await.unwrap();
+    let held = layer
+        .group_send_in(&mut holder, &news, &json!({"type": "news.item", "n": 1}))
+        .await
+        .unwrap();
+    let passed = layer
+        .group_send_in(&mut older, &news, &json!({"type": "news.item", "n": 2}))
+        .await
+        .unwrap();
+    older.commit().await.unwrap();
+    assert_eq!(next_id(&mut sub).await, passed);
+    // Traffic moves the reader's snapshots on while the holder stays open.
+    for n in 3..8 {
+        let id = layer
+            .group_send(&news, &json!({"type": "news.item", "n": n}))
+            .await
+            .unwrap();
+        assert_eq!(next_id(&mut sub).await, id);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.commit().await.unwrap();
+
+    assert_eq!(
+        next_id(&mut sub).await,
+        held,
+        "the late message is delivered"
+    );
+    assert_eq!(layer.stats().await.gaps_abandoned, 0);
+}
+
 #[tokio::test]
 async fn a_message_committed_after_a_later_one_is_not_skipped() {
     let app = spawn().await;

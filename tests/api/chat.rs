@@ -344,3 +344,50 @@ async fn rooms_with_the_same_long_name_get_numbered_slugs() {
     assert_ne!(first, second);
     assert!(second.ends_with("-2") && second.len() <= 60, "{second}");
 }
+
+#[tokio::test]
+async fn sockets_are_limited_per_user_and_per_address() {
+    let app = TestApp::builder()
+        .config(|c| {
+            c.ws_max_per_user = 2;
+            c.ws_max_per_address = 3;
+        })
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let connect = |cookie: &str| {
+        WsClient::build(app.ws_url("/ws/rooms/lobby"))
+            .cookie(cookie.to_owned())
+            .connect()
+    };
+
+    // Two sockets for ada; a third is refused before the upgrade.
+    let first = ada.socket("/ws/rooms/lobby").await;
+    let _second = ada.socket("/ws/rooms/lobby").await;
+    let refused = connect(&ada.cookie)
+        .await
+        .err()
+        .expect("a third socket is refused");
+    assert!(format!("{refused:?}").contains("429"), "{refused:?}");
+
+    // All from 127.0.0.1: bob gets the address's third place, not a fourth.
+    let _bob = bob.socket("/ws/rooms/lobby").await;
+    let refused = connect(&bob.cookie)
+        .await
+        .err()
+        .expect("a fourth socket from one address");
+    assert!(format!("{refused:?}").contains("429"), "{refused:?}");
+
+    // A closed socket gives its places back.
+    first.close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.state.sockets.of_user(ada.id) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    connect(&ada.cookie).await.expect("a place is free again");
+}

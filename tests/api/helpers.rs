@@ -265,7 +265,9 @@ impl Builder {
             let registry =
                 hearth::server::job_registry(&self.config, &state.channels, &state.cache)
                     .expect("job registry");
-            hearth::jobs::Workers::start(pool.clone(), registry, config)
+            // Their own pool, as `serve` gives them.
+            let jobs = hearth::server::job_pool(&self.config, &pool);
+            hearth::jobs::Workers::start(jobs, registry, config)
         });
         let router = hearth::server::app_with(state.clone(), routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

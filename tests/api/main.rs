@@ -10,6 +10,7 @@ mod channels;
 mod chat;
 mod documents;
 mod embedded;
+mod faults;
 mod gateway;
 mod helpers;
 mod jobs;

@@ -82,11 +82,16 @@ export async function launch(options = {}) {
 
 // Console errors and uncaught exceptions of every page, printed when a step fails.
 const pageErrors = [];
+// Anything the Content-Security-Policy refused: a script passes only if there is none, so a
+// page that works only because the test browser ignored the policy cannot pass.
+const cspViolations = [];
 
 function watch(page) {
   page.setDefaultTimeout(TIMEOUT);
   page.on('console', (msg) => {
-    if (msg.type() === 'error') pageErrors.push(`console error on ${page.url()}: ${msg.text()}`);
+    if (msg.type() !== 'error') return;
+    pageErrors.push(`console error on ${page.url()}: ${msg.text()}`);
+    if (msg.text().includes('Content Security Policy')) cspViolations.push(`${page.url()}: ${msg.text()}`);
   });
   page.on('pageerror', (err) => pageErrors.push(`uncaught exception on ${page.url()}: ${err.message}`));
   page.on('response', (res) => {
@@ -159,6 +164,8 @@ export async function run(body) {
         const page = await newPage(browser);
         log(`${SCRIPT}: hearth at ${BASE}, screenshots in ${SHOTS}`);
         await body({ browser, page });
+        currentStep = 'Content-Security-Policy';
+        if (cspViolations.length) fail(`the page broke its CSP:\n  ${cspViolations.join('\n  ')}`);
       })(),
       timeout,
     ]);
