@@ -236,6 +236,7 @@ fn job_kinds() -> Registry {
         .register::<DailyDigest>()
         .register::<crate::uploads::ImportCsv>()
         .register::<crate::documents::CompactDocument>()
+        .register::<crate::documents::CompactIdle>()
 }
 
 /// The job kinds with what they need at run time: the mailer, the channel layer (live
@@ -272,11 +273,18 @@ pub fn job_schedules(config: &Config) -> anyhow::Result<Vec<Schedule>> {
         &format!("0 {} * * *", config.digest_hour),
         &config.digest_time_zone,
     )?;
-    let mut schedules = vec![Schedule::new(
-        "daily-digest",
-        digest,
-        Enqueue::new(&DailyDigest::default())?,
-    )?];
+    let mut schedules = vec![
+        Schedule::new(
+            "daily-digest",
+            digest,
+            Enqueue::new(&DailyDigest::default())?,
+        )?,
+        Schedule::new(
+            "documents-compact",
+            Every::interval(Duration::from_secs(600))?,
+            Enqueue::new(&documents::CompactIdle::default())?,
+        )?,
+    ];
     if let Some(spec) = &config.schedules {
         schedules.extend(crate::jobs::schedule::parse_config(spec)?);
     }

@@ -29,7 +29,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+    tungstenite::{
+        Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -161,7 +163,11 @@ async fn open(address: &str, doc: i64, cookie: &str) -> anyhow::Result<(Socket, 
     request
         .headers_mut()
         .insert("cookie", HeaderValue::from_str(cookie)?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    // Small client buffers (tungstenite reads into 128 KiB by default), so that the memory
+    // measurement is mostly the server's.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
     let replica = State::from_updates([])?;
     let sv = BASE64.encode(replica.vector());
     socket

@@ -3,7 +3,9 @@
 //! Every keystroke a client sends is a row in `document_updates`; a document edited for an
 //! hour would otherwise be rebuilt from thousands of rows on every open. The socket enqueues
 //! this job after every [`COMPACT_EVERY`] updates it stores and when it closes, under a unique
-//! key, so a document has at most one compaction waiting however many editors it has.
+//! key, so a document has at most one compaction waiting however many editors it has. A
+//! socket whose instance died (`kill -9`) never closes: the `documents-compact` schedule runs
+//! [`CompactIdle`] every ten minutes to catch the documents it left behind.
 
 use std::time::Duration;
 
@@ -117,4 +119,28 @@ pub async fn compact(db: &PgPool, document_id: i64) -> anyhow::Result<Compacted>
         updates: ids.len(),
         snapshot_bytes: encoded.len(),
     })
+}
+
+/// Requests a compaction of every document with updates older than a minute (the ones no
+/// socket asked for, because the instance holding it died).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CompactIdle {}
+
+impl Job for CompactIdle {
+    const KIND: &'static str = "documents.compact_idle";
+
+    #[tracing::instrument(skip_all)]
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        let documents = sqlx::query_scalar!(
+            "SELECT document_id FROM document_updates
+              GROUP BY document_id HAVING min(created_at) < now() - interval '1 minute'
+              LIMIT 1000"
+        )
+        .fetch_all(&ctx.pool)
+        .await?;
+        for &document_id in &documents {
+            CompactDocument::request(&ctx.pool, document_id).await?;
+        }
+        Outcome::with_result(serde_json::json!({ "requested": documents.len() }))
+    }
 }

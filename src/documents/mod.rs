@@ -10,7 +10,7 @@
 //! * [`document`]: rights (owner, editor, reader), loading and storing updates.
 //! * `consumer`: `/ws/docs/{id}` — the sync handshake, updates stored and broadcast in one
 //!   transaction, carets, presence, rights re-read when the owner changes them.
-//! * [`compact`]: the job that folds stored updates into the snapshot.
+//! * [`compact`]: the job that folds stored updates into the snapshot, and its periodic sweep.
 //! * `pages`: the list, the editor page, members, versions and restore, export, delete.
 
 pub mod compact;
@@ -24,7 +24,7 @@ use axum::{
     routing::{get, post},
 };
 
-pub use compact::CompactDocument;
+pub use compact::{CompactDocument, CompactIdle};
 pub use consumer::MAX_UPDATE;
 
 use crate::web::{AppState, ws};

@@ -646,3 +646,48 @@ async fn malformed_updates_and_vectors_get_error_frames_and_store_nothing() {
     assert_eq!(response.status(), 422);
     assert!(response.text().await.unwrap().contains("cannot be empty"));
 }
+
+#[tokio::test]
+async fn the_periodic_sweep_compacts_what_a_dead_instance_left_behind() {
+    use hearth::jobs::Enqueue;
+
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let doc = create_doc(&ada, "Orphaned").await;
+    // Updates stored by an instance that died before its sockets could ask for a compaction.
+    let update = State::from_updates([]).unwrap().replace_text("left behind");
+    sqlx::query(
+        "INSERT INTO document_updates (document_id, author_id, data, created_at)
+         VALUES ($1, $2, $3, now() - interval '5 minutes')",
+    )
+    .bind(doc)
+    .bind(ada.id)
+    .bind(&update)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let fresh = create_doc(&ada, "Being edited").await;
+    let recent = State::from_updates([]).unwrap().replace_text("typing");
+    sqlx::query("INSERT INTO document_updates (document_id, author_id, data) VALUES ($1, $2, $3)")
+        .bind(fresh)
+        .bind(ada.id)
+        .bind(&recent)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    Enqueue::new(&hearth::documents::CompactIdle::default())
+        .unwrap()
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.drain("default").await, 1);
+
+    let requested: Vec<String> = sqlx::query_scalar(
+        "SELECT args->>'document_id' FROM jobs WHERE kind = 'documents.compact' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(requested, [doc.to_string()], "only the idle document");
+}

@@ -127,9 +127,21 @@ await run(async ({ browser, page }) => {
     // B typed at the end: scroll B's editor to the top, where A's caret is (the mirror follows).
     await b.locator('#doc-body').evaluate((area) => area.scrollTo(0, 0));
     await b.waitForFunction(() => document.getElementById('doc-mirror').scrollTop === 0);
-    const caret = await label.boundingBox();
-    const area = await b.locator('#doc-body').boundingBox();
-    if (!caret || caret.y < area.y - caret.height || caret.y > area.y + area.height / 2) {
+    // The mirror is redrawn on every change and scroll: look the label up afresh each time.
+    const nearTop = (name) => {
+      const area = document.getElementById('doc-body').getBoundingClientRect();
+      const label = [...document.querySelectorAll('#doc-mirror *')].find(
+        (el) => el.children.length === 0 && el.textContent === name,
+      );
+      if (!label) return false;
+      const r = label.getBoundingClientRect();
+      return r.height > 0 && r.y >= area.y - r.height && r.y <= area.y + area.height / 2;
+    };
+    try {
+      await b.waitForFunction(nearTop, userA, { timeout: TIMEOUT });
+    } catch {
+      const caret = await label.boundingBox().catch(() => null);
+      const area = await b.locator('#doc-body').boundingBox();
       fail(`${userA}'s caret label is at ${JSON.stringify(caret)}, not near the top of the editor ${JSON.stringify(area)}`);
     }
   });
