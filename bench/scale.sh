@@ -46,12 +46,17 @@ for n in $COUNTS; do
   echo "== $n instance(s): starting"
   start "$n"
   per=$((CONNS / n)); [ "$per" -ge 1 ] || per=1
-  for i in $(seq 0 $((n - 1))); do wrk -t1 -c"$per" -d3s "http://127.0.0.1:$((BASE_PORT + i))/bench/page" >/dev/null 2>&1 & done; wait
+  # Wait for the load clients only (the servers are background jobs too).
+  clients=()
+  for i in $(seq 0 $((n - 1))); do wrk -t1 -c"$per" -d3s "http://127.0.0.1:$((BASE_PORT + i))/bench/page" >/dev/null 2>&1 & clients+=("$!"); done
+  wait "${clients[@]}"
   echo "== $n instance(s): $CONNS connections for ${DURATION}s"
+  clients=()
   for i in $(seq 0 $((n - 1))); do
     wrk -t1 -c"$per" -d"${DURATION}s" --latency "http://127.0.0.1:$((BASE_PORT + i))/bench/page" >"$LOGS/wrk-$n-$i.txt" 2>&1 &
+    clients+=("$!")
   done
-  wait
+  wait "${clients[@]}"
   total=$(awk '/Requests\/sec/ {s += $2} END {printf "%.0f", s}' "$LOGS"/wrk-"$n"-*.txt)
   p99=$(awk '/ 99%/ {print $2}' "$LOGS"/wrk-"$n"-*.txt | sort -V | tail -1)
   echo "   $total req/s (worst instance p99 $p99)"

@@ -392,3 +392,187 @@ async fn cache_stats_and_clear_on_the_command_line() {
     assert!(gone, "the running instance dropped its in-process copy");
     assert_eq!(run(&["cache", "clear"]).trim(), "1 entries deleted");
 }
+
+/// `kill -9` of one of two instances under load: the other rescues its running jobs once
+/// their lease runs out, drops its presence entries after missed heartbeats, and its socket
+/// clients reconnect to the survivor and get what they missed.
+#[tokio::test]
+async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
+    use hearth::{
+        jobs::{Enqueue, control},
+        web::{
+            auth::{NewPassword, Username, create_user},
+            session,
+            testing::WsClient,
+        },
+    };
+    use std::time::Duration;
+
+    // Arrange: a database with two users and their sessions, two servers on it.
+    let (name, options) = crate::helpers::migrated_database().await;
+    let url = crate::helpers::database_url(&name);
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    let mut cookies = Vec::new();
+    for username in ["ada", "bob"] {
+        let user = create_user(
+            &pool,
+            &Username::parse(username).unwrap(),
+            &NewPassword::parse("correct horse battery").unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+        let token = session::create(&pool, user.id, Duration::from_secs(3600), None)
+            .await
+            .unwrap();
+        cookies.push(format!("{}={token}", session::COOKIE));
+    }
+    let start = |dir: &Path| {
+        let mut command = hearth(dir);
+        command
+            .env("DATABASE_URL", &url)
+            .env("HEARTH_QUEUES", "default:2")
+            .env("HEARTH_JOB_LEASE", "2s")
+            .env("HEARTH_JOB_POLL_INTERVAL", "200ms")
+            .env("RUST_LOG", "warn,hearth=info")
+            .env(
+                "HEARTH_SECRET_KEY",
+                "a shared secret key that is long enough",
+            );
+        serve_with(command)
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, address_a, _log_a) = start(dir_a.path());
+    let (b, address_b, _log_b) = start(dir_b.path());
+    // Killed when the test ends, passed or failed: a failing assertion must not leave a
+    // server behind (the test harness would wait for its output forever).
+    let (mut a, mut b) = (KillOnDrop(a), KillOnDrop(b));
+    let ws = |address: &str, query: &str, cookie: &str| {
+        WsClient::build(format!(
+            "ws://{}/ws/rooms/lobby{query}",
+            address.trim_start_matches("http://")
+        ))
+        .cookie(cookie.to_owned())
+        .connect()
+    };
+    let next_of_type = async |socket: &mut WsClient, kind: &str| loop {
+        let frame = socket
+            .recv_json_within(Duration::from_secs(40))
+            .await
+            .unwrap();
+        if frame["type"] == kind {
+            break frame;
+        }
+    };
+    let mut ada = ws(&address_a, "", &cookies[0]).await.unwrap();
+    let hello = next_of_type(&mut ada, "hello").await;
+    let last_seen = hello["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map_or(0, |m| m["id"].as_i64().unwrap());
+    let mut bob = ws(&address_b, "", &cookies[1]).await.unwrap();
+    let hello = next_of_type(&mut bob, "hello").await;
+    let ada_channel = hello["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["username"] == "ada")
+        .expect("bob, on B, sees ada, on A")["channel"]
+        .clone();
+    // Four 4-second jobs: each instance runs two.
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        let job = Enqueue::new(&hearth::jobs::builtin::Sleep { ms: 4000 })
+            .unwrap()
+            .enqueue(&pool)
+            .await
+            .unwrap();
+        jobs.push(job.id);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if running == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the jobs did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Act: A dies without a word.
+    kill(Pid::from_raw(a.0.id() as i32), Signal::SIGKILL).unwrap();
+    a.0.wait().unwrap();
+    bob.send_json(&serde_json::json!({"type": "send", "body": "while A was gone"}))
+        .await
+        .unwrap();
+    // Stored once bob sees it broadcast.
+    assert_eq!(
+        next_of_type(&mut bob, "chat.message").await["message"]["body"],
+        "while A was gone"
+    );
+
+    // Assert: ada's client reconnects to B and gets what she missed...
+    let mut ada = ws(&address_b, &format!("?last_id={last_seen}"), &cookies[0])
+        .await
+        .unwrap();
+    let hello = next_of_type(&mut ada, "hello").await;
+    assert!(
+        hello["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["body"] == "while A was gone"),
+        "{hello}"
+    );
+    // ...A's presence entry goes (after three missed heartbeats)...
+    let left = loop {
+        let frame = next_of_type(&mut bob, "presence.leave").await;
+        if frame["channel"] == ada_channel {
+            break frame;
+        }
+    };
+    assert_eq!(left["username"], "ada");
+    // ...and every job completes: A's two after their lease ran out, on B.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    for id in jobs {
+        loop {
+            let status = control::status(&pool, id).await.unwrap().unwrap();
+            if status.state == "completed" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} is {}",
+                status.state
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let rescued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs_done WHERE kind = 'sleep' AND attempt > 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rescued, 2, "A's two jobs ran again on B");
+
+    kill(Pid::from_raw(b.0.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(b.0.wait().unwrap().success());
+}
+
+/// A child process killed (SIGKILL) when dropped, unless it has exited already.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
