@@ -213,8 +213,17 @@ impl EmbeddedPostgres {
         )?;
         let run_as = RunAs::detect()?;
 
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(EmbeddedError::Io {
+                context: format!(
+                    "the data dir {} is a file, not a folder: set HEARTH_DATA_DIR to a folder",
+                    data_dir.display()
+                ),
+                source: io::Error::from(io::ErrorKind::NotADirectory),
+            });
+        }
         fs::create_dir_all(data_dir).map_err(io_err(format!(
-            "cannot create data dir {}",
+            "cannot create data dir {} (set HEARTH_DATA_DIR to a writable folder)",
             data_dir.display()
         )))?;
         let data_dir = data_dir.canonicalize().map_err(io_err(format!(

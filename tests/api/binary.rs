@@ -576,3 +576,20 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+#[test]
+fn an_unusable_data_dir_is_one_clear_error_not_a_crash_loop() {
+    // A file where the folder should be, and a folder on a read-only file system.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    for (dir, expected) in [
+        (file.path(), "is a file, not a folder"),
+        (Path::new("/proc/hearth-data"), "cannot create data dir"),
+    ] {
+        let output = hearth(dir).arg("serve").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("HEARTH_DATA_DIR"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -13,6 +13,7 @@ mod embedded;
 mod faults;
 mod gateway;
 mod helpers;
+mod hostile;
 mod jobs;
 mod mail;
 mod ops;
