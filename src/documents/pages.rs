@@ -48,17 +48,27 @@ async fn open(
         .ok_or(WebError::NotFound)
 }
 
+/// The document if the user's rights pass `allowed`; 403 with `refusal` otherwise.
+async fn open_for(
+    state: &AppState,
+    id: i64,
+    login: &RequireLogin,
+    allowed: fn(Access) -> bool,
+    refusal: &str,
+) -> Result<Document, WebError> {
+    match open(state, id, login).await? {
+        (document, access) if allowed(access) => Ok(document),
+        _ => Err(WebError::Forbidden(refusal.into())),
+    }
+}
+
 async fn open_to_edit(
     state: &AppState,
     id: i64,
     login: &RequireLogin,
 ) -> Result<Document, WebError> {
-    match open(state, id, login).await? {
-        (document, access) if access.can_edit() => Ok(document),
-        _ => Err(WebError::Forbidden(
-            "You can read this document but not change it.".into(),
-        )),
-    }
+    let refusal = "You can read this document but not change it.";
+    open_for(state, id, login, Access::can_edit, refusal).await
 }
 
 async fn open_as_owner(
@@ -66,12 +76,23 @@ async fn open_as_owner(
     id: i64,
     login: &RequireLogin,
 ) -> Result<Document, WebError> {
-    match open(state, id, login).await? {
-        (document, access) if access.is_owner() => Ok(document),
-        _ => Err(WebError::Forbidden(
-            "Only the document's owner can do this.".into(),
-        )),
-    }
+    let refusal = "Only the document's owner can do this.";
+    open_for(state, id, login, Access::is_owner, refusal).await
+}
+
+/// Sends `message` to the document's open sockets when `tx` commits.
+async fn broadcast(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    document_id: i64,
+    message: &Broadcast<'_>,
+) -> Result<(), WebError> {
+    state
+        .channels
+        .group_send_in(tx, &document::group(document_id), message)
+        .await
+        .map(drop)
+        .map_err(|e| WebError::Internal(e.into()))
 }
 
 fn load_failed(e: document::LoadError) -> WebError {
@@ -297,7 +318,7 @@ pub(super) async fn rename(
     Path(id): Path<i64>,
     Form(form): Form<TitleForm>,
 ) -> Result<Response, WebError> {
-    let doc = open_to_edit(&state, id, &login).await?;
+    open_to_edit(&state, id, &login).await?;
     let title = parse_name(&form.title, "title", 200)?;
     let mut tx = state.db.begin().await?;
     sqlx::query!(
@@ -307,11 +328,7 @@ pub(super) async fn rename(
     )
     .execute(&mut *tx)
     .await?;
-    state
-        .channels
-        .group_send_in(&mut tx, &doc.group(), &Broadcast::Title { title: &title })
-        .await
-        .map_err(|e| WebError::Internal(e.into()))?;
+    broadcast(&state, &mut tx, id, &Broadcast::Title { title: &title }).await?;
     tx.commit().await?;
     Ok(back(jar, id, "Renamed."))
 }
@@ -366,17 +383,10 @@ pub(super) async fn add_member(
     )
     .execute(&mut *tx)
     .await?;
-    state
-        .channels
-        .group_send_in(
-            &mut tx,
-            &doc.group(),
-            &Broadcast::Access {
-                user_id: Some(member.id),
-            },
-        )
-        .await
-        .map_err(|e| WebError::Internal(e.into()))?;
+    let access = Broadcast::Access {
+        user_id: Some(member.id),
+    };
+    broadcast(&state, &mut tx, id, &access).await?;
     tx.commit().await?;
     let rights = if can_edit { "edit" } else { "read" };
     Ok(back(
@@ -394,7 +404,7 @@ pub(super) async fn remove_member(
     jar: SignedCookieJar,
     Path((id, member_id)): Path<(i64, i64)>,
 ) -> Result<Response, WebError> {
-    let doc = open_as_owner(&state, id, &login).await?;
+    open_as_owner(&state, id, &login).await?;
     let mut tx = state.db.begin().await?;
     let removed = sqlx::query_scalar!(
         "DELETE FROM document_members WHERE document_id = $1 AND user_id = $2 RETURNING user_id",
@@ -406,17 +416,10 @@ pub(super) async fn remove_member(
     if removed.is_none() {
         return Err(WebError::NotFound);
     }
-    state
-        .channels
-        .group_send_in(
-            &mut tx,
-            &doc.group(),
-            &Broadcast::Access {
-                user_id: Some(member_id),
-            },
-        )
-        .await
-        .map_err(|e| WebError::Internal(e.into()))?;
+    let access = Broadcast::Access {
+        user_id: Some(member_id),
+    };
+    broadcast(&state, &mut tx, id, &access).await?;
     tx.commit().await?;
     Ok(back(jar, id, "Member removed."))
 }
@@ -461,7 +464,7 @@ pub(super) async fn restore_version(
     jar: SignedCookieJar,
     Path((id, version_id)): Path<(i64, i64)>,
 ) -> Result<Response, WebError> {
-    let doc = open_to_edit(&state, id, &login).await?;
+    open_to_edit(&state, id, &login).await?;
     let version = sqlx::query!(
         "SELECT name, state FROM document_versions WHERE id = $1 AND document_id = $2",
         version_id,
@@ -474,11 +477,14 @@ pub(super) async fn restore_version(
         .map_err(|e| WebError::Internal(anyhow::Error::new(e).context("a stored version")))?
         .text();
     let current = document::load(&state.db, id).await.map_err(load_failed)?;
+    if current.text() == target {
+        let unchanged = format!("The text is already that of “{}”.", version.name);
+        return Ok(back(jar, id, unchanged));
+    }
     let update = current.replace_text(&target);
     let encoded = BASE64.encode(&update);
     let mut tx = state.db.begin().await?;
     document::append(&mut tx, id, login.user.id, &update).await?;
-    let group = doc.group();
     for message in [
         Broadcast::Update {
             update: &encoded,
@@ -489,11 +495,7 @@ pub(super) async fn restore_version(
             by: &login.user.username,
         },
     ] {
-        state
-            .channels
-            .group_send_in(&mut tx, &group, &message)
-            .await
-            .map_err(|e| WebError::Internal(e.into()))?;
+        broadcast(&state, &mut tx, id, &message).await?;
     }
     tx.commit().await?;
     Ok(back(jar, id, format!("Restored “{}”.", version.name)))
@@ -512,11 +514,7 @@ pub(super) async fn delete(
     sqlx::query!("DELETE FROM documents WHERE id = $1", id)
         .execute(&mut *tx)
         .await?;
-    state
-        .channels
-        .group_send_in(&mut tx, &doc.group(), &Broadcast::Access { user_id: None })
-        .await
-        .map_err(|e| WebError::Internal(e.into()))?;
+    broadcast(&state, &mut tx, id, &Broadcast::Access { user_id: None }).await?;
     tx.commit().await?;
     Ok((
         flash::set(jar, format!("“{}” deleted.", doc.title)),

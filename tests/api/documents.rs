@@ -564,6 +564,16 @@ async fn restoring_a_version_reaches_every_editor_and_keeps_the_history() {
         .await
         .unwrap();
     assert_eq!(versions, 1);
+    // Restoring what the text already is stores nothing.
+    let count = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM document_updates").fetch_one(&app.pool)
+    };
+    let before = count().await.unwrap();
+    let response = bob
+        .post_form(&format!("/docs/{doc}/versions/{version}/restore"), &[])
+        .await;
+    assert_redirect(&response, &format!("/docs/{doc}"));
+    assert_eq!(count().await.unwrap(), before);
 }
 
 #[tokio::test]
