@@ -127,6 +127,28 @@ impl WsClient {
         self.recv_json_within(DEFAULT_TIMEOUT).await
     }
 
+    /// The next JSON frame whose `"type"` is `kind`, within [`DEFAULT_TIMEOUT`]; frames of
+    /// other types (presence, typing...) are skipped.
+    pub async fn recv_type(&mut self, kind: &str) -> Result<serde_json::Value, WsTestError> {
+        self.recv_type_within(kind, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Self::recv_type`] within `wait`.
+    pub async fn recv_type_within(
+        &mut self,
+        kind: &str,
+        wait: Duration,
+    ) -> Result<serde_json::Value, WsTestError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.recv_json_within(left).await?;
+            if frame["type"] == kind {
+                return Ok(frame);
+            }
+        }
+    }
+
     /// The next JSON text frame, within `wait`. Pings and pongs are skipped; a close is
     /// [`WsTestError::Closed`].
     pub async fn recv_json_within(

@@ -455,14 +455,12 @@ async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
         .cookie(cookie.to_owned())
         .connect()
     };
-    let next_of_type = async |socket: &mut WsClient, kind: &str| loop {
-        let frame = socket
-            .recv_json_within(Duration::from_secs(40))
+    // Presence leaves after three missed heartbeats: up to 20 s.
+    let next_of_type = async |socket: &mut WsClient, kind: &str| {
+        socket
+            .recv_type_within(kind, Duration::from_secs(40))
             .await
-            .unwrap();
-        if frame["type"] == kind {
-            break frame;
-        }
+            .unwrap()
     };
     let mut ada = ws(&address_a, "", &cookies[0]).await.unwrap();
     let hello = next_of_type(&mut ada, "hello").await;

@@ -163,12 +163,7 @@ async fn join_as(app: &TestApp, cookie: &str, room: &str, last_id: Option<i64>) 
 }
 
 async fn next_of_type(client: &mut WsClient, kind: &str) -> Value {
-    loop {
-        let frame = client.recv_json().await.expect("a frame");
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
+    client.recv_type(kind).await.expect("a frame")
 }
 
 async fn say(client: &mut WsClient, text: &str) {

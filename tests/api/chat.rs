@@ -11,15 +11,10 @@ use crate::helpers::{TestApp, TestUser, assert_redirect};
 
 /// The next frame of `kind`, skipping others (presence, typing...).
 async fn next(client: &mut WsClient, kind: &str) -> Value {
-    loop {
-        let frame = client
-            .recv_json_within(Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {kind}: {e:?}"));
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
+    client
+        .recv_type(kind)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {kind}: {e:?}"))
 }
 
 async fn say(client: &mut WsClient, body: &str) {

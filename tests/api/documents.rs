@@ -336,7 +336,7 @@ async fn readers_cannot_edit_and_outsiders_cannot_open() {
         .send_json(&json!({"type": "update", "update": BASE64.encode(&edit), "seq": 1}))
         .await
         .unwrap();
-    let refused = next_of_type(&mut reader, "error").await;
+    let refused = reader.recv_type("error").await.unwrap();
     assert_eq!(refused["code"], "read_only", "{refused}");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
         .fetch_one(&app.pool)
@@ -397,7 +397,7 @@ async fn changed_rights_apply_to_open_sockets() {
     assert_eq!(socket.recv_json().await.unwrap()["you"]["can_edit"], true);
 
     share(&ada, doc, "bob", "read").await;
-    let frame = next_of_type(&mut socket, "access").await;
+    let frame = socket.recv_type("access").await.unwrap();
     assert_eq!(frame["can_edit"], false);
     let edit = State::from_updates([]).unwrap().replace_text("late");
     socket
@@ -405,7 +405,7 @@ async fn changed_rights_apply_to_open_sockets() {
         .await
         .unwrap();
     assert_eq!(
-        next_of_type(&mut socket, "error").await["code"],
+        socket.recv_type("error").await.unwrap()["code"],
         "read_only"
     );
 
@@ -417,15 +417,6 @@ async fn changed_rights_apply_to_open_sockets() {
     assert_eq!(bob.get(&format!("/docs/{doc}")).await.status(), 404);
 }
 
-async fn next_of_type(socket: &mut WsClient, kind: &str) -> Value {
-    loop {
-        let frame = socket.recv_json().await.unwrap();
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
-
 /// Connects, syncs, and returns the socket with the replica brought up to date.
 async fn synced_editor(cookie: &str, app: &TestApp, doc: i64) -> (WsClient, State) {
     let replica = State::from_updates([]).unwrap();
@@ -434,12 +425,12 @@ async fn synced_editor(cookie: &str, app: &TestApp, doc: i64) -> (WsClient, Stat
         .connect()
         .await
         .unwrap();
-    next_of_type(&mut socket, "hello").await;
+    socket.recv_type("hello").await.unwrap();
     socket
         .send_json(&json!({"type": "sync", "sv": BASE64.encode(replica.vector())}))
         .await
         .unwrap();
-    let sync = next_of_type(&mut socket, "sync").await;
+    let sync = socket.recv_type("sync").await.unwrap();
     replica
         .apply(&BASE64.decode(sync["update"].as_str().unwrap()).unwrap())
         .unwrap();
@@ -452,7 +443,7 @@ async fn type_text(socket: &mut WsClient, replica: &State, text: &str, seq: u64)
         .send_json(&json!({"type": "update", "update": BASE64.encode(&update), "seq": seq}))
         .await
         .unwrap();
-    assert_eq!(next_of_type(socket, "ack").await["seq"], seq);
+    assert_eq!(socket.recv_type("ack").await.unwrap()["seq"], seq);
 }
 
 #[tokio::test]
@@ -547,13 +538,13 @@ async fn restoring_a_version_reaches_every_editor_and_keeps_the_history() {
         .post_form(&format!("/docs/{doc}/versions/{version}/restore"), &[])
         .await;
     assert_redirect(&response, &format!("/docs/{doc}"));
-    let update = next_of_type(&mut reader, "doc.update").await;
+    let update = reader.recv_type("doc.update").await.unwrap();
     bob_replica
         .apply(&BASE64.decode(update["update"].as_str().unwrap()).unwrap())
         .unwrap();
     assert_eq!(bob_replica.text(), "Once upon a time.");
-    assert_eq!(next_of_type(&mut reader, "doc.restored").await["by"], "bob");
-    let update = next_of_type(&mut writer, "doc.update").await;
+    assert_eq!(reader.recv_type("doc.restored").await.unwrap()["by"], "bob");
+    let update = writer.recv_type("doc.update").await.unwrap();
     replica
         .apply(&BASE64.decode(update["update"].as_str().unwrap()).unwrap())
         .unwrap();
@@ -587,7 +578,7 @@ async fn titles_carets_and_presence_reach_the_other_editors() {
     let (mut second, _) = synced_editor(&bob.cookie, &app, doc).await;
     // Ada may first hear of her own arrival; bob's comes next.
     let joined = loop {
-        let joined = next_of_type(&mut first, "presence.join").await;
+        let joined = first.recv_type("presence.join").await.unwrap();
         if joined["username"] != "ada" {
             break joined;
         }
@@ -601,7 +592,7 @@ async fn titles_carets_and_presence_reach_the_other_editors() {
         .send_json(&json!({"type": "awareness", "cursor": caret}))
         .await
         .unwrap();
-    let seen = next_of_type(&mut first, "doc.awareness").await;
+    let seen = first.recv_type("doc.awareness").await.unwrap();
     assert_eq!(seen["username"], "bob");
     assert_eq!(seen["cursor"], caret);
 
@@ -610,13 +601,13 @@ async fn titles_carets_and_presence_reach_the_other_editors() {
         .await;
     assert_redirect(&response, &format!("/docs/{doc}"));
     assert_eq!(
-        next_of_type(&mut first, "doc.title").await["title"],
+        first.recv_type("doc.title").await.unwrap()["title"],
         "The plan"
     );
 
     second.close().await.unwrap();
     assert_eq!(
-        next_of_type(&mut first, "presence.leave").await["username"],
+        first.recv_type("presence.leave").await.unwrap()["username"],
         "bob"
     );
 }
@@ -627,7 +618,7 @@ async fn malformed_updates_and_vectors_get_error_frames_and_store_nothing() {
     let ada = app.user("ada").await;
     let doc = create_doc(&ada, "Robust").await;
     let mut socket = ada.socket(&format!("/ws/docs/{doc}")).await;
-    next_of_type(&mut socket, "hello").await;
+    socket.recv_type("hello").await.unwrap();
     for (frame, code) in [
         (
             json!({"type": "update", "update": "not base64!", "seq": 1}),
@@ -647,11 +638,11 @@ async fn malformed_updates_and_vectors_get_error_frames_and_store_nothing() {
         ),
     ] {
         socket.send_json(&frame).await.unwrap();
-        let error = next_of_type(&mut socket, "error").await;
+        let error = socket.recv_type("error").await.unwrap();
         assert_eq!(error["code"], code, "{error}");
     }
     socket.send_text("{not json").await.unwrap();
-    assert!(next_of_type(&mut socket, "error").await["error"].is_string());
+    assert!(socket.recv_type("error").await.unwrap()["error"].is_string());
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
         .fetch_one(&app.pool)
         .await

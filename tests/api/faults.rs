@@ -161,13 +161,8 @@ async fn a_database_restart_under_load_answers_503_then_heals_and_loses_no_job()
         .send_json(&json!({"type": "send", "body": "after the restart"}))
         .await
         .unwrap();
-    loop {
-        let frame = listener.recv_json().await.unwrap();
-        if frame["type"] == "chat.message" {
-            assert_eq!(frame["message"]["body"], "after the restart");
-            break;
-        }
-    }
+    let frame = listener.recv_type("chat.message").await.unwrap();
+    assert_eq!(frame["message"]["body"], "after the restart");
 
     workers.shutdown().await;
     drop(app);
@@ -263,13 +258,8 @@ async fn an_exhausted_request_pool_answers_503_while_jobs_and_messages_keep_flow
         )
         .await
         .unwrap();
-    loop {
-        let frame = socket.recv_json().await.unwrap();
-        if frame["type"] == "chat.typing" {
-            assert_eq!(frame["username"], "ghost");
-            break;
-        }
-    }
+    let frame = socket.recv_type("chat.typing").await.unwrap();
+    assert_eq!(frame["username"], "ghost");
 
     // Once the long queries end, requests are served again.
     sqlx::query(

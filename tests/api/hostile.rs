@@ -116,13 +116,8 @@ async fn hostile_socket_frames_get_error_frames_and_the_socket_stays_usable() {
         .send_json(&json!({"type": "send", "body": "still here"}))
         .await
         .unwrap();
-    loop {
-        let frame = socket.recv_json().await.unwrap();
-        if frame["type"] == "chat.message" {
-            assert_eq!(frame["message"]["body"], "still here");
-            break;
-        }
-    }
+    let frame = socket.recv_type("chat.message").await.unwrap();
+    assert_eq!(frame["message"]["body"], "still here");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_messages")
         .fetch_one(&app.pool)
         .await
