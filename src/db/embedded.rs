@@ -122,8 +122,26 @@ pub enum EmbeddedError {
         log: PathBuf,
         tail: String,
     },
+    #[error(
+        "the disk holding {path} is full: {detail}. Free some space, or set HEARTH_DATA_DIR to a folder on another disk"
+    )]
+    DiskFull { path: PathBuf, detail: String },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+}
+
+/// What PostgreSQL and initdb print (through strerror) when a write meets a full disk.
+const NO_SPACE: &str = "No space left on device";
+
+/// The message of the line of `output` that reports a full disk, if one does, without the
+/// timestamp and pid that PostgreSQL puts before its severity.
+fn disk_full_line(output: &str) -> Option<String> {
+    let line = output.lines().find(|line| line.contains(NO_SPACE))?;
+    let message = ["FATAL:", "PANIC:", "ERROR:"]
+        .iter()
+        .find_map(|severity| line.find(severity).map(|at| &line[at..]))
+        .unwrap_or(line);
+    Some(message.trim().to_owned())
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
@@ -323,10 +341,17 @@ impl EmbeddedPostgres {
                     .map_err(io_err("cannot wait for PostgreSQL"))?
             {
                 self.child = None;
+                let tail = log_tail(&self.log);
+                if let Some(detail) = disk_full_line(&tail) {
+                    return Err(EmbeddedError::DiskFull {
+                        path: self.data_dir.clone(),
+                        detail,
+                    });
+                }
                 return Err(EmbeddedError::Exited {
                     status: status.to_string(),
                     log: self.log.clone(),
-                    tail: log_tail(&self.log),
+                    tail,
                 });
             }
             // Line 8 of postmaster.pid is the server status; "ready" means it accepts connections.
@@ -540,14 +565,27 @@ fn init_cluster(
     run_as.apply(&mut initdb);
     let output = initdb.output().map_err(io_err("cannot run initdb"))?;
     if !output.status.success() {
+        let status = output.status.to_string();
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // A half-written cluster is of no use, and on a full disk it holds the space that the
+        // next start needs.
+        if let Err(e) = fs::remove_dir_all(&scratch) {
+            tracing::warn!(error = %e, path = %scratch.display(), "cannot remove the failed initdb's folder");
+        }
+        if let Some(detail) = disk_full_line(&output) {
+            return Err(EmbeddedError::DiskFull {
+                path: data_dir.to_owned(),
+                detail,
+            });
+        }
         return Err(EmbeddedError::CommandFailed {
             command: "initdb".into(),
-            status: output.status.to_string(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
+            status,
+            output,
         });
     }
     fs::rename(&scratch, pgdata).map_err(io_err(format!(
@@ -696,6 +734,26 @@ fn log_tail(log: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_recognised_in_initdb_and_server_output() {
+        let initdb = "running bootstrap script ... 2026-11-29 20:50:04.815 UTC [3556] FATAL:  could not write to file \"pg_wal/xlogtemp.3556\": No space left on device\nchild process exited with exit code 1";
+        assert_eq!(
+            disk_full_line(initdb).as_deref(),
+            Some(
+                "FATAL:  could not write to file \"pg_wal/xlogtemp.3556\": No space left on device"
+            )
+        );
+        assert_eq!(
+            disk_full_line("could not create directory \"x\": No space left on device\n")
+                .as_deref(),
+            Some("could not create directory \"x\": No space left on device")
+        );
+        assert_eq!(
+            disk_full_line("FATAL:  lock file \"postmaster.pid\" already exists"),
+            None
+        );
+    }
 
     #[test]
     fn missing_binaries_is_a_clear_error() {

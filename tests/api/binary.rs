@@ -591,3 +591,94 @@ fn an_unusable_data_dir_is_one_clear_error_not_a_crash_loop() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped. Needs root (CI runs as root).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=1777"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes zeros until the file system refuses with ENOSPC.
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0u8; 64 << 10];
+        let error = loop {
+            if let Err(e) = filler.write_all(&block) {
+                break e;
+            }
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
+        // What fits in less than a block.
+        let _ = filler.write_all(&block[..4096]);
+        let _ = filler.write_all(&block[..512]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The run of `hearth <args>` on a full disk: exits 1 once, says the disk is full and where.
+fn assert_fails_on_a_full_disk(data_dir: &Path, args: &[&str]) {
+    let output = hearth(data_dir).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is full"), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains(&*data_dir.to_string_lossy()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        server_processes_in(data_dir),
+        0,
+        "no PostgreSQL left behind"
+    );
+}
+
+#[test]
+fn a_full_disk_at_start_is_one_clear_error_and_space_freed_is_enough() {
+    let (Some(empty), Some(used)) = (Tmpfs::mount("4m"), Tmpfs::mount("96m")) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+
+    // Too small for a new cluster: initdb fails, and its half-written folder is removed.
+    let data_dir = empty.path().join("data");
+    assert_fails_on_a_full_disk(&data_dir, &["serve"]);
+    assert!(!data_dir.join("postgres.initdb").exists());
+    assert!(!data_dir.join("postgres").exists());
+
+    // A working cluster whose disk has filled up since.
+    let data_dir = used.path().join("data");
+    let migrate = hearth(&data_dir).arg("migrate").output().unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+    used.fill();
+    assert_fails_on_a_full_disk(&data_dir, &["serve"]);
+
+    // Once space is freed the same data dir serves again, nothing lost.
+    std::fs::remove_file(used.path().join("filler")).unwrap();
+    let status = hearth(&data_dir)
+        .args(["migrate", "--status"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+}
