@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 
+use hearth::web::testing::WsClient;
+
 use crate::helpers::TestApp;
 
 /// A job that takes a moment and records each run, so that a restart lands in the middle of
@@ -101,10 +103,22 @@ async fn a_database_restart_under_load_answers_503_then_heals_and_loses_no_job()
     })
     .await;
 
-    // Act: the database stops while jobs run and pages are served.
+    // A chat client that has seen one message.
+    let mut early = ada.socket("/ws/rooms/lobby").await;
+    early.recv_type("hello").await.unwrap();
+    let mut sender = bob.socket("/ws/rooms/lobby").await;
+    sender.recv_type("hello").await.unwrap();
+    say(&mut sender, "before the outage").await;
+    let seen = early.recv_type("chat.message").await.unwrap()["message"]["id"]
+        .as_i64()
+        .unwrap();
+
+    // Act: the database stops while jobs run and pages are served, and the chat client loses
+    // its connection meanwhile.
     tokio::task::spawn_blocking(move || pg.stop().unwrap())
         .await
         .unwrap();
+    drop(early);
 
     // While it is down, a page that needs it answers 503 with a clear message, promptly.
     let asked = Instant::now();
@@ -154,14 +168,26 @@ async fn a_database_restart_under_load_answers_503_then_heals_and_loses_no_job()
     // completion did not, runs again. That is the documented contract; it stays rare.
     assert!(ran - distinct <= 4, "{ran} runs for {distinct} jobs");
 
-    // ...and the channel layer's listener is back: a message sent now reaches a socket.
-    let mut listener = ada.socket("/ws/rooms/lobby").await;
+    // ...the chat client reconnects and gets exactly what was said while it was away...
     let mut sender = bob.socket("/ws/rooms/lobby").await;
-    sender
-        .send_json(&json!({"type": "send", "body": "after the restart"}))
-        .await
-        .unwrap();
-    let frame = listener.recv_type("chat.message").await.unwrap();
+    sender.recv_type("hello").await.unwrap();
+    for body in ["missed 1", "missed 2"] {
+        say(&mut sender, body).await;
+    }
+    let mut back = ada.socket(&format!("/ws/rooms/lobby?last_id={seen}")).await;
+    let hello = back.recv_type("hello").await.unwrap();
+    let missed: Vec<&str> = hello["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"].as_i64().unwrap() > seen)
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(missed, ["missed 1", "missed 2"]);
+
+    // ...and the channel layer's listener is back: a message sent now reaches it live.
+    say(&mut sender, "after the restart").await;
+    let frame = back.recv_type("chat.message").await.unwrap();
     assert_eq!(frame["message"]["body"], "after the restart");
 
     workers.shutdown().await;
@@ -273,4 +299,15 @@ async fn an_exhausted_request_pool_answers_503_while_jobs_and_messages_keep_flow
         holder.await.unwrap();
     }
     assert_eq!(ada.get("/docs").await.status(), 200);
+}
+
+/// Sends a chat message and waits for the sender's own copy, so that it is stored before the
+/// next step.
+async fn say(socket: &mut WsClient, body: &str) {
+    socket
+        .send_json(&json!({"type": "send", "body": body}))
+        .await
+        .unwrap();
+    let echo = socket.recv_type("chat.message").await.unwrap();
+    assert_eq!(echo["message"]["body"], body);
 }
