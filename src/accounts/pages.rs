@@ -134,7 +134,9 @@ pub(super) async fn signup(
 }
 
 /// Creates the session, rotates the CSRF token (so a token seen before login is worthless
-/// after it) and redirects with a flash message.
+/// after it) and redirects with a flash message. A session this browser already held (an
+/// earlier login, or one an attacker planted) is ended, not just replaced in the cookie: its
+/// token may be known to someone else.
 async fn start_session(
     state: &AppState,
     user: &User,
@@ -144,6 +146,9 @@ async fn start_session(
     message: String,
     to: &str,
 ) -> Result<Response, WebError> {
+    if let Some(previous) = cookies.get(session::COOKIE) {
+        session::delete(&state.db, previous.value()).await?;
+    }
     let ttl = state.config.session_ttl;
     let agent = headers
         .get(header::USER_AGENT)

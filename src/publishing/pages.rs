@@ -78,9 +78,14 @@ async fn find(state: &AppState, slug: &str) -> Result<PostView, WebError> {
     .ok_or(WebError::NotFound)
 }
 
-/// The post at `slug` if `user` wrote it: 404 if there is none, 403 if it is someone else's.
+/// The post at `slug` if `user` wrote it: 404 if there is none or it is someone else's draft
+/// (as on its page: a 403 would tell that the draft exists), 403 if it is someone else's
+/// published post.
 async fn own(state: &AppState, slug: &str, user: &User) -> Result<PostView, WebError> {
     let post = find(state, slug).await?;
+    if post.author_id != user.id && !post.is_published() {
+        return Err(WebError::NotFound);
+    }
     if post.author_id != user.id {
         return Err(WebError::Forbidden(
             "Only its author can change a post.".into(),

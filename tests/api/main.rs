@@ -18,5 +18,6 @@ mod jobs;
 mod mail;
 mod ops;
 mod publishing;
+mod security;
 mod shell;
 mod uploads;
