@@ -186,6 +186,12 @@ impl Expiry<String, Local> for LocalExpiry {
     }
 }
 
+/// Why a refill of the local tier from the shared one stored nothing.
+enum Refill {
+    Absent,
+    Failed(CacheError),
+}
+
 /// A handle to the cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
@@ -305,16 +311,36 @@ impl Cache {
             self.inner.stats.local_hit();
             return Ok(Some(local));
         }
-        self.inner.stats.local_miss();
-        match self.fetch_shared(full).await? {
-            Some(local) => {
-                self.inner
-                    .local
-                    .insert(full.to_owned(), local.clone())
-                    .await;
-                Ok(Some(local))
+        // Concurrent misses for one key (every request in flight when a hot entry's local
+        // lifetime lapses) wait for one read of the shared tier instead of each running it.
+        let refill = self
+            .inner
+            .local
+            .entry_by_ref(full)
+            .or_try_insert_with(async {
+                match self.fetch_shared(full).await {
+                    Ok(Some(local)) => Ok(local),
+                    Ok(None) => Err(Refill::Absent),
+                    Err(e) => Err(Refill::Failed(e)),
+                }
+            })
+            .await;
+        match refill {
+            Ok(entry) => {
+                if entry.is_fresh() {
+                    self.inner.stats.local_miss();
+                } else {
+                    self.inner.stats.local_hit();
+                }
+                Ok(Some(entry.into_value()))
             }
-            None => Ok(None),
+            Err(refill) => {
+                self.inner.stats.local_miss();
+                match &*refill {
+                    Refill::Absent => Ok(None),
+                    Refill::Failed(e) => Err(clone_error(e)),
+                }
+            }
         }
     }
 

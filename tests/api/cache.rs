@@ -212,6 +212,46 @@ async fn fifty_concurrent_misses_compute_once() {
 }
 
 #[tokio::test]
+async fn concurrent_local_misses_read_the_shared_tier_once() {
+    // Arrange: B has never seen the keys, so its in-process tier misses them all at once, as
+    // every request in flight does when a hot entry's local lifetime lapses.
+    let a = TestApp::spawn().await;
+    let b = TestApp::builder()
+        .database(a.db_options.clone())
+        .spawn()
+        .await;
+    a.state
+        .cache
+        .set("hot", "page", Timeout::Never)
+        .await
+        .unwrap();
+    let before = b.state.cache.stats().await.unwrap();
+
+    // Act
+    let gets = |key: &'static str| {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = b.state.cache.clone();
+                tokio::spawn(async move { cache.get::<String>(key).await.unwrap() })
+            })
+            .collect();
+        futures::future::join_all(tasks)
+    };
+    let hot = gets("hot").await;
+    let absent = gets("absent").await;
+
+    // Assert: one read of the shared tier per key, every caller answered.
+    assert!(
+        hot.iter()
+            .all(|r| r.as_ref().unwrap().as_deref() == Some("page"))
+    );
+    assert!(absent.iter().all(|r| r.as_ref().unwrap().is_none()));
+    let after = b.state.cache.stats().await.unwrap();
+    assert_eq!(after.shared_hits - before.shared_hits, 1, "{after:?}");
+    assert_eq!(after.shared_misses - before.shared_misses, 1, "{after:?}");
+}
+
+#[tokio::test]
 async fn two_instances_share_values_and_invalidate_each_others_local_copies() {
     let a = TestApp::spawn().await;
     let b = TestApp::builder()
