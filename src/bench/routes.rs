@@ -27,7 +27,7 @@ use crate::{
     channels::GroupName,
     web::{
         AppState, WebError, render,
-        sse::{self, LastEventId},
+        sse::{self, LastEventId, StreamSlot},
         ws::{self, Connection, Consumer, ConsumerError, close_code},
     },
 };
@@ -111,9 +111,10 @@ fn events_group() -> GroupName {
 
 async fn events(
     State(state): State<AppState>,
+    slot: StreamSlot,
     last_event_id: LastEventId,
 ) -> Result<axum::response::Response, WebError> {
-    sse::stream(&state.channels, &[events_group()], last_event_id).await
+    sse::stream(&state.channels, slot, &[events_group()], last_event_id).await
 }
 
 async fn publish(

@@ -24,7 +24,7 @@ use axum::{
 use futures::{StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::web::{AppState, Layout, WebError, auth::RequireLogin, render, sse::OpenGuard};
+use crate::web::{AppState, Layout, WebError, auth::RequireLogin, render, sse::StreamSlot};
 
 pub use sampler::Sample;
 
@@ -55,7 +55,7 @@ async fn page(
 }
 
 /// `history` (the samples kept so far) first, then a `sample` event every second.
-async fn events(State(state): State<AppState>, _login: RequireLogin) -> Response {
+async fn events(State(state): State<AppState>, _login: RequireLogin, slot: StreamSlot) -> Response {
     let sampler = sampler::get_or_start(&state);
     let (history, live) = sampler.subscribe();
     let first = Event::default()
@@ -75,12 +75,11 @@ async fn events(State(state): State<AppState>, _login: RequireLogin) -> Response
     })
     .filter_map(|sample| async move { Event::default().event("sample").json_data(&*sample).ok() });
     let closing = state.channels.closing();
-    let open = OpenGuard::count();
     let stream = stream::once(async { first })
         .chain(live)
         .map(move |event| {
-            // Moved in: the stream counts as open until it is dropped.
-            let _counted = &open;
+            // Moved in: the stream holds its slot until it is dropped.
+            let _held = &slot;
             Ok::<_, Infallible>(event)
         })
         .take_until(async move { closing.cancelled_owned().await });

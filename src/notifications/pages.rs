@@ -14,7 +14,7 @@ use crate::web::{
     AppState, Layout, WebError,
     auth::RequireLogin,
     render,
-    sse::{self, LastEventId},
+    sse::{self, LastEventId, StreamSlot},
 };
 
 const PAGE: i64 = 50;
@@ -166,6 +166,7 @@ async fn send_read(
 pub(super) async fn stream(
     State(state): State<AppState>,
     login: RequireLogin,
+    slot: StreamSlot,
     last_event_id: LastEventId,
 ) -> Result<Response, WebError> {
     let user_id = login.user.id;
@@ -175,6 +176,7 @@ pub(super) async fn stream(
     );
     sse::stream_with_prelude(
         &state.channels,
+        slot,
         &[user_group(user_id)],
         last_event_id,
         &prelude,

@@ -24,7 +24,7 @@ use crate::{
         auth::RequireLogin,
         error::PublicMessage,
         render,
-        sse::{self, LastEventId},
+        sse::{self, LastEventId, StreamSlot},
         templates::ago,
     },
 };
@@ -405,12 +405,13 @@ pub(super) async fn events(
     State(state): State<AppState>,
     login: RequireLogin,
     Path(id): Path<i64>,
+    slot: StreamSlot,
     last_event_id: LastEventId,
 ) -> Result<Response, WebError> {
     let upload = find(&state, login.user.id, id).await?;
     let data = serde_json::to_string(&upload.update).map_err(internal)?;
     let prelude = format!("event: import.state\ndata: {data}\n\n");
-    sse::stream_with_prelude(&state.channels, &[group(id)], last_event_id, &prelude).await
+    sse::stream_with_prelude(&state.channels, slot, &[group(id)], last_event_id, &prelude).await
 }
 
 /// `GET /api/uploads/{id}`.

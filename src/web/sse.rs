@@ -7,7 +7,9 @@
 //! [`KEEP_ALIVE`] after, so proxies keep the connection open and dead clients are noticed.
 //! Each event's bytes are built once per instance and shared by every stream.
 //!
-//! Authorisation is the route's: check the user, then choose the groups.
+//! Authorisation is the route's: check the user, then choose the groups. Every stream holds a
+//! [`StreamSlot`], so that event streams count against the same per-user and per-address limits
+//! as WebSockets: both hold a connection (and a file descriptor) for as long as the page is open.
 
 use std::{
     convert::Infallible,
@@ -15,9 +17,11 @@ use std::{
     time::Duration,
 };
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
 use axum::{
     body::Body,
-    extract::FromRequestParts,
+    extract::{ConnectInfo, FromRequestParts},
     http::{HeaderValue, header, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -26,7 +30,7 @@ use futures::stream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::WebError;
+use super::{AppState, WebError, auth::CurrentUser, ws::SocketSlot};
 use crate::channels::{ChannelError, ChannelLayer, GroupName, Subscription};
 
 /// How often an idle stream gets a comment.
@@ -69,16 +73,18 @@ impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
 /// message first, when given.
 pub async fn stream(
     layer: &ChannelLayer,
+    slot: StreamSlot,
     groups: &[GroupName],
     last_event_id: LastEventId,
 ) -> Result<Response, WebError> {
-    stream_with_prelude(layer, groups, last_event_id, "").await
+    stream_with_prelude(layer, slot, groups, last_event_id, "").await
 }
 
 /// [`stream`], starting with `prelude`: events in the wire format (`event: x\ndata: {...}\n\n`)
 /// that describe the state the live messages then update, such as a current count.
 pub async fn stream_with_prelude(
     layer: &ChannelLayer,
+    slot: StreamSlot,
     groups: &[GroupName],
     LastEventId(last_event_id): LastEventId,
     prelude: &str,
@@ -100,13 +106,12 @@ pub async fn stream_with_prelude(
             },
         }
     }
-    let open = OpenGuard::count();
     let state = State {
         subscription,
         first: Some(Bytes::from(first)),
         closing: layer.closing(),
         ended: false,
-        _open: open,
+        _slot: slot,
     };
     let body = Body::from_stream(stream::unfold(state, next_chunk));
     let mut response = body.into_response();
@@ -126,22 +131,40 @@ struct State {
     first: Option<Bytes>,
     closing: CancellationToken,
     ended: bool,
-    _open: OpenGuard,
+    _slot: StreamSlot,
 }
 
-/// Counts the stream as open until the client goes away and the body is dropped.
-pub struct OpenGuard;
+/// An event stream's place among the long-lived connections its user and its address may hold
+/// on this instance (`HEARTH_WS_MAX_PER_USER` and `HEARTH_WS_MAX_PER_ADDRESS`, shared with
+/// WebSockets): the extractor answers 429 when either is full. The stream counts as open, here
+/// and in [`open_streams`], until the slot is dropped, so keep it in the stream's state —
+/// [`stream`] does; a stream served another way (axum's `Sse`) moves it into its stream.
+pub struct StreamSlot {
+    _slot: SocketSlot,
+}
 
-impl OpenGuard {
-    /// Counts an event stream served another way (axum's `Sse`) in [`open_streams`] for as
-    /// long as the guard lives: keep it in the stream.
-    pub fn count() -> Self {
+impl FromRequestParts<AppState> for StreamSlot {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WebError> {
+        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
+        // Served without connect info (a router driven in memory), every client is one address.
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let slot = state.sockets.acquire(
+            user.map(|u| u.id),
+            address,
+            state.config.ws_max_per_user,
+            state.config.ws_max_per_address,
+        )?;
         OPEN.fetch_add(1, Relaxed);
-        Self
+        Ok(Self { _slot: slot })
     }
 }
 
-impl Drop for OpenGuard {
+impl Drop for StreamSlot {
     fn drop(&mut self) {
         OPEN.fetch_sub(1, Relaxed);
     }

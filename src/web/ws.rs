@@ -287,8 +287,9 @@ struct OpenSockets {
     addresses: HashMap<IpAddr, u32>,
 }
 
-/// One open socket's place in [`SocketLimits`], given back when dropped.
-struct SocketSlot {
+/// One long-lived connection's place in [`SocketLimits`] (a WebSocket's, or an event stream's
+/// through [`super::sse::StreamSlot`]), given back when dropped.
+pub(super) struct SocketSlot {
     limits: Arc<SocketLimits>,
     user: Option<i64>,
     address: IpAddr,
@@ -297,7 +298,7 @@ struct SocketSlot {
 impl SocketLimits {
     /// Takes a place for a socket of `user` from `address`, or says which limit is reached
     /// (`0` means no limit).
-    fn acquire(
+    pub(super) fn acquire(
         self: &Arc<Self>,
         user: Option<i64>,
         address: IpAddr,

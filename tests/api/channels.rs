@@ -13,7 +13,7 @@ use hearth::{
     channels::{ChannelError, GroupName, History, PresenceUser},
     web::{
         WebError,
-        sse::{self, LastEventId},
+        sse::{self, LastEventId, StreamSlot},
         testing::{WsClient, WsTestError},
         ws::{self, Connection, Consumer, ConsumerError, close_code},
     },
@@ -122,10 +122,11 @@ impl Consumer for Room {
 async fn events(
     State(state): State<AppState>,
     Path(group): Path<String>,
+    slot: StreamSlot,
     last_event_id: LastEventId,
 ) -> Result<Response, WebError> {
     let group = GroupName::parse(group).map_err(|e| WebError::BadRequest(e.to_string()))?;
-    sse::stream(&state.channels, &[group], last_event_id).await
+    sse::stream(&state.channels, slot, &[group], last_event_id).await
 }
 
 fn routes() -> Router<AppState> {

@@ -1565,3 +1565,44 @@ fn sql_is_only_built_from_literals_and_bound_parameters() {
         );
     }
 }
+
+#[tokio::test]
+async fn event_streams_share_the_per_user_and_per_address_limits_with_sockets() {
+    // Arrange: two live connections per user, three per address.
+    let app = TestApp::builder()
+        .config(|c| {
+            c.ws_max_per_user = 2;
+            c.ws_max_per_address = 3;
+        })
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+
+    // Act: ada holds a socket and an event stream, then asks for two more streams.
+    let _socket = ada.socket("/ws/rooms/lobby").await;
+    let stream = ada.get("/notifications/stream").await;
+    assert_eq!(stream.status(), 200);
+    let refused = ada.get("/dashboard/stream").await;
+
+    // Assert: her third connection is refused, whichever kind it is; bob gets the address's
+    // third place and no fourth.
+    assert_eq!(refused.status(), 429);
+    assert!(refused.text().await.unwrap().contains("live connections"));
+    assert_eq!(app.state.sockets.of_user(ada.id), 2);
+    let bobs = bob.get("/notifications/stream").await;
+    assert_eq!(bobs.status(), 200);
+    assert_eq!(bob.get("/dashboard/stream").await.status(), 429);
+
+    // A stream that ends gives its place back.
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.state.sockets.of_user(ada.id) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream's place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ada.get("/dashboard/stream").await.status(), 200);
+}
