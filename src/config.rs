@@ -70,6 +70,12 @@ pub struct Config {
     #[arg(long, env = "HEARTH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Duration,
 
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may stay idle between requests, before it is closed; 0 turns it off. Without
+    /// it a client sending nothing, or a byte now and then, holds a connection forever.
+    #[arg(long, env = "HEARTH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
     /// Largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "HEARTH_BODY_LIMIT", default_value_t = 2 * 1024 * 1024, global = true)]
     pub body_limit: usize,
@@ -166,8 +172,8 @@ pub struct Config {
     #[arg(long, env = "HEARTH_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub ws_idle_timeout: Duration,
 
-    /// Open WebSockets one signed-in user may hold on this instance (0: no limit); one more is
-    /// refused with 429.
+    /// Live connections (WebSockets and event streams together) one signed-in user may hold on
+    /// this instance (0: no limit); one more is refused with 429.
     #[arg(
         long,
         env = "HEARTH_WS_MAX_PER_USER",
@@ -176,8 +182,8 @@ pub struct Config {
     )]
     pub ws_max_per_user: u32,
 
-    /// Open WebSockets one client address may hold on this instance (0: no limit). Behind a
-    /// proxy every client has the proxy's address: raise it there.
+    /// Live connections (WebSockets and event streams) one client address may hold on this
+    /// instance (0: no limit). Behind a proxy every client has the proxy's address: raise it.
     #[arg(
         long,
         env = "HEARTH_WS_MAX_PER_ADDRESS",
@@ -372,7 +378,12 @@ impl fmt::Display for Config {
             d(self.db_acquire_timeout),
             d(self.db_idle_timeout)
         )?;
-        writeln!(f, "  request timeout     {}", d(self.request_timeout))?;
+        writeln!(
+            f,
+            "  request timeout     {} / headers and idle connections {}",
+            d(self.request_timeout),
+            d(self.header_read_timeout)
+        )?;
         writeln!(f, "  body limit          {} bytes", self.body_limit)?;
         writeln!(f, "  upload limit        {} bytes", self.upload_max_bytes)?;
         writeln!(f, "  shutdown grace      {}", d(self.shutdown_grace))?;

@@ -88,24 +88,101 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for in-flight requests.
-pub async fn serve(
+/// Never fails: accept errors are logged and retried.
+///
+/// HTTP/1.1 only, as `axum::serve` without its `http2` feature, but with a timer: a client gets
+/// `config.header_read_timeout` to send a request's headers, and a kept-alive connection may
+/// stay idle that long between requests. Without it (axum sets no timer) a client that sends
+/// nothing, or one header byte now and then, holds a connection and a task forever. Bodies
+/// are bounded by the request timeout layer; upgraded connections (WebSockets) by their own
+/// ping and idle timeouts.
+pub fn serve(
     listener: TcpListener,
     router: Router,
+    config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle delay: WebSocket and event-stream frames are small and must leave at once.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+) -> impl Future<Output = ()> + Send + 'static {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Zero turns the bound off (hyper's `None`).
+    let header_timeout = Some(config.header_read_timeout).filter(|d| !d.is_zero());
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    async move {
+        let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // One token for the accept loop and every connection: a future can only be awaited once.
+        let stopping = CancellationToken::new();
+        tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                stopping.cancel();
+            }
+        });
+        let connections = TaskTracker::new();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                () = stopping.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        backoff_after_accept_error(&e, &stopping).await;
+                        continue;
+                    }
+                },
+            };
+            // No Nagle delay: WebSocket and event-stream frames are small and must leave at once.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            // Adds `ConnectInfo<SocketAddr>` to every request (the WebSocket per-address limit).
+            let Ok(service) = (&mut make_service).oneshot(remote).await;
+            let connection = http
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+                .with_upgrades();
+            let stopping = stopping.clone();
+            connections.spawn(async move {
+                let mut connection = std::pin::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = stopping.cancelled() => {
+                        // Finishes the request in flight, if any, then closes.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error");
+                }
+            });
         }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        drop(listener);
+        connections.close();
+        connections.wait().await;
+    }
+}
+
+/// After a failed `accept`: a client that gave up before it was accepted is nothing; anything
+/// else (EMFILE: out of file descriptors) is logged and retried after a pause, as `axum::serve`
+/// does, rather than ending the server or spinning.
+async fn backoff_after_accept_error(e: &std::io::Error, stopping: &CancellationToken) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 1s");
+    tokio::select! {
+        () = stopping.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
 }
 
 /// `hearth serve`.
@@ -160,10 +237,15 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
             channels.close_connections();
         }
     });
-    let server = serve(listener, app(state), shutdown.clone().cancelled_owned());
+    let server = serve(
+        listener,
+        app(state),
+        &config,
+        shutdown.clone().cancelled_owned(),
+    );
     let grace = config.shutdown_grace;
     tokio::select! {
-        result = server => result.context("the HTTP server failed")?,
+        () = server => {}
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "requests still running after the grace period; dropping them");
         }

@@ -74,7 +74,7 @@ pub async fn run(config: &Config, pool: PgPool, args: DocsArgs) -> anyhow::Resul
     let mut config = config.clone();
     config.ws_max_per_user = 0;
     config.ws_max_per_address = 0;
-    let state = AppState::new(config, pool.clone()).context("cannot build the app")?;
+    let state = AppState::new(config.clone(), pool.clone()).context("cannot build the app")?;
     state.channels.ready().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
@@ -82,6 +82,7 @@ pub async fn run(config: &Config, pool: PgPool, args: DocsArgs) -> anyhow::Resul
     let server = tokio::spawn(server::serve(
         listener,
         server::app(state.clone()),
+        &config,
         stop.clone().cancelled_owned(),
     ));
     let prefix = format!("bd{}", hex::encode(rand::random::<[u8; 3]>()));
@@ -122,7 +123,11 @@ pub async fn run(config: &Config, pool: PgPool, args: DocsArgs) -> anyhow::Resul
 }
 
 /// Creates `n` users and a session for each; returns their session cookies (user id, cookie).
-async fn users(pool: &PgPool, prefix: &str, n: usize) -> anyhow::Result<Vec<(i64, String)>> {
+pub(super) async fn users(
+    pool: &PgPool,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(i64, String)>> {
     let password =
         NewPassword::parse("benchmark password, thrown away").map_err(anyhow::Error::msg)?;
     let mut cookies = Vec::with_capacity(n);

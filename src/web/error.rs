@@ -69,6 +69,13 @@ impl From<sqlx::Error> for WebError {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 Self::Unprocessable("that refers to something that does not exist".into())
             }
+            // Text PostgreSQL cannot hold (a NUL byte, from `%00` in a path or a form) is the
+            // client's input, not our failure.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                Self::BadRequest("the text contains a character that cannot be stored".into())
+            }
             _ => Self::Internal(anyhow::Error::new(e)),
         }
     }

@@ -276,6 +276,7 @@ impl Builder {
         tokio::spawn(hearth::server::serve(
             listener,
             router,
+            &self.config,
             shutdown.clone().cancelled_owned(),
         ));
         TestApp {

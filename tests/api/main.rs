@@ -18,6 +18,8 @@ mod jobs;
 mod mail;
 mod ops;
 mod publishing;
+mod request_fuzz;
 mod security;
 mod shell;
+mod slow_clients;
 mod uploads;
