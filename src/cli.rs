@@ -79,6 +79,9 @@ pub enum BenchCommand {
     Cache(crate::bench::cache::CacheArgs),
     /// Collaborative documents: fan-out latency with 20 editors, memory per open document.
     Docs(crate::bench::docs::DocsArgs),
+    /// A soak: pages, chat, event streams and jobs at fixed rates against a child server,
+    /// watching its memory and descriptors: `hearth bench soak --duration 10m`.
+    Soak(crate::bench::soak::SoakArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +176,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 })
                 .await
             }
+            Command::Bench {
+                what: BenchCommand::Soak(args),
+            } => crate::bench::soak::run(cli.config, args).await,
             Command::Jobs { action } => jobs(&cli.config, action).await,
             Command::Cache { action } => cache(&cli.config, action).await,
             Command::Createuser {

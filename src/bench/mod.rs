@@ -5,6 +5,8 @@
 //! * [`docs`]: `hearth bench docs`, collaborative editing: update fan-out latency with many
 //!   editors on one document, and memory per open document;
 //! * [`ws`]: `hearth bench ws`, a W5 load client that does not cap the server it measures;
+//! * [`soak`]: `hearth bench soak`, a long run of mixed traffic against a child server that
+//!   reports its memory and descriptors over time, errors, losses and latencies;
 //! * [`routes`]: the HTTP and WebSocket endpoints the load clients hit (W5 chat over a
 //!   WebSocket consumer, W6 server-sent events), served only with `HEARTH_BENCH_ROUTES=1` so
 //!   production routes stay clean.
@@ -13,4 +15,5 @@ pub mod cache;
 pub mod docs;
 pub mod jobs;
 pub mod routes;
+pub mod soak;
 pub mod ws;

@@ -22,4 +22,5 @@ mod request_fuzz;
 mod security;
 mod shell;
 mod slow_clients;
+mod soak;
 mod uploads;
