@@ -158,7 +158,7 @@ fn error(ctx: &mut Connection, code: &str, message: impl Into<String>) {
 }
 
 /// A message body: trimmed, 1 to 2,000 characters.
-fn parse_body(raw: &str) -> Result<&str, String> {
+pub fn parse_body(raw: &str) -> Result<&str, String> {
     let body = raw.trim();
     match body.chars().count() {
         0 => Err("A message cannot be empty.".into()),

@@ -7,7 +7,7 @@
 //!   deletes and moderation, `@name` mentions as notifications, and resumption after a drop.
 //! * [`room`]: who may open a room, and the message rows every part shows.
 
-mod consumer;
+pub mod consumer;
 mod pages;
 pub mod room;
 

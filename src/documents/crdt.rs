@@ -26,11 +26,59 @@ pub enum CrdtError {
     Apply(String),
 }
 
-/// Checks that `bytes` are a Yjs v1 update, without applying them anywhere.
+/// Checks that `bytes` are a Yjs v1 update a document can be rebuilt with: it decodes, applies
+/// to an empty document, and that document encodes (as a compaction or a sync does) into an
+/// update that loads again. yrs 0.28 can decode and apply updates whose missing dependencies
+/// then make every encoding of the document panic, or encode to bytes it cannot decode (both
+/// found by `fuzz/`); stored, such an update would break the document for good.
 pub fn check_update(bytes: &[u8]) -> Result<(), CrdtError> {
-    Update::decode_v1(bytes)
+    let state = State::from_updates([bytes])?;
+    let snapshot = unpanicked(|| state.encode()).map_err(CrdtError::Apply)?;
+    State::from_updates([snapshot.as_slice()])
         .map(drop)
-        .map_err(|e| CrdtError::Decode(e.to_string()))
+        .map_err(|e| CrdtError::Apply(format!("its compaction would not load: {e}")))
+}
+
+fn decode_update(bytes: &[u8]) -> Result<Update, CrdtError> {
+    if !plausible_count(bytes) {
+        return Err(CrdtError::Decode(
+            "it declares more clients than it holds".into(),
+        ));
+    }
+    unpanicked(|| Update::decode_v1(bytes))
+        .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+        .map_err(CrdtError::Decode)
+}
+
+/// Runs yrs on bytes from a client, turning a panic into an error. yrs asserts on some
+/// malformed input (a client id over 53 bits trips a `debug_assert!` in `ClientID::new`, found
+/// by `fuzz/`), and a panic here would end a socket, or break loading the document for good
+/// once such an update is stored.
+fn unpanicked<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("malformed data ({message})")
+    })
+}
+
+/// Whether the leading count of an update (its clients) or a state vector (its entries), a
+/// LEB128 varint, fits the bytes: each takes two at least. yrs reserves a hash table for the
+/// count before reading on, and the table is cleared as it is made, so five bytes declaring
+/// 2^28 would have the server write half a gigabyte (found by `fuzz/`).
+fn plausible_count(bytes: &[u8]) -> bool {
+    let mut count: u64 = 0;
+    for (i, &b) in bytes.iter().take(5).enumerate() {
+        count |= u64::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return count <= (bytes.len() - i - 1) as u64 / 2;
+        }
+    }
+    // Not a varint yrs reads: it refuses the vector itself.
+    true
 }
 
 /// A document rebuilt from stored updates (the snapshot is one of them).
@@ -53,11 +101,10 @@ impl State {
     }
 
     pub fn apply(&self, update: &[u8]) -> Result<(), CrdtError> {
-        let update = Update::decode_v1(update).map_err(|e| CrdtError::Decode(e.to_string()))?;
-        self.doc
-            .transact_mut()
-            .apply_update(update)
-            .map_err(|e| CrdtError::Apply(e.to_string()))
+        let update = decode_update(update)?;
+        unpanicked(|| self.doc.transact_mut().apply_update(update))
+            .and_then(|applied| applied.map_err(|e| e.to_string()))
+            .map_err(CrdtError::Apply)
     }
 
     /// The whole state as one update: what a snapshot or a version stores.
@@ -69,8 +116,14 @@ impl State {
 
     /// What a peer whose state vector is `their_vector` lacks, as one update.
     pub fn diff(&self, their_vector: &[u8]) -> Result<Vec<u8>, CrdtError> {
-        let vector = StateVector::decode_v1(their_vector)
-            .map_err(|e| CrdtError::StateVector(e.to_string()))?;
+        if !plausible_count(their_vector) {
+            return Err(CrdtError::StateVector(
+                "it declares more entries than it holds".into(),
+            ));
+        }
+        let vector = unpanicked(|| StateVector::decode_v1(their_vector))
+            .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+            .map_err(CrdtError::StateVector)?;
         Ok(self.doc.transact().encode_state_as_update_v1(&vector))
     }
 
@@ -193,5 +246,47 @@ mod tests {
         ));
         let (_, update) = edited("x");
         check_update(&update).unwrap();
+    }
+
+    #[test]
+    fn an_update_that_would_break_encoding_is_refused() {
+        // Found by `fuzz/`: in release builds it decodes and applies to an empty document,
+        // whose encoding then panics in yrs 0.28 (debug builds refuse it sooner).
+        let update = include_bytes!("../../fuzz/corpus/yrs_update/crash-transaction-unwrap");
+        assert!(check_update(update).is_err());
+        // Applies, but the document then encodes to bytes that do not decode.
+        let update = include_bytes!("../../fuzz/corpus/yrs_update/snapshot-does-not-load");
+        assert!(check_update(update).is_err());
+    }
+
+    #[test]
+    fn a_count_cannot_declare_more_than_the_bytes_hold() {
+        let state = State::from_updates([]).unwrap();
+        // 2^28 entries declared in five bytes.
+        assert!(matches!(
+            state.diff(&[0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(CrdtError::StateVector(_))
+        ));
+        assert!(matches!(
+            check_update(&[0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(CrdtError::Decode(_))
+        ));
+        // One entry, two bytes: fine.
+        assert!(state.diff(&[1, 5, 3]).is_ok());
+        assert!(state.diff(&[0]).is_ok());
+    }
+
+    #[test]
+    fn a_client_id_over_53_bits_does_not_panic() {
+        // One entry: client 2^53 (a LEB128 varint), clock 0. yrs asserts on it in debug builds
+        // and folds it onto client 0 in release ones; either way the caller gets an answer.
+        let vector = [1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 0];
+        let state = State::from_updates([]).unwrap();
+        let answer = state.diff(&vector);
+        assert!(
+            cfg!(debug_assertions) == answer.is_err(),
+            "{:?}",
+            answer.map(drop)
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! * `pages`: the list, the editor page, members, versions and restore, export, delete.
 
 pub mod compact;
-mod consumer;
+pub mod consumer;
 pub mod crdt;
 pub mod document;
 mod pages;

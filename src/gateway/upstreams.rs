@@ -164,10 +164,12 @@ impl fmt::Display for Upstreams {
             .0
             .iter()
             .map(|u| {
+                // A host may hold a comma (`%2C` in the entry, decoded by the URL parser);
+                // written back as `%2C`, the list reads the same.
                 format!(
                     "{}={}@{}",
                     u.name,
-                    crate::config::mask_url(u.url.as_str()),
+                    crate::config::mask_url(u.url.as_str()).replace(',', "%2C"),
                     humantime::format_duration(u.timeout)
                 )
             })
@@ -223,6 +225,13 @@ mod tests {
         assert!(Upstreams::parse("").unwrap().as_slice().is_empty());
         assert!(Upstreams::parse("  ").unwrap().as_slice().is_empty());
         assert_eq!(Upstreams::default().to_string(), "none");
+    }
+
+    #[test]
+    fn the_display_reads_back_when_the_host_has_a_comma() {
+        let upstreams = Upstreams::parse("a=http://%2Cth").unwrap();
+        assert_eq!(upstreams.to_string(), "a=http://%2Cth/@3s");
+        assert_eq!(Upstreams::parse(&upstreams.to_string()).unwrap(), upstreams);
     }
 
     #[test]

@@ -50,11 +50,32 @@ impl Every {
             reason: e.to_string(),
         })?;
         let tz = Tz::from_str(tz).map_err(|_| ScheduleError::InvalidTimeZone(tz.to_owned()))?;
-        Ok(Self::Cron {
+        let never = || ScheduleError::InvalidCron {
+            expr: expr.to_owned(),
+            reason: "it never fires".into(),
+        };
+        // croner accepts a field with no value at all (`, 2 * * *`); the search below would
+        // take seconds to find that out, so look first. (Days may be empty when `L`, `W` or
+        // `#` choose them.)
+        let p = &cron.pattern;
+        if [&p.seconds, &p.minutes, &p.hours, &p.months, &p.years]
+            .iter()
+            .any(|field| field.values().is_empty())
+        {
+            return Err(never());
+        }
+        let every = Self::Cron {
             cron: Box::new(cron),
             expr: expr.to_owned(),
             tz,
-        })
+        };
+        // A pattern with no next occurrence (`0 0 30 2 *`, or a year field in the past) would
+        // make every check for a due occurrence search to croner's limit, the year 5000, which
+        // takes about a second each time (found by `fuzz/`): refuse it once, at start-up.
+        if every.next_after(Utc::now()).is_none() {
+            return Err(never());
+        }
+        Ok(every)
     }
 
     pub fn interval(every: Duration) -> Result<Self, ScheduleError> {
@@ -230,6 +251,14 @@ mod tests {
         assert!(matches!(
             Every::cron("61 * * * *", "UTC"),
             Err(ScheduleError::InvalidCron { .. })
+        ));
+        assert!(matches!(
+            Every::cron("0 0 30 2 *", "UTC"),
+            Err(ScheduleError::InvalidCron { reason, .. }) if reason == "it never fires"
+        ));
+        assert!(matches!(
+            Every::cron(", 2 * * *", "UTC"),
+            Err(ScheduleError::InvalidCron { reason, .. }) if reason == "it never fires"
         ));
         assert!(matches!(
             Every::cron("0 3 * * *", "Mars/Olympus"),

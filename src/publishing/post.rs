@@ -29,8 +29,9 @@ pub const MAX_BODY: usize = 100_000;
 
 impl Body {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        // Browsers send CRLF from textareas; store one kind of newline.
-        let body = raw.replace("\r\n", "\n");
+        // Browsers send CRLF from textareas, and old Mac files end lines with CR alone; store
+        // one kind of newline (CR CR LF would leave a CRLF if only CRLF were replaced).
+        let body = raw.replace("\r\n", "\n").replace('\r', "\n");
         let n = body.chars().count();
         if n > MAX_BODY {
             return Err(format!(
@@ -152,5 +153,6 @@ mod tests {
         assert_eq!(Title::parse(" Hi ").unwrap().as_str(), "Hi");
         assert!(Body::parse(&"x".repeat(MAX_BODY + 1)).is_err());
         assert_eq!(Body::parse("a\r\nb").unwrap().as_str(), "a\nb");
+        assert_eq!(Body::parse("a\r\r\nb\rc").unwrap().as_str(), "a\n\nb\nc");
     }
 }

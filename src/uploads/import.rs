@@ -196,7 +196,18 @@ fn decode(bytes: &[u8]) -> Result<&str, FileError> {
 
 /// The line (from 1) of byte `offset`, for the one error that needs it.
 fn line_at(bytes: &[u8], offset: usize) -> u64 {
-    bytes[..offset].iter().filter(|&&b| b == b'\n').count() as u64 + 1
+    line_starts(bytes)
+        .take_while(|&start| start <= offset)
+        .count() as u64
+        + 1
+}
+
+/// Where each line but the first starts: after `\n`, and after a `\r` not followed by `\n`
+/// (old Mac files end lines with `\r` alone, and the CSV reader ends records there too).
+fn line_starts(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bytes.iter().enumerate().filter_map(|(i, &b)| {
+        (b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))).then_some(i + 1)
+    })
 }
 
 /// Where each line starts, to turn the byte offsets the reader reports into lines.
@@ -204,10 +215,11 @@ struct Lines(Vec<usize>);
 
 impl Lines {
     fn new(text: &str) -> Self {
-        let starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(at, _)| at + 1))
-            .collect();
-        Self(starts)
+        Self(
+            std::iter::once(0)
+                .chain(line_starts(text.as_bytes()))
+                .collect(),
+        )
     }
 
     fn line_of(&self, byte: usize) -> u64 {
@@ -390,6 +402,22 @@ mod tests {
         assert!(!posts[1].publish);
         // After a field with a line break and a blank line.
         assert_eq!((posts[1].row, posts[1].line), (3, 5));
+    }
+
+    #[test]
+    fn lines_may_end_with_a_carriage_return_alone() {
+        // "CSV (Macintosh)" files: the reader ends records at a lone \r, so lines end there too.
+        let errors = row_errors(b"title,body\rok,row\r,no title\r\xe2\x80\x8b,b\r\n,x\n");
+        let found: Vec<(u64, u64)> = errors.iter().map(|e| (e.row, e.line)).collect();
+        assert_eq!(found, [(3, 3), (5, 5)]);
+        assert_eq!(
+            file_error(b"title,body\ra,b\r\xff,c\r"),
+            FileError::NotUtf8 {
+                byte: 0xFF,
+                offset: 15,
+                line: 3
+            }
+        );
     }
 
     #[test]

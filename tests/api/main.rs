@@ -17,6 +17,7 @@ mod hostile;
 mod jobs;
 mod mail;
 mod ops;
+mod parser_fuzz;
 mod publishing;
 mod request_fuzz;
 mod security;
