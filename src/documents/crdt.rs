@@ -40,14 +40,20 @@ pub fn check_update(bytes: &[u8]) -> Result<(), CrdtError> {
 }
 
 fn decode_update(bytes: &[u8]) -> Result<Update, CrdtError> {
+    decode_from_client(bytes, "clients", Update::decode_v1).map_err(CrdtError::Decode)
+}
+
+/// Decodes a client's update or state vector with yrs: its leading count checked first, a
+/// panic turned into an error.
+fn decode_from_client<T, E: std::fmt::Display>(
+    bytes: &[u8],
+    counted: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> Result<T, String> {
     if !plausible_count(bytes) {
-        return Err(CrdtError::Decode(
-            "it declares more clients than it holds".into(),
-        ));
+        return Err(format!("it declares more {counted} than it holds"));
     }
-    unpanicked(|| Update::decode_v1(bytes))
-        .and_then(|decoded| decoded.map_err(|e| e.to_string()))
-        .map_err(CrdtError::Decode)
+    unpanicked(|| decode(bytes)).and_then(|decoded| decoded.map_err(|e| e.to_string()))
 }
 
 /// Runs yrs on bytes from a client, turning a panic into an error. yrs asserts on some
@@ -116,13 +122,7 @@ impl State {
 
     /// What a peer whose state vector is `their_vector` lacks, as one update.
     pub fn diff(&self, their_vector: &[u8]) -> Result<Vec<u8>, CrdtError> {
-        if !plausible_count(their_vector) {
-            return Err(CrdtError::StateVector(
-                "it declares more entries than it holds".into(),
-            ));
-        }
-        let vector = unpanicked(|| StateVector::decode_v1(their_vector))
-            .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+        let vector = decode_from_client(their_vector, "entries", StateVector::decode_v1)
             .map_err(CrdtError::StateVector)?;
         Ok(self.doc.transact().encode_state_as_update_v1(&vector))
     }
