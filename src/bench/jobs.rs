@@ -7,7 +7,8 @@
 //! measurement goes to stdout. Modes:
 //!
 //! * `throughput`: N no-op jobs through [`enqueue_many`] (5,000 per statement); jobs/s =
-//!   N / (t_start of the last job − t0), enqueue time included;
+//!   N / (t_start of the last job − t0), enqueue time included; `recorded_jobs_per_s` is the
+//!   same up to the moment the last outcome is written (the last row gone from `jobs`);
 //! * `latency`: `LATENCY_N` (200) jobs enqueued one at a time `LATENCY_GAP_MS` (20) apart;
 //!   t_start − t_enqueued, p50/p99 by nearest rank;
 //! * `sustained`: jobs inserted one per transaction at `--rate` per second for `--seconds`,
@@ -142,8 +143,8 @@ async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
         instance: format!("bench-{}", std::process::id()),
         ..WorkerConfig::new(queues)
     };
-    reset(pool, &record).await?;
     let workers = Workers::start(pool.clone(), registry, worker_config);
+    reset(pool, &workers, &record).await?;
     let config = format!(
         "hearth: 1 process, {} slots on queue `{QUEUE}`; bulk enqueue_many (5,000 per statement)",
         args.concurrency
@@ -159,19 +160,19 @@ async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     let result = async {
         for repeat in 1..=args.repeats {
             if matches!(args.mode, Mode::Both | Mode::Throughput) {
-                reset(pool, &record).await?;
-                throughput(pool, &record, args.n, repeat, &config).await?;
+                reset(pool, &workers, &record).await?;
+                throughput(pool, &workers, &record, args.n, repeat, &config).await?;
             }
             if matches!(args.mode, Mode::Both | Mode::Latency) {
-                reset(pool, &record).await?;
+                reset(pool, &workers, &record).await?;
                 latency(pool, &record, repeat, &config).await?;
             }
             if args.mode == Mode::Sustained {
-                reset(pool, &record).await?;
+                reset(pool, &workers, &record).await?;
                 sustained(pool, &record, args, repeat, &config).await?;
             }
             if args.mode == Mode::Churn {
-                reset(pool, &record).await?;
+                reset(pool, &workers, &record).await?;
                 churn(pool, &record, args.n, &config).await?;
             }
         }
@@ -189,8 +190,29 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Empties the bench queue and the record file between runs.
-async fn reset(pool: &PgPool, record: &Path) -> anyhow::Result<()> {
+/// Waits until this process has written every outcome of the jobs it took, for at most 240 s:
+/// a job is in the record file once it has started, but the completer moves its row to
+/// `jobs_done` a moment later.
+async fn wait_until_recorded(workers: &Workers) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tick.tick().await;
+        let left = workers.unrecorded();
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} jobs still unrecorded after 240 s"
+        );
+    }
+}
+
+/// Empties the bench queue and the record file between runs, once the previous run's
+/// outcomes are all written (so no run overlaps the completions of the one before).
+async fn reset(pool: &PgPool, workers: &Workers, record: &Path) -> anyhow::Result<()> {
+    wait_until_recorded(workers).await?;
     sqlx::query!("DELETE FROM jobs WHERE queue = $1", QUEUE)
         .execute(pool)
         .await?;
@@ -271,6 +293,7 @@ fn bar(n: usize, what: &str) -> ProgressBar {
 
 async fn throughput(
     pool: &PgPool,
+    workers: &Workers,
     record: &Path,
     n: usize,
     repeat: usize,
@@ -282,6 +305,8 @@ async fn throughput(
     let enqueue_s = now() - t0;
     wait_for_lines(record, n, Some(&bar)).await?;
     bar.finish_and_clear();
+    wait_until_recorded(workers).await?;
+    let recorded_s = now() - t0;
     let last_start = read_record(record)?
         .iter()
         .map(|(start, _)| *start)
@@ -290,7 +315,8 @@ async fn throughput(
     println!(
         "{}",
         json!({"tool": "hearth", "mode": "throughput", "repeat": repeat, "n": n, "completed": n, "ok": true,
-               "enqueue_s": round(enqueue_s), "total_s": round(total_s), "jobs_per_s": round(n as f64 / total_s), "config": config})
+               "enqueue_s": round(enqueue_s), "total_s": round(total_s), "jobs_per_s": round(n as f64 / total_s),
+               "recorded_s": round(recorded_s), "recorded_jobs_per_s": round(n as f64 / recorded_s), "config": config})
     );
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Connection, PgConnection, PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
 };
 
 use crate::config::Config;
@@ -49,10 +49,7 @@ impl Database {
     /// data dir is used instead of failing (for admin commands next to a running server).
     pub async fn open(config: &Config, attach: bool) -> Result<Self, OpenError> {
         let (options, embedded) = match &config.database_url {
-            Some(url) => (
-                PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?,
-                None,
-            ),
+            Some(url) => (url_options(url)?, None),
             None => {
                 let data_dir = config.data_dir.clone();
                 let started = tokio::task::spawn_blocking(move || {
@@ -99,6 +96,30 @@ impl Database {
     }
 }
 
+/// Connection options for `DATABASE_URL`. A server on this machine's loopback address gets no
+/// TLS unless the URL (or `PGSSLMODE`) asks for it: encrypting traffic that never leaves the
+/// host protects nothing, and libpq's and sqlx's default (`prefer`) made TLS a third of the
+/// server's CPU per query in the W1 profile (`bench/profiles/README.md`). Any other host keeps
+/// sqlx's default.
+fn url_options(url: &str) -> Result<PgConnectOptions, OpenError> {
+    let options = PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?;
+    let chosen = std::env::var_os("PGSSLMODE").is_some()
+        || url::Url::parse(url).is_ok_and(|parsed| {
+            parsed
+                .query_pairs()
+                .any(|(key, _)| key == "sslmode" || key == "ssl-mode")
+        });
+    let loopback = matches!(
+        options.get_host(),
+        "localhost" | "127.0.0.1" | "::1" | "[::1]"
+    );
+    Ok(if loopback && !chosen {
+        options.ssl_mode(PgSslMode::Disable)
+    } else {
+        options
+    })
+}
+
 /// Pool settings from the configuration: a maximum, a warm minimum, an acquire timeout (a
 /// request that cannot get a connection fails fast) and an idle lifetime.
 pub fn pool_options(config: &Config) -> PgPoolOptions {
@@ -140,4 +161,32 @@ pub async fn create_database_if_missing(
             .await?;
     }
     conn.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_urls_skip_tls_unless_they_ask_for_it() {
+        let mode = |url: &str| url_options(url).unwrap().get_ssl_mode();
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        for url in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]/db",
+        ] {
+            assert!(matches!(mode(url), PgSslMode::Disable), "{url}");
+        }
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.internal/db"),
+            PgSslMode::Prefer
+        ));
+    }
 }

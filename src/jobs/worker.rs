@@ -27,7 +27,7 @@ use std::{
 use futures::FutureExt;
 use sqlx::{PgPool, postgres::PgListener};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -43,6 +43,12 @@ use super::{
 
 /// Most jobs fetched in one statement.
 const MAX_BATCH: usize = 100;
+/// Finished jobs waiting for the completer past which runners stop fetching. A job frees its
+/// slot when it finishes, before its outcome is written; without this bound, short jobs let
+/// the runners outrun the completer, and thousands of rows that look `running` pile up, each
+/// rewritten by every heartbeat and holding back the next batch (seen in `hearth bench jobs`:
+/// 17,000 finished jobs still unwritten 5 s after the last one started).
+const MAX_UNRECORDED: usize = 2_000;
 
 /// How the worker runtime runs.
 #[derive(Debug, Clone)]
@@ -137,6 +143,9 @@ struct Shared {
     /// renewed: a completer slowed by load must not let the rescuer hand them out again.
     finishing: Arc<Mutex<HashMap<i64, i32>>>,
     finished: mpsc::UnboundedSender<Finish>,
+    /// Signalled by the completer after each batch it writes (runners held back by
+    /// [`MAX_UNRECORDED`] wait for it).
+    recorded: Arc<Notify>,
 }
 
 impl Shared {
@@ -157,6 +166,7 @@ impl Shared {
             running: Mutex::new(HashMap::new()),
             finishing: Arc::new(Mutex::new(HashMap::new())),
             finished,
+            recorded: Arc::new(Notify::new()),
         };
         (shared, finished_rx)
     }
@@ -182,6 +192,7 @@ impl Workers {
         services.spawn(listen(shared.clone(), service_stop.clone()));
         services.spawn(complete(
             shared.finishing.clone(),
+            shared.recorded.clone(),
             shared.pool.clone(),
             shared.config.instance.clone(),
             finished_rx,
@@ -208,6 +219,12 @@ impl Workers {
     /// Jobs running in this process right now.
     pub fn running(&self) -> usize {
         self.shared.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Jobs of this process not yet written to their outcome: running, or finished and waiting
+    /// for the completer. Zero means every job this process took has its outcome recorded.
+    pub fn unrecorded(&self) -> usize {
+        self.shared.jobs.len() + lock(&self.shared.finishing).len()
     }
 
     /// Stops fetching, lets running jobs finish within the grace period, hands back (returns to
@@ -252,6 +269,20 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
         woken.as_mut().enable();
         if shared.stop.is_cancelled() {
             return;
+        }
+        if lock(&shared.finishing).len() >= MAX_UNRECORDED {
+            let recorded = shared.recorded.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
+            // Checked again once registered: the batch may have been written meanwhile.
+            if lock(&shared.finishing).len() >= MAX_UNRECORDED {
+                tokio::select! {
+                    () = recorded => {}
+                    () = tokio::time::sleep(shared.config.poll_interval) => {}
+                    () = shared.stop.cancelled() => return,
+                }
+            }
+            continue;
         }
         // Limits change rarely; re-read whether there are any at most once per poll interval.
         if limits_checked.is_none_or(|at| at.elapsed() >= shared.config.poll_interval) {
@@ -625,6 +656,7 @@ async fn hand_back(
 /// jobs run again once their leases expire.
 async fn complete(
     finishing: Arc<Mutex<HashMap<i64, i32>>>,
+    recorded: Arc<Notify>,
     pool: PgPool,
     instance: String,
     mut finished: mpsc::UnboundedReceiver<Finish>,
@@ -650,6 +682,7 @@ async fn complete(
             pending.remove(&finish.id);
         }
         drop(pending);
+        recorded.notify_waiters();
         batch.clear();
     }
 }
