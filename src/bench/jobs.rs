@@ -8,7 +8,7 @@
 //!
 //! * `throughput`: N no-op jobs through [`enqueue_many`] (5,000 per statement); jobs/s =
 //!   N / (t_start of the last job − t0), enqueue time included; `recorded_jobs_per_s` is the
-//!   same up to the moment the last outcome is written (the last row gone from `jobs`);
+//!   same up to the moment this process's completer has written the last outcome;
 //! * `latency`: `LATENCY_N` (200) jobs enqueued one at a time `LATENCY_GAP_MS` (20) apart;
 //!   t_start − t_enqueued, p50/p99 by nearest rank;
 //! * `sustained`: jobs inserted one per transaction at `--rate` per second for `--seconds`,

@@ -98,8 +98,8 @@ impl Database {
 
 /// Connection options for `DATABASE_URL`. A server on this machine's loopback address gets no
 /// TLS unless the URL (or `PGSSLMODE`) asks for it: encrypting traffic that never leaves the
-/// host protects nothing, and libpq's and sqlx's default (`prefer`) made TLS a third of the
-/// server's CPU per query in the W1 profile (`bench/profiles/README.md`). Any other host keeps
+/// host protects nothing, and under libpq's and sqlx's default (`prefer`) rustls sat under 29 %
+/// of the server's samples in the W1 profile (`bench/profiles/README.md`). Any other host keeps
 /// sqlx's default.
 fn url_options(url: &str) -> Result<PgConnectOptions, OpenError> {
     let options = PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?;
