@@ -17,7 +17,7 @@
 #   SSE_MESSAGES=100 SSE_RATE=10   JOBS_N=20000 LATENCY_N=200   JOBQ_PEERS="celery procrastinate graphile-worker"
 #   HEARTH_PORT=8100 PEER_PORT=8200 UPSTREAM_PORT=8081   UVICORN_WORKERS=2
 #   HEARTH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/hearth_bench
-#   BENCH_PEER_PG_DSN=postgresql://postgres@127.0.0.1:5432/bench_peer   BENCH_REDIS_URL=redis://127.0.0.1:6379
+#   BENCH_PEER_PG_DSN=postgresql://postgres@127.0.0.1:5432/bench_peer?sslmode=disable   BENCH_REDIS_URL=redis://127.0.0.1:6379
 #   OUTDIR=bench/results/<UTC timestamp>   SKIP_BUILD=1 (use the existing target/release/hearth)
 #   NO_REPORT=1 (do not regenerate BENCHMARKS.md / ratios.svg)
 set -uo pipefail
@@ -37,7 +37,9 @@ JOBQ_PEERS="${JOBQ_PEERS:-celery procrastinate graphile-worker}"
 HEARTH_PORT="${HEARTH_PORT:-8100}"; PEER_PORT="${PEER_PORT:-8200}"; UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
 UVICORN_WORKERS="${UVICORN_WORKERS:-2}"
 HEARTH_DATABASE_URL="${HEARTH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hearth_bench}"
-export BENCH_PEER_PG_DSN="${BENCH_PEER_PG_DSN:-postgresql://postgres@127.0.0.1:5432/bench_peer}"
+# Both sides reach Postgres on loopback without TLS: Hearth by default (no sslmode in a loopback
+# DATABASE_URL), the peer through this sslmode (Django, procrastinate and graphile-worker honour it).
+export BENCH_PEER_PG_DSN="${BENCH_PEER_PG_DSN:-postgresql://postgres@127.0.0.1:5432/bench_peer?sslmode=disable}"
 export BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT"
 BENCH_VENV="${BENCH_VENV:-$BENCH/.venv}"; PY="$BENCH_VENV/bin/python"

@@ -8,7 +8,7 @@ Services come from the environment:
   UPSTREAM_URL        http://127.0.0.1:8081     (W3 stub)
 """
 import os
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 BASE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET_KEY = "bench-peer-not-a-secret"
@@ -30,6 +30,7 @@ TEMPLATES = [
 ]
 
 _pg = urlparse(os.environ.get("BENCH_PEER_PG_DSN", "postgresql://postgres@127.0.0.1:5432/bench_peer"))
+_sslmode = parse_qs(_pg.query).get("sslmode", [None])[0]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
@@ -39,7 +40,11 @@ DATABASES = {
         "HOST": _pg.hostname or "127.0.0.1",
         "PORT": _pg.port or 5432,
         # Django 5.1+ psycopg 3 pool, per worker process (otherwise one connection per request).
-        "OPTIONS": {"pool": {"min_size": 2, "max_size": int(os.environ.get("BENCH_PEER_DB_POOL_MAX", "8"))}},
+        "OPTIONS": {
+            "pool": {"min_size": 2, "max_size": int(os.environ.get("BENCH_PEER_DB_POOL_MAX", "8"))},
+            # The DSN's sslmode (run.sh sets `disable`, as Hearth uses on loopback), else libpq's default.
+            **({"sslmode": _sslmode} if _sslmode else {}),
+        },
     }
 }
 
