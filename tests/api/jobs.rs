@@ -657,14 +657,28 @@ async fn a_pool_reports_nothing_unrecorded_only_once_every_outcome_is_written() 
     enqueue_many(&pool, jobs).await.unwrap();
     let workers = Workers::start(pool.clone(), registry(), worker_config("default:50", "w1"));
 
+    // Between two fetches nothing is taken and 0 is right; so wait until every job is taken
+    // (none available), then for 0 on two polls in a row (a fetch that took the last ones
+    // spawns them at once).
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut seen_busy = false;
+    let mut zeros = 0;
     for _ in 0..6000 {
         tick.tick().await;
-        match workers.unrecorded() {
-            0 if seen_busy => break,
-            0 => {}
-            _ => seen_busy = true,
+        let left = workers.unrecorded();
+        seen_busy |= left > 0;
+        let available: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'available'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        zeros = if available == 0 && left == 0 {
+            zeros + 1
+        } else {
+            0
+        };
+        if zeros == 2 {
+            break;
         }
     }
     let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_done WHERE state = 'completed'")
