@@ -143,8 +143,9 @@ async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
         instance: format!("bench-{}", std::process::id()),
         ..WorkerConfig::new(queues)
     };
+    // Cleared before the workers start, so jobs an interrupted earlier run left are not run.
+    clear(pool, &record).await?;
     let workers = Workers::start(pool.clone(), registry, worker_config);
-    reset(pool, &workers, &record).await?;
     let config = format!(
         "hearth: 1 process, {} slots on queue `{QUEUE}`; bulk enqueue_many (5,000 per statement)",
         args.concurrency
@@ -213,6 +214,11 @@ async fn wait_until_recorded(workers: &Workers) -> anyhow::Result<()> {
 /// outcomes are all written (so no run overlaps the completions of the one before).
 async fn reset(pool: &PgPool, workers: &Workers, record: &Path) -> anyhow::Result<()> {
     wait_until_recorded(workers).await?;
+    clear(pool, record).await
+}
+
+/// Deletes the bench queue's jobs and empties the record file.
+async fn clear(pool: &PgPool, record: &Path) -> anyhow::Result<()> {
     sqlx::query!("DELETE FROM jobs WHERE queue = $1", QUEUE)
         .execute(pool)
         .await?;
