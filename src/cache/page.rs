@@ -168,14 +168,15 @@ where
     }
     let cache = &config.cache;
     let url = full_url(&request);
-    let request_headers = request.headers().clone();
-    match lookup(cache, &url, &request_headers).await {
+    match lookup(cache, &url, request.headers()).await {
         Ok(Some(page)) => {
-            return respond_hit(&page, &request_headers, method == Method::HEAD);
+            return respond_hit(&page, request.headers(), method == Method::HEAD);
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, %url, "page cache lookup failed; serving uncached"),
     }
+    // Copied only on a miss: the request moves into the handler, and storing needs its headers.
+    let request_headers = request.headers().clone();
 
     let mut response = call(&mut inner, request).await;
     let page_tags = response_tags(response.headers_mut());

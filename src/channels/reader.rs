@@ -159,9 +159,14 @@ async fn read_all(
                       m.id AS "id?", m.target AS "target?", m.is_group AS "is_group?",
                       m.payload AS "payload?"
                FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) s
+               -- Two index range reads, not `id > $1 OR id = ANY($2)`: under a generic plan
+               -- that `OR` walked the primary key from its first entry, every message kept.
                LEFT JOIN LATERAL (
-                   SELECT id, target, is_group, payload FROM channel_messages
-                   WHERE id > $1 OR id = ANY($2)
+                   (SELECT id, target, is_group, payload FROM channel_messages
+                     WHERE id > $1 ORDER BY id LIMIT $3)
+                   UNION ALL
+                   (SELECT id, target, is_group, payload FROM channel_messages
+                     WHERE id = ANY($2) AND id <= $1)
                    ORDER BY id LIMIT $3
                ) m ON true"#,
             cursor.after,

@@ -136,10 +136,13 @@ pub async fn rescue(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
                     'attempt', attempt,
                     'error', 'lease expired: worker ' || coalesce(locked_by, '?') || ' stopped heartbeating',
                     'at', now(), 'instance', locked_by)
-          WHERE id IN (
+          -- `= ANY(ARRAY(...))` runs the inner query once. As `IN (...)`, with the stale
+          -- statistics a queue table always has, it became a semi-join that ran the inner
+          -- query once per row of `jobs`: 9 s with 20,000 jobs waiting.
+          WHERE id = ANY (ARRAY(
                 -- SKIP LOCKED: a row locked right now is being completed or renewed.
                 SELECT id FROM jobs WHERE state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED
-          )"
+          ))"
     )
     .execute(conn)
     .await?;

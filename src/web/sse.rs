@@ -27,8 +27,8 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::stream;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{AppState, WebError, auth::CurrentUser, ws::SocketSlot};
 use crate::channels::{ChannelError, ChannelLayer, GroupName, Subscription};
@@ -106,10 +106,13 @@ pub async fn stream_with_prelude(
             },
         }
     }
+    let mut keep_alive = tokio::time::interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = State {
         subscription,
         first: Some(Bytes::from(first)),
-        closing: layer.closing(),
+        closing: Box::pin(layer.closing().cancelled_owned()),
+        keep_alive,
         ended: false,
         _slot: slot,
     };
@@ -126,10 +129,15 @@ pub async fn stream_with_prelude(
     Ok(response)
 }
 
+/// Everything a stream waits on, built once: a fan-out wakes every stream at once, and a new
+/// timer and cancellation waiter per event (as a fresh `sleep` in each turn would make) is
+/// work done a thousand times per message. The keep-alive therefore ticks on a fixed period
+/// rather than after each silence; a comment during a busy spell costs nothing.
 struct State {
     subscription: Subscription,
     first: Option<Bytes>,
-    closing: CancellationToken,
+    closing: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    keep_alive: Interval,
     ended: bool,
     _slot: StreamSlot,
 }
@@ -177,10 +185,9 @@ async fn next_chunk(mut state: State) -> Option<(Result<Bytes, Infallible>, Stat
     if let Some(first) = state.first.take() {
         return Some((Ok(first), state));
     }
-    let keep_alive = tokio::time::sleep_until(Instant::now() + KEEP_ALIVE);
     let chunk = tokio::select! {
-        () = state.closing.cancelled() => return None,
-        () = keep_alive => Bytes::from_static(b": keep-alive\n\n"),
+        () = &mut state.closing => return None,
+        _ = state.keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
         delivery = state.subscription.recv() => match delivery {
             Some(delivery) => delivery.event_stream_frame(),
             None if state.subscription.dropped_as_slow() => {
