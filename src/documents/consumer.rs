@@ -326,6 +326,19 @@ impl DocConsumer {
         }
         let db = ctx.state().db.clone();
         let mut tx = db.begin().await?;
+        if !document::lock_for_append(&mut tx, self.document.id).await? {
+            return Err(ConsumerError::close(
+                close_code::NOT_FOUND,
+                "no such document",
+            ));
+        }
+        let current = document::load(&mut *tx, self.document.id)
+            .await
+            .map_err(load_failed)?;
+        if let Err(e) = current.accepts(&data) {
+            error(ctx, "invalid_update", e.to_string());
+            return Ok(());
+        }
         document::append(&mut tx, self.document.id, self.user.id, &data).await?;
         let from = ctx.channel_name().as_str().to_owned();
         ctx.channels()

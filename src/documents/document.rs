@@ -1,7 +1,7 @@
 //! Documents as rows: who may open one and with what rights, reading the CRDT state back
 //! from its snapshot and updates, and storing an update.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::crdt::{CrdtError, State};
 use crate::{channels::GroupName, web::auth::User};
@@ -95,7 +95,7 @@ pub enum LoadError {
 }
 
 /// The document's whole state: its snapshot and every update stored since.
-pub async fn load(db: &PgPool, id: i64) -> Result<State, LoadError> {
+pub async fn load(db: impl PgExecutor<'_>, id: i64) -> Result<State, LoadError> {
     // One statement, so it sees one snapshot of both tables: a compaction that commits
     // meanwhile (new snapshot, its updates deleted) is seen entirely or not at all.
     let parts = sqlx::query_scalar!(
@@ -108,6 +108,21 @@ pub async fn load(db: &PgPool, id: i64) -> Result<State, LoadError> {
     .await?;
     State::from_updates(parts.iter().map(Vec::as_slice))
         .map_err(|source| LoadError::Corrupt { id, source })
+}
+
+/// Takes the document's write lock until the caller's transaction ends, so that the state an
+/// update from a client is checked against (`load` after this) is the one it joins: two
+/// updates checked at once could each pass alone and break the document together. A compaction
+/// (it updates the row) waits for it too. `NO KEY UPDATE` because the updates' foreign key takes `KEY SHARE`, which it
+/// lets through. Returns false when the document is gone.
+pub async fn lock_for_append(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
+    let found = sqlx::query_scalar!(
+        "SELECT id FROM documents WHERE id = $1 FOR NO KEY UPDATE",
+        id
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
 }
 
 /// Stores one update (already checked to decode) in the caller's transaction.

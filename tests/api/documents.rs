@@ -655,6 +655,49 @@ async fn malformed_updates_and_vectors_get_error_frames_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn an_update_that_would_break_the_text_it_meets_is_refused() {
+    // Arrange: a document holding one line written by Yjs (the fuzz harness's base), and an
+    // update found by `fuzz/` that is harmless to an empty document but not to that line.
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let doc = create_doc(&ada, "Guarded").await;
+    let base: &[u8] = &[
+        1, 1, 7, 0, 4, 1, 4, 98, 111, 100, 121, 9, 98, 97, 115, 101, 32, 116, 101, 120, 116, 0,
+    ];
+    let breaking = include_bytes!("../../fuzz/corpus/yrs_update/breaks-encoding-after-text");
+    hearth::documents::crdt::check_update(breaking).unwrap();
+    let mut socket = ada.socket(&format!("/ws/docs/{doc}")).await;
+    socket.recv_type("hello").await.unwrap();
+    socket
+        .send_json(&json!({"type": "update", "update": BASE64.encode(base), "seq": 1}))
+        .await
+        .unwrap();
+    assert_eq!(socket.recv_type("ack").await.unwrap()["seq"], 1);
+
+    // Act
+    socket
+        .send_json(&json!({"type": "update", "update": BASE64.encode(breaking), "seq": 2}))
+        .await
+        .unwrap();
+
+    // Assert: refused, nothing stored, and the document still loads and compacts.
+    let error = socket.recv_type("error").await.unwrap();
+    assert_eq!(error["code"], "invalid_update", "{error}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let stored = document::load(&app.pool, doc).await.unwrap();
+    assert_eq!(stored.text(), "base text");
+    let snapshot = stored.encode();
+    assert_eq!(
+        State::from_updates([snapshot.as_slice()]).unwrap().text(),
+        "base text"
+    );
+}
+
+#[tokio::test]
 async fn the_periodic_sweep_compacts_what_a_dead_instance_left_behind() {
     use hearth::jobs::Enqueue;
 
