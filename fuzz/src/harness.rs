@@ -426,9 +426,7 @@ pub fn yrs_update(data: &[u8]) {
 }
 
 /// A one-line document, "base text", written by Yjs (client 7): what fuzzed updates meet.
-const BASE: &[u8] = &[
-    1, 1, 7, 0, 4, 1, 4, 98, 111, 100, 121, 9, 98, 97, 115, 101, 32, 116, 101, 120, 116, 0,
-];
+const BASE: &[u8] = include_bytes!("../corpus/yrs_update/base-text");
 
 /// What the server promises of an update it accepts against the document it joins
 /// (`State::accepts`, here for an empty document and for `BASE`) and stores: the document

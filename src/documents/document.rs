@@ -112,9 +112,10 @@ pub async fn load(db: impl PgExecutor<'_>, id: i64) -> Result<State, LoadError> 
 
 /// Takes the document's write lock until the caller's transaction ends, so that the state an
 /// update from a client is checked against (`load` after this) is the one it joins: two
-/// updates checked at once could each pass alone and break the document together. A compaction
-/// (it updates the row) waits for it too. `NO KEY UPDATE` because the updates' foreign key takes `KEY SHARE`, which it
-/// lets through. Returns false when the document is gone.
+/// updates checked at once could each pass alone and break the document together. A
+/// compaction (it updates the row) waits for it too. `NO KEY UPDATE` because the updates'
+/// foreign key takes `KEY SHARE`, which it lets through. Returns false when the document is
+/// gone.
 pub async fn lock_for_append(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
     let found = sqlx::query_scalar!(
         "SELECT id FROM documents WHERE id = $1 FOR NO KEY UPDATE",

@@ -16,6 +16,14 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestUser, assert_redirect};
 
+/// How many update rows are stored, across every document.
+async fn stored_updates(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM document_updates")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 /// Creates a document owned by `owner` and returns its id.
 async fn create_doc(owner: &TestUser<'_>, title: &str) -> i64 {
     let response = owner.post_form("/docs", &[("title", title)]).await;
@@ -338,10 +346,7 @@ async fn readers_cannot_edit_and_outsiders_cannot_open() {
         .unwrap();
     let refused = reader.recv_type("error").await.unwrap();
     assert_eq!(refused["code"], "read_only", "{refused}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let rows = stored_updates(&app).await;
     assert_eq!(rows, 0);
     assert_eq!(
         bob.post_form(&format!("/docs/{doc}/versions"), &[("name", "mine")])
@@ -478,10 +483,7 @@ async fn a_document_reopened_after_everyone_left_and_a_restart_has_every_edit() 
     assert_eq!(queued, 1);
     let folded = compact::compact(&app.pool, doc).await.unwrap();
     assert_eq!(folded.updates, 4);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let left = stored_updates(&app).await;
     assert_eq!(left, 0, "compaction removes the rows it folded in");
     assert!(
         ada.get("/docs")
@@ -556,15 +558,12 @@ async fn restoring_a_version_reaches_every_editor_and_keeps_the_history() {
         .unwrap();
     assert_eq!(versions, 1);
     // Restoring what the text already is stores nothing.
-    let count = || {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM document_updates").fetch_one(&app.pool)
-    };
-    let before = count().await.unwrap();
+    let before = stored_updates(&app).await;
     let response = bob
         .post_form(&format!("/docs/{doc}/versions/{version}/restore"), &[])
         .await;
     assert_redirect(&response, &format!("/docs/{doc}"));
-    assert_eq!(count().await.unwrap(), before);
+    assert_eq!(stored_updates(&app).await, before);
 }
 
 #[tokio::test]
@@ -643,10 +642,7 @@ async fn malformed_updates_and_vectors_get_error_frames_and_store_nothing() {
     }
     socket.send_text("{not json").await.unwrap();
     assert!(socket.recv_type("error").await.unwrap()["error"].is_string());
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let rows = stored_updates(&app).await;
     assert_eq!(rows, 0);
     // Bad form input is a 422 with a message, not a stored row.
     let response = ada.post_form("/docs", &[("title", "   ")]).await;
@@ -661,9 +657,7 @@ async fn an_update_that_would_break_the_text_it_meets_is_refused() {
     let app = TestApp::spawn().await;
     let ada = app.user("ada").await;
     let doc = create_doc(&ada, "Guarded").await;
-    let base: &[u8] = &[
-        1, 1, 7, 0, 4, 1, 4, 98, 111, 100, 121, 9, 98, 97, 115, 101, 32, 116, 101, 120, 116, 0,
-    ];
+    let base = include_bytes!("../../fuzz/corpus/yrs_update/base-text");
     let breaking = include_bytes!("../../fuzz/corpus/yrs_update/breaks-encoding-after-text");
     hearth::documents::crdt::check_update(breaking).unwrap();
     let mut socket = ada.socket(&format!("/ws/docs/{doc}")).await;
@@ -683,10 +677,7 @@ async fn an_update_that_would_break_the_text_it_meets_is_refused() {
     // Assert: refused, nothing stored, and the document still loads and compacts.
     let error = socket.recv_type("error").await.unwrap();
     assert_eq!(error["code"], "invalid_update", "{error}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM document_updates")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let rows = stored_updates(&app).await;
     assert_eq!(rows, 1);
     let stored = document::load(&app.pool, doc).await.unwrap();
     assert_eq!(stored.text(), "base text");
