@@ -12,7 +12,7 @@
 # W4 runs with no server up: `hearth bench jobs` then each peer queue's command, once per round.
 #
 # Knobs (env):
-#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w4"
+#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w6rust w4"
 #   CONNS=64 THREADS=2 (wrk)   WS_CLIENTS=1000 WS_MESSAGES=200 WS_RATE=20   SSE_CLIENTS=500
 #   SSE_MESSAGES=100 SSE_RATE=10   JOBS_N=20000 LATENCY_N=200   JOBQ_PEERS="celery procrastinate graphile-worker"
 #   HEARTH_PORT=8100 PEER_PORT=8200 UPSTREAM_PORT=8081   UVICORN_WORKERS=2
@@ -28,7 +28,7 @@ cd "$ROOT"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"; DURATION="${DURATION%s}"
 WARMUP="${WARMUP:-3s}"; WARMUP="${WARMUP%s}"
-WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w4}"
+WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w6rust w4}"
 CONNS="${CONNS:-64}"; THREADS="${THREADS:-2}"
 WS_CLIENTS="${WS_CLIENTS:-1000}"; WS_MESSAGES="${WS_MESSAGES:-200}"; WS_RATE="${WS_RATE:-20}"
 SSE_CLIENTS="${SSE_CLIENTS:-500}"; SSE_MESSAGES="${SSE_MESSAGES:-100}"; SSE_RATE="${SSE_RATE:-10}"
@@ -185,11 +185,15 @@ measure() { # workload side -> prints the client's JSON line
       note_cmd "node bench/clients/sse_load.js --base <base> --clients $SSE_CLIENTS --messages $SSE_MESSAGES --rate $SSE_RATE"
       out=$(timeout 240 node "$BENCH/clients/sse_load.js" --base "$BASE" --clients "$SSE_CLIENTS" \
             --messages "$SSE_MESSAGES" --rate "$SSE_RATE" 2>>"$OUTDIR/logs/clients.log");;
+    w6rust)
+      note_cmd "target/release/hearth bench sse --base <base> --clients $SSE_CLIENTS --messages $SSE_MESSAGES --rate $SSE_RATE"
+      out=$(timeout 240 "$HEARTH" bench sse --base "$BASE" --clients "$SSE_CLIENTS" \
+            --messages "$SSE_MESSAGES" --rate "$SSE_RATE" 2>>"$OUTDIR/logs/clients.log");;
   esac
   grep '^{' <<<"$out" | tail -1
 }
 
-ORDER=(w1 w2 w3 w3c256 w5 w5rust w6)
+ORDER=(w1 w2 w3 w3c256 w5 w5rust w6 w6rust)
 SERVER_WLS=(); for w in "${ORDER[@]}"; do has "$w" && SERVER_WLS+=("$w"); done
 JOBQ_LIST=(); has w4 && JOBQ_LIST=(hearth $JOBQ_PEERS)
 TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]}) * ROUNDS )); DONE=0

@@ -75,6 +75,8 @@ pub enum BenchCommand {
     Jobs(crate::bench::jobs::BenchArgs),
     /// The W5 WebSocket load client: `hearth bench ws chat --url ws://127.0.0.1:8000/ws/chat/bench/`.
     Ws(crate::bench::ws::WsArgs),
+    /// The W6 event-stream load client: `hearth bench sse --base http://127.0.0.1:8000`.
+    Sse(crate::bench::sse::SseArgs),
     /// Cache round trips per tier: `hearth bench cache 10000`.
     Cache(crate::bench::cache::CacheArgs),
     /// Collaborative documents: fan-out latency with 20 editors, memory per open document.
@@ -158,6 +160,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench {
                 what: BenchCommand::Ws(args),
             } => crate::bench::ws::run(args).await,
+            Command::Bench {
+                what: BenchCommand::Sse(args),
+            } => crate::bench::sse::run(args).await,
             Command::Bench {
                 what: BenchCommand::Cache(args),
             } => {

@@ -23,12 +23,13 @@ TITLES = {
     "w3c256": "W3 gather, wrk c=256",
     "w5": "W5 WebSocket chat, Node `ws` client: {wsc} receivers, {wsm} msgs at {wsr}/s",
     "w5rust": "W5 WebSocket chat, Rust client (`hearth bench ws`): {wsc} receivers, {wsm} msgs at {wsr}/s",
-    "w6": "W6 server-sent events: {ssec} streams, {ssem} msgs at {sser}/s",
+    "w6": "W6 server-sent events, Node client: {ssec} streams, {ssem} msgs at {sser}/s",
+    "w6rust": "W6 server-sent events, Rust client (`hearth bench sse`): {ssec} streams, {ssem} msgs at {sser}/s",
     "w4tp": "W4 jobs, throughput: {jobs} no-op jobs bulk-enqueued, first enqueue to last job start",
     "w4lat": "W4 jobs, pickup latency: {latn} jobs one at a time, 20 ms apart",
 }
 HTTP = ("w1", "w2", "w3", "w3c256")
-WS = ("w5", "w5rust", "w6")
+WS = ("w5", "w5rust", "w6", "w6rust")
 
 
 def load(outdir):
@@ -191,9 +192,9 @@ def report(outdir, md_path, svg_path):
                              f"lost {lost}, {num(hd)} of {num(offered)} /s, p50 {num(hp50, 2)} ms, p99 {num(hp99, 2)} ms"))
             chart.append((f"{w.upper()} deliveries/s", ratio(hd, pd), ratio(offered, pd)))
         else:
-            verdicts.append(("W6: 0 lost, p99 ≤ 20 ms", lost == 0 and hp99 is not None and hp99 <= 20,
+            verdicts.append((f"{w.upper()}: 0 lost, p99 ≤ 20 ms", lost == 0 and hp99 is not None and hp99 <= 20,
                              f"lost {lost}, p99 {num(hp99, 2)} ms"))
-            chart.append(("W6 p99 (peer/Hearth)", ratio(pp99, hp99), ratio(pp99, 20)))
+            chart.append((f"{w.upper()} p99 (peer/Hearth)", ratio(pp99, hp99), ratio(pp99, 20)))
 
     tools = [t for t in ["hearth", "graphile-worker", "celery", "procrastinate"] if by.get(("w4tp", t)) or by.get(("w4lat", t))]
     tools += sorted({s for (w, s) in by if w in ("w4tp", "w4lat")} - set(tools))

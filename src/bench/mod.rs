@@ -5,6 +5,8 @@
 //! * [`docs`]: `hearth bench docs`, collaborative editing: update fan-out latency with many
 //!   editors on one document, and memory per open document;
 //! * [`ws`]: `hearth bench ws`, a W5 load client that does not cap the server it measures;
+//! * [`sse`]: `hearth bench sse`, the same for W6's event streams ([`client`] holds what the
+//!   two share);
 //! * [`soak`]: `hearth bench soak`, a long run of mixed traffic against a child server that
 //!   reports its memory and descriptors over time, errors, losses and latencies;
 //! * [`routes`]: the HTTP and WebSocket endpoints the load clients hit (W5 chat over a
@@ -12,8 +14,10 @@
 //!   production routes stay clean.
 
 pub mod cache;
+mod client;
 pub mod docs;
 pub mod jobs;
 pub mod routes;
 pub mod soak;
+pub mod sse;
 pub mod ws;

@@ -106,27 +106,22 @@ async fn connect_many(url: &str, n: usize, concurrency: usize) -> (Vec<Socket>, 
     (sockets, errors)
 }
 
-/// Runs on a single-threaded runtime of its own: the receivers do little work each, and one
-/// thread spends less CPU on wake-ups and cross-thread handoffs than a pool would — CPU the
-/// server under test (on the same machine) then has.
+/// Runs the client on a runtime of its own and prints its JSON line.
 pub async fn run(args: WsArgs) -> anyhow::Result<()> {
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("cannot start the client's runtime")?;
-        runtime.block_on(async move {
-            match args.mode {
-                WsMode::Chat => chat(args).await,
-                WsMode::Idle => idle(args).await,
-            }
-        })
-    });
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .context("the client thread failed")?
-        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    super::client::on_own_runtime(move || async move {
+        let result = match args.mode {
+            WsMode::Chat => chat(args).await?,
+            WsMode::Idle => idle(args).await?,
+        };
+        println!("{result}");
+        Ok(())
+    })
+    .await
+}
+
+/// Runs the chat workload on the caller's runtime and returns the JSON line's object.
+pub async fn measure_chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
+    chat(args).await
 }
 
 #[derive(Deserialize)]
@@ -143,7 +138,7 @@ struct Received {
     last_at_us: u64,
 }
 
-async fn chat(args: WsArgs) -> anyhow::Result<()> {
+async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
     let m = args.messages;
     let started = Instant::now();
     let (sockets, errors) = connect_many(&args.url, args.clients, args.connect_concurrency).await;
@@ -202,7 +197,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("sending {bar:40} {pos}/{len} ({msg} delivered)")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let cpu0 = cpu_time();
+    let cpu0 = super::client::cpu_time();
     let wall0 = Instant::now();
     let first_send = now_us();
     for seq in 0..m {
@@ -224,7 +219,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<()> {
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu = cpu_time() - cpu0;
+    let cpu = super::client::cpu_time() - cpu0;
     let wall = wall0.elapsed().as_secs_f64();
     stop.cancel();
     let mut latencies = Vec::with_capacity(expected as usize);
@@ -236,32 +231,24 @@ async fn chat(args: WsArgs) -> anyhow::Result<()> {
         malformed += got.malformed;
         last = last.max(got.last_at_us);
     }
-    latencies.sort_unstable();
     let got = latencies.len() as u64;
-    let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
-    let pct = |p: f64| {
-        latencies
-            .get(((p / 100.0 * latencies.len() as f64).ceil() as usize).saturating_sub(1))
-            .map(|&us| ms(us))
-    };
+    let summary = super::client::Latencies::new(latencies);
     let span_s = (last.saturating_sub(first_send)) as f64 / 1e6;
-    let result = serde_json::json!({
+    Ok(serde_json::json!({
         "workload": "ws_chat", "client": "hearth bench ws",
         "clients": args.clients, "connected": connected,
         "connect_failed": errors.len(), "connect_errors": errors.iter().take(3).collect::<Vec<_>>(),
         "connect_s": (connect_s * 100.0).round() / 100.0,
         "messages": m, "rate": args.rate, "expected": expected, "delivered": got,
         "lost": expected - got, "duplicates": duplicates, "malformed": malformed,
-        "deliveries_per_s": if span_s > 0.0 { (got as f64 / span_s * 10.0).round() / 10.0 } else { 0.0 },
+        "deliveries_per_s": super::client::per_s(got, span_s),
         "offered_per_s": connected as u64 * u64::from(args.rate),
-        "p50_ms": pct(50.0), "p99_ms": pct(99.0), "max_ms": latencies.last().map(|&us| ms(us)),
-        "client_cpu_pct": (cpu / wall * 1000.0).round() / 10.0,
-    });
-    println!("{result}");
-    Ok(())
+        "p50_ms": summary.percentile_ms(50.0), "p99_ms": summary.percentile_ms(99.0), "max_ms": summary.max_ms(),
+        "client_cpu_pct": super::client::cpu_pct(cpu, wall),
+    }))
 }
 
-async fn idle(args: WsArgs) -> anyhow::Result<()> {
+async fn idle(args: WsArgs) -> anyhow::Result<serde_json::Value> {
     let before = args.rss_pid.map(rss_tree_kib);
     let started = Instant::now();
     let (sockets, errors) = connect_many(&args.url, args.clients, args.connect_concurrency).await;
@@ -275,31 +262,14 @@ async fn idle(args: WsArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let mib = |kib: Option<u64>| kib.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0);
-    println!(
-        "{}",
-        serde_json::json!({
-            "workload": "ws_idle", "client": "hearth bench ws",
-            "clients": args.clients, "connected": sockets.len(),
-            "connect_failed": errors.len(), "connect_errors": errors.iter().take(3).collect::<Vec<_>>(),
-            "connect_s": (connect_s * 100.0).round() / 100.0,
-            "server_rss_before_mb": mib(before), "server_rss_mb": mib(after),
-            "kb_per_conn": per_conn,
-        })
-    );
-    drop(sockets);
-    Ok(())
-}
-
-/// User + system CPU seconds of this process.
-fn cpu_time() -> f64 {
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
-    usage.map_or(0.0, |u| {
-        let (user, system) = (u.user_time(), u.system_time());
-        user.tv_sec() as f64
-            + user.tv_usec() as f64 / 1e6
-            + system.tv_sec() as f64
-            + system.tv_usec() as f64 / 1e6
-    })
+    Ok(serde_json::json!({
+        "workload": "ws_idle", "client": "hearth bench ws",
+        "clients": args.clients, "connected": sockets.len(),
+        "connect_failed": errors.len(), "connect_errors": errors.iter().take(3).collect::<Vec<_>>(),
+        "connect_s": (connect_s * 100.0).round() / 100.0,
+        "server_rss_before_mb": mib(before), "server_rss_mb": mib(after),
+        "kb_per_conn": per_conn,
+    }))
 }
 
 /// VmRSS of `pid`, in KiB (0 when it cannot be read).

@@ -148,3 +148,52 @@ async fn gather_returns_the_three_upstream_bodies_or_502() {
         "upstream 2: upstream answered 500"
     );
 }
+
+/// The Rust load clients against the real routes: every message reaches every receiver once,
+/// and the figures they report add up.
+#[tokio::test]
+async fn the_rust_load_clients_count_every_delivery() {
+    use hearth::bench::{sse::SseArgs, ws::WsArgs};
+
+    let app = spawn().await;
+
+    let chat = hearth::bench::ws::measure_chat(WsArgs {
+        mode: hearth::bench::ws::WsMode::Chat,
+        url: app.ws_url("/ws/chat/load/"),
+        clients: 20,
+        messages: 10,
+        rate: 100,
+        settle: 0.2,
+        drain_s: 5.0,
+        rss_pid: None,
+        connect_concurrency: 10,
+    })
+    .await
+    .unwrap();
+    let events = hearth::bench::sse::measure(SseArgs {
+        base: app.url(""),
+        clients: 20,
+        messages: 10,
+        rate: 100,
+        settle: 0.2,
+        drain_s: 5.0,
+        connect_concurrency: 10,
+    })
+    .await
+    .unwrap();
+
+    for result in [&chat, &events] {
+        assert_eq!(result["connected"], 20, "{result}");
+        assert_eq!(result["expected"], 200, "{result}");
+        assert_eq!(result["delivered"], 200, "{result}");
+        assert_eq!(result["lost"], 0, "{result}");
+        assert_eq!(result["duplicates"], 0, "{result}");
+        assert_eq!(result["malformed"], 0, "{result}");
+        let (p50, p99) = (result["p50_ms"].as_f64(), result["p99_ms"].as_f64());
+        assert!(
+            p50.is_some_and(|p50| p50 > 0.0 && p50 <= p99.unwrap()),
+            "{result}"
+        );
+    }
+    assert_eq!(events["publish_failed"], 0, "{events}");
+}
