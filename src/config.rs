@@ -145,6 +145,11 @@ pub struct Config {
     #[arg(long, env = "HEARTH_JOB_RETENTION", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
     pub job_retention: Duration,
 
+    /// Keep completed jobs for status queries and results (`false`: delete them on completion,
+    /// as Celery without a result backend and graphile-worker do; failures are still kept).
+    #[arg(long, env = "HEARTH_JOB_KEEP_COMPLETED", default_value_t = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, global = true)]
+    pub job_keep_completed: bool,
+
     /// Periodic jobs: `name|cron:EXPR|TIME ZONE|kind|JSON args` or `name|every:DURATION||kind|JSON
     /// args`, separated by `;` (in addition to those declared in code).
     #[arg(long, env = "HEARTH_SCHEDULES", global = true)]
@@ -399,12 +404,17 @@ impl fmt::Display for Config {
         writeln!(f, "  static dir          {}", self.static_dir.display())?;
         writeln!(
             f,
-            "  job queues          {} / {} connections / poll {} / lease {} / keep {}",
+            "  job queues          {} / {} connections / poll {} / lease {} / keep {}{}",
             self.queues,
             self.job_db_connections,
             d(self.job_poll_interval),
             d(self.job_lease),
-            d(self.job_retention)
+            d(self.job_retention),
+            if self.job_keep_completed {
+                ""
+            } else {
+                " (failures only)"
+            }
         )?;
         writeln!(
             f,

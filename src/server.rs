@@ -389,6 +389,7 @@ pub fn worker_config(config: &Config) -> anyhow::Result<WorkerConfig> {
         lease: config.job_lease,
         shutdown_grace: config.shutdown_grace,
         retention: config.job_retention,
+        keep_completed: config.job_keep_completed,
         schedules: job_schedules(config)?,
         ..WorkerConfig::new(config.queues.0.clone())
     })

@@ -119,12 +119,12 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let db = Database::open(&config, true)
         .await
         .context("cannot open the database")?;
-    let outcome = run_on(&db.pool, &args).await;
+    let outcome = run_on(&db.pool, &args, config.job_keep_completed).await;
     db.close().await?;
     outcome
 }
 
-async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
+async fn run_on(pool: &PgPool, args: &BenchArgs, keep_completed: bool) -> anyhow::Result<()> {
     migrations::run(pool)
         .await
         .context("cannot apply migrations")?;
@@ -141,14 +141,20 @@ async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     let queues = vec![(QueueName::parse(QUEUE)?, args.concurrency)];
     let worker_config = WorkerConfig {
         instance: format!("bench-{}", std::process::id()),
+        keep_completed,
         ..WorkerConfig::new(queues)
     };
     // Cleared before the workers start, so jobs an interrupted earlier run left are not run.
     clear(pool, &record).await?;
     let workers = Workers::start(pool.clone(), registry, worker_config);
     let config = format!(
-        "hearth: 1 process, {} slots on queue `{QUEUE}`; bulk enqueue_many (5,000 per statement)",
-        args.concurrency
+        "hearth: 1 process, {} slots on queue `{QUEUE}`; bulk enqueue_many (5,000 per statement); completed jobs {}",
+        args.concurrency,
+        if keep_completed {
+            "kept"
+        } else {
+            "deleted (HEARTH_JOB_KEEP_COMPLETED=false)"
+        }
     );
 
     // Warm-up: one job through the single path, then JOBS_WARMUP_N through the bulk path.

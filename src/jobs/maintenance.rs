@@ -149,7 +149,9 @@ pub async fn rescue(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     Ok(done.rows_affected())
 }
 
-/// Deletes finished jobs older than `retention` and unique keys whose period is over.
+/// Deletes finished jobs older than `retention` and unique keys whose period is over. A key
+/// with a period holds until it ends even if its job is gone (pruned, or a completed job that
+/// was not kept); a key without one is released once its job is gone.
 pub async fn prune(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
         "DELETE FROM jobs_done WHERE finished_at < now() - make_interval(secs => $1)",
@@ -160,7 +162,8 @@ pub async fn prune(conn: &mut PgConnection, retention: Duration) -> Result<u64, 
     sqlx::query!(
         "DELETE FROM job_unique_keys k
           WHERE (k.until IS NOT NULL AND k.until <= now())
-             OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = k.job_id)
+             OR k.until IS NULL
+            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = k.job_id)
             AND NOT EXISTS (SELECT 1 FROM jobs_done d WHERE d.id = k.job_id)"
     )
     .execute(&mut *conn)

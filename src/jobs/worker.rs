@@ -64,6 +64,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Finished jobs older than this are pruned.
     pub retention: Duration,
+    /// Whether completed jobs are kept in `jobs_done` (for status queries and results) or
+    /// deleted outright. Discarded and cancelled jobs are always kept: they are the ones
+    /// someone looks into. Not keeping them saves a row and two index entries per job.
+    pub keep_completed: bool,
     /// Identifies this process in leases and error histories.
     pub instance: String,
     /// Periodic jobs; every instance declares the same ones, each occurrence is enqueued once.
@@ -78,6 +82,7 @@ impl WorkerConfig {
             lease: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 86_400),
+            keep_completed: true,
             instance: default_instance(),
             schedules: Vec::new(),
         }
@@ -195,6 +200,7 @@ impl Workers {
             shared.recorded.clone(),
             shared.pool.clone(),
             shared.config.instance.clone(),
+            shared.config.keep_completed,
             finished_rx,
         ));
         services.spawn(heartbeat(shared.clone(), service_stop.clone()));
@@ -661,6 +667,7 @@ async fn complete(
     recorded: Arc<Notify>,
     pool: PgPool,
     instance: String,
+    keep_completed: bool,
     mut finished: mpsc::UnboundedReceiver<Finish>,
 ) {
     let mut batch = Vec::new();
@@ -669,7 +676,7 @@ async fn complete(
         batch.sort_unstable_by_key(|f: &Finish| f.id);
         let mut wait = Duration::from_millis(20);
         for attempt in 1..=6 {
-            match finish_batch(&pool, &instance, &batch).await {
+            match finish_batch(&pool, &instance, keep_completed, &batch).await {
                 Ok(()) => break,
                 Err(e) if attempt < 6 => {
                     tracing::warn!(error = %e, jobs = batch.len(), "cannot record finished jobs yet; retrying");
@@ -692,8 +699,15 @@ async fn complete(
 }
 
 /// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
-/// releases their unique keys unless the key holds in the final state.
-async fn finish_batch(pool: &PgPool, instance: &str, batch: &[Finish]) -> Result<(), sqlx::Error> {
+/// releases their unique keys unless the key holds in the final state. With `keep_completed`
+/// off, completed jobs are deleted instead of moved, and a key held in `completed` lasts only
+/// for its period: without one, nothing would be left to say when it was taken.
+async fn finish_batch(
+    pool: &PgPool,
+    instance: &str,
+    keep_completed: bool,
+    batch: &[Finish],
+) -> Result<(), sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
     let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
@@ -734,9 +748,11 @@ async fn finish_batch(pool: &PgPool, instance: &str, batch: &[Finish]) -> Result
              WHERE key = ANY (ARRAY(
                  SELECT k.key
                    FROM locked l,
-                        LATERAL (SELECT key, holds_in FROM job_unique_keys
+                        LATERAL (SELECT key, holds_in, until FROM job_unique_keys
                                   WHERE job_id = l.id OFFSET 0) k
-                  WHERE l.unique_key IS NOT NULL AND NOT (l.final_state = ANY (k.holds_in))
+                  WHERE l.unique_key IS NOT NULL
+                    AND (NOT (l.final_state = ANY (k.holds_in))
+                         OR (l.final_state = 'completed' AND NOT $7 AND k.until IS NULL))
              ))
         )
         INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
@@ -747,6 +763,7 @@ async fn finish_batch(pool: &PgPool, instance: &str, batch: &[Finish]) -> Result
                END,
                final_result, progress_percent, progress_message, created_at, attempted_at
           FROM locked
+         WHERE $7 OR final_state <> 'completed'
         "#,
         &ids,
         &attempts,
@@ -754,6 +771,7 @@ async fn finish_batch(pool: &PgPool, instance: &str, batch: &[Finish]) -> Result
         &results as &[Option<serde_json::Value>],
         &errors as &[Option<String>],
         instance,
+        keep_completed,
     )
     .execute(pool)
     .await?;
@@ -921,7 +939,7 @@ pub async fn run_one(
     let mut batch = Vec::new();
     finished_rx.recv_many(&mut batch, 10).await;
     if !batch.is_empty() {
-        finish_batch(pool, "inline", &batch).await?;
+        finish_batch(pool, "inline", true, &batch).await?;
     }
     Ok(Some(id))
 }

@@ -594,6 +594,88 @@ async fn pruning_deletes_old_finished_jobs_only() {
 }
 
 #[tokio::test]
+async fn completed_jobs_not_kept_are_deleted_but_failures_and_period_keys_stay() {
+    let (_, pool) = pool().await;
+    let noop = |unique: Option<Unique>| {
+        let job = Enqueue::new(&Noop {}).unwrap();
+        match unique {
+            Some(unique) => job.unique(unique),
+            None => job,
+        }
+    };
+    let for_an_hour = || {
+        Unique::key("digest:hourly")
+            .also_when(&[FinishedState::Completed])
+            .for_period(Duration::from_secs(3600))
+    };
+    let without_period = || Unique::key("digest:once").also_when(&[FinishedState::Completed]);
+    let plain = noop(None).enqueue(&pool).await.unwrap();
+    let periodic = noop(Some(for_an_hour())).enqueue(&pool).await.unwrap();
+    let once = noop(Some(without_period())).enqueue(&pool).await.unwrap();
+    let failing = Enqueue::new(&Flaky { failures: 5 })
+        .unwrap()
+        .max_attempts(1)
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let config = WorkerConfig {
+        keep_completed: false,
+        ..worker_config("default:4", "w1")
+    };
+
+    let workers = Workers::start(pool.clone(), registry(), config);
+    wait_for_state(&pool, failing.id, "discarded").await;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..1000 {
+        tick.tick().await;
+        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if live == 0 && workers.unrecorded() == 0 {
+            break;
+        }
+    }
+    workers.shutdown().await;
+    let mut conn = pool.acquire().await.unwrap();
+    maintenance::prune(&mut conn, Duration::from_secs(7 * 86_400))
+        .await
+        .unwrap();
+
+    for id in [plain.id, periodic.id, once.id] {
+        assert!(
+            control::status(&pool, id).await.unwrap().is_none(),
+            "completed job {id} was kept"
+        );
+    }
+    assert_eq!(
+        status(&pool, failing.id)
+            .await
+            .errors
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert!(
+        noop(Some(for_an_hour()))
+            .enqueue(&pool)
+            .await
+            .unwrap()
+            .duplicate,
+        "a key held for a period was released with its job"
+    );
+    assert!(
+        !noop(Some(without_period()))
+            .enqueue(&pool)
+            .await
+            .unwrap()
+            .duplicate,
+        "a key without a period outlived its deleted job"
+    );
+}
+
+#[tokio::test]
 async fn two_worker_pools_drain_the_queue_without_running_an_attempt_twice() {
     let (_, pool) = pool().await;
     let jobs: Vec<Enqueue> = (0..400)
