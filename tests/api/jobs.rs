@@ -838,7 +838,9 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
         ..worker_config("default:1", "w1")
     };
     let workers = Workers::start(pool.clone(), registry(), config);
-    let job = Enqueue::new(&Sleep { ms: 60_000 })
+    // An hour: a stalled machine (a CI run once paused for over a minute) must not let the
+    // job finish on its own before the shutdown it is waiting for.
+    let job = Enqueue::new(&Sleep { ms: 3_600_000 })
         .unwrap()
         .enqueue(&pool)
         .await
