@@ -627,17 +627,20 @@ async fn completed_jobs_not_kept_are_deleted_but_failures_and_period_keys_stay()
     let workers = Workers::start(pool.clone(), registry(), config);
     wait_for_state(&pool, failing.id, "discarded").await;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut drained = false;
     for _ in 0..1000 {
         tick.tick().await;
         let live: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
             .fetch_one(&pool)
             .await
             .unwrap();
-        if live == 0 && workers.unrecorded() == 0 {
+        drained = live == 0 && workers.unrecorded() == 0;
+        if drained {
             break;
         }
     }
     workers.shutdown().await;
+    assert!(drained, "the workers never finished the four jobs");
     let mut conn = pool.acquire().await.unwrap();
     maintenance::prune(&mut conn, Duration::from_secs(7 * 86_400))
         .await
