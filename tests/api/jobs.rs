@@ -389,16 +389,42 @@ async fn unique_keys_dedupe_single_and_bulk_enqueues() {
 #[tokio::test]
 async fn bulk_enqueue_inserts_thousands_in_one_call() {
     let (_, pool) = pool().await;
-    let jobs: Vec<Enqueue> = (0..5000).map(|_| Enqueue::new(&Noop {}).unwrap()).collect();
+    // Each job's options differ, so a returned id matched to the wrong job shows.
+    let jobs: Vec<Enqueue> = (0..5000)
+        .map(|i: i16| {
+            let job = Enqueue::new(&Noop {}).unwrap().priority(i % 7);
+            if i % 3 == 0 {
+                job.tags([format!("t{i}"), "bulk".to_owned()])
+            } else {
+                job
+            }
+        })
+        .collect();
 
     let enqueued = enqueue_many(&pool, jobs).await.unwrap();
 
     assert_eq!(enqueued.len(), 5000);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 5000);
+    let rows: std::collections::HashMap<i64, (i16, Vec<String>)> =
+        sqlx::query_as::<_, (i64, i16, Vec<String>)>("SELECT id, priority, tags FROM jobs")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, priority, tags)| (id, (priority, tags)))
+            .collect();
+    assert_eq!(rows.len(), 5000);
+    for (i, job) in enqueued.iter().enumerate() {
+        let i = i as i16;
+        let (priority, tags) = &rows[&job.id];
+        assert!(!job.duplicate);
+        assert_eq!(*priority, i % 7, "job {i}");
+        let expected: Vec<String> = if i % 3 == 0 {
+            vec![format!("t{i}"), "bulk".to_owned()]
+        } else {
+            vec![]
+        };
+        assert_eq!(*tags, expected, "job {i}");
+    }
 }
 
 #[tokio::test]
