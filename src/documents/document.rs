@@ -97,11 +97,17 @@ pub enum LoadError {
 /// The document's whole state: its snapshot and every update stored since.
 pub async fn load(db: impl PgExecutor<'_>, id: i64) -> Result<State, LoadError> {
     // One statement, so it sees one snapshot of both tables: a compaction that commits
-    // meanwhile (new snapshot, its updates deleted) is seen entirely or not at all.
+    // meanwhile (new snapshot, its updates deleted) is seen entirely or not at all. The
+    // snapshot first, then the updates by id: the order they were checked in, one at a time
+    // under the document's lock (`State::from_updates` says why the order matters). Heap
+    // order is not it once a compaction's deletes free space for new rows.
     let parts = sqlx::query_scalar!(
-        r#"SELECT snapshot AS "data!" FROM documents WHERE id = $1
-           UNION ALL
-           SELECT data FROM document_updates WHERE document_id = $1"#,
+        r#"SELECT data AS "data!" FROM (
+               SELECT snapshot AS data, 0::bigint AS ord FROM documents WHERE id = $1
+               UNION ALL
+               SELECT data, id FROM document_updates WHERE document_id = $1
+           ) parts
+           ORDER BY ord"#,
         id
     )
     .fetch_all(db)
