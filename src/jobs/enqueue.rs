@@ -330,8 +330,6 @@ pub(crate) async fn insert(
     let mut max_attempts = Vec::with_capacity(n);
     let mut timeouts: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut unique_keys: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut unique_holds = Vec::with_capacity(n);
-    let mut unique_periods: Vec<Option<f64>> = Vec::with_capacity(n);
     let mut tags = Vec::with_capacity(n);
     let mut expires: Vec<Option<OffsetDateTime>> = Vec::with_capacity(n);
     for job in &jobs {
@@ -344,23 +342,6 @@ pub(crate) async fn insert(
         max_attempts.push(job.max_attempts);
         timeouts.push(job.timeout.map(|t| t.as_millis() as i32));
         unique_keys.push(job.unique.as_ref().map(|u| u.key.clone()));
-        // Postgres arrays must be rectangular, so the per-job state lists travel as JSON.
-        unique_holds.push(serde_json::json!(
-            job.unique
-                .as_ref()
-                .map(|u| u
-                    .also_finished
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>())
-                .unwrap_or_default()
-        ));
-        unique_periods.push(
-            job.unique
-                .as_ref()
-                .and_then(|u| u.period)
-                .map(|p| p.as_secs_f64()),
-        );
         tags.push(serde_json::json!(job.tags));
         expires.push(job.expires_at);
     }
@@ -426,6 +407,32 @@ pub(crate) async fn insert(
             })
             .collect());
     }
+    // Only the statement that claims keys reads these. Postgres arrays must be rectangular, so
+    // the per-job state lists travel as JSON.
+    let unique_holds: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|job| {
+            serde_json::json!(
+                job.unique
+                    .as_ref()
+                    .map(|u| u
+                        .also_finished
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let unique_periods: Vec<Option<f64>> = jobs
+        .iter()
+        .map(|job| {
+            job.unique
+                .as_ref()
+                .and_then(|u| u.period)
+                .map(|p| p.as_secs_f64())
+        })
+        .collect();
     let rows = sqlx::query!(
         r#"
         WITH input AS MATERIALIZED (
