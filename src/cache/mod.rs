@@ -11,13 +11,14 @@
 //!   miss at the same moment (stampede protection), never get-then-set;
 //! * [`sweep`]: expired entries are deleted periodically, and past `HEARTH_CACHE_MAX_BYTES`
 //!   the least recently written go first, by one instance at a time;
-//! * [`page`]: `cache_page(ttl)` for routes, ETags and 304s, tags; [`fragment`]: rendered
-//!   template fragments.
+//! * [`page`]: `cache_page(ttl)` for routes, ETags and 304s, tags, one stored copy per
+//!   content coding (`coding`); [`fragment`]: rendered template fragments.
 //!
 //! Keys are validated ([`CacheKey`]): 1 to 250 bytes without spaces or control characters.
 //! Every key is stored as `<prefix>:<version>:<key>`, as Django does, so a version bump or a
 //! prefix separates whole sets of keys.
 
+mod coding;
 mod key;
 pub mod page;
 mod stats;

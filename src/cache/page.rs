@@ -42,7 +42,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tower::{Layer, Service};
 
-use super::{Cache, CacheError, Timeout};
+use super::{
+    Cache, CacheError, Timeout,
+    coding::{self, Coding},
+};
 
 /// Largest body the page cache stores.
 const MAX_BODY: u64 = 8 << 20;
@@ -168,7 +171,8 @@ where
     }
     let cache = &config.cache;
     let url = full_url(&request);
-    match lookup(cache, &url, request.headers()).await {
+    let coding = Coding::negotiate(request.headers());
+    match lookup(cache, &url, request.headers(), coding).await {
         Ok(Some(page)) => {
             return respond_hit(&page, request.headers(), method == Method::HEAD);
         }
@@ -192,12 +196,13 @@ where
             return Response::from_parts(parts, Body::empty());
         }
     };
+    let (bytes, coded) = encode(coding, &mut parts.headers, bytes, &url).await;
     let etag = match parts
         .headers
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
     {
-        Some(etag) => etag.to_owned(),
+        Some(etag) => coding::etag_for(etag, coded),
         None => format!("\"{}\"", &digest(&bytes)[..32]),
     };
     let now = OffsetDateTime::now_utc();
@@ -233,7 +238,7 @@ where
         &config,
         &vary,
         &url,
-        &request_headers,
+        (&request_headers, coding),
         &stored,
         &bytes,
         &page_tags,
@@ -256,6 +261,39 @@ where
         Body::from(bytes)
     };
     Response::from_parts(parts, body)
+}
+
+/// The body to store for a request that accepts `coding`, and the coding it is in: compressed
+/// once here (off the runtime's threads: a large page takes a while at these levels), with the
+/// headers to match. A compressible page varies by `Accept-Encoding` whatever this request took.
+async fn encode(
+    coding: Coding,
+    headers: &mut HeaderMap,
+    body: Bytes,
+    url: &str,
+) -> (Bytes, Coding) {
+    if Coding::Brotli.applies_to(headers, body.len()) {
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if !coding.applies_to(headers, body.len()) {
+        return (body, Coding::Identity);
+    }
+    let plain = body.clone();
+    match tokio::task::spawn_blocking(move || coding.encode(&plain)).await {
+        Ok(Ok(encoded)) => {
+            set(headers, header::CONTENT_ENCODING, coding.token());
+            headers.remove(header::CONTENT_LENGTH);
+            (Bytes::from(encoded), coding)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, %url, coding = coding.token(), "cannot compress a page; storing it uncompressed");
+            (body, Coding::Identity)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, %url, coding = coding.token(), "page compression failed; storing it uncompressed");
+            (body, Coding::Identity)
+        }
+    }
 }
 
 async fn call<S>(inner: &mut S, request: Request) -> Response
@@ -331,9 +369,13 @@ fn vary_key(url: &str) -> String {
     format!("page.vary:{}", digest(url.as_bytes()))
 }
 
-fn page_key(url: &str, vary: &[String], headers: &HeaderMap) -> String {
+/// The key of one stored page: the URL, the coding the request accepts and the values of the
+/// request headers named by `Vary`.
+fn page_key(url: &str, vary: &[String], (headers, coding): (&HeaderMap, Coding)) -> String {
     let mut hash = Sha256::new();
     hash.update(url.as_bytes());
+    hash.update(b"\ncoding=");
+    hash.update(coding.token().as_bytes());
     for name in vary {
         hash.update(b"\n");
         hash.update(name.as_bytes());
@@ -351,6 +393,7 @@ async fn lookup(
     cache: &Cache,
     url: &str,
     headers: &HeaderMap,
+    coding: Coding,
 ) -> Result<Option<Arc<Page>>, CacheError> {
     let Some(vary) = cache.get_entry(&cache.full_key(&vary_key(url))?).await? else {
         return Ok(None);
@@ -358,7 +401,7 @@ async fn lookup(
     let Some(vary) = vary.decoded(|bytes| serde_json::from_slice::<Vec<String>>(bytes).ok()) else {
         return Ok(None);
     };
-    let key = page_key(url, &vary, headers);
+    let key = page_key(url, &vary, (headers, coding));
     let Some(entry) = cache.get_entry(&cache.full_key(&key)?).await? else {
         return Ok(None);
     };
@@ -369,7 +412,7 @@ async fn store(
     config: &PageConfig,
     vary: &[String],
     url: &str,
-    headers: &HeaderMap,
+    request: (&HeaderMap, Coding),
     stored: &Stored,
     body: &Bytes,
     page_tags: &[String],
@@ -385,7 +428,7 @@ async fn store(
     cache
         .set_tagged(&vary_key(url), &vary, timeout, &tags)
         .await?;
-    let key = page_key(url, vary, headers);
+    let key = page_key(url, vary, request);
     let raw = encode_page(stored, body);
     cache
         .set_raw(cache.full_key(&key)?, raw, timeout, &tags)

@@ -352,8 +352,22 @@ fn pages(state: &AppState, renders: Arc<AtomicUsize>) -> Router<AppState> {
     let count = move || {
         renders.fetch_add(1, Ordering::SeqCst);
     };
-    let (c1, c2, c3, c4) = (count.clone(), count.clone(), count.clone(), count);
+    let (c1, c2, c3, c4, c5) = (
+        count.clone(),
+        count.clone(),
+        count.clone(),
+        count.clone(),
+        count,
+    );
     Router::new()
+        .route(
+            "/long",
+            get(move || async move {
+                c5();
+                Html(long_page())
+            })
+            .layer(cache_page(&state.cache, Duration::from_secs(60))),
+        )
         .route(
             "/cached",
             get(move || async move {
@@ -403,6 +417,11 @@ fn pages(state: &AppState, renders: Arc<AtomicUsize>) -> Router<AppState> {
         )
 }
 
+/// A page long enough to be worth compressing.
+fn long_page() -> String {
+    "<article><h2>A post</h2><p>by someone, about something</p></article>\n".repeat(40)
+}
+
 async fn page_app() -> (TestApp, Arc<AtomicUsize>) {
     let renders = Arc::new(AtomicUsize::new(0));
     let counter = renders.clone();
@@ -440,6 +459,93 @@ async fn the_page_cache_serves_hits_with_etags_and_answers_304() {
         .unwrap();
     assert_eq!(revalidated.status(), 304);
     assert!(revalidated.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn pages_are_stored_compressed_once_per_coding_the_client_accepts() {
+    use std::io::Read;
+    let (app, renders) = page_app().await;
+    let get = |encoding: &'static str, etag: Option<&str>| {
+        let request = app
+            .client
+            .get(app.url("/long"))
+            .header("accept-encoding", encoding);
+        match etag {
+            Some(etag) => request.header("if-none-match", etag),
+            None => request,
+        }
+        .send()
+    };
+    let decoded = |coding: &str, body: &[u8]| -> String {
+        let mut out = String::new();
+        match coding {
+            "br" => {
+                brotli::Decompressor::new(body, 4096)
+                    .read_to_string(&mut out)
+                    .unwrap();
+            }
+            "gzip" => {
+                flate2::read::GzDecoder::new(body)
+                    .read_to_string(&mut out)
+                    .unwrap();
+            }
+            _ => out.push_str(std::str::from_utf8(body).unwrap()),
+        }
+        out
+    };
+
+    // Chrome's header: brotli, stored compressed, then served from the cache as stored.
+    let mut br_etag = String::new();
+    for expected in ["MISS", "HIT"] {
+        let response = get("gzip, deflate, br, zstd", None).await.unwrap();
+        assert_eq!(response.headers()["x-cache"], expected);
+        assert_eq!(response.headers()["content-encoding"], "br");
+        assert!(
+            response
+                .headers()
+                .get_all("vary")
+                .iter()
+                .any(|v| v.to_str().unwrap().contains("accept-encoding")),
+            "{:?}",
+            response.headers()
+        );
+        br_etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        let body = response.bytes().await.unwrap();
+        assert!(body.len() < long_page().len() / 5, "{} bytes", body.len());
+        assert_eq!(decoded("br", &body), long_page());
+    }
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+
+    // Each other coding is a copy of its own, with its own validator.
+    let gzip = get("gzip", None).await.unwrap();
+    assert_eq!(gzip.headers()["x-cache"], "MISS");
+    assert_eq!(gzip.headers()["content-encoding"], "gzip");
+    assert_eq!(decoded("gzip", &gzip.bytes().await.unwrap()), long_page());
+    let plain = get("identity", None).await.unwrap();
+    assert_eq!(plain.headers()["x-cache"], "MISS");
+    assert!(!plain.headers().contains_key("content-encoding"));
+    let plain_etag = plain.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(plain_etag, br_etag);
+    assert_eq!(
+        decoded("identity", &plain.bytes().await.unwrap()),
+        long_page()
+    );
+    assert_eq!(renders.load(Ordering::SeqCst), 3, "one render per coding");
+    for encoding in ["gzip", "identity", "br"] {
+        assert_eq!(
+            get(encoding, None).await.unwrap().headers()["x-cache"],
+            "HIT"
+        );
+    }
+    assert_eq!(renders.load(Ordering::SeqCst), 3);
+
+    // A validator matches its own representation only.
+    assert_eq!(get("br", Some(&br_etag)).await.unwrap().status(), 304);
+    assert_eq!(get("identity", Some(&br_etag)).await.unwrap().status(), 200);
+    assert_eq!(
+        get("identity", Some(&plain_etag)).await.unwrap().status(),
+        304
+    );
 }
 
 #[tokio::test]
