@@ -503,8 +503,9 @@ fn not_modified(headers: HeaderMap) -> Response {
         header::AGE,
         HeaderName::from_static("x-cache"),
     ] {
-        if let Some(value) = headers.get(&name) {
-            response.headers_mut().insert(name, value.clone());
+        // Every value: a page can vary by its handler's headers and by `Accept-Encoding`.
+        for value in headers.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
         }
     }
     response

@@ -609,7 +609,7 @@ const FAIR_STREAK: u32 = 32;
 
 /// What woke a connection's loop.
 enum Turn {
-    Delivery(Option<Arc<crate::channels::Delivery>>),
+    Delivery(Option<Arc<Delivery>>),
     Frame(Option<Result<Message, axum::Error>>),
     Closing,
     Idle,

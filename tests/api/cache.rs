@@ -364,7 +364,7 @@ fn pages(state: &AppState, renders: Arc<AtomicUsize>) -> Router<AppState> {
             "/long",
             get(move || async move {
                 c5();
-                Html(long_page())
+                ([("vary", "Accept-Language")], Html(long_page()))
             })
             .layer(cache_page(&state.cache, Duration::from_secs(60))),
         )
@@ -539,8 +539,11 @@ async fn pages_are_stored_compressed_once_per_coding_the_client_accepts() {
     }
     assert_eq!(renders.load(Ordering::SeqCst), 3);
 
-    // A validator matches its own representation only.
-    assert_eq!(get("br", Some(&br_etag)).await.unwrap().status(), 304);
+    // A validator matches its own representation only, and a 304 names everything it varies by.
+    let not_modified = get("br", Some(&br_etag)).await.unwrap();
+    assert_eq!(not_modified.status(), 304);
+    let vary: Vec<_> = not_modified.headers().get_all("vary").iter().collect();
+    assert_eq!(vary, ["Accept-Language", "accept-encoding"]);
     assert_eq!(get("identity", Some(&br_etag)).await.unwrap().status(), 200);
     assert_eq!(
         get("identity", Some(&plain_etag)).await.unwrap().status(),
