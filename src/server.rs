@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
 /// (CSRF, flash messages, error pages, timeouts...). For programs that use Hearth as a library.
 pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
     let config = state.config.clone();
+    let cache = state.cache.clone();
     // CSRF and flash apply to pages and API routes, not to probes and static files.
     let pages = Router::new()
         .merge(home::routes())
@@ -82,6 +83,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(config.body_limit));
     web::layers(
         router,
+        &cache,
         config.request_timeout,
         crate::uploads::body_limit(&config),
     )

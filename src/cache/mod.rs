@@ -207,6 +207,9 @@ struct Inner {
     local: Moka<String, Local>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    /// Hashes of the URLs this process has seen a front-door page for (see
+    /// [`page::front_hit`]): every other request skips the front door without a lookup.
+    front_urls: std::sync::RwLock<std::collections::HashSet<u64>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -250,6 +253,7 @@ impl Cache {
                 local,
                 stats,
                 shutdown: CancellationToken::new(),
+                front_urls: Default::default(),
             }),
             version: 1,
         };
@@ -305,6 +309,14 @@ impl Cache {
     /// Bytes under a full key: the local tier, else the shared tier (then kept locally).
     async fn get_raw(&self, full: &str) -> Result<Option<Bytes>, CacheError> {
         Ok(self.get_entry(full).await?.map(|local| local.value))
+    }
+
+    /// The entry in this process's tier alone, never a round trip: the page cache's front door
+    /// asks this for every anonymous `GET`, and a miss there must cost nothing.
+    async fn get_local(&self, full: &str) -> Option<Local> {
+        let local = self.inner.local.get(full).await?;
+        self.inner.stats.local_hit();
+        Some(local)
     }
 
     async fn get_entry(&self, full: &str) -> Result<Option<Local>, CacheError> {

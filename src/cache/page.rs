@@ -32,7 +32,7 @@ use std::{
 use axum::{
     body::{Body, HttpBody},
     extract::Request,
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     middleware::Next,
     response::Response,
 };
@@ -154,6 +154,86 @@ struct Stored {
     /// Unix seconds, for `Age`.
     stored_at: i64,
     etag: String,
+    /// Whether [`front_hit`] may serve it: stored by a layer without a `bypass`.
+    #[serde(default)]
+    front: bool,
+}
+
+/// Most URLs the front door remembers; past it, it forgets them all and relearns the hot ones.
+const FRONT_URLS: usize = 65_536;
+
+/// Whether a request may be a front-door hit: an anonymous `GET`/`HEAD` (no cookie, no
+/// credentials) of a URL this process has seen a front-door page for. Cheap, with no lookup, so
+/// that every other request passes the front door for nothing.
+pub fn front_candidate(cache: &Cache, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && !headers.contains_key(header::COOKIE)
+        && !headers.contains_key(header::AUTHORIZATION)
+        && cache
+            .inner
+            .front_urls
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&url_hash(headers, uri))
+}
+
+/// The stored page for a [`front_candidate`] from this process's in-process tier alone, or
+/// `None`: what the platform serves ahead of its middleware stack ([`crate::web::layers`]), so
+/// that a hit on a hot page skips the ten layers a request otherwise passes. Only pages stored by
+/// a layer without a `bypass` (whose predicate only the route's own layer can apply), and never
+/// a round trip: anything else is left to the route's layer.
+pub async fn front_hit(
+    cache: &Cache,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let url = url_of(headers, uri);
+    let vary = cache
+        .get_local(&cache.full_key(&vary_key(&url)).ok()?)
+        .await?;
+    let vary = vary.decoded(|bytes| serde_json::from_slice::<Vec<String>>(bytes).ok())?;
+    let key = page_key(&url, &vary, (headers, Coding::negotiate(headers)));
+    let page = cache
+        .get_local(&cache.full_key(&key).ok()?)
+        .await?
+        .decoded(decode_page)?;
+    page.front
+        .then(|| respond_hit(&page, headers, method == Method::HEAD))
+}
+
+/// Remembers that `url`'s page may be served by the front door.
+fn note_front_url(cache: &Cache, headers: &HeaderMap, uri: &Uri) {
+    let hash = url_hash(headers, uri);
+    let known = &cache.inner.front_urls;
+    if known
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .contains(&hash)
+    {
+        return;
+    }
+    let mut known = known
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if known.len() >= FRONT_URLS {
+        known.clear();
+    }
+    known.insert(hash);
+}
+
+/// A hash of what [`url_of`] would build, without building it.
+fn url_hash(headers: &HeaderMap, uri: &Uri) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .hash(&mut hasher);
+    uri.path_and_query()
+        .map_or("/", |p| p.as_str())
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 async fn serve<S>(config: Arc<PageConfig>, mut inner: S, request: Request) -> Response
@@ -174,6 +254,9 @@ where
     let coding = Coding::negotiate(request.headers());
     match lookup(cache, &url, request.headers(), coding).await {
         Ok(Some(page)) => {
+            if page.front {
+                note_front_url(cache, request.headers(), request.uri());
+            }
             return respond_hit(&page, request.headers(), method == Method::HEAD);
         }
         Ok(None) => {}
@@ -181,6 +264,7 @@ where
     }
     // Copied only on a miss: the request moves into the handler, and storing needs its headers.
     let request_headers = request.headers().clone();
+    let uri = request.uri().clone();
 
     let mut response = call(&mut inner, request).await;
     let page_tags = response_tags(response.headers_mut());
@@ -233,6 +317,7 @@ where
             .collect(),
         stored_at: now.unix_timestamp(),
         etag: etag.clone(),
+        front: config.bypass.is_none(),
     };
     if let Err(e) = store(
         &config,
@@ -246,6 +331,8 @@ where
     .await
     {
         tracing::warn!(error = %e, %url, "cannot store a page in the cache");
+    } else if stored.front {
+        note_front_url(cache, &request_headers, &uri);
     }
     set(
         &mut parts.headers,
@@ -451,6 +538,7 @@ struct Page {
     stored_at: i64,
     etag: String,
     body: Bytes,
+    front: bool,
 }
 
 fn decode_page(raw: &Bytes) -> Option<Page> {
@@ -471,6 +559,7 @@ fn decode_page(raw: &Bytes) -> Option<Page> {
         stored_at: stored.stored_at,
         etag: stored.etag,
         body: raw.slice(4 + len..),
+        front: stored.front,
     })
 }
 
@@ -522,12 +611,15 @@ fn matches_etag(request: &HeaderMap, etag: &str) -> bool {
 }
 
 fn full_url(request: &Request) -> String {
-    let host = request
-        .headers()
+    url_of(request.headers(), request.uri())
+}
+
+fn url_of(headers: &HeaderMap, uri: &Uri) -> String {
+    let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{host}{path}")
 }
 
@@ -619,6 +711,7 @@ mod tests {
             headers: vec![("content-type".into(), "text/html".into())],
             stored_at: 7,
             etag: "\"x\"".into(),
+            front: true,
         };
         let raw = encode_page(&stored, &Bytes::from_static(b"<p>hi</p>"));
         let page = decode_page(&raw).unwrap();

@@ -67,9 +67,14 @@ pub async fn track(request: Request, next: Next) -> Response {
     let in_flight = InFlight::count();
     let started = Instant::now();
     let response = next.run(request).await;
-    let elapsed = started.elapsed();
     drop(in_flight);
-    let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+    record(response.status(), started.elapsed());
+    response
+}
+
+/// Counts one answered request: its status class and how long it took.
+pub fn record(status: axum::http::StatusCode, elapsed: std::time::Duration) {
+    let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
     HTTP.by_class[class].fetch_add(1, Relaxed);
     let seconds = elapsed.as_secs_f64();
     let bucket = BUCKETS
@@ -79,7 +84,6 @@ pub async fn track(request: Request, next: Next) -> Response {
     HTTP.buckets[bucket].fetch_add(1, Relaxed);
     HTTP.sum_us
         .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
-    response
 }
 
 /// A copy of the HTTP counters.

@@ -27,13 +27,21 @@ pub mod templates;
 pub mod testing;
 pub mod ws;
 
-use std::{path::Path, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    path::Path,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request},
     http::{HeaderName, HeaderValue, StatusCode, header},
     middleware,
+    response::Response,
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -46,6 +54,8 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
+
+use crate::cache::{Cache, page};
 
 pub use error::WebError;
 pub use state::AppState;
@@ -61,9 +71,15 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
      img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; \
      base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
-/// Wraps `router` in the platform middleware, outermost first: request id, tracing span,
-/// security headers, compression, error pages, panic catching, timeout and body limit.
-pub fn layers(router: Router, request_timeout: Duration, body_limit: usize) -> Router {
+/// Wraps `router` in the platform middleware, outermost first: the page cache's front door,
+/// request id, tracing span, security headers, compression, error pages, panic catching, timeout
+/// and body limit.
+pub fn layers(
+    router: Router,
+    cache: &Cache,
+    request_timeout: Duration,
+    body_limit: usize,
+) -> Router {
     let stack = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -83,7 +99,75 @@ pub fn layers(router: Router, request_timeout: Duration, body_limit: usize) -> R
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(DefaultBodyLimit::max(body_limit));
-    router.layer(stack)
+    let cache = cache.clone();
+    router
+        .layer(stack)
+        .layer(tower::layer::layer_fn(move |inner| PageFront {
+            inner,
+            cache: cache.clone(),
+        }))
+}
+
+/// Serves an anonymous hit on a cached page ahead of the rest of the stack
+/// ([`crate::cache::page::front_hit`]), with what the stack would have added: a request id, the
+/// security headers, the HTTP counters. Measured on two cores (`wrk -t2 -c64`, the README's
+/// "Cache"), a cached page cost 16.4 µs of server CPU through the whole stack and 12.3 µs here.
+/// Such a hit gets no tracing span: at the default level the stack logs nothing for it either.
+/// A hand-written service rather than `from_fn`: every request passes it, and all but the
+/// candidates go straight on without a boxed future.
+#[derive(Clone)]
+struct PageFront<S> {
+    inner: S,
+    cache: Cache,
+}
+
+impl<S> tower::Service<Request> for PageFront<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let candidate = page::front_candidate(
+            &self.cache,
+            request.method(),
+            request.uri(),
+            request.headers(),
+        );
+        if !candidate {
+            return futures::future::Either::Left(self.inner.call(request));
+        }
+        // The clone that was polled ready serves this call; the fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let cache = self.cache.clone();
+        futures::future::Either::Right(Box::pin(async move {
+            let started = Instant::now();
+            let hit =
+                page::front_hit(&cache, request.method(), request.uri(), request.headers()).await;
+            let Some(response) = hit else {
+                return inner.call(request).await;
+            };
+            let mut response = security_headers(response);
+            let mut id = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+            if let Ok(value) = HeaderValue::from_str(id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            metrics::record(response.status(), started.elapsed());
+            Ok(response)
+        }))
+    }
 }
 
 /// Adds the security headers a handler did not set itself. One plain function rather than a

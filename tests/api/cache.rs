@@ -352,7 +352,8 @@ fn pages(state: &AppState, renders: Arc<AtomicUsize>) -> Router<AppState> {
     let count = move || {
         renders.fetch_add(1, Ordering::SeqCst);
     };
-    let (c1, c2, c3, c4, c5) = (
+    let (c1, c2, c3, c4, c5, c6) = (
+        count.clone(),
         count.clone(),
         count.clone(),
         count.clone(),
@@ -360,6 +361,17 @@ fn pages(state: &AppState, renders: Arc<AtomicUsize>) -> Router<AppState> {
         count,
     );
     Router::new()
+        .route(
+            "/bypassed",
+            get(move || async move {
+                c6();
+                Html("<p>fresh for some</p>")
+            })
+            .layer(
+                cache_page(&state.cache, Duration::from_secs(60))
+                    .bypass(|headers| headers.contains_key("x-fresh")),
+            ),
+        )
         .route(
             "/long",
             get(move || async move {
@@ -549,6 +561,48 @@ async fn pages_are_stored_compressed_once_per_coding_the_client_accepts() {
         get("identity", Some(&plain_etag)).await.unwrap().status(),
         304
     );
+}
+
+#[tokio::test]
+async fn hits_served_ahead_of_the_middleware_still_get_its_headers() {
+    let (app, renders) = page_app().await;
+    app.get("/cached").await;
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let hit = app.get("/cached").await;
+        assert_eq!(hit.headers()["x-cache"], "HIT");
+        assert_eq!(hit.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(hit.headers()["x-frame-options"], "DENY");
+        assert!(hit.headers().contains_key("content-security-policy"));
+        ids.push(hit.headers()["x-request-id"].to_str().unwrap().to_owned());
+        assert_eq!(hit.text().await.unwrap(), "<p>posts</p>");
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "every hit has a request id of its own");
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_route_with_a_bypass_is_never_served_ahead_of_its_own_layer() {
+    let (app, renders) = page_app().await;
+    let fresh = || {
+        app.client
+            .get(app.url("/bypassed"))
+            .header("x-fresh", "1")
+            .send()
+    };
+    assert_eq!(app.get("/bypassed").await.headers()["x-cache"], "MISS");
+    assert_eq!(app.get("/bypassed").await.headers()["x-cache"], "HIT");
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+
+    // The page is stored and hot, but its layer's predicate sends these to the handler.
+    for _ in 0..2 {
+        let response = fresh().await.unwrap();
+        assert!(!response.headers().contains_key("x-cache"));
+    }
+    assert_eq!(renders.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
