@@ -69,23 +69,9 @@ impl Coding {
     }
 
     /// Whether a response with these headers and a body of `len` bytes is worth storing in
-    /// this coding: text-like, not tiny, and not already encoded by its handler.
+    /// this coding: a coding at all, and a [`compressible`] response.
     pub(super) fn applies_to(self, headers: &HeaderMap, len: usize) -> bool {
-        if self == Self::Identity
-            || len < MIN_BODY
-            || headers.contains_key(header::CONTENT_ENCODING)
-        {
-            return false;
-        }
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        content_type.starts_with("text/")
-            || ["json", "javascript", "xml", "svg"]
-                .iter()
-                .any(|kind| content_type.contains(kind))
+        self != Self::Identity && compressible(headers, len)
     }
 
     /// `body` in this coding. Brotli at quality 9 and gzip at 9: slower than a per-request
@@ -113,6 +99,23 @@ impl Coding {
             Self::Identity => Ok(body.to_vec()),
         }
     }
+}
+
+/// Whether a response with these headers and a body of `len` bytes is worth compressing:
+/// text-like, not tiny, and not already encoded by its handler.
+pub(super) fn compressible(headers: &HeaderMap, len: usize) -> bool {
+    if len < MIN_BODY || headers.contains_key(header::CONTENT_ENCODING) {
+        return false;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    content_type.starts_with("text/")
+        || ["json", "javascript", "xml", "svg"]
+            .iter()
+            .any(|kind| content_type.contains(kind))
 }
 
 /// `etag` marked as the representation in `coding` (`"abc"` → `"abc-br"`): a compressed page is

@@ -189,22 +189,16 @@ pub async fn front_hit(
     headers: &HeaderMap,
 ) -> Option<Response> {
     let url = url_of(headers, uri);
-    let vary = cache
-        .get_local(&cache.full_key(&vary_key(&url)).ok()?)
-        .await?;
-    let vary = vary.decoded(|bytes| serde_json::from_slice::<Vec<String>>(bytes).ok())?;
-    let key = page_key(&url, &vary, (headers, Coding::negotiate(headers)));
-    let page = cache
-        .get_local(&cache.full_key(&key).ok()?)
-        .await?
-        .decoded(decode_page)?;
+    let coding = Coding::negotiate(headers);
+    let page = lookup(cache, &url, headers, coding, Tier::Local)
+        .await
+        .ok()??;
     page.front
         .then(|| respond_hit(&page, headers, method == Method::HEAD))
 }
 
-/// Remembers that `url`'s page may be served by the front door.
-fn note_front_url(cache: &Cache, headers: &HeaderMap, uri: &Uri) {
-    let hash = url_hash(headers, uri);
+/// Remembers that the page of the URL with this [`url_hash`] may be served by the front door.
+fn note_front_url(cache: &Cache, hash: u64) {
     let known = &cache.inner.front_urls;
     if known
         .read()
@@ -252,10 +246,10 @@ where
     let cache = &config.cache;
     let url = full_url(&request);
     let coding = Coding::negotiate(request.headers());
-    match lookup(cache, &url, request.headers(), coding).await {
+    match lookup(cache, &url, request.headers(), coding, Tier::Both).await {
         Ok(Some(page)) => {
             if page.front {
-                note_front_url(cache, request.headers(), request.uri());
+                note_front_url(cache, url_hash(request.headers(), request.uri()));
             }
             return respond_hit(&page, request.headers(), method == Method::HEAD);
         }
@@ -264,7 +258,7 @@ where
     }
     // Copied only on a miss: the request moves into the handler, and storing needs its headers.
     let request_headers = request.headers().clone();
-    let uri = request.uri().clone();
+    let front_url = url_hash(request.headers(), request.uri());
 
     let mut response = call(&mut inner, request).await;
     let page_tags = response_tags(response.headers_mut());
@@ -332,7 +326,7 @@ where
     {
         tracing::warn!(error = %e, %url, "cannot store a page in the cache");
     } else if stored.front {
-        note_front_url(cache, &request_headers, &uri);
+        note_front_url(cache, front_url);
     }
     set(
         &mut parts.headers,
@@ -359,7 +353,7 @@ async fn encode(
     body: Bytes,
     url: &str,
 ) -> (Bytes, Coding) {
-    if Coding::Brotli.applies_to(headers, body.len()) {
+    if coding::compressible(headers, body.len()) {
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
     if !coding.applies_to(headers, body.len()) {
@@ -475,21 +469,40 @@ fn page_key(url: &str, vary: &[String], (headers, coding): (&HeaderMap, Coding))
     format!("page:{}", hex::encode(hash.finalize()))
 }
 
+/// Where [`lookup`] may look.
+#[derive(Clone, Copy)]
+enum Tier {
+    /// This process's in-process tier alone (the front door: never a round trip).
+    Local,
+    /// The in-process tier, then the shared one.
+    Both,
+}
+
+impl Tier {
+    async fn get(self, cache: &Cache, full: &str) -> Result<Option<super::Local>, CacheError> {
+        match self {
+            Self::Local => Ok(cache.get_local(full).await),
+            Self::Both => cache.get_entry(full).await,
+        }
+    }
+}
+
 /// The stored page for this request, parsed once per local entry.
 async fn lookup(
     cache: &Cache,
     url: &str,
     headers: &HeaderMap,
     coding: Coding,
+    tier: Tier,
 ) -> Result<Option<Arc<Page>>, CacheError> {
-    let Some(vary) = cache.get_entry(&cache.full_key(&vary_key(url))?).await? else {
+    let Some(vary) = tier.get(cache, &cache.full_key(&vary_key(url))?).await? else {
         return Ok(None);
     };
     let Some(vary) = vary.decoded(|bytes| serde_json::from_slice::<Vec<String>>(bytes).ok()) else {
         return Ok(None);
     };
     let key = page_key(url, &vary, (headers, coding));
-    let Some(entry) = cache.get_entry(&cache.full_key(&key)?).await? else {
+    let Some(entry) = tier.get(cache, &cache.full_key(&key)?).await? else {
         return Ok(None);
     };
     Ok(entry.decoded(decode_page))
