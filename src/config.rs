@@ -66,6 +66,18 @@ pub struct Config {
     #[arg(long, env = "HEARTH_DB_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     pub db_idle_timeout: Duration,
 
+    /// Connections shared by pipelined reads (`db::Pipeline`), on top of the pool's. Every
+    /// pipelined query waits behind the ones written before it on its connection, so a second
+    /// one spreads the queue when some reads are slow.
+    #[arg(
+        long,
+        env = "HEARTH_DB_PIPELINES",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        global = true
+    )]
+    pub db_pipelines: u32,
+
     /// Longest a request may take before it is answered with 408.
     #[arg(long, env = "HEARTH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Duration,
@@ -383,6 +395,7 @@ impl fmt::Display for Config {
             d(self.db_acquire_timeout),
             d(self.db_idle_timeout)
         )?;
+        writeln!(f, "  db pipelines        {}", self.db_pipelines)?;
         writeln!(
             f,
             "  request timeout     {} / headers and idle connections {}",

@@ -148,27 +148,34 @@ struct PostView {
     date: String,
 }
 
-/// W1: one query, one template.
+/// W1: one query, one template. The query goes through the pipelined read connections: 64
+/// concurrent pages share one connection instead of taking turns on the pool's.
 async fn page(State(state): State<AppState>) -> Result<axum::response::Html<String>, WebError> {
-    let rows = sqlx::query!(
-        "SELECT id, title, author_name, body, published_at FROM bench_posts
-         ORDER BY published_at DESC LIMIT 20"
-    )
-    .fetch_all(&state.db)
-    .await?;
+    let rows = state
+        .reads
+        .query(
+            "SELECT id, title, author_name, body, published_at FROM bench_posts
+             ORDER BY published_at DESC LIMIT 20",
+            &[],
+        )
+        .await?;
     let iso = time::format_description::well_known::Rfc3339;
     let date = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
     let posts = rows
-        .into_iter()
-        .map(|row| PostView {
-            id: row.id,
-            title: row.title,
-            author_name: row.author_name,
-            excerpt: first_chars(row.body, 100),
-            iso: row.published_at.format(&iso).unwrap_or_default(),
-            date: row.published_at.format(&date).unwrap_or_default(),
+        .iter()
+        .map(|row| {
+            let published_at: time::OffsetDateTime = row.try_get("published_at")?;
+            Ok(PostView {
+                id: row.try_get("id")?,
+                title: row.try_get("title")?,
+                author_name: row.try_get("author_name")?,
+                excerpt: first_chars(row.try_get("body")?, 100),
+                iso: published_at.format(&iso).unwrap_or_default(),
+                date: published_at.format(&date).unwrap_or_default(),
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| WebError::Internal(e.into()))?;
     render(&Page { posts })
 }
 

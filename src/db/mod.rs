@@ -8,6 +8,9 @@
 
 pub mod embedded;
 pub mod migrations;
+pub mod pipeline;
+
+pub use pipeline::{Pipeline, PipelineError};
 
 use std::{str::FromStr, time::Duration};
 

@@ -16,6 +16,7 @@ use axum::{
 };
 
 use super::templates::ErrorPage;
+use crate::db::PipelineError;
 
 /// Errors a handler can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum WebError {
     #[error("{0}")]
     TooManyRequests(String),
     #[error("the database is unavailable; try again shortly")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("something went wrong on our side")]
     Internal(#[from] anyhow::Error),
 }
@@ -62,7 +63,7 @@ impl From<sqlx::Error> for WebError {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(e),
+            | sqlx::Error::Tls(_) => Self::Unavailable(e.into()),
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict("that already exists".into())
             }
@@ -77,6 +78,17 @@ impl From<sqlx::Error> for WebError {
                 Self::BadRequest("the text contains a character that cannot be stored".into())
             }
             _ => Self::Internal(anyhow::Error::new(e)),
+        }
+    }
+}
+
+impl From<PipelineError> for WebError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Unavailable(_) | PipelineError::ConnectTimeout(_) => {
+                Self::Unavailable(e.into())
+            }
+            PipelineError::Query(_) => Self::Internal(anyhow::Error::new(e)),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     cache::{Cache, CacheConfig},
     channels::{ChannelConfig, ChannelLayer},
     config::Config,
+    db::Pipeline,
     web::ws::SocketLimits,
 };
 
@@ -19,6 +20,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// Connections shared by short reads, with their queries pipelined (see `db::pipeline`).
+    pub reads: Pipeline,
     pub config: Arc<Config>,
     /// Signs the CSRF and flash cookies.
     pub cookie_key: Key,
@@ -42,8 +45,15 @@ impl AppState {
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
         let static_version = static_version(&config.static_dir).into();
+        let reads = Pipeline::new(
+            &db,
+            config.database_url.as_deref(),
+            config.db_pipelines as usize,
+            config.db_acquire_timeout,
+        );
         Ok(Self {
             db,
+            reads,
             config: Arc::new(config),
             cookie_key,
             static_version,

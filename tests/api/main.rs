@@ -18,6 +18,7 @@ mod jobs;
 mod mail;
 mod ops;
 mod parser_fuzz;
+mod pipeline;
 mod publishing;
 mod request_fuzz;
 mod security;
