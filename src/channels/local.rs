@@ -12,6 +12,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::{Context, Poll, ready},
 };
 
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -283,15 +284,23 @@ impl Subscription {
     /// The next message for this connection; `None` once it was dropped as a slow consumer
     /// (see [`dropped_as_slow`](Self::dropped_as_slow)) or the layer shut down.
     pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) as a poll, for a connection loop that polls its sources by hand.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Delivery>>> {
         if let Some(delivery) = self.replay.pop_front() {
-            return Some(delivery);
+            return Poll::Ready(Some(delivery));
         }
         loop {
-            let delivery = self.rx.recv().await?;
-            if self.replayed.remove(&delivery.id) {
+            let Some(delivery) = ready!(self.rx.poll_recv(cx)) else {
+                return Poll::Ready(None);
+            };
+            // The set is empty except just after a resume; skip hashing the id then.
+            if !self.replayed.is_empty() && self.replayed.remove(&delivery.id) {
                 continue;
             }
-            return Some(delivery);
+            return Poll::Ready(Some(delivery));
         }
     }
 

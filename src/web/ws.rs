@@ -29,10 +29,16 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicI64, AtomicU64,
+            Ordering::{AcqRel, Relaxed, Release},
+        },
     },
+    task::{Context, Poll, Wake, Waker},
     time::Duration,
 };
+
+use futures::{StreamExt, task::AtomicWaker};
 
 use axum::{
     extract::{
@@ -494,6 +500,8 @@ async fn run<C: Consumer>(
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let quiet = Arc::new(QuietWake::default());
+    let quiet_waker = Waker::from(quiet.clone());
     let mut streak = 0;
     let close = loop {
         if flush(&mut socket, &mut ctx).await.is_err() {
@@ -502,30 +510,44 @@ async fn run<C: Consumer>(
         if let Some(frame) = ctx.close.take() {
             break Some(frame);
         }
-        // Deliveries are polled first while they keep coming: a fan-out wakes this loop once
-        // per message, and polling the socket, the timers and the shutdown token again on each
-        // of those wakes was a tenth of the server's CPU in W5. After FAIR_STREAK deliveries in
-        // a row the others go first once, so a steady stream cannot starve the client's frames,
-        // its pings or the idle timer.
-        let turn = if streak < FAIR_STREAK {
-            tokio::select! {
-                biased;
-                delivery = ctx.subscription.recv() => Turn::Delivery(delivery),
-                frame = socket.recv() => Turn::Frame(frame),
-                () = &mut closing => Turn::Closing,
-                () = &mut idle_timer => Turn::Idle,
-                _ = ping.tick() => Turn::Ping,
+        // Deliveries are polled first while they keep coming, and the quiet sources (the
+        // socket, shutdown, the idle timer and the ping interval) only when one of them has
+        // woken the task: a fan-out wakes this loop once per message, and polling all four
+        // again on each of those wakes (a mutex in the socket's readiness, one in the
+        // cancellation token, two timer registrations) was a tenth of the server's CPU in W5.
+        // After FAIR_STREAK deliveries in a row the quiet sources go first once, so a steady
+        // stream cannot starve the client's frames, its pings or the idle timer.
+        let deliveries_first = streak < FAIR_STREAK;
+        let turn = std::future::poll_fn(|cx| {
+            if deliveries_first && let Poll::Ready(delivery) = ctx.subscription.poll_recv(cx) {
+                return Poll::Ready(Turn::Delivery(delivery));
             }
-        } else {
-            tokio::select! {
-                biased;
-                frame = socket.recv() => Turn::Frame(frame),
-                () = &mut closing => Turn::Closing,
-                () = &mut idle_timer => Turn::Idle,
-                _ = ping.tick() => Turn::Ping,
-                delivery = ctx.subscription.recv() => Turn::Delivery(delivery),
+            if quiet.should_poll(cx) {
+                let mut quiet_cx = Context::from_waker(&quiet_waker);
+                let cx = &mut quiet_cx;
+                let turn = if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                    Some(Turn::Frame(frame))
+                } else if closing.as_mut().poll(cx).is_ready() {
+                    Some(Turn::Closing)
+                } else if idle_timer.as_mut().poll(cx).is_ready() {
+                    Some(Turn::Idle)
+                } else if ping.poll_tick(cx).is_ready() {
+                    Some(Turn::Ping)
+                } else {
+                    None
+                };
+                if let Some(turn) = turn {
+                    // More may be ready (a second buffered frame, a reset timer): poll again.
+                    quiet.mark();
+                    return Poll::Ready(turn);
+                }
             }
-        };
+            if !deliveries_first && let Poll::Ready(delivery) = ctx.subscription.poll_recv(cx) {
+                return Poll::Ready(Turn::Delivery(delivery));
+            }
+            Poll::Pending
+        })
+        .await;
         streak = if matches!(turn, Turn::Delivery(_)) {
             streak + 1
         } else {
@@ -606,6 +628,48 @@ async fn run<C: Consumer>(
 
 /// Deliveries handled in a row before the socket, timers and shutdown are polled first once.
 const FAIR_STREAK: u32 = 32;
+
+/// The waker the quiet sources of a connection's loop are polled with: it records that one of
+/// them fired, then wakes the task, so a wake by a delivery alone need not poll them.
+struct QuietWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for QuietWake {
+    /// Woken, so the first turn polls every source and registers this waker with them.
+    fn default() -> Self {
+        Self {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl QuietWake {
+    /// Whether the quiet sources need polling; keeps `cx`'s waker to wake when they fire.
+    fn should_poll(&self, cx: &Context<'_>) -> bool {
+        // Register before reading the flag: a source firing in between sets the flag and
+        // wakes this waker, so no wake is lost.
+        self.task.register(cx.waker());
+        self.woken.swap(false, AcqRel)
+    }
+
+    fn mark(&self) {
+        self.woken.store(true, Release);
+    }
+}
+
+impl Wake for QuietWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.mark();
+        self.task.wake();
+    }
+}
 
 /// What woke a connection's loop.
 enum Turn {
