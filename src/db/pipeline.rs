@@ -7,7 +7,7 @@
 //! is asked for, without waiting for the answers to the queries before it. The server process
 //! reads a batch of queries per wake-up and answers them in order. On the W1 page (one short
 //! query per request, 64 concurrent clients) that took Hearth's CPU per request from about
-//! 80 to 45 µs and PostgreSQL's from 37 to 20 µs (`bench/README.md`).
+//! 80 to 50 µs and PostgreSQL's from 37 to 20 µs (README, "What runs where").
 //!
 //! It is for short, independent reads outside a transaction: a query waits behind the queries
 //! written before it on the same connection, so a slow report would hold up every page sharing
