@@ -466,7 +466,7 @@ fn page_key(url: &str, vary: &[String], (headers, coding): (&HeaderMap, Coding))
             hash.update(b",");
         }
     }
-    format!("page:{}", hex::encode(hash.finalize()))
+    format!("page:{}", Hex(&hash.finalize()))
 }
 
 /// Where [`lookup`] may look.
@@ -637,7 +637,23 @@ fn url_of(headers: &HeaderMap, uri: &Uri) -> String {
 }
 
 fn digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    Hex(&Sha256::digest(bytes)).to_string()
+}
+
+/// Bytes (a SHA-256 digest) as lower-case hex digits. `hex::encode` builds its string one `char`
+/// at a time; with two page keys hashed per page-cache hit that was 2 % of a W2 profile.
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.chunks(32) {
+            let mut buffer = [0u8; 64];
+            let digits = &mut buffer[..chunk.len() * 2];
+            hex::encode_to_slice(chunk, digits).map_err(|_| std::fmt::Error)?;
+            f.write_str(std::str::from_utf8(digits).map_err(|_| std::fmt::Error)?)?;
+        }
+        Ok(())
+    }
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -692,7 +708,7 @@ impl Cache {
             hash.update(part.as_bytes());
             hash.update(b"\0");
         }
-        let key = format!("fragment:{name}:{}", hex::encode(hash.finalize()));
+        let key = format!("fragment:{name}:{}", Hex(&hash.finalize()));
         self.get_or_set(&key, Timeout::After(ttl), render).await
     }
 }
@@ -700,6 +716,13 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_match_the_hex_crate() {
+        for bytes in [&[][..], &[0x00, 0xff, 0x1a], &[0xab; 32], &[0x5c; 70]] {
+            assert_eq!(Hex(bytes).to_string(), hex::encode(bytes));
+        }
+    }
 
     #[test]
     fn http_dates_are_imf_fixdate() {
