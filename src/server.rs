@@ -222,6 +222,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
 
     let channels = state.channels.clone();
     let cache = state.cache.clone();
+    let reads = state.reads.clone();
     // Accept sockets once the channel layer reads, unless the database is down (then serve
     // anyway, as for migrations: /readyz says 503 until it answers).
     if tokio::time::timeout(Duration::from_secs(10), channels.ready())
@@ -257,6 +258,7 @@ pub async fn run(config: Config, migrate: bool) -> anyhow::Result<()> {
     workers.shutdown().await;
     cache.shutdown();
     channels.shutdown().await;
+    reads.close();
     tasks.close();
     tasks.wait().await;
     db.close()

@@ -141,6 +141,15 @@ impl Pipeline {
             .map_err(classify)
     }
 
+    /// Closes the open connections (each ends its server session once the queries already
+    /// written on it are answered). At shutdown, after the last request; a later query would
+    /// open a connection again.
+    pub fn close(&self) {
+        for slot in &self.inner.slots {
+            slot.open.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
     /// The next slot's connection, round robin, opened if it is not open.
     async fn connection(&self) -> Result<Arc<Connection>, PipelineError> {
         let inner = &*self.inner;

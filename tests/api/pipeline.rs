@@ -125,3 +125,30 @@ async fn a_bad_statement_is_a_query_error_and_an_unreachable_server_is_unavailab
         Err(PipelineError::Unavailable(_))
     ));
 }
+
+#[tokio::test]
+async fn close_ends_the_server_sessions() {
+    // Arrange
+    let (pipeline, pool) = pipeline(1).await;
+    let (_, pid) = echo(&pipeline, 1).await.unwrap();
+
+    // Act
+    pipeline.close();
+
+    // Assert: the session is gone once the connection has sent its goodbye.
+    let mut alive = true;
+    for _ in 0..100 {
+        alive = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+        )
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive, "the pipelined session {pid} is still open");
+}
