@@ -101,17 +101,23 @@ impl Coding {
     }
 }
 
+/// A header's value in lower case, or "" when it is missing or not text: for matching
+/// case-insensitive tokens such as media types and cache directives.
+pub(super) fn lowercase(headers: &HeaderMap, name: header::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// Whether a response with these headers and a body of `len` bytes is worth compressing:
 /// text-like, not tiny, and not already encoded by its handler.
 pub(super) fn compressible(headers: &HeaderMap, len: usize) -> bool {
     if len < MIN_BODY || headers.contains_key(header::CONTENT_ENCODING) {
         return false;
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let content_type = lowercase(headers, header::CONTENT_TYPE);
     content_type.starts_with("text/")
         || ["json", "javascript", "xml", "svg"]
             .iter()

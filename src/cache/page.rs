@@ -408,11 +408,7 @@ fn cacheable(response: &Response) -> Option<Vec<String>> {
     if response.status() != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
         return None;
     }
-    let control = headers
-        .get(header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let control = coding::lowercase(headers, header::CACHE_CONTROL);
     if ["private", "no-store", "no-cache"]
         .iter()
         .any(|d| control.contains(d))

@@ -27,7 +27,7 @@ use std::{
 };
 
 use sqlx::{PgPool, postgres::PgSslMode};
-use tokio_postgres::{Client, Row, Statement, types::ToSql};
+use tokio_postgres::{Client, Row, Socket, Statement, tls::MakeTlsConnect, types::ToSql};
 
 /// Why a pipelined query failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,27 +180,9 @@ impl Slot {
 
 impl Inner {
     async fn open(&self) -> Result<Arc<Connection>, PipelineError> {
-        // The connection future does the socket's reading and writing for every caller; it
-        // ends when the client is dropped or the socket breaks.
         let client = match &self.tls {
-            Tls::Off => {
-                let (client, io) = self
-                    .config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(PipelineError::Unavailable)?;
-                tokio::spawn(drive(io));
-                client
-            }
-            Tls::On(tls) => {
-                let (client, io) = self
-                    .config
-                    .connect(tls.clone())
-                    .await
-                    .map_err(PipelineError::Unavailable)?;
-                tokio::spawn(drive(io));
-                client
-            }
+            Tls::Off => connect(&self.config, tokio_postgres::NoTls).await?,
+            Tls::On(tls) => connect(&self.config, tls.clone()).await?,
         };
         Ok(Arc::new(Connection {
             client,
@@ -209,13 +191,23 @@ impl Inner {
     }
 }
 
-async fn drive<F>(io: F)
+/// Opens one connection with `tls` and spawns the future that does its socket's reading and
+/// writing for every caller; that future ends when the client is dropped or the socket breaks.
+async fn connect<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, PipelineError>
 where
-    F: Future<Output = Result<(), tokio_postgres::Error>>,
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
 {
-    if let Err(error) = io.await {
-        tracing::warn!(%error, "a pipelined database connection closed; the next query reopens it");
-    }
+    let (client, io) = config
+        .connect(tls)
+        .await
+        .map_err(PipelineError::Unavailable)?;
+    tokio::spawn(async move {
+        if let Err(error) = io.await {
+            tracing::warn!(%error, "a pipelined database connection closed; the next query reopens it");
+        }
+    });
+    Ok(client)
 }
 
 impl Connection {
