@@ -20,6 +20,7 @@
 #   BENCH_PEER_PG_DSN=postgresql://postgres@127.0.0.1:5432/bench_peer?sslmode=disable   BENCH_REDIS_URL=redis://127.0.0.1:6379
 #   OUTDIR=bench/results/<UTC timestamp>   SKIP_BUILD=1 (use the existing target/release/hearth)
 #   NO_REPORT=1 (do not regenerate BENCHMARKS.md / ratios.svg)
+#   FLOOR=1 (the default: w5rust also measures `hearth bench ws-floor`, the least a server can do, as a third side)
 set -uo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
@@ -122,7 +123,14 @@ fi
 # ---- servers: one fresh server per measurement ---------------------------------------------------
 SERVER_PID=""; BASE=""; WS=""
 start_server() { # side
-  if [ "$1" = hearth ]; then
+  if [ "$1" = floor ]; then
+    # W5's floor: a server that only writes each message to every socket (see src/bench/floor.rs).
+    note_cmd "target/release/hearth bench ws-floor --listen 127.0.0.1:$HEARTH_PORT"
+    setsid "$HEARTH" bench ws-floor --listen "127.0.0.1:$HEARTH_PORT" >>"$OUTDIR/logs/floor.log" 2>&1 </dev/null &
+    SERVER_PID=$!; STARTED+=("$SERVER_PID"); BASE="http://127.0.0.1:$HEARTH_PORT"; WS="ws://${BASE#http://}"
+    for _ in $(seq 1 50); do listening "$HEARTH_PORT" && return 0; sleep 0.1; done
+    say "the floor server did not listen (see $OUTDIR/logs/floor.log)"; return 1
+  elif [ "$1" = hearth ]; then
     local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn target/release/hearth serve"
     note_cmd "$cmd"
     HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
@@ -196,12 +204,15 @@ measure() { # workload side -> prints the client's JSON line
 ORDER=(w1 w2 w3 w3c256 w5 w5rust w6 w6rust)
 SERVER_WLS=(); for w in "${ORDER[@]}"; do has "$w" && SERVER_WLS+=("$w"); done
 JOBQ_LIST=(); has w4 && JOBQ_LIST=(hearth $JOBQ_PEERS)
+# W5 with the Rust client is also measured against the floor server, in the same rounds.
+sides() { if [ "$1" = w5rust ] && [ "${FLOOR:-1}" = 1 ]; then echo hearth peer floor; else echo hearth peer; fi; }
 TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]}) * ROUNDS )); DONE=0
+has w5rust && [ "${FLOOR:-1}" = 1 ] && TOTAL=$((TOTAL + ROUNDS))
 say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
 
 for w in "${SERVER_WLS[@]}"; do
   for r in $(seq 1 "$ROUNDS"); do
-    for side in hearth peer; do
+    for side in $(sides "$w"); do
       DONE=$((DONE + 1))
       printf '[%4ss] [%s round %d/%d] %s... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$w" "$r" "$ROUNDS" "$side" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
       if start_server "$side"; then

@@ -75,6 +75,9 @@ pub enum BenchCommand {
     Jobs(crate::bench::jobs::BenchArgs),
     /// The W5 WebSocket load client: `hearth bench ws chat --url ws://127.0.0.1:8000/ws/chat/bench/`.
     Ws(crate::bench::ws::WsArgs),
+    /// A W5 server that only writes each message to every socket (no database, no channel
+    /// layer), to measure the machine's floor: `hearth bench ws-floor --listen 127.0.0.1:8200`.
+    WsFloor(crate::bench::floor::FloorArgs),
     /// The W6 event-stream load client: `hearth bench sse --base http://127.0.0.1:8000`.
     Sse(crate::bench::sse::SseArgs),
     /// Cache round trips per tier: `hearth bench cache 10000`.
@@ -160,6 +163,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench {
                 what: BenchCommand::Ws(args),
             } => crate::bench::ws::run(args).await,
+            Command::Bench {
+                what: BenchCommand::WsFloor(args),
+            } => crate::bench::floor::run(args).await,
             Command::Bench {
                 what: BenchCommand::Sse(args),
             } => crate::bench::sse::run(args).await,
@@ -428,8 +434,35 @@ fn read_password(from_stdin: bool) -> anyhow::Result<NewPassword> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{Cli, parse_rate};
+    use clap::{CommandFactory, Parser};
     use std::time::Duration;
+
+    /// Clap finds some mistakes only when a command line is parsed, by panicking (a
+    /// subcommand's `--bind` beside the global one did once): parse one of each.
+    #[test]
+    fn every_subcommand_parses() {
+        Cli::command().debug_assert();
+        for line in [
+            "hearth",
+            "hearth serve",
+            "hearth migrate --status",
+            "hearth worker",
+            "hearth bench jobs",
+            "hearth bench ws chat",
+            "hearth bench ws-floor --listen 127.0.0.1:0",
+            "hearth bench sse",
+            "hearth bench cache",
+            "hearth bench docs",
+            "hearth bench soak",
+            "hearth jobs list",
+            "hearth cache stats",
+            "hearth createuser alice",
+        ] {
+            let parsed = Cli::try_parse_from(line.split(' '));
+            assert!(parsed.is_ok(), "{line}: {}", parsed.unwrap_err());
+        }
+    }
 
     #[test]
     fn rates_parse_or_explain() {

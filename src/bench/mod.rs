@@ -5,6 +5,8 @@
 //! * [`docs`]: `hearth bench docs`, collaborative editing: update fan-out latency with many
 //!   editors on one document, and memory per open document;
 //! * [`ws`]: `hearth bench ws`, a W5 load client that does not cap the server it measures;
+//! * [`floor`]: `hearth bench ws-floor`, a W5 server that does only the kernel's part of a
+//!   fan-out, so that W5's floor on a machine can be measured beside Hearth;
 //! * [`sse`]: `hearth bench sse`, the same for W6's event streams ([`client`] holds what the
 //!   two share);
 //! * [`soak`]: `hearth bench soak`, a long run of mixed traffic against a child server that
@@ -16,6 +18,7 @@
 pub mod cache;
 mod client;
 pub mod docs;
+pub mod floor;
 pub mod jobs;
 pub mod routes;
 pub mod soak;

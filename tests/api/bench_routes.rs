@@ -197,3 +197,40 @@ async fn the_rust_load_clients_count_every_delivery() {
     }
     assert_eq!(events["publish_failed"], 0, "{events}");
 }
+
+#[tokio::test]
+async fn the_floor_server_writes_each_message_to_every_socket_and_forgets_closed_ones() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws/chat/bench/", listener.local_addr().unwrap());
+    let floor = hearth::bench::floor::Floor::default();
+    let server = tokio::spawn({
+        let floor = floor.clone();
+        async move { floor.serve(listener).await }
+    });
+    let mut a = WsClient::connect(&url).await.unwrap();
+    let mut b = WsClient::connect(&url).await.unwrap();
+    let gone = WsClient::connect(&url).await.unwrap();
+    gone.close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while floor.open() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed socket stays listed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    a.send_json(&json!({"message": "7"})).await.unwrap();
+    a.send_text("not json").await.unwrap();
+    b.send_json(&json!({"message": "8"})).await.unwrap();
+
+    for client in [&mut a, &mut b] {
+        assert_eq!(
+            client.recv_json().await.unwrap(),
+            json!({"type": "chat.message", "message": "7"})
+        );
+        assert_eq!(client.recv_json().await.unwrap()["message"], "8");
+    }
+    assert_eq!(floor.counts(), (4, 0), "two messages to two open sockets");
+    server.abort();
+}
