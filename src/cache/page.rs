@@ -581,6 +581,9 @@ fn respond_hit(page: &Page, request: &HeaderMap, head: bool) -> Response {
         return not_modified(headers);
     }
     let body = if head {
+        // No body, but the length a GET would get: hyper keeps a HEAD answer's explicit
+        // `Content-Length` and would write 0 for the empty body otherwise.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(page.body.len()));
         Body::empty()
     } else {
         Body::from(page.body.clone())

@@ -462,6 +462,15 @@ async fn the_page_cache_serves_hits_with_etags_and_answers_304() {
     assert_eq!(second.text().await.unwrap(), "<p>posts</p>");
     assert_eq!(renders.load(Ordering::SeqCst), 1, "the handler ran once");
 
+    let head = app.client.head(app.url("/cached")).send().await.unwrap();
+    assert_eq!(head.headers()["x-cache"], "HIT");
+    assert_eq!(
+        head.headers()["content-length"],
+        "<p>posts</p>".len().to_string().as_str(),
+        "a HEAD hit tells the length a GET gets"
+    );
+    assert!(head.bytes().await.unwrap().is_empty());
+
     let revalidated = app
         .client
         .get(app.url("/cached"))
