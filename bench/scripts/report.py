@@ -202,6 +202,8 @@ def report(outdir, md_path, svg_path):
                              f"lost {lost}, {num(hd)} of {num(offered)} /s, p50 {num(hp50, 2)} ms, p99 {num(hp99, 2)} ms"
                              + (f" (floor server: p50 {num(fp50, 2)} ms)" if fp50 is not None else "")))
             chart.append((f"{w.upper()} deliveries/s", ratio(hd, pd), ratio(offered, pd)))
+            pp50 = med(col(w, "peer", "p50_ms"))
+            chart.append((f"{w.upper()} p50 (peer/Hearth)", ratio(pp50, hp50), ratio(pp50, 5)))
         else:
             verdicts.append((f"{w.upper()}: 0 lost, p99 ≤ 20 ms", lost == 0 and hp99 is not None and hp99 <= 20,
                              f"lost {lost}, p99 {num(hp99, 2)} ms"))
