@@ -7,9 +7,9 @@
 //! WebSockets on any path, and each `{"message": ...}` a client sends is written as
 //! `{"type":"chat.message","message":...}` to every open socket — and does nothing else: no
 //! database, no channel layer, no task per socket; one nonblocking write per socket, straight
-//! from the task that read the message. What its p50 is, a server's fan-out cannot beat on that
-//! machine with that client; `bench/run.sh` reports it beside Hearth's W5 (the `w5floor`
-//! workload).
+//! from the task that read the message. Its latency is what the kernel and the client alone cost
+//! on that machine; `bench/run.sh` measures it as a third side of the `w5rust` workload, beside
+//! Hearth and the peer.
 //!
 //! A socket whose kernel buffer is full is not waited for: that delivery is counted as dropped
 //! (and a socket that took part of a frame gets nothing more), printed at the end, so a run with
@@ -26,8 +26,10 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream, tcp::OwnedWriteHalf};
+use tokio::{
+    net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
+    sync::watch,
+};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -41,6 +43,8 @@ use tokio_tungstenite::{
         },
     },
 };
+
+use super::routes::{ChatMessage, Message as Sent};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FloorArgs {
@@ -79,21 +83,11 @@ pub struct Floor {
 struct Inner {
     // A std mutex: held to insert, remove or clone the list, never across an await.
     sockets: Mutex<HashMap<u64, Arc<OwnedWriteHalf>>>,
+    /// How many sockets are listed, sent on every change while the list is locked.
+    open: watch::Sender<usize>,
     next_id: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
-}
-
-#[derive(Deserialize)]
-struct Sent {
-    message: String,
-}
-
-#[derive(Serialize)]
-struct ChatMessage<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    message: &'a str,
 }
 
 impl Floor {
@@ -118,9 +112,11 @@ impl Floor {
         )
     }
 
-    /// Sockets open now.
-    pub fn open(&self) -> usize {
-        self.lock().len()
+    /// Waits until exactly `n` sockets are open (accepted and not yet closed).
+    pub async fn until_open(&self, n: usize) {
+        let mut open = self.inner.open.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail.
+        let _ = open.wait_for(|&open| open == n).await;
     }
 
     async fn connection(&self, mut stream: TcpStream) -> anyhow::Result<()> {
@@ -129,7 +125,9 @@ impl Floor {
         drop(tokio_tungstenite::accept_async(&mut stream).await?);
         let (read, write) = stream.into_split();
         let id = self.inner.next_id.fetch_add(1, Relaxed);
-        self.lock().insert(id, Arc::new(write));
+        self.update(|sockets| {
+            sockets.insert(id, Arc::new(write));
+        });
         // Frames are read through tungstenite; what it would write (pongs, close replies) goes
         // nowhere, which the load client does not mind.
         let mut frames = WebSocketStream::from_raw_socket(
@@ -153,7 +151,9 @@ impl Floor {
             anyhow::Ok(())
         }
         .await;
-        self.lock().remove(&id);
+        self.update(|sockets| {
+            sockets.remove(&id);
+        });
         result
     }
 
@@ -185,12 +185,20 @@ impl Floor {
         self.inner.delivered.fetch_add(delivered, Relaxed);
         if !cut.is_empty() {
             self.inner.dropped.fetch_add(cut.len() as u64, Relaxed);
-            let mut sockets = self.lock();
-            for id in cut {
-                sockets.remove(&id);
-            }
+            self.update(|sockets| {
+                for id in cut {
+                    sockets.remove(&id);
+                }
+            });
         }
         Ok(())
+    }
+
+    /// Changes the socket list and publishes its new length.
+    fn update(&self, change: impl FnOnce(&mut HashMap<u64, Arc<OwnedWriteHalf>>)) {
+        let mut sockets = self.lock();
+        change(&mut sockets);
+        self.inner.open.send_replace(sockets.len());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<OwnedWriteHalf>>> {

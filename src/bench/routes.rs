@@ -46,16 +46,18 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(crate::gateway::bench_routes(state))
 }
 
+/// A W5 client's frame (also read by the floor server, [`super::floor`]).
 #[derive(Deserialize)]
-struct Message {
-    message: String,
+pub(super) struct Message {
+    pub(super) message: String,
 }
 
+/// What W5 forwards to every member of the room.
 #[derive(Serialize)]
-struct ChatMessage<'a> {
+pub(super) struct ChatMessage<'a> {
     #[serde(rename = "type")]
-    kind: &'static str,
-    message: &'a str,
+    pub(super) kind: &'static str,
+    pub(super) message: &'a str,
 }
 
 /// W5's chat room consumer.

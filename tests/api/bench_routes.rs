@@ -211,14 +211,9 @@ async fn the_floor_server_writes_each_message_to_every_socket_and_forgets_closed
     let mut b = WsClient::connect(&url).await.unwrap();
     let gone = WsClient::connect(&url).await.unwrap();
     gone.close().await.unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while floor.open() != 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the closed socket stays listed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(5), floor.until_open(2))
+        .await
+        .expect("the closed socket stays listed");
 
     a.send_json(&json!({"message": "7"})).await.unwrap();
     a.send_text("not json").await.unwrap();
