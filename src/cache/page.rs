@@ -16,7 +16,13 @@
 //!   one response further with the [`TAGS`] header (`x-cache-tags: post-42, author-7`, removed
 //!   before the response leaves), so that editing one post drops exactly the pages showing it;
 //! * `.bypass(predicate)` serves the requests it selects uncached, neither read nor stored —
-//!   for instance signed-in visitors, whose pages show their own name.
+//!   for instance signed-in visitors, whose pages show their own name;
+//! * the store fails closed: whatever renders something of one visitor's own (who is signed
+//!   in, a flash message, a CSRF token) marks the request [`Personal`], and a marked response
+//!   is never stored and leaves marked `Cache-Control: private`, whatever the `bypass` said;
+//! * a query string is part of the key only for the parameters the route declares with
+//!   `.query(&["page"])`, each at most once and in that sorted order; any other query string is
+//!   served uncached, so that inventing query strings cannot fill the cache.
 //!
 //! [`never_cache`] marks a response as never to be cached, here or by browsers and proxies.
 
@@ -24,7 +30,10 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,7 +41,7 @@ use std::{
 use axum::{
     body::{Body, HttpBody},
     extract::Request,
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     middleware::Next,
     response::Response,
 };
@@ -70,7 +79,34 @@ pub fn cache_page(cache: &Cache, ttl: Duration) -> CachePage {
             ttl,
             tags: Vec::new(),
             bypass: None,
+            query: Vec::new(),
         }),
+    }
+}
+
+/// The mark of a request whose response shows something of one visitor's own: who is signed
+/// in, their flash message, their CSRF token. Whatever renders such a thing marks the request
+/// ([`Personal::of`] then [`Personal::mark`]): the platform's session lookup, flash middleware
+/// and page layout do. The page cache never stores a marked response, so a page is shared
+/// only when the code that rendered it says it showed nothing personal, rather than when the
+/// request looked anonymous (a guess a crafted cookie header can fool).
+#[derive(Debug, Clone, Default)]
+pub struct Personal(Arc<AtomicBool>);
+
+impl Personal {
+    /// The mark of the request with these extensions (created on first use, then shared by
+    /// every layer and extractor of the request).
+    pub fn of(extensions: &mut Extensions) -> Self {
+        extensions.get_or_insert_default::<Self>().clone()
+    }
+
+    /// Marks the request's response as personal.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -86,6 +122,8 @@ struct PageConfig {
     ttl: Duration,
     tags: Vec<String>,
     bypass: Option<fn(&HeaderMap) -> bool>,
+    /// The query parameters that are part of the key, sorted.
+    query: Vec<String>,
 }
 
 impl CachePage {
@@ -106,6 +144,58 @@ impl CachePage {
             config: Arc::new(config),
         }
     }
+
+    /// Caches the URLs whose query string has only these parameters (`?page=2`), each at most
+    /// once and in sorted order; requests with any other query string are served uncached.
+    /// Without it, only URLs without a query string are cached. The handler should answer a
+    /// non-canonical value (`page=02`) with an error or a redirect, never a `200`.
+    pub fn query(self, names: &[&str]) -> Self {
+        let mut config = PageConfig::clone(&self.config);
+        config.query = names.iter().map(|name| (*name).to_owned()).collect();
+        config.query.sort();
+        config.query.dedup();
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Whether a URL with this query string may be cached: no query string, or one made of
+/// `name=value` pairs whose names are in `allowed` (sorted), strictly increasing.
+fn query_cacheable(query: Option<&str>, allowed: &[String]) -> bool {
+    let Some(query) = query else {
+        return true;
+    };
+    let mut last: Option<&str> = None;
+    for pair in query.split('&') {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        if last.is_some_and(|last| name <= last)
+            || allowed.binary_search_by(|a| a.as_str().cmp(name)).is_err()
+        {
+            return false;
+        }
+        last = Some(name);
+    }
+    true
+}
+
+/// Adds `private` to a personal response's `Cache-Control`, so that no cache downstream
+/// (a proxy, a CDN) shares it either.
+fn mark_private(headers: &mut HeaderMap) {
+    if ["private", "no-store"]
+        .iter()
+        .any(|d| coding::lowercase(headers, header::CACHE_CONTROL).contains(d))
+    {
+        return;
+    }
+    let value = match headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(control) if !control.is_empty() => format!("private, {control}"),
+        _ => "private".to_owned(),
+    };
+    set(headers, header::CACHE_CONTROL, &value);
 }
 
 impl<S> Layer<S> for CachePage {
@@ -230,7 +320,21 @@ fn url_hash(headers: &HeaderMap, uri: &Uri) -> u64 {
     hasher.finish()
 }
 
-async fn serve<S>(config: Arc<PageConfig>, mut inner: S, request: Request) -> Response
+/// Serves a request without the cache: neither read nor stored.
+async fn uncached<S>(inner: &mut S, mut request: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let personal = Personal::of(request.extensions_mut());
+    let mut response = call(inner, request).await;
+    response.headers_mut().remove(TAGS);
+    if personal.is_marked() {
+        mark_private(response.headers_mut());
+    }
+    response
+}
+
+async fn serve<S>(config: Arc<PageConfig>, mut inner: S, mut request: Request) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
@@ -238,10 +342,11 @@ where
     let bypassed = config
         .bypass
         .is_some_and(|bypass| bypass(request.headers()));
-    if (method != Method::GET && method != Method::HEAD) || bypassed {
-        let mut response = call(&mut inner, request).await;
-        response.headers_mut().remove(TAGS);
-        return response;
+    if (method != Method::GET && method != Method::HEAD)
+        || bypassed
+        || !query_cacheable(request.uri().query(), &config.query)
+    {
+        return uncached(&mut inner, request).await;
     }
     let cache = &config.cache;
     let url = full_url(&request);
@@ -259,9 +364,14 @@ where
     // Copied only on a miss: the request moves into the handler, and storing needs its headers.
     let request_headers = request.headers().clone();
     let front_url = url_hash(request.headers(), request.uri());
+    let personal = Personal::of(request.extensions_mut());
 
     let mut response = call(&mut inner, request).await;
     let page_tags = response_tags(response.headers_mut());
+    if personal.is_marked() {
+        mark_private(response.headers_mut());
+        return response;
+    }
     let Some(vary) = cacheable(&response) else {
         return response;
     };
@@ -738,6 +848,37 @@ mod tests {
         );
         assert!(matches_etag(&headers, "\"b\""));
         assert!(!matches_etag(&headers, "\"c\""));
+    }
+
+    #[test]
+    fn only_declared_query_parameters_in_sorted_order_are_cacheable() {
+        let allowed = vec!["page".to_owned(), "tag".to_owned()];
+        for good in [None, Some("page=2"), Some("page=2&tag=rust"), Some("tag=")] {
+            assert!(query_cacheable(good, &allowed), "{good:?}");
+        }
+        for bad in [
+            Some(""),
+            Some("x=1"),
+            Some("page=1&page=2"),
+            Some("tag=a&page=1"),
+            Some("page=1&"),
+            Some("page=1&x=1"),
+        ] {
+            assert!(!query_cacheable(bad, &allowed), "{bad:?}");
+        }
+        assert!(!query_cacheable(Some("page=1"), &[]));
+    }
+
+    #[test]
+    fn personal_responses_become_private_once() {
+        let mut headers = HeaderMap::new();
+        mark_private(&mut headers);
+        assert_eq!(headers[header::CACHE_CONTROL], "private");
+        let mut headers = HeaderMap::new();
+        set(&mut headers, header::CACHE_CONTROL, "max-age=60");
+        mark_private(&mut headers);
+        mark_private(&mut headers);
+        assert_eq!(headers[header::CACHE_CONTROL], "private, max-age=60");
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             "/posts",
             get(pages::list)
                 .post(pages::create)
-                .layer(shared.clone().tag(LIST_TAG)),
+                .layer(shared.clone().query(&["page"]).tag(LIST_TAG)),
         )
         .route("/posts/{slug}", get(pages::show).layer(shared.clone()))
         .route("/authors/{username}", get(pages::author).layer(shared))

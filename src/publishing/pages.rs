@@ -122,17 +122,35 @@ struct ListPage {
 
 #[derive(Deserialize)]
 pub(super) struct PageQuery {
-    page: Option<i64>,
+    page: Option<String>,
 }
 
-/// The published posts, newest first, 20 to a page.
+/// Most pages the post list has.
+const MAX_PAGE: i64 = 10_000;
+
+/// A page number as a link writes it (`1` to [`MAX_PAGE`], no sign, no leading zero), or
+/// `None`. Anything else is a 404 rather than a page: the list is page-cached by its URL, and
+/// `page=02` or `page=+2` would be other URLs for the same page, each a new cache entry.
+fn page_number(raw: Option<&str>) -> Option<i64> {
+    let Some(raw) = raw else {
+        return Some(1);
+    };
+    if raw.starts_with('0') || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse()
+        .ok()
+        .filter(|page| (1..=MAX_PAGE).contains(page))
+}
+
+/// The published posts, newest first, 20 to a page. A page past the last is a 404.
 #[tracing::instrument(skip_all)]
 pub(super) async fn list(
     State(state): State<AppState>,
     layout: Layout,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, WebError> {
-    let page = query.page.unwrap_or(1).clamp(1, 10_000);
+    let page = page_number(query.page.as_deref()).ok_or(WebError::NotFound)?;
     let mut posts = sqlx::query_as!(
         PostView,
         "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
@@ -146,6 +164,9 @@ pub(super) async fn list(
     )
     .fetch_all(&state.db)
     .await?;
+    if posts.is_empty() && page > 1 {
+        return Err(WebError::NotFound);
+    }
     let more = posts.len() as i64 > LIST_PAGE;
     posts.truncate(LIST_PAGE as usize);
     let html = render(&ListPage {
@@ -544,6 +565,11 @@ pub(super) async fn author(
     Path(username): Path<String>,
 ) -> Result<Response, WebError> {
     let (id, author) = author_id(&state, &username).await?;
+    if author != username {
+        // One URL per author (`/authors/ADA` is Ada's page too): each spelling would be
+        // another page-cache entry. A username needs no escaping in a path.
+        return Ok(Redirect::permanent(&format!("/authors/{author}")).into_response());
+    }
     let posts = sqlx::query_as!(
         PostView,
         "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
@@ -640,4 +666,28 @@ async fn after_subscription(
     }
     let next = crate::web::safe_next(form.next.as_deref());
     (flash::set(jar, message), Redirect::to(&next)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_number;
+
+    #[test]
+    fn page_numbers_are_read_only_as_links_write_them() {
+        assert_eq!(page_number(None), Some(1));
+        assert_eq!(page_number(Some("2")), Some(2));
+        assert_eq!(page_number(Some("10000")), Some(10_000));
+        for bad in [
+            "",
+            "0",
+            "02",
+            "+2",
+            "-1",
+            "abc",
+            "10001",
+            "99999999999999999999",
+        ] {
+            assert_eq!(page_number(Some(bad)), None, "{bad}");
+        }
+    }
 }

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use super::{AppState, WebError, session};
+use crate::cache::page::Personal;
 
 /// A signed-up user.
 #[derive(Debug, Clone, Serialize)]
@@ -238,6 +239,10 @@ async fn signed_in(parts: &mut Parts, state: &AppState) -> Result<Option<SignedI
             .map(|user| SignedIn { user, token }),
         None => None,
     };
+    if found.is_some() {
+        // Whatever a handler renders for a signed-in visitor may show who they are.
+        Personal::of(&mut parts.extensions).mark();
+    }
     parts.extensions.insert(found.clone());
     Ok(found)
 }

@@ -13,6 +13,7 @@ use axum::{
 use axum_extra::extract::cookie::{Cookie, SameSite, SignedCookieJar};
 
 use super::AppState;
+use crate::cache::page::Personal;
 
 pub const COOKIE: &str = "hearth_flash";
 
@@ -39,6 +40,10 @@ pub async fn middleware(
     next: Next,
 ) -> Response {
     let message = jar.get(COOKIE).map(|c| c.value().to_owned());
+    if message.is_some() {
+        // The message is this visitor's: no page showing it may be shared.
+        Personal::of(request.extensions_mut()).mark();
+    }
     request.extensions_mut().insert(Flash(message.clone()));
     let mut response = next.run(request).await;
     if state.config.secure_cookies {

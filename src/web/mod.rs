@@ -194,15 +194,13 @@ fn security_headers<B>(mut response: axum::http::Response<B>) -> axum::http::Res
 }
 
 /// Whether a request is personal: it carries a session (its page shows who is signed in) or
-/// a flash message. The page cache's `bypass` for pages shared by anonymous visitors.
+/// a flash message. The page cache's `bypass` for pages shared by anonymous visitors, so that
+/// they get their own page rather than the shared one. It reads cookies with the parser that
+/// signs a request in (names trimmed and percent-decoded: `hearth%5Fsession` is the session);
+/// what keeps a personal page out of the cache is [`crate::cache::page::Personal`], not this.
 pub fn is_personal(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim_start().split_once('='))
-        .any(|(name, _)| name == session::COOKIE || name == flash::COOKIE)
+    let jar = axum_extra::extract::CookieJar::from_headers(headers);
+    jar.get(session::COOKIE).is_some() || jar.get(flash::COOKIE).is_some()
 }
 
 /// Where to go after a form: only same-site paths are followed, `/x` yes, `//evil.example` or

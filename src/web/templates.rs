@@ -5,6 +5,8 @@ use std::sync::Arc;
 use askama::Template;
 use axum::{extract::FromRequestParts, http::request::Parts, response::Html};
 
+use crate::cache::page::Personal;
+
 use super::{
     AppState, WebError,
     auth::{CurrentUser, User},
@@ -14,11 +16,16 @@ use super::{
 
 /// What `base.html` shows on every page: the signed-in user, a flash message, the CSRF token
 /// for forms and the static asset version.
+///
+/// A layout with a user or a flash message marks its request [`Personal`] as it is built, and
+/// one whose CSRF token is rendered ([`Layout::csrf_token`]) marks it then: the page cache
+/// never shares such a page, whatever the request looked like.
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub user: Option<User>,
     pub flash: Option<String>,
-    pub csrf_token: String,
+    csrf_token: String,
+    personal: Personal,
     pub static_version: Arc<str>,
     /// Mail goes to the in-app dev mailbox (no SMTP server configured): every user gets a
     /// link to read their own.
@@ -39,10 +46,15 @@ impl FromRequestParts<AppState> for Layout {
             .get::<CsrfToken>()
             .map(|t| t.0.clone())
             .unwrap_or_default();
+        let personal = Personal::of(&mut parts.extensions);
+        if user.is_some() || flash.is_some() {
+            personal.mark();
+        }
         Ok(Self {
             user,
             flash,
             csrf_token,
+            personal,
             static_version: state.static_version.clone(),
             dev_mailbox: state.config.smtp_url.is_none(),
         })
@@ -50,15 +62,23 @@ impl FromRequestParts<AppState> for Layout {
 }
 
 impl Layout {
-    /// The layout of a page the shared page cache may store for every anonymous visitor:
-    /// nothing in it may belong to this one visitor, such as their CSRF token. (A flash
-    /// message may stay: showing it clears its cookie, and a response that sets a cookie is
-    /// never stored.)
+    /// The layout of a page the shared page cache may store for every anonymous visitor: its
+    /// forms get no CSRF token, so rendering it does not make the page personal. (A user or a
+    /// flash message still does: they marked the request when the layout was built.)
     pub fn for_shared_cache(self) -> Self {
         Self {
             csrf_token: String::new(),
             ..self
         }
+    }
+
+    /// The CSRF token for the page's forms and scripts. Rendering it marks the page personal:
+    /// the token belongs to this browser.
+    pub fn csrf_token(&self) -> &str {
+        if !self.csrf_token.is_empty() {
+            self.personal.mark();
+        }
+        &self.csrf_token
     }
 }
 

@@ -17,6 +17,7 @@ mod hostile;
 mod jobs;
 mod mail;
 mod ops;
+mod page_privacy;
 mod parser_fuzz;
 mod pipeline;
 mod publishing;
