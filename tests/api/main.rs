@@ -20,6 +20,7 @@ mod ops;
 mod parser_fuzz;
 mod pipeline;
 mod publishing;
+mod relay_limits;
 mod request_fuzz;
 mod security;
 mod shell;
