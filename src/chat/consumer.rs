@@ -177,7 +177,9 @@ fn too_fast(ctx: &mut Connection) {
 /// every member of the room.
 fn check_nonce(nonce: Option<&str>) -> Result<(), String> {
     match nonce {
-        Some(n) if n.is_empty() || n.len() > MAX_NONCE || !n.bytes().all(|b| b.is_ascii_graphic()) => {
+        Some(n)
+            if n.is_empty() || n.len() > MAX_NONCE || !n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             Err(format!(
                 "A nonce is 1 to {MAX_NONCE} printable ASCII characters without spaces."
             ))

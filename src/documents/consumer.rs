@@ -59,8 +59,13 @@ pub struct Params {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Incoming {
-    Sync { sv: String },
-    Update { update: String, seq: u64 },
+    Sync {
+        sv: String,
+    },
+    Update {
+        update: String,
+        seq: u64,
+    },
     /// The caret, parsed into [`Cursor`] before anything is passed on (`null`: none).
     Awareness {
         #[serde(default)]

@@ -78,7 +78,10 @@ async fn five_sockets_of_one_user_on_two_instances_get_at_most_the_limit_through
         .fetch_one(&a.pool)
         .await
         .unwrap();
-    assert_eq!(stored as usize, answered_stored, "every stored send was told");
+    assert_eq!(
+        stored as usize, answered_stored,
+        "every stored send was told"
+    );
     assert!(refused > 0, "the flood reached the limit: {outcomes:?}");
     // The contract is a sliding window: no 10 seconds hold more than the limit, however long
     // the flood took on a loaded machine.
@@ -198,5 +201,8 @@ async fn carets_are_bounded_typed_and_from_editors_only() {
     assert_eq!(cleared["cursor"], Value::Null);
     editor.recv_type("access").await.unwrap();
     caret(&mut editor, browser_caret()).await;
-    assert_eq!(editor.recv_type("error").await.unwrap()["code"], "read_only");
+    assert_eq!(
+        editor.recv_type("error").await.unwrap()["code"],
+        "read_only"
+    );
 }
