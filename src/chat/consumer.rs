@@ -8,11 +8,17 @@
 //!
 //! A sent message is written and broadcast in one transaction: the room's row lock orders
 //! the room's messages (ids grow in commit order), and the broadcast happens only if the
-//! message was stored.
+//! message was stored. The same transaction first takes an advisory lock on the sender, so the
+//! per-user rate limit counts and inserts without a race, whatever socket or instance sends.
+//!
+//! Every client field that reaches other members has a bound: the body (`MAX_MESSAGE`
+//! characters) and the `nonce` echoed in the broadcast (`MAX_NONCE` printable ASCII
+//! characters); typing notices carry nothing from the client.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sqlx::PgExecutor;
 use tokio::time::Instant;
 
 use super::room::{self, ChatMessage, Denied, Room};
@@ -31,6 +37,8 @@ const PAGE: i64 = 50;
 const RESUME_LIMIT: i64 = 500;
 /// Longest message, in characters.
 pub const MAX_MESSAGE: usize = 2000;
+/// Longest `nonce`, in characters (a browser sends a 36-character UUID).
+pub const MAX_NONCE: usize = 64;
 /// Per user, across instances: at most this many messages...
 const RATE_LIMIT: i64 = 10;
 /// ...in this window.
@@ -155,6 +163,29 @@ fn error(ctx: &mut Connection, code: &str, message: impl Into<String>) {
         code,
         message: message.into(),
     });
+}
+
+fn too_fast(ctx: &mut Connection) {
+    error(
+        ctx,
+        "rate_limited",
+        "You are sending messages too fast; wait a few seconds.",
+    );
+}
+
+/// A send's `nonce`, if any: 1 to [`MAX_NONCE`] printable ASCII characters, as it is echoed to
+/// every member of the room.
+fn check_nonce(nonce: Option<&str>) -> Result<(), String> {
+    match nonce {
+        Some(n)
+            if n.is_empty() || n.len() > MAX_NONCE || !n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(format!(
+                "A nonce is 1 to {MAX_NONCE} printable ASCII characters without spaces."
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A message body: trimmed, 1 to 2,000 characters.
@@ -320,6 +351,37 @@ impl Consumer for ChatConsumer {
     }
 }
 
+/// How many messages `user_id` stored in the last `RATE_WINDOW_SECS`.
+async fn recent_sends<'e>(db: impl PgExecutor<'e>, user_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM chat_messages
+            WHERE author_id = $1 AND created_at > now() - make_interval(secs => $2)"#,
+        user_id,
+        RATE_WINDOW_SECS
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Takes the sender's send lock until `tx` ends and returns their recent sends, counted under
+/// it: a concurrent send by the same user (any socket, any instance) waits here until this one
+/// has committed its message or rolled back, so it counts that message too. An advisory lock
+/// rather than a counter table: the limit stays the sliding window over the stored messages
+/// themselves (no second record to drift from them or to clean up), and the lock is per user,
+/// so different users never wait for each other.
+async fn lock_sender(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('hearth.chat.send', $1))",
+        user_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    recent_sends(&mut **tx, user_id).await
+}
+
 impl ChatConsumer {
     async fn send(
         &mut self,
@@ -327,7 +389,7 @@ impl ChatConsumer {
         raw: &str,
         nonce: Option<&str>,
     ) -> Result<(), ConsumerError> {
-        let body = match parse_body(raw) {
+        let body = match check_nonce(nonce).and_then(|()| parse_body(raw)) {
             Ok(body) => body,
             Err(e) => {
                 error(ctx, "invalid", e);
@@ -335,23 +397,18 @@ impl ChatConsumer {
             }
         };
         let state = ctx.state().clone();
-        let recent = sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM chat_messages
-                WHERE author_id = $1 AND created_at > now() - make_interval(secs => $2)"#,
-            self.user.id,
-            RATE_WINDOW_SECS
-        )
-        .fetch_one(&state.db)
-        .await?;
-        if recent >= RATE_LIMIT {
-            error(
-                ctx,
-                "rate_limited",
-                "You are sending messages too fast; wait a few seconds.",
-            );
+        // A flood past the limit is refused on a plain read, without queueing on the sender's
+        // lock; the count that lets a message in is the one taken under the lock.
+        if recent_sends(&state.db, self.user.id).await? >= RATE_LIMIT {
+            too_fast(ctx);
             return Ok(());
         }
         let mut tx = state.db.begin().await?;
+        if lock_sender(&mut tx, self.user.id).await? >= RATE_LIMIT {
+            tx.rollback().await?;
+            too_fast(ctx);
+            return Ok(());
+        }
         // The room's row lock: this room's messages commit in id order.
         sqlx::query!(
             "UPDATE chat_rooms SET last_message_at = now() WHERE id = $1",
@@ -387,6 +444,7 @@ impl ChatConsumer {
     }
 
     /// A notification for each user named with `@` who may read the room (not the author).
+    /// (Called with the sender's lock held: it takes notification locks after it, never before.)
     async fn notify_mentions(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -512,5 +570,23 @@ impl ChatConsumer {
             .await
             .map_err(|e| ConsumerError::Internal(e.into()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_short_printable_ascii() {
+        assert!(check_nonce(None).is_ok());
+        // What static/js/chat.js sends: a UUID, or a random number where there is none.
+        assert!(check_nonce(Some("0b7f6a52-3c4d-4e5f-8a9b-0c1d2e3f4a5b")).is_ok());
+        assert!(check_nonce(Some("0.9130837298121")).is_ok());
+        assert!(check_nonce(Some(&"n".repeat(MAX_NONCE))).is_ok());
+        let long = "n".repeat(MAX_NONCE + 1);
+        for bad in ["", "two words", "tab\there", "café", &long] {
+            assert!(check_nonce(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -13,8 +13,9 @@
 //! read and the join cannot be missed; one that arrives both ways is applied twice, which a
 //! CRDT ignores.
 //!
-//! Carets (`awareness`) go to the group without being stored; presence join and leave events
-//! tell clients when an editor arrives or goes. When the owner changes someone's rights, the
+//! Carets (`awareness`) go to the group without being stored, from editors only, in the typed
+//! and bounded shape of [`super::awareness`]; presence join and leave events tell clients when
+//! an editor arrives or goes. When the owner changes someone's rights, the
 //! group gets `doc.access` and that user's sockets re-read their rights: a removed member is
 //! closed, a demoted one can no longer send updates.
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{
+    awareness::{self, Cursor},
     compact::{COMPACT_EVERY, CompactDocument},
     document::{self, Access, Document},
 };
@@ -57,9 +59,18 @@ pub struct Params {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Incoming {
-    Sync { sv: String },
-    Update { update: String, seq: u64 },
-    Awareness { cursor: Option<serde_json::Value> },
+    Sync {
+        sv: String,
+    },
+    Update {
+        update: String,
+        seq: u64,
+    },
+    /// The caret, parsed into [`Cursor`] before anything is passed on (`null`: none).
+    Awareness {
+        #[serde(default)]
+        cursor: serde_json::Value,
+    },
 }
 
 /// Channel-layer messages to the document's group.
@@ -95,7 +106,7 @@ pub enum Broadcast<'a> {
         user_id: i64,
         username: &'a str,
         color: &'a str,
-        cursor: Option<&'a serde_json::Value>,
+        cursor: Option<&'a Cursor>,
     },
     #[serde(rename = "doc.access")]
     Access { user_id: Option<i64> },
@@ -235,7 +246,7 @@ impl Consumer for DocConsumer {
         match message {
             Incoming::Sync { sv } => self.sync(ctx, &sv).await,
             Incoming::Update { update, seq } => self.update(ctx, update, seq).await,
-            Incoming::Awareness { cursor } => self.awareness(ctx, cursor.as_ref()).await,
+            Incoming::Awareness { cursor } => self.awareness(ctx, cursor).await,
         }
     }
 
@@ -360,12 +371,28 @@ impl DocConsumer {
         Ok(())
     }
 
-    /// Passes the client's caret and selection on to the other editors.
+    /// Passes an editor's caret and selection on to the other editors. A reader's caret is
+    /// not passed on: readers watch, and a caret is a broadcast to everyone in the document.
     async fn awareness(
         &mut self,
         ctx: &mut Connection,
-        cursor: Option<&serde_json::Value>,
+        cursor: serde_json::Value,
     ) -> Result<(), ConsumerError> {
+        if !self.access.can_edit() {
+            error(
+                ctx,
+                "read_only",
+                "You can read this document but not edit it: your caret is not shown.",
+            );
+            return Ok(());
+        }
+        let cursor = match awareness::parse(cursor) {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                error(ctx, "invalid_awareness", e);
+                return Ok(());
+            }
+        };
         let (since, count) = &mut self.awareness_window;
         if since.elapsed().as_secs() >= 1 {
             *since = Instant::now();
@@ -375,6 +402,14 @@ impl DocConsumer {
         if *count > AWARENESS_PER_SECOND {
             return Ok(());
         }
+        self.send_caret(ctx, cursor.as_ref()).await
+    }
+
+    async fn send_caret(
+        &self,
+        ctx: &mut Connection,
+        cursor: Option<&Cursor>,
+    ) -> Result<(), ConsumerError> {
         let channel = ctx.channel_name().as_str().to_owned();
         let caret = Broadcast::Awareness {
             channel: &channel,
@@ -403,6 +438,10 @@ impl DocConsumer {
                     ctx.send_json(&Outgoing::Access {
                         can_edit: access.can_edit(),
                     });
+                    if !access.can_edit() {
+                        // Now a reader: the others stop showing this socket's last caret.
+                        self.send_caret(ctx, None).await?;
+                    }
                 }
             }
         }

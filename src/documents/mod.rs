@@ -10,9 +10,11 @@
 //! * [`document`]: rights (owner, editor, reader), loading and storing updates.
 //! * `consumer`: `/ws/docs/{id}` — the sync handshake, updates stored and broadcast in one
 //!   transaction, carets, presence, rights re-read when the owner changes them.
+//! * [`awareness`]: the caret shape editors share, typed and bounded.
 //! * [`compact`]: the job that folds stored updates into the snapshot, and its periodic sweep.
 //! * `pages`: the list, the editor page, members, versions and restore, export, delete.
 
+pub mod awareness;
 pub mod compact;
 pub mod consumer;
 pub mod crdt;

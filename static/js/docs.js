@@ -15,7 +15,7 @@
 //   client → update {update, seq}          a local edit (only once synced, only for editors)
 //   server → ack {seq}                     that update is stored: "Saving…" becomes "Saved"
 //   server → doc.update {update, from}     someone else's edit
-//   client → awareness {cursor}            our selection as Yjs relative positions (or null)
+//   client → awareness {cursor}            our selection as Yjs relative positions (or null); editors only
 //   server → doc.awareness {channel, …}    someone else's selection: drawn as a coloured caret
 //   server → presence.join / .leave        a connection opened / closed: the "Editing now" list
 //   server → doc.title, doc.restored, access {can_edit}, error
@@ -293,7 +293,7 @@ function currentCursor() {
 }
 
 function sendCursor() {
-  if (!synced) return;
+  if (!synced || !canEdit()) return; // readers watch: the server shows editors' carets only
   flushLocal();
   const cursor = currentCursor();
   const json = JSON.stringify(cursor);
@@ -541,6 +541,7 @@ function handle(frame) {
         textarea.readOnly = !canEdit();
         renderSaved();
         flash(frame.can_edit ? 'You can edit this document now.' : 'You can now only read this document.');
+        if (frame.can_edit) scheduleCursor(true); // the others have not seen our caret yet
       }
       break;
     case 'error':

@@ -25,14 +25,14 @@ async fn stored_updates(app: &TestApp) -> i64 {
 }
 
 /// Creates a document owned by `owner` and returns its id.
-async fn create_doc(owner: &TestUser<'_>, title: &str) -> i64 {
+pub(crate) async fn create_doc(owner: &TestUser<'_>, title: &str) -> i64 {
     let response = owner.post_form("/docs", &[("title", title)]).await;
     assert!(response.status().is_redirection(), "{}", response.status());
     let location = response.headers()["location"].to_str().unwrap();
     location.trim_start_matches("/docs/").parse().unwrap()
 }
 
-async fn share(owner: &TestUser<'_>, doc: i64, username: &str, role: &str) {
+pub(crate) async fn share(owner: &TestUser<'_>, doc: i64, username: &str, role: &str) {
     let response = owner
         .post_form(
             &format!("/docs/{doc}/members"),

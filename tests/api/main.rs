@@ -21,6 +21,7 @@ mod page_privacy;
 mod parser_fuzz;
 mod pipeline;
 mod publishing;
+mod relay_limits;
 mod request_fuzz;
 mod security;
 mod shell;
