@@ -105,7 +105,10 @@ async fn send_verification(
 ) -> Result<Notice, WebError> {
     let scope = format!("verify:{user_id}");
     if !quota::take(&state.db, &scope, VERIFICATIONS_PER_USER_PER_HOUR).await? {
-        tracing::warn!(user_id, "verification mail not sent: the user's hourly limit");
+        tracing::warn!(
+            user_id,
+            "verification mail not sent: the user's hourly limit"
+        );
         return Ok(Notice {
             text: format!(
                 "You asked for {VERIFICATIONS_PER_USER_PER_HOUR} verification mails this hour; \
@@ -228,12 +231,19 @@ pub(super) async fn verify(
     .fetch_optional(&state.db)
     .await?;
     if verified.is_none() {
-        tracing::info!(user_id = spent.user_id, "verification link for a replaced address");
+        tracing::info!(
+            user_id = spent.user_id,
+            "verification link for a replaced address"
+        );
         return Err(WebError::Conflict(
             "This link verifies an address the account no longer uses.".into(),
         ));
     }
     tracing::info!(user_id = spent.user_id, "mail address verified");
     let message = format!("{} is verified.", spent.email);
-    Ok((flash::set(signed, message), Redirect::to("/account/settings")).into_response())
+    Ok((
+        flash::set(signed, message),
+        Redirect::to("/account/settings"),
+    )
+        .into_response())
 }

@@ -53,6 +53,7 @@ struct RequestPage {
     answer: Option<&'static str>,
 }
 
+#[tracing::instrument(skip_all)]
 pub(super) async fn request_form(layout: Layout) -> Result<Response, WebError> {
     let page = RequestPage {
         layout,
@@ -121,8 +122,12 @@ impl Job for SignInLink {
 
     #[tracing::instrument(skip_all, fields(user_id = self.user_id))]
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let mailer = ctx.data::<Mailer>().context("the job registry lacks the mailer")?;
-        let SiteUrl(site) = ctx.data::<SiteUrl>().context("the job registry lacks the site URL")?;
+        let mailer = ctx
+            .data::<Mailer>()
+            .context("the job registry lacks the mailer")?;
+        let SiteUrl(site) = ctx
+            .data::<SiteUrl>()
+            .context("the job registry lacks the site URL")?;
         let Some(email) = sqlx::query_scalar!(
             r#"SELECT email AS "email!" FROM users
                 WHERE id = $1 AND email IS NOT NULL AND email_verified_at IS NOT NULL"#,
@@ -138,8 +143,14 @@ impl Job for SignInLink {
             tracing::warn!("sign-in link not sent: the account's hourly limit");
             return Outcome::with_result("over the account's hourly limit");
         }
-        let token =
-            tokens::create(&ctx.pool, Purpose::SignIn, self.user_id, &email, SIGN_IN_TTL).await?;
+        let token = tokens::create(
+            &ctx.pool,
+            Purpose::SignIn,
+            self.user_id,
+            &email,
+            SIGN_IN_TTL,
+        )
+        .await?;
         let message = Message {
             // A retry sends the mail (and the link) the first attempt stored.
             key: format!("sign-in-link:{}", ctx.id),
@@ -211,7 +222,10 @@ pub(super) async fn confirm(
     .fetch_optional(&state.db)
     .await?;
     let Some(user) = user else {
-        tracing::info!(user_id = spent.user_id, "sign-in link for a replaced address");
+        tracing::info!(
+            user_id = spent.user_id,
+            "sign-in link for a replaced address"
+        );
         return Err(WebError::Conflict(
             "This link went to an address the account no longer uses.".into(),
         ));
@@ -220,4 +234,3 @@ pub(super) async fn confirm(
     let message = format!("Welcome back, {}.", user.username);
     start_session(&state, &user, cookies, signed, &headers, message, "/").await
 }
-

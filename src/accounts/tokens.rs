@@ -130,9 +130,8 @@ pub async fn consume(
 
 /// Deletes tokens that expired over a day ago; run periodically by the server.
 pub async fn sweep(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query!("DELETE FROM email_tokens WHERE expires_at < now() - interval '1 day'")
-            .execute(pool)
-            .await?;
+    let done = sqlx::query!("DELETE FROM email_tokens WHERE expires_at < now() - interval '1 day'")
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }

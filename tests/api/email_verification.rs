@@ -228,12 +228,21 @@ async fn a_sign_in_link_works_once_only_for_a_verified_address_and_reveals_no_ac
     // The same page for a verified address, an unverified one and no account at all.
     let mut answers = Vec::new();
     for name in ["ada", "bob", "nobody"] {
-        let response = visitor.post_form("/login/link", &[("username", name)]).await;
+        let response = visitor
+            .post_form("/login/link", &[("username", name)])
+            .await;
         answers.push((response.status(), response.text().await.unwrap()));
     }
     assert_eq!(answers[0].0, StatusCode::OK);
-    assert!(answers[0].1.contains("If that account has a verified mail address"));
-    assert!(answers.iter().all(|a| *a == answers[0]), "the answers differ");
+    assert!(
+        answers[0]
+            .1
+            .contains("If that account has a verified mail address")
+    );
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "the answers differ"
+    );
     app.drain("mail").await;
     let links = mails_about(&app, "sign-in link").await;
     assert_eq!(links.len(), 1, "{links:?}");
@@ -243,7 +252,15 @@ async fn a_sign_in_link_works_once_only_for_a_verified_address_and_reveals_no_ac
     // Opening the link signs nobody in; the button does, as the login form does: the
     // browser's earlier session ends and the CSRF token changes.
     visitor.login("bob", "correct horse battery").await;
-    assert!(visitor.get(&link).await.text().await.unwrap().contains("Sign in"));
+    assert!(
+        visitor
+            .get(&link)
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("Sign in")
+    );
     assert_eq!(visitor.signed_in_as().await.as_deref(), Some("bob"));
     let csrf_before = visitor.csrf_token().await;
     let bob_sessions = || async {
@@ -257,7 +274,11 @@ async fn a_sign_in_link_works_once_only_for_a_verified_address_and_reveals_no_ac
     assert_redirect(&visitor.post_form(&link, &[]).await, "/");
     assert_eq!(visitor.signed_in_as().await.as_deref(), Some("ada"));
     assert_ne!(visitor.csrf_token().await, csrf_before);
-    assert_eq!(bob_sessions().await, bob_before - 1, "the old session ended");
+    assert_eq!(
+        bob_sessions().await,
+        bob_before - 1,
+        "the old session ended"
+    );
 
     // Once only.
     let again = app.other_browser().post_form(&link, &[]).await;

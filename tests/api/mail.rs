@@ -103,11 +103,17 @@ async fn smtp_delivery_sends_each_message_once() {
     let mailer = Mailer::new(Some(&url), "Hearth <hearth@example.com>").unwrap();
 
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k1", ada)).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k1", ada))
+            .await
+            .unwrap(),
         Sent::Now
     );
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k1", ada)).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k1", ada))
+            .await
+            .unwrap(),
         Sent::Before
     );
 
@@ -149,7 +155,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     let (url, mut received) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k2", ada)).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k2", ada))
+            .await
+            .unwrap(),
         Sent::Now
     );
     assert!(received.recv().await.is_some());
@@ -163,7 +172,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     .await
     .unwrap();
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k3", ada)).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k3", ada))
+            .await
+            .unwrap(),
         Sent::InDoubt
     );
     assert!(received.try_recv().is_err());
@@ -192,7 +204,12 @@ async fn a_connection_lost_after_the_message_was_sent_is_not_sent_again() {
     let (url, mut received) = smtp_server(Server::HangUpAfterData).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
 
-    assert!(mailer.send_once(&app.pool, &message("k5", ada)).await.is_err());
+    assert!(
+        mailer
+            .send_once(&app.pool, &message("k5", ada))
+            .await
+            .is_err()
+    );
     assert!(
         received.recv().await.is_some(),
         "the server got the message"
@@ -201,7 +218,10 @@ async fn a_connection_lost_after_the_message_was_sent_is_not_sent_again() {
     let (url, mut again) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k5", ada)).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k5", ada))
+            .await
+            .unwrap(),
         Sent::InDoubt
     );
     assert!(again.try_recv().is_err());

@@ -16,9 +16,9 @@ async fn outbox(app: &TestApp) -> Vec<(String, String, String, Option<String>)> 
         "SELECT to_address, subject, body, transport FROM outbox
           WHERE idempotency_key NOT LIKE 'verify-email:%' ORDER BY id",
     )
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
