@@ -1,5 +1,6 @@
 -- Email verification, single-use mail links, mail rate limits (issue #30, hole 3 and the
--- owner's way in for hole 4).
+-- owner's way in for hole 4). Also: posts.publish_count no longer keys the "your post is
+-- published" mail; a post is announced once (see publishing::jobs::PostPublished).
 
 -- When the user's current address was verified; NULL while it is not. Changing the address
 -- sets it back to NULL. Hearth mails nothing but the verification link to an address until
