@@ -18,11 +18,13 @@
 //!
 //! The apps, one folder per feature, built on the platform:
 //!
-//! * [`accounts`]: sign up, log in, log out, change password, settings, login throttling.
+//! * [`accounts`]: sign up, log in, log out, change password, settings, login throttling, mail
+//!   address verification and sign-in links.
 //! * [`home`]: the home page.
 //! * [`publishing`]: posts in Markdown, drafts and publishing, subscriptions to authors, the
 //!   daily digest.
-//! * [`mail`]: the outbox, SMTP or dev-mailbox delivery at most once, the mailbox pages.
+//! * [`mail`]: the outbox, SMTP or dev-mailbox delivery at most once and only to verified
+//!   addresses within their hourly limits, the mailbox pages.
 //! * [`notifications`]: per-user notifications with a live unread count.
 //! * [`chat`]: rooms, a WebSocket consumer with presence, typing, mentions and moderation.
 //! * [`documents`]: collaborative documents — a Yjs/yrs CRDT over a WebSocket consumer, carets,

@@ -318,6 +318,7 @@ pub fn job_pool(config: &Config, app_pool: &sqlx::PgPool) -> sqlx::PgPool {
 fn job_kinds() -> Registry {
     Registry::new()
         .register::<PostPublished>()
+        .register::<accounts::SignInLink>()
         .register::<NotifySubscribers>()
         .register::<DailyDigest>()
         .register::<crate::uploads::ImportCsv>()
@@ -460,6 +461,12 @@ async fn sweep_periodically(pool: sqlx::PgPool, shutdown: CancellationToken) {
         }
         if let Err(e) = accounts::throttle::sweep(&pool).await {
             tracing::warn!(error = %e, "cannot sweep old login failures");
+        }
+        if let Err(e) = accounts::sweep_tokens(&pool).await {
+            tracing::warn!(error = %e, "cannot sweep old mail links");
+        }
+        if let Err(e) = mail::quota::sweep(&pool).await {
+            tracing::warn!(error = %e, "cannot sweep past mail quotas");
         }
     }
 }

@@ -4,12 +4,24 @@
 //! Pages are plain HTML forms (see `templates/accounts/`). Users, sessions and password
 //! hashing come from the platform ([`crate::web::auth`], [`crate::web::session`]); what this app
 //! adds is the forms, their validation messages and [`throttle`], which rate-limits failed
-//! logins per account and per client address in the database so all instances share one limit.
+//! logins per account and per client address in the database so all instances share one limit,
+//! [`email`] (verifying mail addresses before Hearth mails them) and [`links`] (a sign-in link
+//! mailed to the verified address: the owner's way in).
 
+mod email;
+mod links;
 mod pages;
 pub mod throttle;
+mod tokens;
 
-use axum::{Router, routing::get};
+pub use email::VERIFICATIONS_PER_USER_PER_HOUR;
+pub use links::{LINKS_PER_ACCOUNT_PER_HOUR, REQUESTS_PER_CLIENT_PER_HOUR, SignInLink};
+pub use tokens::sweep as sweep_tokens;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
 
 use crate::web::AppState;
 
@@ -17,7 +29,12 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/signup", get(pages::signup_form).post(pages::signup))
         .route("/login", get(pages::login_form).post(pages::login))
-        .route("/logout", axum::routing::post(pages::logout))
+        .route("/login/link", get(links::request_form).post(links::request))
+        .route(
+            "/login/link/{token}",
+            get(links::confirm_form).post(links::confirm),
+        )
+        .route("/logout", post(pages::logout))
         .route(
             "/account/password",
             get(pages::password_form).post(pages::change_password),
@@ -25,6 +42,11 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/account/settings",
             get(pages::settings_form).post(pages::settings),
+        )
+        .route("/account/email/resend", post(email::resend))
+        .route(
+            "/account/email/verify/{token}",
+            get(email::verify_form).post(email::verify),
         )
         .route("/api/me", get(pages::me))
 }

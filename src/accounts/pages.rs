@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::{
     Email,
+    email::save as save_email,
     throttle::{self, Limits},
 };
 use crate::web::{
@@ -125,11 +126,13 @@ pub(super) async fn signup(
         Err(CreateUserError::Database(e)) => return Err(e.into()),
         Err(CreateUserError::Hash(e)) => return Err(e.into()),
     };
-    if let Some(email) = &email {
-        set_email(&state, user.id, Some(email)).await?;
+    let mut message = format!("Welcome to Hearth, {}!", user.username);
+    if let Some(email) = &email
+        && let Some(notice) = save_email(&state, user.id, Some(email), None).await?
+    {
+        message = format!("{message} {notice}");
     }
     tracing::info!(user_id = user.id, "signed up");
-    let message = format!("Welcome to Hearth, {}!", user.username);
     start_session(&state, &user, cookies, signed, &headers, message, "/").await
 }
 
@@ -137,7 +140,7 @@ pub(super) async fn signup(
 /// after it) and redirects with a flash message. A session this browser already held (an
 /// earlier login, or one an attacker planted) is ended, not just replaced in the cookie: its
 /// token may be known to someone else.
-async fn start_session(
+pub(super) async fn start_session(
     state: &AppState,
     user: &User,
     cookies: CookieJar,
@@ -332,22 +335,13 @@ pub(super) async fn me(login: RequireLogin) -> Json<User> {
     Json(login.user)
 }
 
-async fn set_email(state: &AppState, user_id: i64, email: Option<&Email>) -> Result<(), WebError> {
-    sqlx::query!(
-        "UPDATE users SET email = $2 WHERE id = $1",
-        user_id,
-        email.map(Email::as_str)
-    )
-    .execute(&state.db)
-    .await?;
-    Ok(())
-}
-
 #[derive(Template)]
 #[template(path = "accounts/settings.html")]
 struct SettingsPage {
     layout: Layout,
     email: String,
+    /// Whether `email` is the stored address, verified.
+    verified: bool,
     digest_by_mail: bool,
     error: Option<String>,
 }
@@ -358,7 +352,8 @@ pub(super) async fn settings_form(
     layout: Layout,
 ) -> Result<Response, WebError> {
     let row = sqlx::query!(
-        "SELECT email, digest_by_mail FROM users WHERE id = $1",
+        r#"SELECT email, digest_by_mail, email_verified_at IS NOT NULL AS "verified!"
+             FROM users WHERE id = $1"#,
         login.user.id
     )
     .fetch_one(&state.db)
@@ -366,6 +361,7 @@ pub(super) async fn settings_form(
     Ok(render(&SettingsPage {
         layout,
         email: row.email.unwrap_or_default(),
+        verified: row.verified,
         digest_by_mail: row.digest_by_mail,
         error: None,
     })?
@@ -380,8 +376,8 @@ pub(super) struct SettingsForm {
     digest_by_mail: Option<String>,
 }
 
-/// Saves the mail address and the notification preference: in-app only, or also the daily
-/// digest by mail.
+/// Saves the mail address (a new one unverified, with a verification mail: see `email.rs`)
+/// and the notification preference: in-app only, or also the daily digest by mail.
 #[tracing::instrument(skip_all, fields(user_id = login.user.id))]
 pub(super) async fn settings(
     State(state): State<AppState>,
@@ -396,22 +392,26 @@ pub(super) async fn settings(
             let page = SettingsPage {
                 layout,
                 email: form.email,
+                verified: false,
                 digest_by_mail: form.digest_by_mail.is_some(),
                 error: Some(error),
             };
             return Ok(form_error(StatusCode::UNPROCESSABLE_ENTITY, &page));
         }
     };
-    sqlx::query!(
-        "UPDATE users SET email = $2, digest_by_mail = $3 WHERE id = $1",
+    let notice = save_email(
+        &state,
         login.user.id,
-        email.as_ref().map(Email::as_str),
-        form.digest_by_mail.is_some()
+        email.as_ref(),
+        Some(form.digest_by_mail.is_some()),
     )
-    .execute(&state.db)
     .await?;
+    let message = match notice {
+        Some(notice) => format!("Settings saved. {notice}"),
+        None => "Settings saved.".to_owned(),
+    };
     Ok((
-        flash::set(signed, "Settings saved."),
+        flash::set(signed, message),
         Redirect::to("/account/settings"),
     )
         .into_response())

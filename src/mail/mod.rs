@@ -6,8 +6,15 @@
 //! transport and marked sent: each message is sent at most once however often the job runs
 //! (see `migrations/0010_mail.sql`). Without `HEARTH_SMTP_URL` the transport is the dev
 //! mailbox: messages are marked delivered there and admins read them at `/mailbox`.
+//!
+//! `send_once` is also where Hearth decides whether an address may be mailed at all, so that no
+//! app can forget it: a message goes only to its user's current address, and only once that
+//! address is verified, except for the link that verifies it ([`Purpose::Verification`]); and
+//! no address gets more than [`quota::PER_RECIPIENT_PER_HOUR`] messages an hour. A refused
+//! message is not stored; it is logged and reported as [`Sent::Dropped`].
 
 mod pages;
+pub mod quota;
 
 use std::sync::Arc;
 
@@ -30,12 +37,33 @@ pub fn routes() -> Router<AppState> {
 /// One message to send.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// What makes it unique (`post-published:42:1`, `digest:7:2026-11-22`).
+    /// What makes it unique (`post-published:42`, `digest:7:2026-11-22`).
     pub key: String,
-    pub user_id: Option<i64>,
+    /// Whose mail it is.
+    pub user_id: i64,
+    /// The user's current address; a message to any other address is dropped.
     pub to: String,
+    pub purpose: Purpose,
     pub subject: String,
     pub body: String,
+}
+
+/// Why a message goes out, which decides whether an unverified address may get it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Anything but the verification link: only to a verified address.
+    Notice,
+    /// The link that verifies the address it goes to.
+    Verification,
+}
+
+/// Why a message was dropped rather than sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The address is not the user's, or not verified (and the message is no verification).
+    Unverified,
+    /// The address had its hourly share of mail.
+    OverLimit,
 }
 
 /// What [`Mailer::send_once`] did.
@@ -48,6 +76,8 @@ pub enum Sent {
     /// An earlier attempt claimed it and never said whether it went out (it died mid-send).
     /// Not sent again: at most once.
     InDoubt,
+    /// Neither stored nor sent: the address may not get it (see [`Dropped`]).
+    Dropped(Dropped),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,26 +130,19 @@ impl Mailer {
         matches!(*self.transport, Transport::Dev)
     }
 
-    /// Sends `message` unless a message with its key was sent (or claimed) before.
-    #[tracing::instrument(skip_all, fields(key = %message.key))]
+    /// Sends `message` unless a message with its key was sent (or claimed) before, or the
+    /// address may not get it.
+    #[tracing::instrument(skip_all, fields(key = %message.key, user_id = message.user_id))]
     pub async fn send_once(&self, pool: &PgPool, message: &Message) -> Result<Sent, MailError> {
         // Checked before anything is stored, so a bad address is a clear error, not a row.
         message
             .to
             .parse::<Mailbox>()
             .map_err(|_| MailError::Address(message.to.clone()))?;
-        sqlx::query!(
-            "INSERT INTO outbox (idempotency_key, user_id, to_address, subject, body)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (idempotency_key) DO NOTHING",
-            message.key,
-            message.user_id,
-            message.to,
-            message.subject,
-            message.body
-        )
-        .execute(pool)
-        .await?;
+        if let Some(dropped) = store(pool, message).await? {
+            tracing::warn!(reason = ?dropped, purpose = ?message.purpose, "mail dropped");
+            return Ok(Sent::Dropped(dropped));
+        }
         // The stored row wins over `message`: a retry sends what the first attempt wrote.
         let claimed = sqlx::query!(
             "UPDATE outbox SET claimed_at = now()
@@ -202,4 +225,43 @@ impl Mailer {
             }
         }
     }
+}
+
+/// Writes `message` to the outbox unless its key is there already (a retry then sends the
+/// stored row). Writes nothing, and says why, when the address is not the user's current one,
+/// is not verified (unless the message verifies it), or had its hourly share of mail: the
+/// address check and the row are one statement, the quota is spent in the same transaction.
+async fn store(pool: &PgPool, message: &Message) -> Result<Option<Dropped>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query_scalar!(
+        "INSERT INTO outbox (idempotency_key, user_id, to_address, subject, body)
+         SELECT $1, u.id, $3, $4, $5 FROM users u
+          WHERE u.id = $2 AND u.email = $3 AND (u.email_verified_at IS NOT NULL OR $6)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id",
+        message.key,
+        message.user_id,
+        message.to,
+        message.subject,
+        message.body,
+        message.purpose == Purpose::Verification,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        let stored = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM outbox WHERE idempotency_key = $1) AS "stored!""#,
+            message.key
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        return Ok((!stored).then_some(Dropped::Unverified));
+    }
+    let scope = format!("to:{}", message.to.to_lowercase());
+    if !quota::take(&mut *tx, &scope, quota::PER_RECIPIENT_PER_HOUR).await? {
+        tx.rollback().await?;
+        return Ok(Some(Dropped::OverLimit));
+    }
+    tx.commit().await?;
+    Ok(None)
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     channels::ChannelLayer,
     jobs::{Defaults, Job, JobContext, Outcome},
-    mail::{Mailer, Message, Sent},
+    mail::{Mailer, Message, Purpose, Sent},
     notifications::{self, Kind, NewNotification},
 };
 
@@ -34,12 +34,13 @@ fn data<T: std::any::Any + Send + Sync>(ctx: &JobContext) -> anyhow::Result<&T> 
     })
 }
 
-/// Mails the author that their post was published.
+/// Mails the author that their post was published: once per post, however often it is
+/// unpublished and published again (each publication enqueues this job; the outbox key, which
+/// names the post only, lets the first mail through). Otherwise every publish cycle would put
+/// a title of the author's choosing in another mail.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PostPublished {
     pub post_id: i64,
-    /// Which publication of the post this is: a republished post mails again.
-    pub publish_count: i32,
 }
 
 impl Job for PostPublished {
@@ -74,9 +75,10 @@ impl Job for PostPublished {
             return Outcome::with_result("the author has no mail address");
         };
         let message = Message {
-            key: format!("post-published:{}:{}", self.post_id, self.publish_count),
-            user_id: Some(post.author_id),
+            key: format!("post-published:{}", self.post_id),
+            user_id: post.author_id,
             to: email,
+            purpose: Purpose::Notice,
             subject: format!("Your post “{}” is published", post.title),
             body: format!(
                 "Hello {},\n\nyour post “{}” is published:\n{site}/posts/{}\n\n— Hearth\n",
@@ -183,6 +185,7 @@ impl Job for DailyDigest {
                              AND p.published_at > now() - interval '1 day'
                  JOIN users a ON a.id = p.author_id
                 WHERE u.digest_by_mail AND u.email IS NOT NULL
+                  AND u.email_verified_at IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM post_reads r
                                    WHERE r.user_id = u.id AND r.post_id = p.id)
                 ORDER BY u.id, p.published_at"#
@@ -203,8 +206,9 @@ impl Job for DailyDigest {
         for (user_id, (username, email, lines)) in digests {
             let message = Message {
                 key: format!("digest:{user_id}:{day}"),
-                user_id: Some(user_id),
+                user_id,
                 to: email,
+                purpose: Purpose::Notice,
                 subject: format!("Your Hearth digest for {day}"),
                 body: format!(
                     "Hello {username},\n\nnew posts from the authors you follow:\n\n{}\n\nChange how you hear from us: {site}/account/settings\n",

@@ -335,21 +335,18 @@ pub(super) async fn create(
 /// subscribers' notifications: they exist only if the publication commits. `false` if the
 /// post was already published.
 async fn publish_in(tx: &mut Transaction<'_, Postgres>, post_id: i64) -> Result<bool, WebError> {
-    let Some(publish_count) = sqlx::query_scalar!(
+    let published = sqlx::query_scalar!(
         "UPDATE posts SET published_at = now(), publish_count = publish_count + 1, updated_at = now()
           WHERE id = $1 AND published_at IS NULL
-          RETURNING publish_count",
+          RETURNING id",
         post_id
     )
     .fetch_optional(&mut **tx)
-    .await?
-    else {
+    .await?;
+    if published.is_none() {
         return Ok(false);
-    };
-    let mail = PostPublished {
-        post_id,
-        publish_count,
-    };
+    }
+    let mail = PostPublished { post_id };
     let notify = NotifySubscribers { post_id };
     for job in [Enqueue::new(&mail), Enqueue::new(&notify)] {
         job.map_err(anyhow::Error::new)?

@@ -13,6 +13,7 @@ use crate::{
     channels::{ChannelConfig, ChannelLayer},
     config::Config,
     db::Pipeline,
+    mail::Mailer,
     web::ws::SocketLimits,
 };
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub cache: Cache,
     /// Open WebSockets per user and per client address, for their limits.
     pub sockets: Arc<SocketLimits>,
+    /// Mail sent while a request waits (the verification link); jobs have their own.
+    pub mailer: Mailer,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
         let static_version = static_version(&config.static_dir).into();
+        let mailer = Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?;
         let reads = Pipeline::new(
             &db,
             config.database_url.as_deref(),
@@ -60,6 +64,7 @@ impl AppState {
             channels,
             cache,
             sockets: Arc::default(),
+            mailer,
         })
     }
 }

@@ -432,8 +432,17 @@ impl TestUser<'_> {
         self.browser.post_form(path, fields).await
     }
 
-    /// Sets the user's mail address (and keeps the daily digest on).
+    /// Sets the user's mail address (and keeps the daily digest on) and verifies it by
+    /// following the link mailed to it, so that mail reaches it.
     pub async fn set_email(&self, email: &str) {
+        self.set_unverified_email(email).await;
+        let link = self.verification_link().await;
+        let response = self.post_form(&link, &[]).await;
+        assert_redirect(&response, "/account/settings");
+    }
+
+    /// Sets the user's mail address without verifying it.
+    pub async fn set_unverified_email(&self, email: &str) {
         let response = self
             .post_form(
                 "/account/settings",
@@ -441,6 +450,20 @@ impl TestUser<'_> {
             )
             .await;
         assert_redirect(&response, "/account/settings");
+    }
+
+    /// The path of the link in the newest verification mail sent to this user.
+    pub async fn verification_link(&self) -> String {
+        let body: String = sqlx::query_scalar(
+            "SELECT body FROM outbox
+              WHERE user_id = $1 AND idempotency_key LIKE 'verify-email:%'
+              ORDER BY id DESC LIMIT 1",
+        )
+        .bind(self.id)
+        .fetch_one(&self.browser.app.pool)
+        .await
+        .expect("a verification mail");
+        link_in(&body, "/account/email/verify/")
     }
 
     /// Writes a post and returns its slug; `publish` publishes it at once.
@@ -540,6 +563,17 @@ impl Browser<'_> {
         let end = page[start..].find('<')? + start;
         Some(page[start..end].trim().to_string())
     }
+}
+
+/// The path of the first link in a mail's `body` that starts with `prefix` (the site's
+/// address before it is dropped).
+pub fn link_in(body: &str, prefix: &str) -> String {
+    let start = body.find(prefix).expect("a link in the mail");
+    body[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Asserts a redirect to `to` and returns the response.

@@ -1,7 +1,7 @@
 //! The mailer against a real SMTP conversation: a minimal SMTP server on a local port that
 //! records what it is sent, or refuses recipients, in front of a real PostgreSQL outbox.
 
-use hearth::mail::{MailError, Mailer, Message, Sent};
+use hearth::mail::{MailError, Mailer, Message, Purpose, Sent};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpListener,
@@ -73,11 +73,23 @@ async fn smtp_server(mode: Server) -> (String, mpsc::UnboundedReceiver<String>) 
     (url, rx)
 }
 
-fn message(key: &str) -> Message {
+/// A user whose address, ada@example.com, is verified: mail may go to it.
+async fn verified_user(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO users (username, password_hash, email, email_verified_at)
+         VALUES ('ada', 'not a hash', 'ada@example.com', now()) RETURNING id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+fn message(key: &str, user_id: i64) -> Message {
     Message {
         key: key.into(),
-        user_id: None,
+        user_id,
         to: "ada@example.com".into(),
+        purpose: Purpose::Notice,
         subject: "Hello from Hearth".into(),
         body: "Line one.\nLine two.".into(),
     }
@@ -86,15 +98,22 @@ fn message(key: &str) -> Message {
 #[tokio::test]
 async fn smtp_delivery_sends_each_message_once() {
     let app = TestApp::spawn().await;
+    let ada = verified_user(&app).await;
     let (url, mut received) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "Hearth <hearth@example.com>").unwrap();
 
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k1")).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k1", ada))
+            .await
+            .unwrap(),
         Sent::Now
     );
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k1")).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k1", ada))
+            .await
+            .unwrap(),
         Sent::Before
     );
 
@@ -114,11 +133,12 @@ async fn smtp_delivery_sends_each_message_once() {
 #[tokio::test]
 async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not_resent() {
     let app = TestApp::spawn().await;
+    let ada = verified_user(&app).await;
     let (refusing, _) = smtp_server(Server::Refuse).await;
     let mailer = Mailer::new(Some(&refusing), "hearth@example.com").unwrap();
 
     let error = mailer
-        .send_once(&app.pool, &message("k2"))
+        .send_once(&app.pool, &message("k2", ada))
         .await
         .unwrap_err();
     assert!(matches!(error, MailError::Smtp(_)), "{error}");
@@ -135,7 +155,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     let (url, mut received) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k2")).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k2", ada))
+            .await
+            .unwrap(),
         Sent::Now
     );
     assert!(received.recv().await.is_some());
@@ -149,7 +172,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
     .await
     .unwrap();
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k3")).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k3", ada))
+            .await
+            .unwrap(),
         Sent::InDoubt
     );
     assert!(received.try_recv().is_err());
@@ -158,9 +184,10 @@ async fn a_refused_message_is_released_for_the_retry_and_a_crash_mid_send_is_not
 #[tokio::test]
 async fn bad_addresses_and_settings_are_clear_errors() {
     let app = TestApp::spawn().await;
+    let ada = verified_user(&app).await;
     let mailer = Mailer::new(None, "hearth@example.com").unwrap();
     assert!(mailer.is_dev());
-    let mut bad = message("k4");
+    let mut bad = message("k4", ada);
     bad.to = "not an address".into();
     assert!(matches!(
         mailer.send_once(&app.pool, &bad).await,
@@ -173,10 +200,16 @@ async fn bad_addresses_and_settings_are_clear_errors() {
 #[tokio::test]
 async fn a_connection_lost_after_the_message_was_sent_is_not_sent_again() {
     let app = TestApp::spawn().await;
+    let ada = verified_user(&app).await;
     let (url, mut received) = smtp_server(Server::HangUpAfterData).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
 
-    assert!(mailer.send_once(&app.pool, &message("k5")).await.is_err());
+    assert!(
+        mailer
+            .send_once(&app.pool, &message("k5", ada))
+            .await
+            .is_err()
+    );
     assert!(
         received.recv().await.is_some(),
         "the server got the message"
@@ -185,7 +218,10 @@ async fn a_connection_lost_after_the_message_was_sent_is_not_sent_again() {
     let (url, mut again) = smtp_server(Server::Accept).await;
     let mailer = Mailer::new(Some(&url), "hearth@example.com").unwrap();
     assert_eq!(
-        mailer.send_once(&app.pool, &message("k5")).await.unwrap(),
+        mailer
+            .send_once(&app.pool, &message("k5", ada))
+            .await
+            .unwrap(),
         Sent::InDoubt
     );
     assert!(again.try_recv().is_err());

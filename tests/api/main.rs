@@ -9,6 +9,7 @@ mod cache;
 mod channels;
 mod chat;
 mod documents;
+mod email_verification;
 mod embedded;
 mod faults;
 mod gateway;

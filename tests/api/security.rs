@@ -352,6 +352,18 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
         get("/", "/", anyone(Ok)),
         get("/signup", "/signup", anyone(Ok)),
         get("/login", "/login", anyone(Ok)),
+        get("/login/link", "/login/link", anyone(Ok)),
+        // Mail links: a made-up token is no link, whoever follows it.
+        get(
+            "/login/link/{token}",
+            "/login/link/0123abcd",
+            anyone(NOT_FOUND),
+        ),
+        get(
+            "/account/email/verify/{token}",
+            "/account/email/verify/0123abcd",
+            anyone(NOT_FOUND),
+        ),
         get("/account/password", "/account/password", signed_in(Ok)),
         get("/account/settings", "/account/settings", signed_in(Ok)),
         get("/api/me", "/api/me", api(Ok)),
@@ -480,6 +492,32 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             "/login",
             &[("username", "nobody"), ("password", "wrong password")],
             anyone(UNAUTHORIZED),
+        ),
+        // The same answer whether or not the account exists.
+        post(
+            "/login/link",
+            "/login/link",
+            &[("username", "nobody")],
+            anyone(Ok),
+        ),
+        post(
+            "/login/link/{token}",
+            "/login/link/0123abcd",
+            &[],
+            anyone(NOT_FOUND),
+        ),
+        post(
+            "/account/email/verify/{token}",
+            "/account/email/verify/0123abcd",
+            &[],
+            anyone(NOT_FOUND),
+        ),
+        // Nobody here has an address to verify: a message, back to the settings.
+        post(
+            "/account/email/resend",
+            "/account/email/resend",
+            &[],
+            signed_in(Done),
         ),
         post(
             "/account/password",

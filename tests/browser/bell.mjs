@@ -1,10 +1,11 @@
 // The notification bell updates live: a reader subscribes to an author; the author writes and
 // publishes a post in the editor (with a preview); the reader's bell count goes up without a
-// reload; the reader opens the notification and lands on the post; the author finds the "your
-// post is published" mail in the dev mailbox.
+// reload; the reader opens the notification and lands on the post; the author, having verified
+// their address through the link mailed to it, finds the "your post is published" mail in the
+// dev mailbox.
 // Screenshots: editor-preview.png, post.png, bell.png, notifications.png, posts-phone.png,
 // mailbox.png.
-import { BASE, clickAndWait, expectText, fail, newPage, run, shot, signup, step, uniqueName } from './lib.mjs';
+import { BASE, clickAndWait, expectText, fail, newPage, run, shot, signup, step, uniqueName, verifyEmail } from './lib.mjs';
 
 const password = 'correct horse battery';
 const author = uniqueName('author');
@@ -17,6 +18,7 @@ await run(async ({ browser, page }) => {
 
   await step('a. the reader subscribes to the author', async () => {
     await signup(page, author, password);
+    await verifyEmail(page);
     await signup(readerPage, reader, password);
     await readerPage.goto(`${BASE}/authors/${author}`);
     await clickAndWait(readerPage, readerPage.getByRole('button', { name: 'Subscribe' }));

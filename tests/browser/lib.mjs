@@ -254,6 +254,22 @@ export async function signup(page, username, password) {
   }
 }
 
+/**
+ * Verifies the signed-in user's mail address as a person does: opens the verification mail in
+ * the dev mailbox, follows its link and presses the confirm button. Hearth mails nothing else
+ * to an address until then.
+ */
+export async function verifyEmail(page) {
+  await page.goto(`${BASE}/mailbox`);
+  await clickAndWait(page, page.locator('.mail-list li a', { hasText: 'Confirm your mail address' }).first());
+  const body = await page.locator('.mail-body').innerText();
+  const link = body.match(/\/account\/email\/verify\/[0-9a-f]+/);
+  if (!link) fail(`no verification link in the mail:\n${body}`);
+  await page.goto(`${BASE}${link[0]}`);
+  await clickAndWait(page, page.getByRole('button', { name: 'Confirm my address' }));
+  await expectText(page, 'is verified.');
+}
+
 /** Logs in through the /login form and waits for the navigation. */
 export async function login(page, username, password) {
   if (new URL(page.url()).pathname !== '/login') await page.goto(`${BASE}/login`);
