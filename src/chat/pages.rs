@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     consumer::MAX_MESSAGE,
-    room::{self, Denied, Room},
+    room::{self, Room},
 };
 use crate::{
     publishing::post::{Slug, Title},
@@ -165,14 +165,12 @@ struct RoomPage {
     max_message: usize,
 }
 
+/// The room if the user may open it; otherwise 404, the same for a private room of others as
+/// for no room at all ([`room::open`]).
 async fn open(state: &AppState, slug: &str, login: &RequireLogin) -> Result<Room, WebError> {
-    match room::open(&state.db, slug, &login.user).await? {
-        Ok(room) => Ok(room),
-        Err(Denied::NotFound) => Err(WebError::NotFound),
-        Err(Denied::Private) => Err(WebError::Forbidden(
-            "This room is private; ask one of its members to invite you.".into(),
-        )),
-    }
+    room::open(&state.db, slug, &login.user)
+        .await?
+        .ok_or(WebError::NotFound)
 }
 
 /// The room page; messages, presence and typing come over the room's socket.

@@ -38,20 +38,23 @@ pub fn routes() -> Router<AppState> {
 #[template(path = "dashboard/page.html")]
 struct Page {
     layout: Layout,
-    instance: String,
+    /// The instance's name, `<hostname>-<pid>-<random>`: a server internal, shown to
+    /// administrators only.
+    instance: Option<String>,
 }
 
+#[tracing::instrument(skip_all, fields(user_id = login.user.id))]
 async fn page(
     State(state): State<AppState>,
-    _login: RequireLogin,
+    login: RequireLogin,
     layout: Layout,
 ) -> Result<Response, WebError> {
     sampler::get_or_start(&state);
-    Ok(render(&Page {
-        layout,
-        instance: state.channels.instance().to_owned(),
-    })?
-    .into_response())
+    let instance = login
+        .user
+        .is_admin
+        .then(|| state.channels.instance().to_owned());
+    Ok(render(&Page { layout, instance })?.into_response())
 }
 
 /// `history` (the samples kept so far) first, then a `sample` event every second.

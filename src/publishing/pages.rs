@@ -312,12 +312,13 @@ pub(super) async fn create(
 
 /// Publishes a draft in `tx` and enqueues, in the same transaction, the author's mail and the
 /// subscribers' notifications: they exist only if the publication commits. `false` if the
-/// post was already published.
+/// post was already published. The jobs are the author's: only they (and administrators) can
+/// read their status.
 async fn publish_in(tx: &mut Transaction<'_, Postgres>, post_id: i64) -> Result<bool, WebError> {
-    let Some(publish_count) = sqlx::query_scalar!(
+    let Some(published) = sqlx::query!(
         "UPDATE posts SET published_at = now(), publish_count = publish_count + 1, updated_at = now()
           WHERE id = $1 AND published_at IS NULL
-          RETURNING publish_count",
+          RETURNING publish_count, author_id",
         post_id
     )
     .fetch_optional(&mut **tx)
@@ -327,11 +328,12 @@ async fn publish_in(tx: &mut Transaction<'_, Postgres>, post_id: i64) -> Result<
     };
     let mail = PostPublished {
         post_id,
-        publish_count,
+        publish_count: published.publish_count,
     };
     let notify = NotifySubscribers { post_id };
     for job in [Enqueue::new(&mail), Enqueue::new(&notify)] {
         job.map_err(anyhow::Error::new)?
+            .owner(published.author_id)
             .enqueue_on(tx)
             .await
             .map_err(anyhow::Error::new)?;

@@ -1,0 +1,206 @@
+//! Information leaks (issue #30, hole 6): what one user must not learn about another's
+//! things, or about the server, by asking.
+//!
+//! * A job's status is its owner's and the administrators': anyone else gets exactly the
+//!   answer for a job that does not exist, so ids cannot be probed; system jobs (no owner) are
+//!   for administrators only.
+//! * A private room answers a non-member exactly as a missing room does, on its page, its
+//!   invitation form and its socket, so its name cannot be confirmed.
+//! * Pages anyone can reach do not show the PostgreSQL version, nor the instance's host name
+//!   and pid; administrators see them under `/ops/db` and on the dashboard.
+
+use hearth::jobs::Enqueue;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestUser, assert_redirect};
+
+const BOUNDARY: &str = "hearth-leaks-boundary";
+
+/// A signed-up user made an administrator.
+async fn admin<'a>(app: &'a TestApp, name: &str) -> TestUser<'a> {
+    let user = app.user(name).await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(user.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    user
+}
+
+/// Status, content type and body: everything a response tells its reader.
+async fn answer(response: Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// Uploads a one-post CSV file as `user`, the way a script does; returns the import's job id.
+async fn import_job(app: &TestApp, user: &TestUser<'_>) -> i64 {
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"posts.csv\"\r\n\
+         Content-Type: text/csv\r\n\r\ntitle,body\nImported,Text\r\n--{BOUNDARY}--\r\n"
+    );
+    let response = user
+        .browser
+        .client
+        .post(app.url("/uploads"))
+        .header("x-csrf-token", user.browser.csrf_token().await)
+        .header("accept", "application/json")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    body["job_id"].as_i64().expect("a job id")
+}
+
+#[tokio::test]
+async fn a_users_jobs_are_shown_to_them_and_administrators_only() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let root = admin(&app, "root").await;
+
+    let import = import_job(&app, &ada).await;
+    ada.write("Hello", "World.", true).await;
+    let published: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE kind IN ('publishing.post_published', 'publishing.notify_subscribers')",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(published.len(), 2, "the author's mail and the subscribers' notices");
+    app.drain("default").await;
+
+    let missing = answer(bob.get("/api/jobs/987654321").await).await;
+    assert_eq!(missing.0, StatusCode::NOT_FOUND);
+    for job in published.into_iter().chain([import]) {
+        let path = format!("/api/jobs/{job}");
+        assert_eq!(
+            answer(bob.get(&path).await).await,
+            missing,
+            "another user's job {job} answers as a missing one"
+        );
+        for reader in [&ada, &root] {
+            let response = reader.get(&path).await;
+            assert_eq!(response.status(), StatusCode::OK, "job {job}");
+            let status: Value = response.json().await.unwrap();
+            assert_eq!(status["id"], job);
+            assert_eq!(status["owner_id"], ada.id);
+        }
+    }
+    let status: Value = ada
+        .get(&format!("/api/jobs/{import}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "completed");
+    assert_eq!(status["result"]["imported"], 1, "the owner reads the result");
+}
+
+#[tokio::test]
+async fn system_jobs_are_for_administrators_only() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let root = admin(&app, "root").await;
+    let job = Enqueue::raw("leaks.system", json!({}), Default::default())
+        .unwrap()
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+
+    let path = format!("/api/jobs/{}", job.id);
+    assert_eq!(
+        answer(ada.get(&path).await).await,
+        answer(ada.get("/api/jobs/987654321").await).await
+    );
+    let response = root.get(&path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(status["kind"], "leaks.system");
+    assert_eq!(status["owner_id"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_private_room_answers_non_members_as_a_missing_room_does() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let created = ada
+        .post_form("/chat", &[("name", "Secret plans"), ("private", "on")])
+        .await;
+    assert_redirect(&created, "/chat/secret-plans");
+    assert_eq!(
+        ada.get("/chat/secret-plans").await.status(),
+        StatusCode::OK
+    );
+
+    let (private, missing) = ("secret-plans", "no-such-room");
+    let page = answer(bob.get(&format!("/chat/{private}")).await).await;
+    assert_eq!(page.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        page,
+        answer(bob.get(&format!("/chat/{missing}")).await).await,
+        "GET /chat/{{slug}}"
+    );
+    let invite = |slug: &str| format!("/chat/{slug}/invite");
+    let to_private = answer(bob.post_form(&invite(private), &[("username", "bob")]).await).await;
+    assert_eq!(to_private.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        to_private,
+        answer(bob.post_form(&invite(missing), &[("username", "bob")]).await).await,
+        "POST /chat/{{slug}}/invite"
+    );
+    let mut closes = Vec::new();
+    for slug in [private, missing] {
+        let mut socket = bob.socket(&format!("/ws/rooms/{slug}")).await;
+        closes.push(socket.expect_close().await.unwrap());
+    }
+    assert_eq!(closes[0].0, 4404);
+    assert_eq!(closes[0], closes[1], "WS /ws/rooms/{{slug}}");
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE user_id = $1")
+        .bind(bob.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(members, 0, "bob did not get in");
+}
+
+#[tokio::test]
+async fn public_pages_show_no_server_internals() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let root = admin(&app, "root").await;
+    let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let number = version.split(' ').next().unwrap();
+
+    let anonymous = app.other_browser().home().await;
+    let signed_in = ada.get("/").await.text().await.unwrap();
+    for page in [anonymous, signed_in] {
+        assert!(!page.contains(number), "the version {number} is shown");
+        assert!(!page.contains("PostgreSQL <strong>"));
+    }
+    let ops = root.get("/ops/db").await.text().await.unwrap();
+    assert!(ops.contains(&version), "administrators see {version}");
+
+    // The dashboard is for every signed-in user; the instance's name (host and pid) is not.
+    let instance = app.state.channels.instance();
+    let dashboard = ada.get("/dashboard").await.text().await.unwrap();
+    assert!(!dashboard.contains(instance), "{instance} is shown");
+    let dashboard = root.get("/dashboard").await.text().await.unwrap();
+    assert!(dashboard.contains(instance), "administrators see {instance}");
+}
