@@ -5,7 +5,8 @@
 //!   answer for a job that does not exist, so ids cannot be probed; system jobs (no owner) are
 //!   for administrators only.
 //! * A private room answers a non-member exactly as a missing room does, on its page, its
-//!   invitation form and its socket, so its name cannot be confirmed.
+//!   invitation form and its socket, and its slug does not take its name's, so its name cannot
+//!   be confirmed by asking for it or by creating a room of the same name.
 //! * Pages anyone can reach do not show the PostgreSQL version, nor the instance's host name
 //!   and pid; administrators see them under `/ops/db` and on the dashboard.
 
@@ -79,7 +80,11 @@ async fn a_users_jobs_are_shown_to_them_and_administrators_only() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(published.len(), 2, "the author's mail and the subscribers' notices");
+    assert_eq!(
+        published.len(),
+        2,
+        "the author's mail and the subscribers' notices"
+    );
     app.drain("default").await;
 
     let missing = answer(bob.get("/api/jobs/987654321").await).await;
@@ -106,7 +111,10 @@ async fn a_users_jobs_are_shown_to_them_and_administrators_only() {
         .await
         .unwrap();
     assert_eq!(status["state"], "completed");
-    assert_eq!(status["result"]["imported"], 1, "the owner reads the result");
+    assert_eq!(
+        status["result"]["imported"], 1,
+        "the owner reads the result"
+    );
 }
 
 #[tokio::test]
@@ -132,6 +140,12 @@ async fn system_jobs_are_for_administrators_only() {
     assert_eq!(status["owner_id"], Value::Null);
 }
 
+/// `user` invites themself to the room at `slug`, as a stranger probing it would.
+async fn invite_self(user: &TestUser<'_>, name: &str, slug: &str) -> (StatusCode, String, String) {
+    let path = format!("/chat/{slug}/invite");
+    answer(user.post_form(&path, &[("username", name)]).await).await
+}
+
 #[tokio::test]
 async fn a_private_room_answers_non_members_as_a_missing_room_does() {
     let app = TestApp::spawn().await;
@@ -140,41 +154,37 @@ async fn a_private_room_answers_non_members_as_a_missing_room_does() {
     let created = ada
         .post_form("/chat", &[("name", "Secret plans"), ("private", "on")])
         .await;
-    assert_redirect(&created, "/chat/secret-plans");
-    assert_eq!(
-        ada.get("/chat/secret-plans").await.status(),
-        StatusCode::OK
-    );
+    let location = created.headers()["location"].to_str().unwrap();
+    let private = location.trim_start_matches("/chat/").to_owned();
+    assert!(private.starts_with("secret-plans-"), "{private}");
+    assert_eq!(ada.get(location).await.status(), StatusCode::OK);
+    let missing = "no-such-room";
 
-    let (private, missing) = ("secret-plans", "no-such-room");
     let page = answer(bob.get(&format!("/chat/{private}")).await).await;
     assert_eq!(page.0, StatusCode::NOT_FOUND);
-    assert_eq!(
-        page,
-        answer(bob.get(&format!("/chat/{missing}")).await).await,
-        "GET /chat/{{slug}}"
-    );
-    let invite = |slug: &str| format!("/chat/{slug}/invite");
-    let to_private = answer(bob.post_form(&invite(private), &[("username", "bob")]).await).await;
-    assert_eq!(to_private.0, StatusCode::NOT_FOUND);
-    assert_eq!(
-        to_private,
-        answer(bob.post_form(&invite(missing), &[("username", "bob")]).await).await,
-        "POST /chat/{{slug}}/invite"
-    );
+    let page_missing = answer(bob.get(&format!("/chat/{missing}")).await).await;
+    assert_eq!(page, page_missing, "GET /chat/{{slug}}");
+    let invited = invite_self(&bob, "bob", &private).await;
+    assert_eq!(invited.0, StatusCode::NOT_FOUND);
+    let invited_missing = invite_self(&bob, "bob", missing).await;
+    assert_eq!(invited, invited_missing, "POST /chat/{{slug}}/invite");
     let mut closes = Vec::new();
-    for slug in [private, missing] {
+    for slug in [private.as_str(), missing] {
         let mut socket = bob.socket(&format!("/ws/rooms/{slug}")).await;
         closes.push(socket.expect_close().await.unwrap());
     }
     assert_eq!(closes[0].0, 4404);
     assert_eq!(closes[0], closes[1], "WS /ws/rooms/{{slug}}");
-    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE user_id = $1")
+    let rooms: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE user_id = $1")
         .bind(bob.id)
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(members, 0, "bob did not get in");
+    assert_eq!(rooms, 0, "bob did not get in");
+
+    // Nor does creating a room of the same name tell: the private room left its slug free.
+    let public = bob.post_form("/chat", &[("name", "Secret plans")]).await;
+    assert_redirect(&public, "/chat/secret-plans");
 }
 
 #[tokio::test]
@@ -202,5 +212,8 @@ async fn public_pages_show_no_server_internals() {
     let dashboard = ada.get("/dashboard").await.text().await.unwrap();
     assert!(!dashboard.contains(instance), "{instance} is shown");
     let dashboard = root.get("/dashboard").await.text().await.unwrap();
-    assert!(dashboard.contains(instance), "administrators see {instance}");
+    assert!(
+        dashboard.contains(instance),
+        "administrators see {instance}"
+    );
 }
