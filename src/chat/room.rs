@@ -26,8 +26,8 @@ impl Room {
 /// The room at `slug` if `user` may open it: anyone signed in may open a public room; a
 /// private one is for its members (and administrators, who moderate). `None` both when there
 /// is no such room and when it is private to others: every route answers the two alike, so a
-/// private room's name cannot be confirmed by asking for it. One statement either way, so
-/// neither does the time taken tell them apart.
+/// private room's name cannot be confirmed by asking for it. One statement either way: no
+/// second round trip for the membership check sets a private room apart by its timing.
 pub async fn open(db: &sqlx::PgPool, slug: &str, user: &User) -> Result<Option<Room>, sqlx::Error> {
     sqlx::query_as!(
         Room,
