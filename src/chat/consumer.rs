@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use tokio::time::Instant;
 
-use super::room::{self, ChatMessage, Denied, Room};
+use super::room::{self, ChatMessage, Room};
 use crate::{
     channels::{ChannelLayer, Delivery, PresenceUser},
     notifications::{self, Kind, NewNotification},
@@ -212,15 +212,10 @@ impl Consumer for ChatConsumer {
             .cloned()
             .ok_or_else(ConsumerError::unauthorized)?;
         let db = ctx.state().db.clone();
-        let room = match room::open(&db, &params.slug, &user).await? {
-            Ok(room) => room,
-            Err(Denied::NotFound) => {
-                return Err(ConsumerError::close(close_code::NOT_FOUND, "no such room"));
-            }
-            Err(Denied::Private) => {
-                return Err(ConsumerError::forbidden("this room is private"));
-            }
-        };
+        // A private room of others closes like a missing one (`room::open`).
+        let room = room::open(&db, &params.slug, &user)
+            .await?
+            .ok_or_else(|| ConsumerError::close(close_code::NOT_FOUND, "no such room"))?;
         if !room.is_private {
             sqlx::query!(
                 "INSERT INTO chat_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",

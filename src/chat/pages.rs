@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     consumer::MAX_MESSAGE,
-    room::{self, Denied, Room},
+    room::{self, Room},
 };
 use crate::{
     publishing::post::{Slug, Title},
@@ -110,23 +110,17 @@ pub(super) async fn create(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
         }
     };
-    // Room slugs are at most 60 characters: cut the base so that `-50` still fits.
-    let base: String = Slug::from_title(&title).as_str().chars().take(56).collect();
-    let base = base.trim_end_matches('-').to_owned();
+    let private = form.private.is_some();
     let mut tx = state.db.begin().await?;
     let mut created = None;
     for n in 1..=50 {
-        let slug = if n == 1 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
+        let slug = room_slug(&title, private, n);
         created = sqlx::query_scalar!(
             "INSERT INTO chat_rooms (slug, name, is_private, created_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (slug) DO NOTHING RETURNING id",
             slug,
             name,
-            form.private.is_some(),
+            private,
             login.user.id
         )
         .fetch_optional(&mut *tx)
@@ -157,6 +151,25 @@ pub(super) async fn create(
         .into_response())
 }
 
+/// The `n`th slug to try for a new room, at most 60 characters: the name's, then `-2`, `-3`…
+/// for a public room. A private room's ends in a random part instead, so that it never takes
+/// a name's plain slug (or its `-2`): were it to, creating a public room of the same name would
+/// get `-2` and so confirm that a private room of that name exists.
+fn room_slug(title: &Title, private: bool, n: u32) -> String {
+    let keep = if private { 51 } else { 56 };
+    let base: String = Slug::from_title(title)
+        .as_str()
+        .chars()
+        .take(keep)
+        .collect();
+    let base = base.trim_end_matches('-');
+    match (private, n) {
+        (true, _) => format!("{base}-{:08x}", rand::random::<u32>()),
+        (false, 1) => base.to_owned(),
+        (false, n) => format!("{base}-{n}"),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "chat/room.html")]
 struct RoomPage {
@@ -165,14 +178,12 @@ struct RoomPage {
     max_message: usize,
 }
 
+/// The room if the user may open it; otherwise 404, the same for a private room of others as
+/// for no room at all ([`room::open`]).
 async fn open(state: &AppState, slug: &str, login: &RequireLogin) -> Result<Room, WebError> {
-    match room::open(&state.db, slug, &login.user).await? {
-        Ok(room) => Ok(room),
-        Err(Denied::NotFound) => Err(WebError::NotFound),
-        Err(Denied::Private) => Err(WebError::Forbidden(
-            "This room is private; ask one of its members to invite you.".into(),
-        )),
-    }
+    room::open(&state.db, slug, &login.user)
+        .await?
+        .ok_or(WebError::NotFound)
 }
 
 /// The room page; messages, presence and typing come over the room's socket.

@@ -34,6 +34,9 @@ pub struct JobStatus {
     pub run_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// The user it was enqueued for ([`Enqueue::owner`](super::Enqueue::owner)); `None` for a
+    /// system job.
+    pub owner_id: Option<i64>,
 }
 
 pub async fn status(pool: &PgPool, id: i64) -> Result<Option<JobStatus>, sqlx::Error> {
@@ -42,7 +45,8 @@ pub async fn status(pool: &PgPool, id: i64) -> Result<Option<JobStatus>, sqlx::E
         r#"
         SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
-               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
+               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at,
+               owner_id
           FROM job_statuses
          WHERE id = $1
         "#,
@@ -110,8 +114,10 @@ pub async fn retry(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
     let row = sqlx::query_scalar!(
         r#"
         WITH back AS (DELETE FROM jobs_done WHERE id = $1 AND state IN ('discarded', 'cancelled') RETURNING *)
-        INSERT INTO jobs (id, kind, queue, args, priority, attempt, max_attempts, unique_key, tags, errors, created_at)
-        SELECT id, kind, queue, args, priority, attempt, greatest(max_attempts, attempt + 1), unique_key, tags, errors, created_at
+        INSERT INTO jobs (id, kind, queue, args, priority, attempt, max_attempts, unique_key, tags, errors, created_at,
+                          owner_id)
+        SELECT id, kind, queue, args, priority, attempt, greatest(max_attempts, attempt + 1), unique_key, tags, errors, created_at,
+               owner_id
           FROM back
         RETURNING queue
         "#,
@@ -211,9 +217,9 @@ async fn finish_waiting(pool: &PgPool, id: i64, state: &str) -> Result<bool, sql
             DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ($2::text = ANY (k.holds_in))
         )
         INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
-                               errors, progress_percent, progress_message, created_at, attempted_at)
+                               errors, progress_percent, progress_message, created_at, attempted_at, owner_id)
         SELECT id, kind, queue, args, priority, $2::text, attempt, max_attempts, unique_key, tags,
-               errors, progress_percent, progress_message, created_at, attempted_at
+               errors, progress_percent, progress_message, created_at, attempted_at, owner_id
           FROM gone
         RETURNING id
         "#,
@@ -261,7 +267,8 @@ pub async fn search(
         r#"
         SELECT id AS "id!", kind AS "kind!", queue AS "queue!", args AS "args!", state AS "state!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", errors AS "errors!", result,
-               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at
+               progress_percent, progress_message, tags AS "tags!", created_at AS "created_at!", run_at, finished_at,
+               owner_id
           FROM job_statuses
          WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
            AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR $4 = ANY (tags))

@@ -139,6 +139,7 @@ pub struct Enqueue {
     unique: Option<Unique>,
     tags: Vec<String>,
     expires_at: Option<OffsetDateTime>,
+    owner: Option<i64>,
 }
 
 /// The id of an enqueued job; `duplicate` when a unique key matched an existing job, whose id
@@ -189,6 +190,7 @@ impl Enqueue {
             unique: None,
             tags: Vec::new(),
             expires_at: None,
+            owner: None,
         })
     }
 
@@ -247,6 +249,14 @@ impl Enqueue {
         self
     }
 
+    /// The user this job works for: its status (`GET /api/jobs/{id}`) is shown to them and to
+    /// administrators only. A job without an owner is a system job, for administrators only.
+    /// An opaque id to the jobs platform; the app that enqueues knows what it means.
+    pub fn owner(mut self, user_id: i64) -> Self {
+        self.owner = Some(user_id);
+        self
+    }
+
     /// Enqueues on a pool, a connection or (`&mut *tx`) inside a transaction.
     pub async fn enqueue<'a, A: Acquire<'a, Database = Postgres>>(
         self,
@@ -273,8 +283,9 @@ impl Enqueue {
         let id = sqlx::query_scalar!(
             r#"
             WITH inserted AS (
-                INSERT INTO jobs (kind, queue, args, priority, run_at, expires_at, max_attempts, timeout_ms, tags)
-                VALUES ($1, $2, $3, $4, coalesce($5, now()) + make_interval(secs => $6), $7, $8, $9, $10)
+                INSERT INTO jobs (kind, queue, args, priority, run_at, expires_at, max_attempts, timeout_ms, tags,
+                                  owner_id)
+                VALUES ($1, $2, $3, $4, coalesce($5, now()) + make_interval(secs => $6), $7, $8, $9, $10, $12)
                 RETURNING id
             )
             SELECT id AS "id!" FROM inserted
@@ -291,6 +302,7 @@ impl Enqueue {
             self.timeout.map(|t| t.as_millis() as i32),
             &self.tags,
             notify,
+            self.owner,
         )
         .fetch_one(&mut *conn)
         .await?;
@@ -332,6 +344,7 @@ pub(crate) async fn insert(
     let mut unique_keys: Vec<Option<String>> = Vec::with_capacity(n);
     let mut tags = Vec::with_capacity(n);
     let mut expires: Vec<Option<OffsetDateTime>> = Vec::with_capacity(n);
+    let mut owners: Vec<Option<i64>> = Vec::with_capacity(n);
     for job in &jobs {
         kinds.push(job.kind.clone());
         queues.push(job.queue.0.clone());
@@ -344,6 +357,7 @@ pub(crate) async fn insert(
         unique_keys.push(job.unique.as_ref().map(|u| u.key.clone()));
         tags.push(serde_json::json!(job.tags));
         expires.push(job.expires_at);
+        owners.push(job.owner);
     }
     let mut distinct_queues: Vec<String> = queues.clone();
     distinct_queues.sort_unstable();
@@ -364,15 +378,17 @@ pub(crate) async fn insert(
         let mut ids = sqlx::query_scalar!(
             r#"
             WITH inserted AS (
-                INSERT INTO jobs (kind, queue, args, priority, run_at, expires_at, max_attempts, timeout_ms, tags)
+                INSERT INTO jobs (kind, queue, args, priority, run_at, expires_at, max_attempts, timeout_ms, tags,
+                                  owner_id)
                 SELECT i.kind, i.queue, i.args, i.priority,
                        coalesce(i.run_at, now()) + make_interval(secs => i.delay_s),
                        i.expires_at, i.max_attempts, i.timeout_ms,
-                       CASE WHEN i.tags = '[]' THEN '{}' ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags)) END
+                       CASE WHEN i.tags = '[]' THEN '{}' ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags)) END,
+                       i.owner_id
                   FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int2[], $5::timestamptz[], $6::float8[],
-                              $7::int4[], $8::int4[], $9::jsonb[], $10::timestamptz[])
+                              $7::int4[], $8::int4[], $9::jsonb[], $10::timestamptz[], $12::int8[])
                        WITH ORDINALITY AS i(kind, queue, args, priority, run_at, delay_s, max_attempts, timeout_ms,
-                                            tags, expires_at, ord)
+                                            tags, expires_at, owner_id, ord)
                  ORDER BY i.ord
                 RETURNING id
             ),
@@ -392,6 +408,7 @@ pub(crate) async fn insert(
             &tags,
             &expires as &[Option<OffsetDateTime>],
             &notify,
+            &owners as &[Option<i64>],
         )
         .fetch_all(&mut *conn)
         .await?;
@@ -439,9 +456,9 @@ pub(crate) async fn insert(
             SELECT i.*, nextval('jobs_id_seq') AS new_id
               FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int2[], $5::timestamptz[], $6::float8[],
                           $7::int4[], $8::int4[], $9::text[], $10::jsonb[], $11::float8[], $12::jsonb[],
-                          $13::timestamptz[])
+                          $13::timestamptz[], $15::int8[])
                    WITH ORDINALITY AS i(kind, queue, args, priority, run_at, delay_s, max_attempts, timeout_ms,
-                                        unique_key, unique_holds, unique_period_s, tags, expires_at, ord)
+                                        unique_key, unique_holds, unique_period_s, tags, expires_at, owner_id, ord)
         ),
         -- The first job of each key in this batch claims it, unless a claim is in force; a
         -- claim whose period is over is taken over.
@@ -459,11 +476,12 @@ pub(crate) async fn insert(
             RETURNING key, job_id
         ),
         inserted AS (
-            INSERT INTO jobs (id, kind, queue, args, priority, run_at, expires_at, max_attempts, timeout_ms, unique_key, tags)
+            INSERT INTO jobs (id, kind, queue, args, priority, run_at, expires_at, max_attempts, timeout_ms, unique_key, tags,
+                              owner_id)
             SELECT i.new_id, i.kind, i.queue, i.args, i.priority,
                    coalesce(i.run_at, now()) + make_interval(secs => i.delay_s),
                    i.expires_at, i.max_attempts, i.timeout_ms, i.unique_key,
-                   ARRAY(SELECT jsonb_array_elements_text(i.tags))
+                   ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.owner_id
               FROM input i
              WHERE i.unique_key IS NULL OR i.new_id IN (SELECT job_id FROM claims)
             RETURNING id
@@ -496,6 +514,7 @@ pub(crate) async fn insert(
         &tags,
         &expires as &[Option<OffsetDateTime>],
         &notify,
+        &owners as &[Option<i64>],
     )
     .fetch_all(&mut *conn)
     .await?;

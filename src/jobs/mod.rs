@@ -4,7 +4,8 @@
 //!
 //! * [`job`]: the [`Job`] trait (serde args + async `perform`), [`Outcome`] and [`JobContext`];
 //! * [`enqueue`]: [`Enqueue`] with its options, on a pool or inside the caller's transaction,
-//!   one or thousands per round trip ([`enqueue_many`]), with unique keys;
+//!   one or thousands per round trip ([`enqueue_many`]), with unique keys and an optional
+//!   owner (an opaque user id the status API checks: the platform knows nothing of users);
 //! * [`registry`]: the kinds a process can run;
 //! * [`worker`]: the runtime every `hearth serve` / `hearth worker` runs ([`Workers`]);
 //! * [`maintenance`]: lost-worker rescue, pruning and schedules, one instance at a time;

@@ -736,7 +736,7 @@ async fn finish_batch(
                    LATERAL (SELECT j.id, j.kind, j.queue, j.args, j.priority, j.state, j.attempt,
                                    j.max_attempts, j.unique_key, j.tags, j.errors,
                                    j.progress_percent, j.progress_message, j.created_at,
-                                   j.attempted_at
+                                   j.attempted_at, j.owner_id
                               FROM jobs j WHERE j.id = i.id OFFSET 0 FOR UPDATE) j
              WHERE j.attempt = i.attempt AND j.state = 'running'
         ),
@@ -756,12 +756,13 @@ async fn finish_batch(
              ))
         )
         INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
-                               errors, result, progress_percent, progress_message, created_at, attempted_at)
+                               errors, result, progress_percent, progress_message, created_at, attempted_at,
+                               owner_id)
         SELECT id, kind, queue, args, priority, final_state, attempt, max_attempts, unique_key, tags,
                CASE WHEN final_error IS NULL THEN errors
                     ELSE errors || jsonb_build_object('attempt', attempt, 'error', final_error, 'at', now(), 'instance', $6::text)
                END,
-               final_result, progress_percent, progress_message, created_at, attempted_at
+               final_result, progress_percent, progress_message, created_at, attempted_at, owner_id
           FROM locked
          WHERE $7 OR final_state <> 'completed'
         "#,

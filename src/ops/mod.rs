@@ -9,7 +9,8 @@
 //! * [`audit`]: every action is recorded with who took it; the console shows the log.
 //!
 //! Every action is a CSRF-protected POST that the page asks to confirm first.
-//! `GET /api/jobs/{id}` is for any signed-in client that polls a job it started.
+//! `GET /api/jobs/{id}` is for a signed-in client that polls a job it started (and for
+//! administrators).
 
 pub mod audit;
 mod jobs;
@@ -43,11 +44,13 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/audit", get(system::audit_log))
 }
 
-/// `GET /api/jobs/{id}`: state, attempts, progress and result of a job, for signed-in
-/// clients that poll a job they started. Args and error messages can quote other people's
-/// data (a mail address a server refused), so only administrators see them; results are
-/// kept to counts and outcomes by the jobs that write them.
-#[tracing::instrument(skip(state, login))]
+/// `GET /api/jobs/{id}`: state, attempts, progress and result of a job, for the user it was
+/// enqueued for and for administrators. Anyone else gets the same 404 as for a job that does
+/// not exist, so that ids cannot be probed for other people's jobs (their kinds, their
+/// results); system jobs (no owner) are for administrators only. Args and error messages can
+/// quote other people's data (a mail address a server refused), so only administrators see
+/// them, even on their own jobs.
+#[tracing::instrument(skip(state, login), fields(user_id = login.user.id))]
 async fn job_status(
     State(state): State<AppState>,
     login: RequireLogin,
@@ -55,6 +58,7 @@ async fn job_status(
 ) -> Result<Json<JobStatus>, WebError> {
     let mut status = control::status(&state.db, id)
         .await?
+        .filter(|job| login.user.is_admin || job.owner_id == Some(login.user.id))
         .ok_or(WebError::NotFound)?;
     if !login.user.is_admin {
         status.args = serde_json::Value::Null;

@@ -213,13 +213,15 @@ struct OldestTransaction {
 #[template(path = "ops/db.html")]
 struct DatabasePage {
     layout: Layout,
+    /// The PostgreSQL version: for administrators only, never on public pages.
+    server_version: String,
     tables: Vec<TableHealth>,
     oldest: Option<OldestTransaction>,
 }
 
-/// `/ops/db`: the health of the tables jobs, messages and the cache live in, and the oldest
-/// open transaction — it holds back vacuum, which slows `SKIP LOCKED` fetches and bloats
-/// the message table.
+/// `/ops/db`: the server version, the health of the tables jobs, messages and the cache live
+/// in, and the oldest open transaction — it holds back vacuum, which slows `SKIP LOCKED`
+/// fetches and bloats the message table.
 pub(super) async fn database(
     State(state): State<AppState>,
     _admin: RequireAdmin,
@@ -249,8 +251,13 @@ pub(super) async fn database(
     )
     .fetch_optional(&state.db)
     .await?;
+    let server_version =
+        sqlx::query_scalar!(r#"SELECT current_setting('server_version') AS "version!""#)
+            .fetch_one(&state.db)
+            .await?;
     Ok(render(&DatabasePage {
         layout,
+        server_version,
         tables,
         oldest,
     })?

@@ -333,23 +333,25 @@ pub(super) async fn create(
 
 /// Publishes a draft in `tx` and enqueues, in the same transaction, the author's mail and the
 /// subscribers' notifications: they exist only if the publication commits. `false` if the
-/// post was already published.
+/// post was already published. The jobs are the author's: only they (and administrators) can
+/// read their status.
 async fn publish_in(tx: &mut Transaction<'_, Postgres>, post_id: i64) -> Result<bool, WebError> {
-    let published = sqlx::query_scalar!(
+    let Some(author_id) = sqlx::query_scalar!(
         "UPDATE posts SET published_at = now(), publish_count = publish_count + 1, updated_at = now()
           WHERE id = $1 AND published_at IS NULL
-          RETURNING id",
+          RETURNING author_id",
         post_id
     )
     .fetch_optional(&mut **tx)
-    .await?;
-    if published.is_none() {
+    .await?
+    else {
         return Ok(false);
-    }
+    };
     let mail = PostPublished { post_id };
     let notify = NotifySubscribers { post_id };
     for job in [Enqueue::new(&mail), Enqueue::new(&notify)] {
         job.map_err(anyhow::Error::new)?
+            .owner(author_id)
             .enqueue_on(tx)
             .await
             .map_err(anyhow::Error::new)?;

@@ -154,8 +154,9 @@ impl ImportCsv {
     }
 }
 
-/// The job's result. Any signed-in user may read it (`GET /api/jobs/{id}`), so it holds counts
-/// only: messages can quote the file, and they are the upload owner's (`/api/uploads/{id}`).
+/// The job's result, read by the uploader (the job's owner) and administrators through
+/// `GET /api/jobs/{id}`. It holds counts only all the same: messages can quote the file, and
+/// they stay on the upload's own page (`/api/uploads/{id}`), which has one access rule.
 #[derive(Debug, Serialize)]
 struct JobResult {
     upload_id: i64,

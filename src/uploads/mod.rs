@@ -9,8 +9,8 @@
 //! who fixes the listed rows uploads the same file again and gets each post exactly once; had
 //! the valid rows been imported, a corrected re-upload would duplicate them.
 //!
-//! Progress goes to the job's status (`GET /api/jobs/{id}`: percent and counts only, since any
-//! signed-in user may read it) and, live, to the channel-layer group `upload.<id>`, which the
+//! Progress goes to the job's status (`GET /api/jobs/{id}`, the uploader's and administrators':
+//! percent and counts only) and, live, to the channel-layer group `upload.<id>`, which the
 //! upload page follows over server-sent events; the summary, whose messages may quote the
 //! file, is its owner's (`GET /api/uploads/{id}`).
 //!

@@ -303,6 +303,7 @@ pub(super) async fn create(
     .await?;
     let job = Enqueue::new(&ImportCsv { upload_id })
         .map_err(internal)?
+        .owner(login.user.id)
         .enqueue_on(&mut tx)
         .await
         .map_err(internal)?;

@@ -82,12 +82,17 @@ pub fn cache_config(config: &Config) -> CacheConfig {
 }
 
 /// The channel layer's settings from the configuration.
+///
+/// The instance's name is random and says nothing of the machine: it starts every channel
+/// name, and channel names reach clients (chat and document presence key people by them), so
+/// a `<hostname>-<pid>` name would tell every signed-in user the server's host name and
+/// process id. Administrators find both beside the name under `/ops/realtime`.
 pub fn channel_config(config: &Config) -> ChannelConfig {
     ChannelConfig {
         retention: config.channel_retention,
         send_queue: config.ws_send_queue as usize,
         max_message: config.ws_max_message,
-        ..ChannelConfig::new(crate::jobs::worker::default_instance())
+        ..ChannelConfig::new(format!("i{:016x}", rand::random::<u64>()))
     }
 }
 

@@ -70,7 +70,7 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The route needs a signed-in user.
     pub const UNAUTHORIZED: u16 = 4401;
-    /// The user may not join this route (e.g. a private room).
+    /// The user may no longer use this route (e.g. their access to a document was removed).
     pub const FORBIDDEN: u16 = 4403;
     pub const NOT_FOUND: u16 = 4404;
     /// Nothing heard from the client within `HEARTH_WS_IDLE_TIMEOUT`.

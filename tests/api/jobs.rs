@@ -993,7 +993,12 @@ async fn job_status_api_reports_state_progress_and_result() {
         app.get(&format!("/api/jobs/{}", job.id)).await.status(),
         401
     );
+    // A system job (no owner): administrators only (see leaks.rs for owners).
     app.signup("ada", "correct horse").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE username = 'ada'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let body: serde_json::Value = app
         .get(&format!("/api/jobs/{}", job.id))
         .await

@@ -16,6 +16,7 @@ mod gateway;
 mod helpers;
 mod hostile;
 mod jobs;
+mod leaks;
 mod mail;
 mod ops;
 mod page_privacy;

@@ -403,10 +403,11 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
         // Chat.
         get("/chat", "/chat", signed_in(Ok)),
         get("/chat/{slug}", "/chat/lobby", signed_in(Ok)),
+        // A private room is no room at all to others (404, as for a missing one).
         get(
             "/chat/{slug}",
             format!("/chat/{room}"),
-            [Login, FORBIDDEN, FORBIDDEN, Ok, Ok, Ok],
+            [Login, NOT_FOUND, NOT_FOUND, Ok, Ok, Ok],
         ),
         case(
             Method::Ws,
@@ -418,7 +419,7 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             Method::Ws,
             "/ws/rooms/{slug}",
             format!("/ws/rooms/{room}"),
-            [Close(4401), Close(4403), Close(4403), Open, Open, Open],
+            [Close(4401), Close(4404), Close(4404), Open, Open, Open],
         ),
         // Documents: administrators are outsiders too.
         get("/docs", "/docs", signed_in(Ok)),
@@ -462,8 +463,13 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             format!("/api/uploads/{upload}"),
             [UNAUTHORIZED, NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND, Ok],
         ),
-        // Jobs: any signed-in client may poll a job; args and errors are for admins.
-        get("/api/jobs/{id}", format!("/api/jobs/{job}"), api(Ok)),
+        // Jobs: the owner (here the uploader) and admins may poll a job, others get the 404
+        // of a missing one; args and errors are for admins.
+        get(
+            "/api/jobs/{id}",
+            format!("/api/jobs/{job}"),
+            [UNAUTHORIZED, NOT_FOUND, NOT_FOUND, NOT_FOUND, Ok, Ok],
+        ),
         // The operations console.
         get("/ops", "/ops", admins(Ok)),
         get("/ops/api/counts", "/ops/api/counts", admins(Ok)),
@@ -595,7 +601,7 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             "/chat/{slug}/invite",
             format!("/chat/{room}/invite"),
             &[("username", "mia")],
-            [Login, FORBIDDEN, FORBIDDEN, Done, Done, Done],
+            [Login, NOT_FOUND, NOT_FOUND, Done, Done, Done],
         ),
         post("/docs", "/docs", &[("title", "Mine")], signed_in(Done)),
         post(
