@@ -3,9 +3,11 @@
 //!
 //! Pages are plain HTML forms (see `templates/accounts/`). Users, sessions and password
 //! hashing come from the platform ([`crate::web::auth`], [`crate::web::session`]); what this app
-//! adds is the forms, their validation messages and [`throttle`], which rate-limits failed
-//! logins per account and per client address in the database so all instances share one limit.
+//! adds is the forms, their validation messages, [`throttle`], which slows failed logins with a
+//! growing delay counted in the database (so all instances share one limit), and [`device`],
+//! the cookie that keeps the owner's known browsers out of strangers' delays.
 
+pub mod device;
 mod pages;
 pub mod throttle;
 

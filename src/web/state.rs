@@ -13,7 +13,7 @@ use crate::{
     channels::{ChannelConfig, ChannelLayer},
     config::Config,
     db::Pipeline,
-    web::ws::SocketLimits,
+    web::{hashing::Hasher, ws::SocketLimits},
 };
 
 /// Cheap to clone: a pool handle and a few `Arc`s.
@@ -33,6 +33,8 @@ pub struct AppState {
     pub cache: Cache,
     /// Open WebSockets per user and per client address, for their limits.
     pub sockets: Arc<SocketLimits>,
+    /// Password hashing under this process's bound.
+    pub hasher: Hasher,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
             config.db_pipelines as usize,
             config.db_acquire_timeout,
         );
+        let hasher = Hasher::from_config(&config);
         Ok(Self {
             db,
             reads,
@@ -60,6 +63,7 @@ impl AppState {
             channels,
             cache,
             sockets: Arc::default(),
+            hasher,
         })
     }
 }

@@ -15,6 +15,7 @@ mod gateway;
 mod helpers;
 mod hostile;
 mod jobs;
+mod login_policy;
 mod mail;
 mod ops;
 mod parser_fuzz;
