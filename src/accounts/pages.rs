@@ -137,7 +137,11 @@ pub(super) async fn signup(
             email: form.email.clone(),
             error: Some(BUSY.into()),
         };
-        Ok(retry_later(StatusCode::SERVICE_UNAVAILABLE, &page, BUSY_WAIT))
+        Ok(retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &page,
+            BUSY_WAIT,
+        ))
     };
     let Ok(slot) = state.hasher.enter() else {
         return busy(layout);
@@ -241,7 +245,10 @@ pub(super) async fn login(
         return Ok(form_error(StatusCode::UNAUTHORIZED, &wrong));
     };
     let found = auth::find_credentials(&state.db, username.as_str()).await?;
-    let client = match found.as_ref().and_then(|(user, _)| device::known(&signed, user.id)) {
+    let client = match found
+        .as_ref()
+        .and_then(|(user, _)| device::known(&signed, user.id))
+    {
         Some(device) => Client::Device(device),
         None => Client::Stranger(addr.ip()),
     };
@@ -259,11 +266,18 @@ pub(super) async fn login(
             // let a flood fill the log as well.
             tracing::debug!("login refused: the password hashing line is full");
             let busy = page(BUSY, layout);
-            return Ok(retry_later(StatusCode::SERVICE_UNAVAILABLE, &busy, BUSY_WAIT));
+            return Ok(retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &busy,
+                BUSY_WAIT,
+            ));
         }
     };
     let user = match found {
-        Some((user, hash)) => slot.verify(form.password.clone(), hash).await.then_some(user),
+        Some((user, hash)) => slot
+            .verify(form.password.clone(), hash)
+            .await
+            .then_some(user),
         None => {
             slot.burn(form.password.clone()).await;
             None
@@ -373,7 +387,11 @@ pub(super) async fn change_password(
             layout,
             error: Some(BUSY.into()),
         };
-        return Ok(retry_later(StatusCode::SERVICE_UNAVAILABLE, &page, BUSY_WAIT));
+        return Ok(retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &page,
+            BUSY_WAIT,
+        ));
     };
     let stored = auth::password_hash(&state.db, login.user.id).await?;
     if !slot.verify(form.current_password, stored).await {

@@ -19,11 +19,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::{
-    AppState, WebError,
-    hashing::Slot,
-    session,
-};
+use super::{AppState, WebError, hashing::Slot, session};
 
 /// A signed-up user.
 #[derive(Debug, Clone, Serialize)]

@@ -119,7 +119,10 @@ async fn a_login_flood_beyond_the_hashing_bound_is_refused_at_once() {
     let responses = at_once(&app, &flooder, &logins).await;
 
     let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
-    assert!(statuses.iter().all(|s| matches!(s, 401 | 503)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 401 | 503)),
+        "{statuses:?}"
+    );
     let busy = statuses.iter().filter(|s| **s == 503).count() as u64;
     assert!(busy > 0, "a flood past the line is refused: {statuses:?}");
     let peak = metric(&app, "hearth_password_hashes_running_peak").await;
@@ -159,7 +162,13 @@ async fn strangers_failures_do_not_lock_out_the_owner_on_a_known_device() {
         };
         assert_eq!(slowed.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(retry_after(&slowed) > 0);
-        assert!(slowed.text().await.unwrap().contains("Too many failed attempts"));
+        assert!(
+            slowed
+                .text()
+                .await
+                .unwrap()
+                .contains("Too many failed attempts")
+        );
     }
     // Past the strangers' allowance for the account, a new device waits even with the right
     // password (the owner there signs in another way, such as an emailed link)...
