@@ -305,12 +305,17 @@ enum Refused {
 
 /// Admits a login attempt to a password check: the throttle's check, a place in the hashing
 /// line, then the attempt counted, in that order, so a refused attempt costs no hash and is
-/// not counted (dropping the pending attempt releases its counters untouched).
+/// not counted (dropping the pending attempt releases its counters untouched). While the line
+/// is full, a flood is refused before the throttle's transaction too.
 async fn admit(
     state: &AppState,
     username: &Username,
     client: &Client,
 ) -> Result<Result<(Attempt, Slot), Refused>, WebError> {
+    // A full line refuses at once, before any database work (`enter` below still decides).
+    if state.hasher.has_room().is_err() {
+        return Ok(Err(Refused::Busy));
+    }
     let policy = Policy::from_config(&state.config);
     let pending = match throttle::check(&state.db, &policy, username.as_str(), client).await? {
         Ok(pending) => pending,

@@ -88,6 +88,16 @@ impl Hasher {
         }
     }
 
+    /// [`Busy`] when the line is full right now: a cheap early refusal for a request that has
+    /// other work to do before it can [`enter`](Self::enter) (which still decides).
+    pub fn has_room(&self) -> Result<(), Busy> {
+        if self.0.admitted.available_permits() > 0 {
+            return Ok(());
+        }
+        self.0.refused.fetch_add(1, Relaxed);
+        Err(Busy)
+    }
+
     pub fn stats(&self) -> HashStats {
         HashStats {
             computed: self.0.computed.load(Relaxed),
@@ -223,9 +233,11 @@ mod tests {
     async fn a_full_line_is_refused_at_once() {
         let hasher = Hasher::new(1, 1);
         let first = hasher.enter().unwrap();
+        assert!(hasher.has_room().is_ok());
         let second = hasher.enter().unwrap();
+        assert!(hasher.has_room().is_err());
         assert!(hasher.enter().is_err());
-        assert_eq!(hasher.stats().refused, 1);
+        assert_eq!(hasher.stats().refused, 2);
         drop((first, second));
         assert!(hasher.enter().is_ok());
     }
