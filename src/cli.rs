@@ -12,7 +12,10 @@ use crate::{
     config::Config,
     db::{Database, migrations},
     server, telemetry,
-    web::auth::{self, NewPassword, Username},
+    web::{
+        auth::{self, NewPassword, Username},
+        hashing::Hasher,
+    },
 };
 
 /// Hearth: a web platform in one binary, with PostgreSQL as its only service.
@@ -401,8 +404,10 @@ async fn createuser(
 ) -> anyhow::Result<()> {
     let username = Username::parse(name).map_err(anyhow::Error::msg)?;
     let password = read_password(password_stdin)?;
+    let hasher = Hasher::from_config(config);
     with_database(config, true, |pool| async move {
-        let user = auth::create_user(&pool, &username, &password, admin).await?;
+        let slot = hasher.enter()?;
+        let user = auth::create_user(&pool, &slot, &username, &password, admin).await?;
         println!(
             "created user {} (id {}{})",
             user.username,

@@ -104,7 +104,9 @@ pub struct Config {
     #[arg(long, env = "HEARTH_SECURE_COOKIES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
     pub secure_cookies: bool,
 
-    /// Failed logins allowed per account within the window before further attempts get 429.
+    /// Failed logins one client may make against one account before each further attempt
+    /// waits (429 with `Retry-After`): a client is an address, or a browser holding a device
+    /// cookie for the account from an earlier successful login.
     #[arg(
         long,
         env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT",
@@ -113,7 +115,18 @@ pub struct Config {
     )]
     pub login_limit_per_account: i64,
 
-    /// Failed logins allowed per client address within the window.
+    /// Failed logins allowed against one account from all addresses together, counting only
+    /// browsers without a device cookie for it (strangers); past it strangers wait, while the
+    /// owner's known devices are judged by their own failures alone.
+    #[arg(
+        long,
+        env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT_STRANGERS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub login_limit_per_account_strangers: i64,
+
+    /// Failed logins allowed per client address, whatever the accounts.
     #[arg(
         long,
         env = "HEARTH_LOGIN_LIMIT_PER_ADDRESS",
@@ -122,9 +135,25 @@ pub struct Config {
     )]
     pub login_limit_per_address: i64,
 
-    /// The sliding window the login limits count failures in.
+    /// The first wait once a limit is reached; it doubles with each further failure, up to
+    /// the window.
+    #[arg(long, env = "HEARTH_LOGIN_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration, global = true)]
+    pub login_backoff: Duration,
+
+    /// The longest wait between failed logins, and how long after a wait ends without a new
+    /// failure the count starts again from zero.
     #[arg(long, env = "HEARTH_LOGIN_LIMIT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub login_limit_window: Duration,
+
+    /// Password hashes (argon2, about 19 MiB of memory each) this process computes at once, for
+    /// logins, sign-ups and password changes together.
+    #[arg(long, env = "HEARTH_PASSWORD_HASH_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024), global = true)]
+    pub password_hash_concurrency: u32,
+
+    /// Requests that may wait for a password hash beyond those computing; one more is refused
+    /// at once with 503 and `Retry-After`.
+    #[arg(long, env = "HEARTH_PASSWORD_HASH_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=65536), global = true)]
+    pub password_hash_queue: u32,
 
     /// Folder served under `/static`.
     #[arg(long, env = "HEARTH_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"), global = true)]
@@ -409,10 +438,17 @@ impl fmt::Display for Config {
         writeln!(f, "  secure cookies      {}", self.secure_cookies)?;
         writeln!(
             f,
-            "  login limits        {} per account / {} per address / {}",
+            "  login limits        {} per account and client / {} per account from strangers / {} per address / wait {} doubling up to {}",
             self.login_limit_per_account,
+            self.login_limit_per_account_strangers,
             self.login_limit_per_address,
+            d(self.login_backoff),
             d(self.login_limit_window)
+        )?;
+        writeln!(
+            f,
+            "  password hashing    {} at once / {} waiting",
+            self.password_hash_concurrency, self.password_hash_queue
         )?;
         writeln!(f, "  static dir          {}", self.static_dir.display())?;
         writeln!(

@@ -446,7 +446,7 @@ fn is_unreachable(e: &sqlx::migrate::MigrateError) -> bool {
     )
 }
 
-/// Deletes expired sessions and old login failures every ten minutes.
+/// Deletes expired sessions and forgotten login throttle counters every ten minutes.
 async fn sweep_periodically(pool: sqlx::PgPool, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(600));
     loop {
@@ -460,7 +460,7 @@ async fn sweep_periodically(pool: sqlx::PgPool, shutdown: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "cannot sweep expired sessions"),
         }
         if let Err(e) = accounts::throttle::sweep(&pool).await {
-            tracing::warn!(error = %e, "cannot sweep old login failures");
+            tracing::warn!(error = %e, "cannot sweep forgotten login throttle counters");
         }
         if let Err(e) = accounts::sweep_tokens(&pool).await {
             tracing::warn!(error = %e, "cannot sweep old mail links");

@@ -3,11 +3,13 @@
 //!
 //! Pages are plain HTML forms (see `templates/accounts/`). Users, sessions and password
 //! hashing come from the platform ([`crate::web::auth`], [`crate::web::session`]); what this app
-//! adds is the forms, their validation messages and [`throttle`], which rate-limits failed
-//! logins per account and per client address in the database so all instances share one limit,
-//! [`email`] (verifying mail addresses before Hearth mails them) and [`links`] (a sign-in link
-//! mailed to the verified address: the owner's way in).
+//! adds is the forms, their validation messages, [`throttle`], which slows failed logins with a
+//! growing delay counted in the database (so all instances share one limit), [`device`], the
+//! cookie that keeps the owner's known browsers out of strangers' delays, [`email`] (verifying
+//! mail addresses before Hearth mails them) and [`links`] (a sign-in link mailed to the verified
+//! address: the owner's way in from a new browser).
 
+pub mod device;
 mod email;
 mod links;
 mod pages;

@@ -1,6 +1,6 @@
 //! The account pages and their form handlers.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use askama::Template;
 use axum::{
@@ -13,14 +13,16 @@ use axum_extra::extract::{CookieJar, SignedCookieJar};
 use serde::Deserialize;
 
 use super::{
-    Email,
+    Email, device,
     email::save as save_email,
-    throttle::{self, Limits},
+    throttle::{self, Attempt, Client, Policy},
 };
 use crate::web::{
     AppState, Layout, WebError,
     auth::{self, CreateUserError, NewPassword, RequireLogin, User, Username},
-    csrf, flash, render, safe_next, session,
+    csrf, flash,
+    hashing::Slot,
+    render, safe_next, session,
 };
 
 #[derive(Template)]
@@ -55,6 +57,21 @@ fn form_error(status: StatusCode, page: &impl Template) -> Response {
         Err(e) => e.into_response(),
     }
 }
+
+/// A form page again with an error and a `Retry-After` of `wait` (at least a second).
+fn retry_later(status: StatusCode, page: &impl Template, wait: Duration) -> Response {
+    let mut response = form_error(status, page);
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// What a form says when the password hashing line is full
+/// ([`Busy`](crate::web::hashing::Busy)): 503, try again shortly.
+const BUSY: &str = "The server is busy checking passwords. Please try again in a few seconds.";
+const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 pub(super) struct SignupForm {
@@ -114,7 +131,23 @@ pub(super) async fn signup(
             layout,
         ));
     }
-    let user = match auth::create_user(&state.db, &username, &password, false).await {
+    let busy = |layout| {
+        let page = SignupPage {
+            layout,
+            username: form.username.clone(),
+            email: form.email.clone(),
+            error: Some(BUSY.into()),
+        };
+        Ok(retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &page,
+            BUSY_WAIT,
+        ))
+    };
+    let Ok(slot) = state.hasher.enter() else {
+        return busy(layout);
+    };
+    let user = match auth::create_user(&state.db, &slot, &username, &password, false).await {
         Ok(user) => user,
         Err(CreateUserError::UsernameTaken(_)) => {
             return Ok(invalid(
@@ -137,9 +170,10 @@ pub(super) async fn signup(
 }
 
 /// Creates the session, rotates the CSRF token (so a token seen before login is worthless
-/// after it) and redirects with a flash message. A session this browser already held (an
-/// earlier login, or one an attacker planted) is ended, not just replaced in the cookie: its
-/// token may be known to someone else.
+/// after it), remembers the browser as a device of the user (see [`device`]) and redirects
+/// with a flash message. A session this browser already held (an earlier login, or one an
+/// attacker planted) is ended, not just replaced in the cookie: its token may be known to
+/// someone else.
 pub(super) async fn start_session(
     state: &AppState,
     user: &User,
@@ -159,6 +193,7 @@ pub(super) async fn start_session(
     let token = session::create(&state.db, user.id, ttl, agent).await?;
     let secure = state.config.secure_cookies;
     let cookies = cookies.add(session::cookie(token, ttl, secure));
+    let signed = device::remember(signed, user.id, secure);
     let signed = flash::set(signed.add(csrf::cookie(csrf::new_token(), secure)), message);
     Ok((cookies, signed, Redirect::to(to)).into_response())
 }
@@ -187,6 +222,9 @@ pub(super) struct LoginForm {
     next: Option<String>,
 }
 
+/// Logs in. The password is checked only once [`admit`] lets the attempt through: 429 with
+/// `Retry-After` when the throttle says to wait, 503 when the password hashing line is full.
+/// A browser holding a device cookie for the account is judged by its own failures alone.
 #[tracing::instrument(skip_all, fields(username = %form.username, client = %addr.ip()))]
 pub(super) async fn login(
     State(state): State<AppState>,
@@ -198,57 +236,107 @@ pub(super) async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, WebError> {
     let next = safe_next(form.next.as_deref());
-    let username = form.username.trim();
     let page = |error: &str, layout| LoginPage {
         layout,
-        username: username.to_string(),
+        username: form.username.trim().to_string(),
         next: next.clone(),
         error: Some(error.to_string()),
     };
-    let config = &state.config;
-    let limits = Limits {
-        per_account: config.login_limit_per_account,
-        per_address: config.login_limit_per_address,
-        window: config.login_limit_window,
+    // No account has an invalid name: nothing to check, hash or count.
+    let Ok(username) = Username::parse(&form.username) else {
+        let wrong = page("Wrong username or password.", layout);
+        return Ok(form_error(StatusCode::UNAUTHORIZED, &wrong));
     };
-    if let Some(wait) = throttle::check(&state.db, limits, username, addr.ip()).await? {
-        tracing::warn!(?wait, "login throttled");
-        let minutes = wait.as_secs().div_ceil(60);
-        let mut response = form_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            &page(
-                &format!("Too many failed attempts. Try again in {minutes} minute(s)."),
-                layout,
-            ),
-        );
-        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+    let found = auth::find_credentials(&state.db, username.as_str()).await?;
+    let client = match found
+        .as_ref()
+        .and_then(|(user, _)| device::known(&signed, user.id))
+    {
+        Some(device) => Client::Device(device),
+        None => Client::Stranger(addr.ip()),
+    };
+    let known_device = matches!(client, Client::Device(_));
+    let (attempt, slot) = match admit(&state, &username, &client).await? {
+        Ok(admitted) => admitted,
+        Err(Refused::Wait(wait)) => {
+            tracing::warn!(?wait, known_device, "login throttled");
+            let message = format!("Too many failed attempts. Try again in {}.", in_words(wait));
+            let throttled = page(&message, layout);
+            return Ok(retry_later(StatusCode::TOO_MANY_REQUESTS, &throttled, wait));
         }
-        return Ok(response);
-    }
-
-    let found = auth::find_credentials(&state.db, username).await?;
+        Err(Refused::Busy) => {
+            // Counted in /metrics (hearth_password_hash_refused_total): a log line each would
+            // let a flood fill the log as well.
+            tracing::debug!("login refused: the password hashing line is full");
+            let busy = page(BUSY, layout);
+            return Ok(retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &busy,
+                BUSY_WAIT,
+            ));
+        }
+    };
     let user = match found {
-        Some((user, hash)) => auth::verify_password(form.password.clone(), hash)
+        Some((user, hash)) => slot
+            .verify(form.password.clone(), hash)
             .await
             .then_some(user),
         None => {
-            auth::burn_password_check(form.password.clone()).await;
+            slot.burn(form.password.clone()).await;
             None
         }
     };
+    drop(slot);
     let Some(user) = user else {
-        throttle::record_failure(&state.db, username, addr.ip()).await?;
-        tracing::info!("login failed");
-        return Ok(form_error(
-            StatusCode::UNAUTHORIZED,
-            &page("Wrong username or password.", layout),
-        ));
+        tracing::info!(known_device, "login failed");
+        let wrong = page("Wrong username or password.", layout);
+        return Ok(form_error(StatusCode::UNAUTHORIZED, &wrong));
     };
-    throttle::clear_account(&state.db, username).await?;
+    attempt.succeeded(&state.db).await?;
     tracing::info!(user_id = user.id, "logged in");
     let message = format!("Welcome back, {}.", user.username);
     start_session(&state, &user, cookies, signed, &headers, message, &next).await
+}
+
+/// Why a login attempt does not get its password checked.
+enum Refused {
+    /// The throttle says to wait this long.
+    Wait(Duration),
+    /// The password hashing line is full.
+    Busy,
+}
+
+/// Admits a login attempt to a password check: the throttle's check, a place in the hashing
+/// line, then the attempt counted, in that order, so a refused attempt costs no hash and is
+/// not counted (dropping the pending attempt releases its counters untouched). While the line
+/// is full, a flood is refused before the throttle's transaction too.
+async fn admit(
+    state: &AppState,
+    username: &Username,
+    client: &Client,
+) -> Result<Result<(Attempt, Slot), Refused>, WebError> {
+    // A full line refuses at once, before any database work (`enter` below still decides).
+    if state.hasher.has_room().is_err() {
+        return Ok(Err(Refused::Busy));
+    }
+    let policy = Policy::from_config(&state.config);
+    let pending = match throttle::check(&state.db, &policy, username.as_str(), client).await? {
+        Ok(pending) => pending,
+        Err(wait) => return Ok(Err(Refused::Wait(wait))),
+    };
+    let Ok(slot) = state.hasher.enter() else {
+        return Ok(Err(Refused::Busy));
+    };
+    Ok(Ok((pending.count().await?, slot)))
+}
+
+/// A wait for people: "42 seconds", "3 minutes".
+fn in_words(wait: Duration) -> String {
+    match wait.as_secs_f64().ceil() as u64 {
+        0..=1 => "a second".to_string(),
+        s @ 2..=90 => format!("{s} seconds"),
+        s => format!("{} minutes", s.div_ceil(60)),
+    }
 }
 
 pub(super) async fn logout(
@@ -302,8 +390,19 @@ pub(super) async fn change_password(
             },
         )
     };
+    let Ok(slot) = state.hasher.enter() else {
+        let page = PasswordPage {
+            layout,
+            error: Some(BUSY.into()),
+        };
+        return Ok(retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &page,
+            BUSY_WAIT,
+        ));
+    };
     let stored = auth::password_hash(&state.db, login.user.id).await?;
-    if !auth::verify_password(form.current_password, stored).await {
+    if !slot.verify(form.current_password, stored).await {
         return Ok(invalid(
             "Your current password is not right.".into(),
             layout,
@@ -316,7 +415,7 @@ pub(super) async fn change_password(
     if form.new_password != form.new_password_confirm {
         return Ok(invalid("The two new passwords differ.".into(), layout));
     }
-    auth::set_password(&state.db, login.user.id, &new_password).await?;
+    auth::set_password(&state.db, &slot, login.user.id, &new_password).await?;
     // Anyone else signed in as this user (a stolen session, a forgotten laptop) is signed out.
     let ended = session::delete_others(&state.db, login.user.id, &login.token).await?;
     tracing::info!(other_sessions_ended = ended, "password changed");

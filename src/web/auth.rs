@@ -1,4 +1,5 @@
-//! Users, password hashing and the extractors that say who is asking.
+//! Users, their passwords and the extractors that say who is asking (the hashing itself, under
+//! its bound, is [`super::hashing`]).
 //!
 //! Identity is platform: every app needs "who is signed in", so it lives here rather than in
 //! the accounts app (which owns the sign-up / login pages built on it).
@@ -8,7 +9,6 @@
 //!   401 JSON under `/api/`.
 //! * [`RequireAdmin`]: additionally rejects non-admins with 403.
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use axum::{
     extract::FromRequestParts,
     http::request::Parts,
@@ -19,7 +19,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::{AppState, WebError, session};
+use super::{AppState, WebError, hashing::Slot, session};
 use crate::cache::page::Personal;
 
 /// A signed-up user.
@@ -72,6 +72,11 @@ impl NewPassword {
         }
         Ok(Self(raw.to_string()))
     }
+
+    /// The password itself, for the hasher only.
+    pub(super) fn as_secret(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for NewPassword {
@@ -91,56 +96,15 @@ pub enum CreateUserError {
     Hash(#[from] anyhow::Error),
 }
 
-/// Hashes with argon2id on the blocking pool: a hash takes tens of milliseconds of CPU, which
-/// would stall every other task on a runtime worker.
-pub async fn hash_password(password: &NewPassword) -> anyhow::Result<String> {
-    let password = password.0.clone();
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|hash| hash.to_string())
-            .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
-    })
-    .await?
-}
-
-/// Whether `password` matches `phc_hash`. An unparseable stored hash is logged and never matches.
-pub async fn verify_password(password: String, phc_hash: String) -> bool {
-    tokio::task::spawn_blocking(move || match PasswordHash::new(&phc_hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "stored password hash is not a PHC string");
-            false
-        }
-    })
-    .await
-    .unwrap_or(false)
-}
-
-/// Verifies against a fixed hash, so that a login for an unknown username costs as much time
-/// as one for a real account and response times do not reveal which usernames exist.
-pub async fn burn_password_check(password: String) {
-    static DUMMY: tokio::sync::OnceCell<Option<String>> = tokio::sync::OnceCell::const_new();
-    let dummy = DUMMY
-        .get_or_init(|| async {
-            let random = NewPassword(hex::encode(rand::random::<[u8; 16]>()));
-            hash_password(&random).await.ok()
-        })
-        .await;
-    if let Some(dummy) = dummy {
-        verify_password(password, dummy.clone()).await;
-    }
-}
-
+/// Creates a user, hashing the password in `slot` (see [`super::hashing::Hasher::enter`]).
 pub async fn create_user(
     pool: &PgPool,
+    slot: &Slot,
     username: &Username,
     password: &NewPassword,
     is_admin: bool,
 ) -> Result<User, CreateUserError> {
-    let hash = hash_password(password).await?;
+    let hash = slot.hash(password).await?;
     sqlx::query_as!(
         User,
         "INSERT INTO users (username, password_hash, is_admin) VALUES ($1, $2, $3)
@@ -192,10 +156,11 @@ pub async fn password_hash(pool: &PgPool, user_id: i64) -> Result<String, sqlx::
 
 pub async fn set_password(
     pool: &PgPool,
+    slot: &Slot,
     user_id: i64,
     password: &NewPassword,
 ) -> Result<(), WebError> {
-    let hash = hash_password(password).await?;
+    let hash = slot.hash(password).await?;
     sqlx::query!(
         "UPDATE users SET password_hash = $2 WHERE id = $1",
         user_id,
@@ -342,15 +307,5 @@ mod tests {
             format!("{:?}", NewPassword::parse("long enough").unwrap()),
             "NewPassword(***)"
         );
-    }
-
-    #[tokio::test]
-    async fn hashes_verify_and_the_dummy_hash_parses() {
-        let password = NewPassword::parse("correct horse").unwrap();
-        let hash = hash_password(&password).await.unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), hash.clone()).await);
-        assert!(!verify_password("wrong horse".into(), hash).await);
-        assert!(!verify_password("x".into(), "not a hash".into()).await);
     }
 }

@@ -1,6 +1,6 @@
 //! Metrics of this process: the HTTP counters this module keeps (through [`track`]), and
-//! `/metrics`, which adds the job, channel-layer, cache and pool figures in the Prometheus
-//! text format.
+//! `/metrics`, which adds the job, channel-layer, password hashing, cache and pool figures in
+//! the Prometheus text format.
 //!
 //! `/metrics` answers scrapers that send `Authorization: Bearer <HEARTH_METRICS_TOKEN>` and
 //! signed-in administrators; anyone else gets 401 or 403. The live dashboard samples the same
@@ -338,6 +338,36 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         ),
     ] {
         family(&mut out, name, kind, help, &[("", value)]);
+    }
+
+    let hashing = state.hasher.stats();
+    for (name, kind, help, value) in [
+        (
+            "hearth_password_hashes_total",
+            "counter",
+            "argon2 computations (password hashes and checks) started by this process.",
+            hashing.computed,
+        ),
+        (
+            "hearth_password_hashes_running",
+            "gauge",
+            "argon2 computations running now.",
+            hashing.running,
+        ),
+        (
+            "hearth_password_hashes_running_peak",
+            "gauge",
+            "The most argon2 computations that ran at once since start.",
+            hashing.peak,
+        ),
+        (
+            "hearth_password_hash_refused_total",
+            "counter",
+            "Requests refused with 503 because the password hashing line was full.",
+            hashing.refused,
+        ),
+    ] {
+        family(&mut out, name, kind, help, &[("", value.to_string())]);
     }
 
     let cache = state

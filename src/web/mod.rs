@@ -18,6 +18,7 @@ pub mod auth;
 pub mod csrf;
 pub mod error;
 pub mod flash;
+pub mod hashing;
 pub mod health;
 pub mod metrics;
 pub mod session;

@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     db::Pipeline,
     mail::Mailer,
-    web::ws::SocketLimits,
+    web::{hashing::Hasher, ws::SocketLimits},
 };
 
 /// Cheap to clone: a pool handle and a few `Arc`s.
@@ -36,6 +36,8 @@ pub struct AppState {
     pub sockets: Arc<SocketLimits>,
     /// Mail sent while a request waits (the verification link); jobs have their own.
     pub mailer: Mailer,
+    /// Password hashing under this process's bound.
+    pub hasher: Hasher,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             config.db_pipelines as usize,
             config.db_acquire_timeout,
         );
+        let hasher = Hasher::from_config(&config);
         Ok(Self {
             db,
             reads,
@@ -65,6 +68,7 @@ impl AppState {
             cache,
             sockets: Arc::default(),
             mailer,
+            hasher,
         })
     }
 }

@@ -402,6 +402,7 @@ async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
         jobs::{Enqueue, control},
         web::{
             auth::{NewPassword, Username, create_user},
+            hashing::Hasher,
             session,
             testing::WsClient,
         },
@@ -413,9 +414,11 @@ async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
     let url = crate::helpers::database_url(&name);
     let pool = sqlx::PgPool::connect_with(options).await.unwrap();
     let mut cookies = Vec::new();
+    let slot = Hasher::new(1, 0).enter().unwrap();
     for username in ["ada", "bob"] {
         let user = create_user(
             &pool,
+            &slot,
             &Username::parse(username).unwrap(),
             &NewPassword::parse("correct horse battery").unwrap(),
             false,

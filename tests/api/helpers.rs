@@ -391,6 +391,20 @@ impl TestApp {
         }
     }
 
+    /// A browser of its own connecting from `addr`, to play a client at another address: any
+    /// address in 127.0.0.0/8 reaches the server, since the whole block is loopback.
+    pub fn browser_from(&self, addr: std::net::IpAddr) -> Browser<'_> {
+        Browser {
+            app: self,
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(redirect::Policy::none())
+                .local_address(addr)
+                .build()
+                .unwrap(),
+        }
+    }
+
     pub fn browser(&self) -> Browser<'_> {
         Browser {
             app: self,

@@ -17,6 +17,7 @@ mod helpers;
 mod hostile;
 mod jobs;
 mod leaks;
+mod login_policy;
 mod mail;
 mod ops;
 mod page_privacy;

@@ -1322,7 +1322,12 @@ async fn with_secure_cookies_every_cookie_the_app_sets_is_secure_httponly_and_sa
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["hearth_csrf", "hearth_flash", "hearth_session"])
+        BTreeSet::from([
+            "hearth_csrf",
+            "hearth_device",
+            "hearth_flash",
+            "hearth_session"
+        ])
     );
     for cookie in &cookies.set {
         for flag in ["; Secure", "; HttpOnly", "; SameSite=Lax"] {
