@@ -83,21 +83,27 @@ pub fn layers(
 ) -> Router {
     let stack = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let request_id = request
-                .extensions()
-                .get::<RequestId>()
-                .and_then(|id| id.header_value().to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .extensions()
+                    .get::<RequestId>()
+                    .and_then(|id| id.header_value().to_str().ok())
+                    .unwrap_or_default();
+                let path = loggable_path(request.uri().path());
+                tracing::info_span!("request", method = %request.method(), %path, %request_id)
+            }),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .map_response(security_headers)
         .layer(middleware::from_fn(metrics::track))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(error::error_pages))
         .layer(CatchPanicLayer::new())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(DefaultBodyLimit::max(body_limit));
     let cache = cache.clone();
@@ -171,6 +177,22 @@ where
     }
 }
 
+/// A request's path as the log shows it: a segment that looks like a secret (32 or more hex
+/// digits, as the tokens of mailed sign-in and verification links are) is `{secret}`, so that a
+/// link still unused cannot be read back from the logs.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let secret =
+        |segment: &str| segment.len() >= 32 && segment.bytes().all(|b| b.is_ascii_hexdigit());
+    if !path.split('/').any(secret) {
+        return path.into();
+    }
+    path.split('/')
+        .map(|segment| if secret(segment) { "{secret}" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+        .into()
+}
+
 /// Adds the security headers a handler did not set itself. One plain function rather than a
 /// `SetResponseHeaderLayer` per header, which would wrap every response in five nested
 /// futures for the same five lookups.
@@ -236,7 +258,19 @@ pub fn static_files(dir: &Path) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use super::safe_next;
+    use super::{loggable_path, safe_next};
+
+    #[test]
+    fn secret_looking_path_segments_are_not_logged() {
+        let token = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            loggable_path(&format!("/login/link/{token}")),
+            "/login/link/{secret}"
+        );
+        assert_eq!(loggable_path(&format!("/a/{token}/b")), "/a/{secret}/b");
+        assert_eq!(loggable_path("/posts/hello-world"), "/posts/hello-world");
+        assert_eq!(loggable_path("/docs/42"), "/docs/42");
+    }
 
     #[test]
     fn only_same_site_paths_are_followed() {

@@ -1498,6 +1498,15 @@ async fn no_password_session_id_token_or_key_reaches_the_log_even_at_trace() {
         .await
         .unwrap();
     socket.close().await.unwrap();
+    // Mailed links carry their token in the path; one that exists is logged as one that does not.
+    let link_token = "5e1f0a9c".repeat(8);
+    let verify_token = "a7c3d2e1".repeat(8);
+    for path in [
+        format!("/login/link/{link_token}"),
+        format!("/account/email/verify/{verify_token}"),
+    ] {
+        page(&path).await;
+    }
 
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
     let exit = tokio::task::spawn_blocking(move || server.wait())
@@ -1522,6 +1531,8 @@ async fn no_password_session_id_token_or_key_reaches_the_log_even_at_trace() {
         ("the metrics token", metrics_token),
         ("the secret key", secret_key),
         ("the database password", db_password),
+        ("a sign-in link's token", link_token.as_str()),
+        ("a verification link's token", verify_token.as_str()),
     ] {
         let leaks: Vec<&String> = log.iter().filter(|l| l.contains(secret)).collect();
         assert!(leaks.is_empty(), "{what} is in the log: {leaks:#?}");
