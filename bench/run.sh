@@ -10,9 +10,13 @@
 # stopped), so no measurement inherits sockets, caches or heap growth from the one before; both
 # sides run alone on the machine while measured (Postgres, Redis and the upstream stub are shared).
 # W4 runs with no server up: `hearth bench jobs` then each peer queue's command, once per round.
+# `login` (issue #30) is Hearth only: per round, a flood of wrong logins against one account
+# (`login1`) then against random accounts (`loginrand`), each on a fresh server (VmHWM is the peak
+# since start). A run of only Hearth-only workloads needs neither the peer nor setup.sh, and its
+# report keeps the full comparison: see REPORT_BASE.
 #
 # Knobs (env):
-#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w6rust w4"
+#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w6rust login w4"
 #   CONNS=64 THREADS=2 (wrk)   WS_CLIENTS=1000 WS_MESSAGES=200 WS_RATE=20   SSE_CLIENTS=500
 #   SSE_MESSAGES=100 SSE_RATE=10   JOBS_N=20000 LATENCY_N=200   JOBQ_PEERS="celery procrastinate graphile-worker"
 #   HEARTH_PORT=8100 PEER_PORT=8200 UPSTREAM_PORT=8081   UVICORN_WORKERS=2
@@ -21,6 +25,12 @@
 #   OUTDIR=bench/results/<UTC timestamp>   SKIP_BUILD=1 (use the existing target/release/hearth)
 #   NO_REPORT=1 (do not regenerate BENCHMARKS.md / ratios.svg)
 #   FLOOR=1 (the default: w5rust also measures `hearth bench ws-floor`, the least a server can do, as a third side)
+#   LOGIN_CONCURRENCY=500 LOGIN_ADDRESSES=256 LOGIN_USERS=1000 (flood0..flood999)
+#   LOGIN_HASH_CONCURRENCY=4 LOGIN_HASH_QUEUE=16 (HEARTH_PASSWORD_HASH_CONCURRENCY / _QUEUE of the login server)
+#   REPORT_BASE=bench/results/<ts> (report = that folder, with this run's results for the workloads it lacks;
+#     the default for a run of Hearth-only workloads is the folder BENCHMARKS.md was generated from)
+#   NOTE="..." (a remark about the run, e.g. a shared machine; stored in meta.json, printed in BENCHMARKS.md)
+#   HEARTH_COMMIT=... (with SKIP_BUILD=1: what the binary was built from, if not this working tree)
 set -uo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
@@ -29,7 +39,7 @@ cd "$ROOT"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"; DURATION="${DURATION%s}"
 WARMUP="${WARMUP:-3s}"; WARMUP="${WARMUP%s}"
-WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w6rust w4}"
+WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w6rust login w4}"
 CONNS="${CONNS:-64}"; THREADS="${THREADS:-2}"
 WS_CLIENTS="${WS_CLIENTS:-1000}"; WS_MESSAGES="${WS_MESSAGES:-200}"; WS_RATE="${WS_RATE:-20}"
 SSE_CLIENTS="${SSE_CLIENTS:-500}"; SSE_MESSAGES="${SSE_MESSAGES:-100}"; SSE_RATE="${SSE_RATE:-10}"
@@ -37,6 +47,9 @@ JOBS_N="${JOBS_N:-20000}"; export LATENCY_N="${LATENCY_N:-200}"
 JOBQ_PEERS="${JOBQ_PEERS:-celery procrastinate graphile-worker}"
 HEARTH_PORT="${HEARTH_PORT:-8100}"; PEER_PORT="${PEER_PORT:-8200}"; UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
 UVICORN_WORKERS="${UVICORN_WORKERS:-2}"
+LOGIN_CONCURRENCY="${LOGIN_CONCURRENCY:-500}"; LOGIN_ADDRESSES="${LOGIN_ADDRESSES:-256}"; LOGIN_USERS="${LOGIN_USERS:-1000}"
+LOGIN_HASH_CONCURRENCY="${LOGIN_HASH_CONCURRENCY:-4}"; LOGIN_HASH_QUEUE="${LOGIN_HASH_QUEUE:-16}"
+export NOTE="${NOTE:-}"
 HEARTH_DATABASE_URL="${HEARTH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hearth_bench}"
 # Both sides reach Postgres on loopback without TLS: Hearth by default (no sslmode in a loopback
 # DATABASE_URL), the peer through this sslmode (Django, procrastinate and graphile-worker honour it).
@@ -53,6 +66,10 @@ LOG="$OUTDIR/logs/run.log"
 T0=$(date +%s)
 say() { printf '[%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" | tee -a "$LOG" >&2; }
 has() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+# Workloads measured against the peer too; a run without any needs no peer, no venv, no setup.sh.
+HEARTH_ONLY=1; for w in w1 w2 w3 w3c256 w5 w5rust w6 w6rust w4; do has "$w" && HEARTH_ONLY=0; done
+# Hearth-only runs need no venv: the helpers (meta.json, procutil.py, report.py, login_flood.py) are stdlib only.
+[ "$HEARTH_ONLY" = 1 ] && [ ! -x "$PY" ] && PY="$(command -v python3)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---- processes we start: each in its own process group; stopped by group id only --------
@@ -78,9 +95,19 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release >"$OUTDIR/logs/cargo.log" 2>&1 || { say "cargo build failed (see $OUTDIR/logs/cargo.log)"; exit 1; }
 fi
 [ -x "$HEARTH" ] || { say "no $HEARTH"; exit 1; }
-say "bench/setup.sh (idempotent)"
-note_cmd "bench/setup.sh"
-"$BENCH/setup.sh" >"$OUTDIR/logs/setup.log" 2>&1 || { say "setup failed (see $OUTDIR/logs/setup.log)"; exit 1; }
+psql_h() { psql -v ON_ERROR_STOP=1 -qtAX "$HEARTH_DATABASE_URL" "$@"; }
+if [ "$HEARTH_ONLY" = 1 ]; then
+  # No peer: only Hearth's database must exist (what setup.sh would do for it).
+  db="${HEARTH_DATABASE_URL##*/}"; db="${db%%\?*}"
+  if [ "$(psql -qtAX "${HEARTH_DATABASE_URL%/*}/postgres" -c "SELECT 1 FROM pg_database WHERE datname='$db'")" != 1 ]; then
+    say "creating database $db"
+    psql -qtAX "${HEARTH_DATABASE_URL%/*}/postgres" -c "CREATE DATABASE $db" || { say "cannot create $db"; exit 1; }
+  fi
+else
+  say "bench/setup.sh (idempotent)"
+  note_cmd "bench/setup.sh"
+  "$BENCH/setup.sh" >"$OUTDIR/logs/setup.log" 2>&1 || { say "setup failed (see $OUTDIR/logs/setup.log)"; exit 1; }
+fi
 for p in "$HEARTH_PORT" "$PEER_PORT"; do listening "$p" && { say "port $p is busy: stop what listens there or set HEARTH_PORT/PEER_PORT"; exit 1; }; done
 
 "$PY" - "$OUTDIR/meta.json" <<EOF
@@ -97,6 +124,9 @@ json.dump({
   "sse": {"clients": $SSE_CLIENTS, "messages": $SSE_MESSAGES, "rate": $SSE_RATE},
   "jobs": {"n": $JOBS_N, "latency_n": $LATENCY_N, "peers": "$JOBQ_PEERS".split()},
   "uvicorn_workers": $UVICORN_WORKERS,
+  "login": {"concurrency": $LOGIN_CONCURRENCY, "addresses": $LOGIN_ADDRESSES, "users": $LOGIN_USERS,
+            "hash_concurrency": $LOGIN_HASH_CONCURRENCY, "hash_queue": $LOGIN_HASH_QUEUE},
+  "note": os.environ.get("NOTE", ""),
   "machine": {
     "nproc": sh("nproc"), "cpu": cpu, "memory_gib": round(mem_kib / 1048576, 1),
     "kernel": platform.release(), "os": sh(". /etc/os-release && echo \$PRETTY_NAME"),
@@ -105,13 +135,15 @@ json.dump({
     "rustc": sh("rustc -V"), "python": platform.python_version(), "node": sh("node --version"),
     "wrk": sh("dpkg-query -W -f='\${Version}' wrk 2>/dev/null || wrk -v 2>&1 | head -1"),
     "django": sh("$PY -c 'import django; print(django.__version__)'"),
-    "hearth_commit": sh("git -C '$ROOT' rev-parse --short HEAD") + (" (+ uncommitted changes)" if sh("git -C '$ROOT' status --porcelain -- src Cargo.toml Cargo.lock templates migrations") else ""),
+    "hearth_commit": os.environ.get("HEARTH_COMMIT") or sh("git -C '$ROOT' rev-parse --short HEAD") + (" (+ uncommitted changes)" if sh("git -C '$ROOT' status --porcelain -- src Cargo.toml Cargo.lock templates migrations") else ""),
   },
 }, open(sys.argv[1], "w"), indent=1)
 EOF
 
 # ---- upstream stub (W3), shared by both sides --------------------------------------------------
-if ! listening "$UPSTREAM_PORT"; then
+if [ "$HEARTH_ONLY" = 1 ]; then
+  :  # no W3 in this run: no stub
+elif ! listening "$UPSTREAM_PORT"; then
   UPSTREAM_PORT="$UPSTREAM_PORT" setsid node "$BENCH/upstream/stub.js" >"$OUTDIR/logs/upstream.log" 2>&1 </dev/null &
   STUB_PID=$!; STARTED+=("$STUB_PID")
   note_cmd "UPSTREAM_PORT=$UPSTREAM_PORT node bench/upstream/stub.js"
@@ -122,6 +154,7 @@ fi
 
 # ---- servers: one fresh server per measurement ---------------------------------------------------
 SERVER_PID=""; BASE=""; WS=""
+HEARTH_EXTRA_ENV=()  # VAR=value pairs added to Hearth's environment for one workload (login)
 start_server() { # side
   if [ "$1" = floor ]; then
     # W5's floor: a server that only writes each message to every socket (see src/bench/floor.rs).
@@ -131,10 +164,12 @@ start_server() { # side
     for _ in $(seq 1 50); do listening "$HEARTH_PORT" && return 0; sleep 0.1; done
     say "the floor server did not listen (see $OUTDIR/logs/floor.log)"; return 1
   elif [ "$1" = hearth ]; then
-    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn target/release/hearth serve"
-    note_cmd "$cmd"
-    HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
-      DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn \
+    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} target/release/hearth serve"
+    note_cmd "${cmd//  / }"
+    # env and setsid exec in turn (no fork: a background job of a non-interactive shell is no group
+    # leader), so $! is the hearth process itself, whose /proc/PID/status the login client reads.
+    env HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
+      DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn "${HEARTH_EXTRA_ENV[@]}" \
       setsid "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
     SERVER_PID=$!; BASE="http://127.0.0.1:$HEARTH_PORT"
   else
@@ -206,9 +241,11 @@ SERVER_WLS=(); for w in "${ORDER[@]}"; do has "$w" && SERVER_WLS+=("$w"); done
 JOBQ_LIST=(); has w4 && JOBQ_LIST=(hearth $JOBQ_PEERS)
 # W5 with the Rust client is also measured against the floor server, in the same rounds.
 sides() { if [ "$1" = w5rust ] && [ "${FLOOR:-1}" = 1 ]; then echo hearth peer floor; else echo hearth peer; fi; }
-TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]}) * ROUNDS )); DONE=0
+# The login flood: one account, then a random one of LOGIN_USERS accounts per attempt.
+LOGIN_SCENARIOS=(); has login && LOGIN_SCENARIOS=(login1 loginrand)
+TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]} + ${#LOGIN_SCENARIOS[@]}) * ROUNDS )); DONE=0
 has w5rust && [ "${FLOOR:-1}" = 1 ] && TOTAL=$((TOTAL + ROUNDS))
-say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
+say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${LOGIN_SCENARIOS[*]} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
 
 for w in "${SERVER_WLS[@]}"; do
   for r in $(seq 1 "$ROUNDS"); do
@@ -223,6 +260,53 @@ for w in "${SERVER_WLS[@]}"; do
       stop_server
       save "$w" "$r" "$side" "$line" | tee -a "$LOG" >&2
     done
+  done
+done
+
+# ---- login flood (issue #30): Hearth only; wrong logins against one account, then random accounts ------
+# LOGIN_USERS accounts flood0.. share one password hash: `hearth createuser flood0` (which also
+# migrates the database), then one INSERT ... SELECT copies its hash to the others; done once.
+login_users() {
+  local n copy="INSERT INTO users (username, password_hash) SELECT 'flood' || g, u.password_hash FROM users u, generate_series(1, $((LOGIN_USERS - 1))) g WHERE u.username = 'flood0' ON CONFLICT DO NOTHING"
+  note_cmd "DATABASE_URL=$HEARTH_DATABASE_URL target/release/hearth createuser flood0 --password-stdin   # a random password; once (skipped when the users exist)"
+  note_cmd "psql $HEARTH_DATABASE_URL -c \"$copy\"   # once"
+  n=$(psql_h -c "SELECT count(*) FROM users WHERE username ~ '^flood[0-9]+$'" 2>/dev/null)
+  [ "$n" = "$LOGIN_USERS" ] && return 0
+  say "creating users flood0..flood$((LOGIN_USERS - 1))"
+  if [ "$(psql_h -c "SELECT count(*) FROM users WHERE username = 'flood0'" 2>/dev/null)" != 1 ]; then
+    head -c 24 /dev/urandom | base64 | DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn \
+      "$HEARTH" createuser flood0 --password-stdin >>"$OUTDIR/logs/hearth.log" 2>&1 || return 1
+  fi
+  psql_h -c "$copy" >/dev/null || return 1
+  n=$(psql_h -c "SELECT count(*) FROM users WHERE username ~ '^flood[0-9]+$'")
+  [ "$n" -ge "$LOGIN_USERS" ] || { say "only $n flood users"; return 1; }
+}
+if ((${#LOGIN_SCENARIOS[@]})); then
+  login_users || { say "cannot create the flood users"; LOGIN_SCENARIOS=(); }
+  LOGIN_TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+fi
+for r in $(seq 1 "$ROUNDS"); do
+  for sc in "${LOGIN_SCENARIOS[@]}"; do
+    DONE=$((DONE + 1))
+    printf '[%4ss] [%s round %d/%d] hearth... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$sc" "$r" "$ROUNDS" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
+    accounts=flood0; [ "$sc" = loginrand ] && accounts="flood0-$((LOGIN_USERS - 1))"
+    # No counters or sessions from the run before: every run starts from the same state.
+    note_cmd "psql $HEARTH_DATABASE_URL -c 'DELETE FROM login_throttle; DELETE FROM sessions'   # before each run"
+    psql_h -c "DELETE FROM login_throttle; DELETE FROM sessions" >/dev/null
+    HEARTH_EXTRA_ENV=("HEARTH_METRICS_TOKEN=$LOGIN_TOKEN" "HEARTH_PASSWORD_HASH_CONCURRENCY=$LOGIN_HASH_CONCURRENCY"
+                      "HEARTH_PASSWORD_HASH_QUEUE=$LOGIN_HASH_QUEUE")
+    line=""
+    if start_server hearth; then
+      note_cmd "python3 bench/clients/login_flood.py --url <base> --pid <hearth pid> --metrics-token <token> --accounts $accounts --concurrency $LOGIN_CONCURRENCY --duration $DURATION --addresses $LOGIN_ADDRESSES"
+      out=$(timeout $((DURATION + 180)) "$PY" "$BENCH/clients/login_flood.py" --url "$BASE" --pid "$SERVER_PID" \
+            --metrics-token "$LOGIN_TOKEN" --accounts "$accounts" --concurrency "$LOGIN_CONCURRENCY" \
+            --duration "$DURATION" --addresses "$LOGIN_ADDRESSES" 2>>"$OUTDIR/logs/clients.log")
+      # The client prints one indented JSON object; save() takes one line.
+      line=$("$PY" -c 'import json,sys; print(json.dumps(json.loads(sys.stdin.read())))' <<<"$out" 2>>"$OUTDIR/logs/clients.log")
+    fi
+    stop_server
+    HEARTH_EXTRA_ENV=()
+    save "$sc" "$r" hearth "$line" | tee -a "$LOG" >&2
   done
 done
 
@@ -251,6 +335,19 @@ done
 cleanup
 say "measurements done in $(( $(date +%s) - T0 ))s; raw JSON in $OUTDIR"
 if [ "${NO_REPORT:-0}" != 1 ]; then
-  "$PY" "$BENCH/scripts/report.py" "$OUTDIR" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \
-    && say "wrote BENCHMARKS.md and bench/ratios.svg"
+  # A run of Hearth-only workloads alone (e.g. WORKLOADS=login) does not replace the comparison:
+  # the report is the folder BENCHMARKS.md was generated from, plus this run for what it lacks.
+  base="${REPORT_BASE:-}"
+  if [ -z "$base" ] && [ "$HEARTH_ONLY" = 1 ]; then
+    base=$(sed -n 's/.*(raw JSON: `\([^`]*\)\/`.*/\1/p' "$ROOT/BENCHMARKS.md" 2>/dev/null | head -1)
+    [ -n "$base" ] && base="$ROOT/$base"
+  fi
+  if [ -n "$base" ] && [ -d "$base" ] && [ "$(cd "$base" && pwd)" != "$(cd "$OUTDIR" && pwd)" ]; then
+    say "report: $base, with this run's results for the workloads it lacks"
+    "$PY" "$BENCH/scripts/report.py" "$base" --extra "$OUTDIR" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \
+      && say "wrote BENCHMARKS.md and bench/ratios.svg"
+  else
+    "$PY" "$BENCH/scripts/report.py" "$OUTDIR" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \
+      && say "wrote BENCHMARKS.md and bench/ratios.svg"
+  fi
 fi

@@ -2,7 +2,11 @@
 """bench/scripts/report.py -- turn a bench/run.sh results folder into BENCHMARKS.md and ratios.svg.
 
     report.py OUTDIR --md BENCHMARKS.md --svg bench/ratios.svg
+    report.py OUTDIR --extra OTHER_OUTDIR ... --md BENCHMARKS.md --svg bench/ratios.svg
     report.py --line FILE.json        (one-line summary of one measurement, for run.sh's progress)
+
+--extra (repeatable) takes from another results folder the workloads OUTDIR has no results for
+(e.g. a later `WORKLOADS=login` run beside the last full run); BENCHMARKS.md names each folder used.
 
 Stdlib only. Every cell is "median [min-max]" over the rounds; ratios are Hearth's median over the
 peer's median from the same run. The chart is hand-made SVG (log scale, one bar per ratio, a tick at
@@ -27,7 +31,10 @@ TITLES = {
     "w6rust": "W6 server-sent events, Rust client (`hearth bench sse`): {ssec} streams, {ssem} msgs at {sser}/s",
     "w4tp": "W4 jobs, throughput: {jobs} no-op jobs bulk-enqueued, first enqueue to last job start",
     "w4lat": "W4 jobs, pickup latency: {latn} jobs one at a time, 20 ms apart",
+    "login1": "one account (flood0)",
+    "loginrand": "random accounts (flood0..flood{last})",
 }
+LOGIN = ("login1", "loginrand")
 FLOOR_LABEL = "floor (`hearth bench ws-floor`)"
 HTTP = ("w1", "w2", "w3", "w3c256")
 WS = ("w5", "w5rust", "w6", "w6rust")
@@ -59,6 +66,11 @@ def summary(workload, r):
         return f"{r.get('jobs_per_s', 0):,.0f} jobs/s (enqueue {r.get('enqueue_s')} s, ok={r.get('ok')})"
     if workload == "w4lat":
         return f"pickup p50 {r.get('p50_ms')} ms, p99 {r.get('p99_ms')} ms"
+    if workload in LOGIN:
+        st = ", ".join(f"{k}: {v}" for k, v in r.get("statuses", {}).items())
+        return (f"{r.get('requests')} requests ({st}), {r.get('hashes_computed'):.0f} hashes, at most "
+                f"{r.get('hashes_running_peak') or 0:.0f} at once, VmHWM {r['memory_mib_before'].get('VmHWM')} -> "
+                f"{r['memory_mib_after'].get('VmHWM')} MiB")
     return json.dumps(r)
 
 
@@ -95,12 +107,31 @@ def fx(v):
     return "-" if v is None else (f"{v:,.0f}×" if v >= 100 else f"{v:.1f}×" if v >= 10 else f"{v:.2f}×")
 
 
-def report(outdir, md_path, svg_path):
+def is_smoke(meta):
+    return (meta["rounds"] < 3 or meta["duration_s"] < 10 or meta["ws"]["clients"] < 1000
+            or meta["jobs"]["n"] < 20000 or meta["sse"]["clients"] < 500)
+
+
+def report(outdir, md_path, svg_path, extras=()):
     meta = json.load(open(os.path.join(outdir, "meta.json")))
     rows = load(outdir)
     by = {}
     for row in rows:
         by.setdefault((row["workload"], row["side"]), []).append(row["result"])
+    # Workloads the main folder lacks, from the extra folders (the first one that has them).
+    mine = {w for (w, _) in by}
+    used = []  # (folder, its meta, the workloads taken from it)
+    for extra in extras:
+        taken = {}
+        for row in load(extra):
+            if row["workload"] not in mine:
+                taken.setdefault((row["workload"], row["side"]), []).append(row["result"])
+        if taken:
+            by.update(taken)
+            mine |= {w for (w, _) in taken}
+            used.append((extra, json.load(open(os.path.join(extra, "meta.json"))), sorted({w for (w, _) in taken})))
+    source = {w: (e, m) for e, m, ws in used for w in ws}
+    md_dir = os.path.dirname(os.path.abspath(md_path))
     fmtargs = dict(conns=meta["conns"], wsc=meta["ws"]["clients"], wsm=meta["ws"]["messages"], wsr=meta["ws"]["rate"],
                    ssec=meta["sse"]["clients"], ssem=meta["sse"]["messages"], sser=meta["sse"]["rate"],
                    jobs=f"{meta['jobs']['n']:,}", latn=meta["jobs"]["latency_n"])
@@ -108,8 +139,7 @@ def report(outdir, md_path, svg_path):
     def col(w, side, key):
         return [r.get(key) if r else None for r in by.get((w, side), [])]
 
-    smoke = (meta["rounds"] < 3 or meta["duration_s"] < 10 or meta["ws"]["clients"] < 1000
-             or meta["jobs"]["n"] < 20000 or meta["sse"]["clients"] < 500)
+    smoke = is_smoke(meta)
     out = ["# Benchmarks: Hearth and the Django peer stack, side by side", ""]
     if smoke:
         out += [f"> **SMOKE RUN — not the real figures.** {meta['rounds']} round(s), {meta['duration_s']} s per HTTP "
@@ -128,6 +158,16 @@ def report(outdir, md_path, svg_path):
         "![Hearth/peer ratios against the targets](bench/ratios.svg)",
         "",
     ]
+    if meta.get("note"):
+        out += [f"> Note on this run: {meta['note']}", ""]
+    for e, m, ws in used:
+        what = "The login flood" if set(ws) <= set(LOGIN) else "These workloads"
+        out += [f"> {what} ({', '.join(ws)}) is not from that run but from a later run of {' '.join(m['workloads'])} "
+                f"alone, `{os.path.relpath(e, md_dir)}/` ({m['started_utc']}, Hearth {m['machine'].get('hearth_commit', '?')}, "
+                f"{m['rounds']} rounds), added to this report by `bench/scripts/report.py {os.path.relpath(outdir, md_dir)} "
+                f"--extra {os.path.relpath(e, md_dir)}`; every other figure is the full run's."
+                + (f" Note on that run: {m['note'].rstrip('.')}." if m.get("note") else "")
+                + machine_diff(meta["machine"], m["machine"]), ""]
     chart = []  # (label, ratio, target)
     verdicts = []
 
@@ -243,6 +283,9 @@ def report(outdir, md_path, svg_path):
         verdicts.append(("W4 pickup p50 ≤ 2 ms, p99 ≤ 5 ms", hl50 is not None and hl50 <= 2 and hl99 is not None and hl99 <= 5,
                          f"p50 {num(hl50, 2)} ms, p99 {num(hl99, 2)} ms"))
 
+    if any(by.get((w, "hearth")) for w in LOGIN):
+        out += login_section(by, col, *source.get("login1", source.get("loginrand", (outdir, meta))), md_dir)
+
     if verdicts:
         out += ["## Targets (issue 8, and the jobs and real-time issues)", "", "| target | Hearth in this run | met |", "|---|---|---|"]
         out += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, ok, v in verdicts]
@@ -265,7 +308,87 @@ def report(outdir, md_path, svg_path):
         out += [l.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", "bench/")
                  .replace(os.path.abspath(outdir), "$OUTDIR") for l in open(cmds_file).read().splitlines()]
         out += ["```", ""]
+    bench_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for e, m, ws in used:
+        cf = os.path.join(e, "commands.txt")
+        if os.path.exists(cf):
+            out += [f"The run of {', '.join(ws)} (`{os.path.relpath(e, md_dir)}/`: "
+                    f"`ROUNDS={m['rounds']} DURATION={m['duration_s']}s WORKLOADS=\"{' '.join(m['workloads'])}\" bench/run.sh`):",
+                    "", "```sh"]
+            out += [l.replace(bench_dir + "/", "bench/").replace(os.path.abspath(e), "$OUTDIR")
+                    for l in open(cf).read().splitlines()]
+            out += ["```", ""]
     open(md_path, "w").write("\n".join(out))
+
+
+def machine_diff(main, other):
+    """The machine facts (but the commit) in which another run's machine differs, as a sentence."""
+    diff = [f"{k} {other.get(k)} (here: {main.get(k)})" for k in sorted(set(main) | set(other))
+            if k not in ("hearth_commit", "django", "wrk") and main.get(k) != other.get(k)]
+    return (" Its machine differs in: " + "; ".join(diff) + ".") if diff else " Same machine facts as below."
+
+
+def login_section(by, col, folder, meta, md_dir):
+    """The login flood of issue #30: Hearth alone, one table row per scenario."""
+    lg = meta.get("login") or {}
+    conc, addrs, users = lg.get("concurrency", 500), lg.get("addresses", 256), lg.get("users", 1000)
+    hconc, hqueue = lg.get("hash_concurrency", 4), lg.get("hash_queue", 16)
+    scen = [w for w in LOGIN if by.get((w, "hearth"))]
+    results = {w: [r for r in by[(w, "hearth")] if r] for w in scen}
+    statuses = sorted({k for w in scen for r in results[w] for k in r.get("statuses", {})},
+                      key=lambda k: (not k.isdigit(), k))
+
+    def mem(w, when):
+        return [r.get(f"memory_mib_{when}", {}).get("VmHWM") for r in results[w]]
+
+    out = [f"## Login flood (issue #30): {conc} concurrent wrong logins for {meta['duration_s']} s, Hearth only", ""]
+    if is_smoke(meta) or meta["duration_s"] < 10 or conc < 500:
+        out += ["> **SMOKE RUN of the login flood — not the real figures.**", ""]
+    out += [f"For each scenario and round ({meta['rounds']} rounds; raw JSON: `{os.path.relpath(folder, md_dir)}/`), a freshly started "
+            f"`hearth serve` (`HEARTH_PASSWORD_HASH_CONCURRENCY={hconc}`, `HEARTH_PASSWORD_HASH_QUEUE={hqueue}`, login limits "
+            f"at their defaults) on a database with {users:,} users flood0..flood{users - 1} sharing one argon2id hash, "
+            "`login_throttle` and `sessions` emptied first. `bench/clients/login_flood.py` sends wrong passwords from "
+            f"{conc} threads, a fresh connection per attempt, from {addrs} loopback addresses, for {meta['duration_s']} s, "
+            "and reads the server's VmHWM (peak resident memory since start) and `hearth_password_*` from `/metrics` "
+            "before and after. Cells are median [min–max] over the rounds.", "",
+            "| scenario | requests | " + " | ".join(f"answered {k}" if k.isdigit() else f"no answer ({k})" for k in statuses)
+            + " | hashes computed | peak concurrent hashes | VmHWM before MiB | VmHWM after MiB | p50 / p99 ms | runs |",
+            "|---|---|" + "---|" * len(statuses) + "---|---|---|---|---|---|"]
+    for w in scen:
+        rs = results[w]
+        sts = " | ".join(cell([r.get("statuses", {}).get(k, 0) for r in rs], 0) for k in statuses)
+        lat = f"{cell([r.get('latency_ms', {}).get('p50') for r in rs])} / {cell([r.get('latency_ms', {}).get('p99') for r in rs])}"
+        out.append(f"| {TITLES[w].format(last=users - 1)} | {cell(col(w, 'hearth', 'requests'), 0)} | {sts} | "
+                   f"{cell(col(w, 'hearth', 'hashes_computed'), 0)} | {cell(col(w, 'hearth', 'hashes_running_peak'), 0)} | "
+                   f"{cell(mem(w, 'before'))} | {cell(mem(w, 'after'))} | {lat} | {len(rs)} |")
+    # What it shows, from the figures.
+    before = med([v for w in scen for v in mem(w, "before")])
+    after = {w: med(mem(w, "after")) for w in scen}
+    hashes = {w: med(col(w, "hearth", "hashes_computed")) for w in scen}
+    reqs = {w: med(col(w, "hearth", "requests")) for w in scen}
+    peak = max([v for w in scen for v in col(w, "hearth", "hashes_running_peak") if v is not None] or [0])
+    rises = [after[w] - before for w in scen if after[w] is not None and before is not None]
+    same = len(rises) > 1 and max(rises) - min(rises) <= 0.25 * max(rises)
+    mems = " and ".join(f"{num(after[w])} MiB {'against one account' if w == 'login1' else 'against random accounts'}"
+                        for w in scen)
+    hs = " or ".join(num(hashes[w], 0) for w in scen)
+    text = []
+    if peak <= hconc:
+        text.append(f"Memory stays flat whatever the flood asks for: the peak resident memory rises once, from {num(before)} MiB at start to "
+                    f"{mems}" + (f", about the same whether {hs} passwords were hashed" if same else "")
+                    + f", because argon2 runs under HEARTH_PASSWORD_HASH_CONCURRENCY={hconc} (never more than {peak:.0f} "
+                    f"hashes at once, about 19 MiB each, where {conc} unbounded ones would need about {conc * 19 / 1024:.1f} GiB) "
+                    f"and a login beyond those and the {hqueue} waiting is answered 503 without a hash")
+    else:
+        text.append(f"The peak resident memory went from {num(before)} MiB to {mems}, with up to {peak:.0f} hashes at once "
+                    f"against HEARTH_PASSWORD_HASH_CONCURRENCY={hconc}")
+    if "login1" in scen:
+        text.append(f"against one account only {num(hashes['login1'], 0)} of {num(reqs['login1'], 0)} attempts were hashed, "
+                    "because each attempt is counted, under its counters' row locks, before its password is hashed: once "
+                    "the account's limit for strangers (HEARTH_LOGIN_LIMIT_PER_ACCOUNT_STRANGERS) was reached, every "
+                    "further attempt got 429 without a hash")
+    out += ["", "; ".join(text) + ".", ""]
+    return out
     write_svg(svg_path, chart, smoke)
 
 
@@ -324,12 +447,14 @@ def main():
     ap.add_argument("--md")
     ap.add_argument("--svg")
     ap.add_argument("--line")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="another results folder; its workloads that OUTDIR lacks are reported too")
     a = ap.parse_args()
     if a.line:
         d = json.load(open(a.line))
         print(summary(d["workload"], d["result"]))
         return
-    report(a.outdir, a.md, a.svg)
+    report(a.outdir, a.md, a.svg, a.extra)
 
 
 if __name__ == "__main__":
