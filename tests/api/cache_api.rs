@@ -164,16 +164,15 @@ async fn concurrent_moves_of_one_key_move_it_once() {
 #[tokio::test]
 async fn incr_version_drops_the_local_copies_of_other_instances() {
     let a = TestApp::spawn().await;
+    // A local copy on B lives for ten minutes unless the invalidation drops it.
     let b = TestApp::builder()
         .database(a.db_options.clone())
+        .config(|c| c.cache_local_ttl = Duration::from_secs(600))
         .spawn()
         .await;
-    a.state
-        .cache
-        .set("doc", "v1", Timeout::Never)
-        .await
-        .unwrap();
+    // Written by B, so that no invalidation from A is on its way to B yet.
     let on_b = b.state.cache.clone();
+    on_b.set("doc", "v1", Timeout::Never).await.unwrap();
     assert_eq!(
         on_b.get::<String>("doc").await.unwrap().as_deref(),
         Some("v1")
@@ -199,7 +198,10 @@ async fn with_prefix(of: &TestApp, prefix: &str) -> TestApp {
     let prefix = prefix.to_owned();
     TestApp::builder()
         .database(of.db_options.clone())
-        .config(move |c| c.cache_prefix = prefix)
+        .config(move |c| {
+            c.cache_prefix = prefix;
+            c.cache_local_ttl = Duration::from_secs(600);
+        })
         .spawn()
         .await
 }
