@@ -30,14 +30,13 @@
 use std::{fmt, future::Future};
 
 use askama::Template;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Cache, CacheError, Timeout};
 
-/// A rendered, cached template fragment: safe HTML to write into a parent template.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// A rendered, cached template fragment: safe HTML to write into a parent template. Neither
+/// `Deserialize` nor `From<String>`: no string from elsewhere can pass for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fragment(String);
 
 impl Fragment {
@@ -106,12 +105,10 @@ impl<'a> FragmentSpec<'a> {
             self.name,
             hex::encode(self.vary.finalize())
         );
-        let render = || async {
-            let template = build().await?;
-            Ok(Fragment(template.render()?))
-        };
+        let render = || async { Ok(build().await?.render()?) };
         self.cache
-            .get_or_set_tagged(&key, self.timeout, self.tags, render)
+            .get_or_set_tagged::<String, _, _>(&key, self.timeout, self.tags, render)
             .await
+            .map(Fragment)
     }
 }

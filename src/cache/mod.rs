@@ -12,7 +12,7 @@
 //! * [`sweep`]: expired entries are deleted periodically, and past `HEARTH_CACHE_MAX_BYTES`
 //!   the least recently written go first, by one instance at a time;
 //! * [`page`]: `cache_page(ttl)` for routes, ETags and 304s, tags, one stored copy per
-//!   content coding (`coding`); [`fragment`]: rendered template fragments, for templates.
+//!   content coding (`coding`); [`fragment`]: rendered template fragments for parent templates.
 //!
 //! Keys are validated ([`CacheKey`]): 1 to 250 bytes without spaces or control characters.
 //! Every key is stored as `<prefix>:<version>:<key>`, as Django does, so a version bump or a
