@@ -12,13 +12,14 @@
 //! * [`sweep`]: expired entries are deleted periodically, and past `HEARTH_CACHE_MAX_BYTES`
 //!   the least recently written go first, by one instance at a time;
 //! * [`page`]: `cache_page(ttl)` for routes, ETags and 304s, tags, one stored copy per
-//!   content coding (`coding`); [`fragment`]: rendered template fragments.
+//!   content coding (`coding`); [`fragment`]: rendered template fragments for parent templates.
 //!
 //! Keys are validated ([`CacheKey`]): 1 to 250 bytes without spaces or control characters.
 //! Every key is stored as `<prefix>:<version>:<key>`, as Django does, so a version bump or a
 //! prefix separates whole sets of keys.
 
 mod coding;
+pub mod fragment;
 mod key;
 pub mod page;
 mod stats;
@@ -69,6 +70,8 @@ pub enum CacheError {
     NotFound(String),
     #[error("the value cached under {0:?} is not an integer, or the result would overflow")]
     NotAnInteger(String),
+    #[error("the version of {0:?} would overflow")]
+    VersionOverflow(String),
     #[error("computing the value for {key:?} failed")]
     Compute {
         key: String,
@@ -480,8 +483,25 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<T>>,
     {
+        self.get_or_set_tagged(key, timeout.into(), &[], compute)
+            .await
+    }
+
+    /// [`get_or_set`](Self::get_or_set) storing a computed value with `tags`: the local copy
+    /// carries them too, so that [`invalidate_tag`](Self::invalidate_tag) drops it here.
+    async fn get_or_set_tagged<T, F, Fut>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        tags: &[&str],
+        compute: F,
+    ) -> Result<T, CacheError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
         let full = self.full_key(key)?;
-        let timeout = timeout.into();
         let init = async {
             if let Some(found) = self.fetch_shared(&full).await? {
                 return Ok(found);
@@ -491,14 +511,15 @@ impl Cache {
                 source: Arc::new(e),
             })?;
             let bytes = encode(key, &value)?;
-            self.set_raw(full.clone(), bytes.clone(), timeout, &[])
+            self.set_raw(full.clone(), bytes.clone(), timeout, tags)
                 .await?;
             let expires_at = match self.expires_at(timeout) {
                 // A zero timeout keeps nothing, locally either.
                 None => Some(SystemTime::now()),
                 Some(at) => at.map(SystemTime::from),
             };
-            Ok::<_, CacheError>(Local::new(bytes, expires_at, Arc::from([])))
+            let tags: Arc<[String]> = tags.iter().map(|t| (*t).to_owned()).collect();
+            Ok::<_, CacheError>(Local::new(bytes, expires_at, tags))
         };
         let entry = self
             .inner
@@ -670,6 +691,59 @@ impl Cache {
             .checked_neg()
             .ok_or_else(|| CacheError::NotAnInteger(key.to_owned()))?;
         self.incr(key, delta).await
+    }
+
+    /// Moves the value under `key` from this handle's version to that version plus `delta`
+    /// (Django's `incr_version`) and returns the new version. One statement moves it, with its
+    /// expiry and tags, replacing whatever the new version held: of two concurrent moves of
+    /// one key, one wins and the other finds nothing. A missing key is
+    /// [`CacheError::NotFound`].
+    pub async fn incr_version(&self, key: &str, delta: i32) -> Result<i32, CacheError> {
+        let to = self
+            .version
+            .checked_add(delta)
+            .ok_or_else(|| CacheError::VersionOverflow(key.to_owned()))?;
+        let from = self.full_key(key)?;
+        if delta == 0 {
+            return match self.get_raw(&from).await? {
+                Some(_) => Ok(to),
+                None => Err(CacheError::NotFound(key.to_owned())),
+            };
+        }
+        let dest = self.with_version(to).full_key(key)?;
+        let moved = sqlx::query_scalar!(
+            "WITH old AS (
+                 DELETE FROM cache_entries
+                  WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())
+              RETURNING value, expires_at, tags)
+             INSERT INTO cache_entries (key, value, expires_at, tags)
+             SELECT $2, value, expires_at, tags FROM old
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                 expires_at = excluded.expires_at, tags = excluded.tags, updated_at = now()
+             RETURNING key",
+            &from,
+            &dest,
+        )
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        if moved.is_none() {
+            return Err(CacheError::NotFound(key.to_owned()));
+        }
+        self.inner.stats.set();
+        let keys = vec![from, dest];
+        for full in &keys {
+            self.inner.local.invalidate(full).await;
+        }
+        self.broadcast(keys, Vec::new(), false);
+        Ok(to)
+    }
+
+    /// Moves the value to this version minus `delta`; see [`incr_version`](Self::incr_version).
+    pub async fn decr_version(&self, key: &str, delta: i32) -> Result<i32, CacheError> {
+        let delta = delta
+            .checked_neg()
+            .ok_or_else(|| CacheError::VersionOverflow(key.to_owned()))?;
+        self.incr_version(key, delta).await
     }
 
     /// Gives `key` a new timeout; `true` if it held a value.
@@ -864,6 +938,7 @@ fn clone_error(e: &CacheError) -> CacheError {
         }
         CacheError::NotFound(k) => CacheError::NotFound(k.clone()),
         CacheError::NotAnInteger(k) => CacheError::NotAnInteger(k.clone()),
+        CacheError::VersionOverflow(k) => CacheError::VersionOverflow(k.clone()),
         CacheError::Compute { key, source } => CacheError::Compute {
             key: key.clone(),
             source: source.clone(),

@@ -797,31 +797,6 @@ pub async fn never_cache(request: Request, next: Next) -> Response {
     response
 }
 
-impl Cache {
-    /// A rendered fragment of a template, by `name` and the values it depends on (Django's
-    /// `{% cache %}` tag): `render` runs on a miss, once per instance however many requests
-    /// miss together.
-    pub async fn fragment<F, Fut>(
-        &self,
-        name: &str,
-        vary_on: &[&str],
-        ttl: Duration,
-        render: F,
-    ) -> Result<String, CacheError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = anyhow::Result<String>>,
-    {
-        let mut hash = Sha256::new();
-        for part in vary_on {
-            hash.update(part.as_bytes());
-            hash.update(b"\0");
-        }
-        let key = format!("fragment:{name}:{}", Hex(&hash.finalize()));
-        self.get_or_set(&key, Timeout::After(ttl), render).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

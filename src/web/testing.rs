@@ -45,6 +45,12 @@ pub enum WsTestError {
     Socket(#[from] tungstenite::Error),
 }
 
+/// A data frame from the server.
+enum Data {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
 /// Options of a connection: the session cookie and the `Origin` to send.
 pub struct WsClientBuilder {
     url: String,
@@ -162,7 +168,29 @@ impl WsClient {
         })
     }
 
+    /// The next binary frame, within [`DEFAULT_TIMEOUT`]. Pings and pongs are skipped.
+    pub async fn recv_binary(&mut self) -> Result<Vec<u8>, WsTestError> {
+        match self.recv_data(DEFAULT_TIMEOUT).await? {
+            Data::Binary(bytes) => Ok(bytes),
+            Data::Text(text) => Err(WsTestError::Unexpected {
+                expected: "a binary frame",
+                got: text,
+            }),
+        }
+    }
+
     async fn recv_text(&mut self, wait: Duration) -> Result<String, WsTestError> {
+        match self.recv_data(wait).await? {
+            Data::Text(text) => Ok(text),
+            Data::Binary(bytes) => Err(WsTestError::Unexpected {
+                expected: "a text frame",
+                got: format!("a binary frame of {} bytes", bytes.len()),
+            }),
+        }
+    }
+
+    /// The next text or binary frame within `wait`; a close is [`WsTestError::Closed`].
+    async fn recv_data(&mut self, wait: Duration) -> Result<Data, WsTestError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let next = tokio::time::timeout_at(deadline, self.stream.next())
@@ -176,17 +204,12 @@ impl WsClient {
                     });
                 }
                 Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+                Some(Ok(Message::Text(text))) => return Ok(Data::Text(text.to_string())),
+                Some(Ok(Message::Binary(bytes))) => return Ok(Data::Binary(bytes.to_vec())),
                 Some(Ok(Message::Close(frame))) => {
                     return Err(WsTestError::Closed {
                         code: frame.as_ref().map(|f| u16::from(f.code)),
                         reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    });
-                }
-                Some(Ok(Message::Binary(bytes))) => {
-                    return Err(WsTestError::Unexpected {
-                        expected: "a text frame",
-                        got: format!("a binary frame of {} bytes", bytes.len()),
                     });
                 }
                 Some(Ok(_)) => {}

@@ -4,7 +4,8 @@
 //! A [`Consumer`] has typed handlers: `connect` (with the route parameters and the session
 //! user; returning an error rejects the socket with a close code), `receive` for each JSON
 //! frame the client sends (decoded into `Incoming`; malformed JSON gets an error frame, the
-//! socket stays open), `event` for each channel-layer message (decoded into `Event`, typically
+//! socket stays open), `receive_binary` for each binary frame (refused with an error frame
+//! unless the consumer overrides it to accept binary data), `event` for each channel-layer message (decoded into `Event`, typically
 //! an enum tagged by `type`, as `"type": "chat.message"` selects `chat_message` in Channels)
 //! and `disconnect`. Serve one with `.route("/ws/chat/{room}", ws::route::<ChatConsumer>())`.
 //!
@@ -38,6 +39,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::{StreamExt, task::AtomicWaker};
 
 use axum::{
@@ -147,6 +149,22 @@ pub trait Consumer: Sized + Send + 'static {
         message: Self::Incoming,
     ) -> impl Future<Output = Result<(), ConsumerError>> + Send;
 
+    /// The client sent a binary frame, bounded by `HEARTH_WS_MAX_MESSAGE` as text frames are.
+    /// Consumers that take binary data override this; by default binary is refused with an
+    /// error frame, and the socket stays open (as for malformed JSON).
+    fn receive_binary(
+        &mut self,
+        ctx: &mut Connection,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
+        let _ = bytes;
+        ctx.send_json(&ErrorFrame {
+            kind: "error",
+            error: "binary frames are not supported here; send JSON text",
+        });
+        async { Ok(()) }
+    }
+
     /// A message arrived through the channel layer. By default it is forwarded as sent.
     fn event(
         &mut self,
@@ -212,6 +230,11 @@ impl Connection {
             Ok(text) => self.outbox.push(Message::Text(text.into())),
             Err(e) => tracing::error!(error = %e, "cannot encode a WebSocket frame"),
         }
+    }
+
+    /// Sends `bytes` as a binary frame.
+    pub fn send_binary(&mut self, bytes: impl Into<Bytes>) {
+        self.outbox.push(Message::Binary(bytes.into()));
     }
 
     /// Sends a channel-layer message to the client as it was sent, encoded once for every
@@ -599,13 +622,9 @@ async fn run<C: Consumer>(
                             }
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Some(Ok(Message::Binary(bytes))) => {
                         FRAMES_IN.fetch_add(1, Relaxed);
-                        ctx.send_json(&ErrorFrame {
-                            kind: "error",
-                            error: "binary frames are not supported; send JSON text",
-                        });
-                        Ok(())
+                        consumer.receive_binary(&mut ctx, bytes).await
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 }
