@@ -159,7 +159,11 @@ async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
     .await?;
     let mut version = format!("posts page {page}:");
     for row in rows {
-        version.push_str(&format!(" {}@{}", row.id, row.updated_at.unix_timestamp_nanos()));
+        version.push_str(&format!(
+            " {}@{}",
+            row.id,
+            row.updated_at.unix_timestamp_nanos()
+        ));
     }
     Ok(version)
 }

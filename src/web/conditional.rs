@@ -110,7 +110,10 @@ impl FromRequestParts<AppState> for Conditional {
             method: parts.method.clone(),
             request,
             viewer,
-            flash: parts.extensions.get::<Flash>().is_some_and(|f| f.0.is_some()),
+            flash: parts
+                .extensions
+                .get::<Flash>()
+                .is_some_and(|f| f.0.is_some()),
             personal: Personal::of(&mut parts.extensions),
             etag: None,
             last_modified: None,
@@ -173,7 +176,11 @@ impl Conditional {
     }
 
     fn add_validators(&self, headers: &mut HeaderMap) {
-        if let Some(etag) = self.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+        if let Some(etag) = self
+            .etag
+            .as_deref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
             headers.entry(header::ETAG).or_insert(etag);
         }
         if let Some(at) = self.last_modified.and_then(|at| http_date(at).ok()) {
@@ -461,7 +468,9 @@ mod tests {
             parse_tags(" \"a\", W/\"b\",\"c,d\""),
             Some(vec!["\"a\"", "W/\"b\"", "\"c,d\""])
         );
-        for bad in ["", "abc", "\"open", "W/abc", "\"a\"b", "\"a b\"", "*, \"a\""] {
+        for bad in [
+            "", "abc", "\"open", "W/abc", "\"a\"b", "\"a b\"", "*, \"a\"",
+        ] {
             assert_eq!(parse_tags(bad), None, "{bad:?}");
         }
     }
@@ -489,7 +498,10 @@ mod tests {
             (header::IF_NONE_MATCH, "v1"),
             (header::IF_MODIFIED_SINCE, "Sun, 06 Nov 1994 08:49:37 GMT"),
         ]);
-        assert_eq!(evaluate(&get, &malformed, TAG, Some(at(0))), Outcome::Proceed);
+        assert_eq!(
+            evaluate(&get, &malformed, TAG, Some(at(0))),
+            Outcome::Proceed
+        );
     }
 
     #[test]
@@ -503,7 +515,10 @@ mod tests {
             "Sun Nov  6 08:49:37 1994",
         ] {
             let since = request(&[(header::IF_MODIFIED_SINCE, same)]);
-            assert_eq!(evaluate(&get, &since, None, Some(changed)), Outcome::NotModified);
+            assert_eq!(
+                evaluate(&get, &since, None, Some(changed)),
+                Outcome::NotModified
+            );
         }
         let later = at(784_111_778);
         for ignored in [

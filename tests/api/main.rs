@@ -8,6 +8,7 @@ mod browser;
 mod cache;
 mod channels;
 mod chat;
+mod conditional;
 mod documents;
 mod email_verification;
 mod embedded;
