@@ -145,7 +145,8 @@ fn page_number(raw: Option<&str>) -> Option<i64> {
 }
 
 /// The version of a page of the list: which posts it shows, and when each last changed (from
-/// the published-posts index and 21 rows, without their bodies).
+/// the published-posts index and 21 rows, without their bodies). A page past the last is a 404
+/// here already, so that no precondition (`If-None-Match: *`) turns it into a `304`.
 async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
     let rows = sqlx::query!(
         "SELECT id, updated_at FROM posts
@@ -157,6 +158,9 @@ async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
     )
     .fetch_all(&state.db)
     .await?;
+    if rows.is_empty() && page > 1 {
+        return Err(WebError::NotFound);
+    }
     let mut version = format!("posts page {page}:");
     for row in rows {
         version.push_str(&format!(

@@ -174,6 +174,9 @@ async fn lists_and_author_pages_revalidate_until_a_post_or_a_subscription_change
         let again = get_with(&anon, &app, path, &[("if-none-match", &etag)]).await;
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
     }
+    // Preconditions never hide a missing page.
+    let past = get_with(&anon, &app, "/posts?page=9&x=1", &[("if-none-match", "*")]).await;
+    assert_eq!(past.status(), StatusCode::NOT_FOUND);
     let list_tag = header_of(anon.get("/posts?x=1").await.headers(), "etag");
     let author_tag = header_of(anon.get("/authors/ada?x=1").await.headers(), "etag");
 
