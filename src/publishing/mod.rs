@@ -4,7 +4,8 @@
 //!
 //! * [`post`]: titles, bodies and slugs, parsed at the edge; [`markdown`]: safe rendering.
 //! * `pages`: the public list and post pages (page-cached for anonymous readers, tagged so an
-//!   edit drops exactly the pages that show it), the editor, author pages and subscriptions.
+//!   edit drops exactly the pages that show it; answering revalidations with `304` before
+//!   their expensive part), the editor, author pages and subscriptions.
 //! * [`jobs`]: what publishing enqueues in its own transaction — the "your post was
 //!   published" mail and the subscribers' notifications — and the daily digest.
 
@@ -23,7 +24,7 @@ use sqlx::{Postgres, Transaction};
 
 use crate::{
     cache::page::cache_page,
-    web::{self, AppState},
+    web::{self, AppState, conditional::conditional_get},
 };
 use post::{Body, Slug, Title};
 
@@ -99,7 +100,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         )
         .route("/posts/{slug}/publish", post(pages::publish))
         .route("/posts/{slug}/unpublish", post(pages::unpublish))
-        .route("/me/posts", get(pages::mine))
+        // Personal, so never page-cached; a reload that finds it unchanged costs no bytes.
+        .route(
+            "/me/posts",
+            get(pages::mine).layer(axum::middleware::from_fn(conditional_get)),
+        )
         .route("/authors/{username}/subscribe", post(pages::subscribe))
         .route("/authors/{username}/unsubscribe", post(pages::unsubscribe))
 }

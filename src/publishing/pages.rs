@@ -26,6 +26,7 @@ use crate::{
     web::{
         AppState, Layout, WebError,
         auth::{CurrentUser, RequireLogin, User},
+        conditional::Conditional,
         flash, render,
         templates::{ago, date},
     },
@@ -143,14 +144,48 @@ fn page_number(raw: Option<&str>) -> Option<i64> {
         .filter(|page| (1..=MAX_PAGE).contains(page))
 }
 
-/// The published posts, newest first, 20 to a page. A page past the last is a 404.
+/// The version of a page of the list: which posts it shows, and when each last changed (from
+/// the published-posts index and 21 rows, without their bodies). A page past the last is a 404
+/// here already, so that no precondition (`If-None-Match: *`) turns it into a `304`.
+async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
+    let rows = sqlx::query!(
+        "SELECT id, updated_at FROM posts
+          WHERE published_at IS NOT NULL
+          ORDER BY published_at DESC, id DESC
+          LIMIT $1 OFFSET $2",
+        LIST_PAGE + 1,
+        (page - 1) * LIST_PAGE
+    )
+    .fetch_all(&state.db)
+    .await?;
+    if rows.is_empty() && page > 1 {
+        return Err(WebError::NotFound);
+    }
+    let mut version = format!("posts page {page}:");
+    for row in rows {
+        version.push_str(&format!(
+            " {}@{}",
+            row.id,
+            row.updated_at.unix_timestamp_nanos()
+        ));
+    }
+    Ok(version)
+}
+
+/// The published posts, newest first, 20 to a page. A page past the last is a 404. A
+/// revalidation of an unchanged page is a `304` before the posts are read.
 #[tracing::instrument(skip_all)]
 pub(super) async fn list(
     State(state): State<AppState>,
+    conditional: Conditional,
     layout: Layout,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, WebError> {
     let page = page_number(query.page.as_deref()).ok_or(WebError::NotFound)?;
+    let conditional = conditional.etag(list_version(&state, page).await?);
+    if let Some(answer) = conditional.precondition() {
+        return Ok(answer);
+    }
     let mut posts = sqlx::query_as!(
         PostView,
         "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
@@ -175,7 +210,7 @@ pub(super) async fn list(
         page,
         more,
     })?;
-    Ok(html.into_response())
+    Ok(conditional.stamp(html.into_response()))
 }
 
 #[derive(Template)]
@@ -187,16 +222,58 @@ struct ShowPage {
     subscribed: bool,
 }
 
+/// The validators of a post's page, from its row without the body: its version is its
+/// `updated_at` (every edit, publication and withdrawal sets it) and, for a signed-in reader,
+/// whether they follow its author. None for a missing post or someone else's draft: the view
+/// answers those.
+async fn post_validators(
+    state: &AppState,
+    slug: &str,
+    viewer: Option<i64>,
+    conditional: Conditional,
+) -> Result<Conditional, WebError> {
+    let Some(row) = sqlx::query!(
+        r#"SELECT id, author_id, published_at IS NOT NULL AS "published!", updated_at
+             FROM posts WHERE slug = $1"#,
+        slug
+    )
+    .fetch_optional(&state.db)
+    .await?
+    else {
+        return Ok(conditional);
+    };
+    let is_author = viewer == Some(row.author_id);
+    if !row.published && !is_author {
+        return Ok(conditional);
+    }
+    let subscribed = match viewer.filter(|_| !is_author) {
+        Some(user_id) => is_subscribed(state, user_id, row.author_id).await?,
+        None => false,
+    };
+    let version = format!(
+        "post {} {} {subscribed}",
+        row.id,
+        row.updated_at.unix_timestamp_nanos()
+    );
+    Ok(conditional.etag(version).last_modified(row.updated_at))
+}
+
 /// One post. Drafts are shown to their author only (404 to anyone else). A signed-in reader's
-/// visit is recorded, so the daily digest leaves the post out.
+/// visit is recorded, so the daily digest leaves the post out (a revalidation, answered `304`
+/// before the post is read, follows a visit already recorded).
 #[tracing::instrument(skip_all, fields(slug = %slug))]
 pub(super) async fn show(
     State(state): State<AppState>,
+    conditional: Conditional,
     layout: Layout,
     Path(slug): Path<String>,
 ) -> Result<Response, WebError> {
-    let post = find(&state, &slug).await?;
     let viewer = layout.user.as_ref().map(|u| u.id);
+    let conditional = post_validators(&state, &slug, viewer, conditional).await?;
+    if let Some(answer) = conditional.precondition() {
+        return Ok(answer);
+    }
+    let post = find(&state, &slug).await?;
     let is_author = viewer == Some(post.author_id);
     if !post.is_published() && !is_author {
         return Err(WebError::NotFound);
@@ -219,7 +296,7 @@ pub(super) async fn show(
         is_author,
         subscribed,
     })?;
-    Ok(with_tags(html, &tags))
+    Ok(conditional.stamp(with_tags(html, &tags)))
 }
 
 async fn is_subscribed(state: &AppState, user_id: i64, author_id: i64) -> Result<bool, WebError> {
@@ -556,10 +633,38 @@ async fn author_id(state: &AppState, username: &str) -> Result<(i64, String), We
     Ok((row.id, row.username))
 }
 
-/// An author's published posts, with a subscribe button.
+/// The version of an author's page: when their newest change to a post was (any edit,
+/// publication or withdrawal; from the author index), their subscriber count and whether the
+/// signed-in viewer is one of them. No date: a subscription changes the page without one.
+async fn author_version(
+    state: &AppState,
+    author_id: i64,
+    viewer: Option<&User>,
+) -> Result<String, WebError> {
+    let row = sqlx::query!(
+        r#"SELECT (SELECT max(updated_at) FROM posts WHERE author_id = $1) AS last_change,
+                  (SELECT count(*) FROM subscriptions WHERE author_id = $1) AS "subscribers!""#,
+        author_id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let subscribed = match viewer {
+        Some(user) if user.id != author_id => is_subscribed(state, user.id, author_id).await?,
+        _ => false,
+    };
+    let last_change = row.last_change.map(|at| at.unix_timestamp_nanos());
+    Ok(format!(
+        "author {author_id} {last_change:?} {} {subscribed}",
+        row.subscribers
+    ))
+}
+
+/// An author's published posts, with a subscribe button. A revalidation of an unchanged page
+/// is a `304` before the posts are read.
 pub(super) async fn author(
     State(state): State<AppState>,
     CurrentUser(viewer): CurrentUser,
+    conditional: Conditional,
     layout: Layout,
     Path(username): Path<String>,
 ) -> Result<Response, WebError> {
@@ -568,6 +673,10 @@ pub(super) async fn author(
         // One URL per author (`/authors/ADA` is Ada's page too): each spelling would be
         // another page-cache entry. A username needs no escaping in a path.
         return Ok(Redirect::permanent(&format!("/authors/{author}")).into_response());
+    }
+    let conditional = conditional.etag(author_version(&state, id, viewer.as_ref()).await?);
+    if let Some(answer) = conditional.precondition() {
+        return Ok(answer);
     }
     let posts = sqlx::query_as!(
         PostView,
@@ -598,7 +707,7 @@ pub(super) async fn author(
         subscribers,
         posts,
     })?;
-    Ok(with_tags(html, &[author_tag(id)]))
+    Ok(conditional.stamp(with_tags(html, &[author_tag(id)])))
 }
 
 #[derive(Deserialize)]

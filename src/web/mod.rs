@@ -7,6 +7,7 @@
 //! * [`session`], [`auth`]: server-side sessions in Postgres, users, password hashing and the
 //!   "login required" / "admin required" extractors.
 //! * [`csrf`], [`flash`]: the CSRF check on state-changing requests, one-shot flash messages.
+//! * [`conditional`]: conditional requests (`304`, `412`) for any view.
 //! * [`health`]: `/healthz` and `/readyz`; [`metrics`]: HTTP counters and `/metrics`.
 //! * [`ws`]: WebSocket consumers on the channel layer; [`sse`]: server-sent event streams;
 //!   [`testing`]: a WebSocket test client for consumer tests.
@@ -15,6 +16,7 @@
 //! body limits, panics) around a router.
 
 pub mod auth;
+pub mod conditional;
 pub mod csrf;
 pub mod error;
 pub mod flash;

@@ -9,6 +9,7 @@ mod cache;
 mod cache_api;
 mod channels;
 mod chat;
+mod conditional;
 mod documents;
 mod email_verification;
 mod embedded;
