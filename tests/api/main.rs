@@ -6,6 +6,7 @@ mod bench_routes;
 mod binary;
 mod browser;
 mod cache;
+mod cache_headers;
 mod channels;
 mod chat;
 mod documents;
