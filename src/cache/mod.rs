@@ -121,7 +121,7 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// How often expired and excess entries are swept.
     pub sweep_interval: Duration,
-    /// Where tag invalidations are sent for a CDN to purge ([`purge`]).
+    /// Where tag invalidations are sent for a CDN to purge (`HEARTH_CACHE_PURGE_URL`).
     pub purge_url: Option<url::Url>,
 }
 
