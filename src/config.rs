@@ -271,6 +271,17 @@ pub struct Config {
     #[arg(long, env = "HEARTH_CACHE_MAX_BYTES", default_value_t = 256 << 20, global = true)]
     pub cache_max_bytes: u64,
 
+    /// Where to send the tags of every tag invalidation (`http(s)://…`), so that a CDN or a
+    /// proxy in front drops the pages it keeps under those tags (their `Surrogate-Key` and
+    /// `Cache-Tag` headers): a `POST` of `{"tags": [...]}`, with the tags in `Surrogate-Key` too.
+    #[arg(long, env = "HEARTH_CACHE_PURGE_URL", value_parser = parse_purge_url, global = true)]
+    pub cache_purge_url: Option<url::Url>,
+
+    /// Caches every anonymous `GET` of the pages for this long, with the page cache's rules
+    /// (Django's site-wide cache); 0 turns it off.
+    #[arg(long, env = "HEARTH_SITE_CACHE_TTL", default_value = "0s", value_parser = humantime::parse_duration, global = true)]
+    pub site_cache_ttl: Duration,
+
     /// The site's public address (`https://hearth.example.com`), for links in mail. Without
     /// it, `http://<bind address>`.
     #[arg(long, env = "HEARTH_PUBLIC_URL", global = true)]
@@ -373,6 +384,15 @@ impl fmt::Display for QueueSpec {
 }
 
 /// `postgres://user:secret@host/db` becomes `postgres://user:***@host/db`.
+/// `HEARTH_CACHE_PURGE_URL`: an absolute `http` or `https` URL.
+fn parse_purge_url(value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the purge URL must be http or https, not {other}")),
+    }
+}
+
 pub fn mask_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
@@ -490,6 +510,18 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
+            "  page caches         site-wide {} / purge {}",
+            if self.site_cache_ttl.is_zero() {
+                "off".to_owned()
+            } else {
+                d(self.site_cache_ttl).to_string()
+            },
+            self.cache_purge_url
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |url| mask_url(url.as_str()))
+        )?;
+        writeln!(
+            f,
             "  mail                {} / from {} / digest at {}:00 {}",
             self.smtp_url
                 .as_deref()
@@ -521,6 +553,19 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purge_url_must_be_an_absolute_http_url() {
+        assert!(parse_purge_url("https://cdn.example/purge").is_ok());
+        for bad in [
+            "cdn.example/purge",
+            "ftp://cdn.example/",
+            "file:///tmp/x",
+            "",
+        ] {
+            assert!(parse_purge_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn masks_password_in_authority_and_query() {

@@ -14,7 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     accounts,
-    cache::Cache,
+    cache::{Cache, page::cache_page},
     channels::ChannelLayer,
     chat,
     config::Config,
@@ -56,7 +56,19 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(ops::routes())
         .merge(crate::uploads::routes(&config))
         .merge(crate::gateway::routes())
-        .merge(extra)
+        .merge(extra);
+    // Where a route's own `cache_page` is, inside the CSRF and flash layers: the per-browser
+    // cookies they add come after it, and the personal marks they make reach it.
+    let pages = if config.site_cache_ttl.is_zero() {
+        pages
+    } else {
+        pages.layer(
+            cache_page(&cache, config.site_cache_ttl)
+                .site_wide()
+                .bypass(web::is_personal),
+        )
+    };
+    let pages = pages
         .layer(middleware::from_fn_with_state(
             state.clone(),
             web::csrf::protect,

@@ -12,7 +12,9 @@
 //! * [`sweep`]: expired entries are deleted periodically, and past `HEARTH_CACHE_MAX_BYTES`
 //!   the least recently written go first, by one instance at a time;
 //! * [`page`]: `cache_page(ttl)` for routes, ETags and 304s, tags, one stored copy per
-//!   content coding (`coding`); [`fragment`]: rendered template fragments for parent templates.
+//!   content coding (`coding`); [`fragment`]: rendered template fragments for parent templates;
+//! * [`headers`]: `Cache-Control` and `Vary` helpers for views; `purge`: a tag invalidation
+//!   also tells a CDN (`HEARTH_CACHE_PURGE_URL`).
 //!
 //! Keys are validated ([`CacheKey`]): 1 to 250 bytes without spaces or control characters.
 //! Every key is stored as `<prefix>:<version>:<key>`, as Django does, so a version bump or a
@@ -20,8 +22,10 @@
 
 mod coding;
 pub mod fragment;
+pub mod headers;
 mod key;
 pub mod page;
+mod purge;
 mod stats;
 mod sweep;
 
@@ -120,6 +124,8 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// How often expired and excess entries are swept.
     pub sweep_interval: Duration,
+    /// Where tag invalidations are sent for a CDN to purge (`HEARTH_CACHE_PURGE_URL`).
+    pub purge_url: Option<url::Url>,
 }
 
 impl Default for CacheConfig {
@@ -131,6 +137,7 @@ impl Default for CacheConfig {
             local_max_bytes: 64 << 20,
             max_bytes: 256 << 20,
             sweep_interval: Duration::from_secs(30),
+            purge_url: None,
         }
     }
 }
@@ -213,6 +220,8 @@ struct Inner {
     /// Hashes of the URLs this process has seen a front-door page for (see
     /// [`page::front_hit`]): every other request skips the front door without a lookup.
     front_urls: std::sync::RwLock<std::collections::HashSet<u64>>,
+    /// Sends invalidated tags to `config.purge_url`, if set.
+    purger: Option<purge::Purger>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -248,19 +257,25 @@ impl Cache {
                 }
             })
             .build();
+        let tracker = channels.tracker();
+        let shutdown = CancellationToken::new();
+        let purger = config
+            .purge_url
+            .clone()
+            .map(|url| purge::Purger::start(url, &tracker, shutdown.clone()));
         let cache = Self {
             inner: Arc::new(Inner {
                 pool,
                 channels,
                 config,
+                purger,
                 local,
                 stats,
-                shutdown: CancellationToken::new(),
+                shutdown,
                 front_urls: Default::default(),
             }),
             version: 1,
         };
-        let tracker = cache.inner.channels.tracker();
         tracker.spawn(listen(cache.clone()));
         tracker.spawn(sweep::periodically(cache.clone()));
         cache
@@ -800,6 +815,9 @@ impl Cache {
         drop_tag_locally(&self.inner.local, tag);
         self.broadcast_now(Vec::new(), vec![tag.to_owned()], false)
             .await;
+        if let Some(purger) = &self.inner.purger {
+            purger.purge(tag);
+        }
         Ok(deleted)
     }
 

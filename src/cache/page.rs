@@ -24,6 +24,15 @@
 //!   `.query(&["page"])`, each at most once and in that sorted order; any other query string is
 //!   served uncached, so that inventing query strings cannot fill the cache.
 //!
+//! * a page is kept for its `s-maxage`, else its `max-age` (at most a year), else the layer's
+//!   TTL; a zero or malformed one is not stored ([`super::headers`] writes them);
+//! * a stored page names its tags in `Surrogate-Key` (space-separated) and `Cache-Tag`
+//!   (comma-separated), so that a CDN in front can drop it by tag too, as
+//!   `HEARTH_CACHE_PURGE_URL` asks it to on every `invalidate_tag`;
+//! * [`CachePage::site_wide`] makes a layer the site-wide cache (`HEARTH_SITE_CACHE_TTL`,
+//!   Django's `UpdateCacheMiddleware`/`FetchFromCacheMiddleware`) around the pages router: the
+//!   same rules, but it leaves every route with a `cache_page` of its own to that layer.
+//!
 //! [`never_cache`] marks a response as never to be cached, here or by browsers and proxies.
 
 use std::{
@@ -54,6 +63,7 @@ use tower::{Layer, Service};
 use super::{
     Cache, CacheError, Timeout,
     coding::{self, Coding},
+    headers::{self as control, directives},
 };
 
 /// Largest body the page cache stores.
@@ -71,6 +81,14 @@ const NOT_STORED: [HeaderName; 5] = [
 /// A response header listing more tags for the page being stored, comma-separated.
 pub const TAGS: HeaderName = HeaderName::from_static("x-cache-tags");
 
+/// The longest a page is kept, whatever its `max-age`.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The mark of a response a `cache_page` layer answered (from the cache or not), so that the
+/// site-wide layer around it neither stores it again nor without its tags.
+#[derive(Clone, Copy)]
+struct Handled;
+
 /// Caches a route's responses for `ttl`. See the module documentation.
 pub fn cache_page(cache: &Cache, ttl: Duration) -> CachePage {
     CachePage {
@@ -80,6 +98,7 @@ pub fn cache_page(cache: &Cache, ttl: Duration) -> CachePage {
             tags: Vec::new(),
             bypass: None,
             query: Vec::new(),
+            site: false,
         }),
     }
 }
@@ -124,6 +143,8 @@ struct PageConfig {
     bypass: Option<fn(&HeaderMap) -> bool>,
     /// The query parameters that are part of the key, sorted.
     query: Vec<String>,
+    /// Whether this is the site-wide layer ([`CachePage::site_wide`]).
+    site: bool,
 }
 
 impl CachePage {
@@ -140,6 +161,17 @@ impl CachePage {
     pub fn bypass(self, predicate: fn(&HeaderMap) -> bool) -> Self {
         let mut config = PageConfig::clone(&self.config);
         config.bypass = Some(predicate);
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Makes this layer the site-wide cache around a router: routes with a `cache_page` of
+    /// their own are left to it (their answers are not stored again, and the pages such a layer
+    /// stored with a `bypass` are left for it to serve or not); the others are cached here.
+    pub fn site_wide(self) -> Self {
+        let mut config = PageConfig::clone(&self.config);
+        config.site = true;
         Self {
             config: Arc::new(config),
         }
@@ -233,7 +265,11 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
-        Box::pin(async move { Ok(serve(config, inner, request).await) })
+        Box::pin(async move {
+            let mut response = serve(config, inner, request).await;
+            response.extensions_mut().insert(Handled);
+            Ok(response)
+        })
     }
 }
 
@@ -247,6 +283,9 @@ struct Stored {
     /// Whether [`front_hit`] may serve it: stored by a layer without a `bypass`.
     #[serde(default)]
     front: bool,
+    /// Stored by the site-wide layer.
+    #[serde(default)]
+    site: bool,
 }
 
 /// Most URLs the front door remembers; past it, it forgets them all and relearns the hot ones.
@@ -352,13 +391,15 @@ where
     let url = full_url(&request);
     let coding = Coding::negotiate(request.headers());
     match lookup(cache, &url, request.headers(), coding, Tier::Both).await {
-        Ok(Some(page)) => {
+        // The site-wide layer serves its own pages and those any request may get; the others
+        // are their route's layer's to serve.
+        Ok(Some(page)) if !config.site || page.site || page.front => {
             if page.front {
                 note_front_url(cache, url_hash(request.headers(), request.uri()));
             }
             return respond_hit(&page, request.headers(), method == Method::HEAD);
         }
-        Ok(None) => {}
+        Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, %url, "page cache lookup failed; serving uncached"),
     }
     // Copied only on a miss: the request moves into the handler, and storing needs its headers.
@@ -367,12 +408,18 @@ where
     let personal = Personal::of(request.extensions_mut());
 
     let mut response = call(&mut inner, request).await;
+    if config.site && response.extensions().get::<Handled>().is_some() {
+        return response;
+    }
     let page_tags = response_tags(response.headers_mut());
     if personal.is_marked() {
         mark_private(response.headers_mut());
         return response;
     }
-    let Some(vary) = cacheable(&response) else {
+    let (Some(vary), Some(ttl)) = (
+        cacheable(&response),
+        shared_ttl(response.headers(), config.ttl),
+    ) else {
         return response;
     };
     let (mut parts, body) = response.into_parts();
@@ -395,23 +442,14 @@ where
     };
     let now = OffsetDateTime::now_utc();
     set(&mut parts.headers, header::ETAG, &etag);
-    if !parts
-        .headers
-        .get(header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("max-age"))
-    {
-        set(
-            &mut parts.headers,
-            header::CACHE_CONTROL,
-            &format!("max-age={}", config.ttl.as_secs()),
-        );
-    }
+    let max_age = client_max_age(&mut parts.headers, config.ttl);
     set(
         &mut parts.headers,
         header::EXPIRES,
-        &http_date(now + config.ttl),
+        &http_date(now + max_age),
     );
+    let tags: Vec<String> = config.tags.iter().chain(&page_tags).cloned().collect();
+    surrogate_keys(&mut parts.headers, &tags, &url);
     let stored = Stored {
         headers: parts
             .headers
@@ -422,15 +460,15 @@ where
         stored_at: now.unix_timestamp(),
         etag: etag.clone(),
         front: config.bypass.is_none(),
+        site: config.site,
     };
     if let Err(e) = store(
-        &config,
-        &vary,
-        &url,
+        cache,
+        (&url, &vary),
         (&request_headers, coding),
-        &stored,
-        &bytes,
-        &page_tags,
+        (&stored, &bytes),
+        ttl,
+        &tags,
     )
     .await
     {
@@ -510,6 +548,61 @@ fn response_tags(headers: &mut HeaderMap) -> Vec<String> {
         .filter(|tag| !tag.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// How long the page cache keeps a response: its `s-maxage`, else its `max-age` (shared caches
+/// read them in that order), else the layer's `ttl`, at most [`MAX_TTL`]; `None` (not stored)
+/// for a zero or malformed value.
+fn shared_ttl(headers: &HeaderMap, ttl: Duration) -> Option<Duration> {
+    let control = headers.get(header::CACHE_CONTROL);
+    let seconds = |name: &str| {
+        directives(control)
+            .find(|(directive, _)| directive == name)
+            .map(|(_, value)| value.parse::<u64>().ok())
+    };
+    match seconds("s-maxage").or_else(|| seconds("max-age")) {
+        None => Some(ttl.min(MAX_TTL)),
+        Some(None | Some(0)) => None,
+        Some(Some(seconds)) => Some(Duration::from_secs(seconds).min(MAX_TTL)),
+    }
+}
+
+/// The `max-age` browsers get (at most [`MAX_TTL`]), for `Expires`: the response's own, or
+/// `ttl` added to its other directives.
+fn client_max_age(headers: &mut HeaderMap, ttl: Duration) -> Duration {
+    let control = headers.get(header::CACHE_CONTROL);
+    let own = directives(control)
+        .find(|(directive, _)| directive == "max-age")
+        .and_then(|(_, value)| value.parse::<u64>().ok());
+    if let Some(seconds) = own {
+        return Duration::from_secs(seconds).min(MAX_TTL);
+    }
+    let ttl = ttl.min(MAX_TTL);
+    let value = match control.and_then(|v| v.to_str().ok()) {
+        Some(other) if !other.trim().is_empty() => format!("{other}, max-age={}", ttl.as_secs()),
+        _ => format!("max-age={}", ttl.as_secs()),
+    };
+    set(headers, header::CACHE_CONTROL, &value);
+    ttl
+}
+
+/// Names a stored page's tags for CDNs: `Surrogate-Key` (Fastly, Varnish) and `Cache-Tag`
+/// (Cloudflare). When a tag cannot be named there (see [`control::surrogate_keys`]), neither
+/// is set, with a warning.
+fn surrogate_keys(headers: &mut HeaderMap, tags: &[String], url: &str) {
+    if tags.is_empty() {
+        return;
+    }
+    let Some(keys) = control::surrogate_keys(tags) else {
+        tracing::warn!(%url, ?tags, "a page's tags cannot all be named in Surrogate-Key (a space, comma or control character, or 8 KiB in all): a CDN cannot purge it by tag");
+        return;
+    };
+    set(
+        headers,
+        HeaderName::from_static("cache-tag"),
+        &keys.replace(' ', ","),
+    );
+    set(headers, HeaderName::from_static("surrogate-key"), &keys);
 }
 
 /// The `Vary` header names of a cacheable response, or `None` if it must not be cached.
@@ -615,22 +708,15 @@ async fn lookup(
 }
 
 async fn store(
-    config: &PageConfig,
-    vary: &[String],
-    url: &str,
+    cache: &Cache,
+    (url, vary): (&str, &[String]),
     request: (&HeaderMap, Coding),
-    stored: &Stored,
-    body: &Bytes,
-    page_tags: &[String],
+    (stored, body): (&Stored, &Bytes),
+    ttl: Duration,
+    tags: &[String],
 ) -> Result<(), CacheError> {
-    let cache = &config.cache;
-    let tags: Vec<&str> = config
-        .tags
-        .iter()
-        .chain(page_tags)
-        .map(String::as_str)
-        .collect();
-    let timeout = Timeout::After(config.ttl);
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let timeout = Timeout::After(ttl);
     cache
         .set_tagged(&vary_key(url), &vary, timeout, &tags)
         .await?;
@@ -658,6 +744,7 @@ struct Page {
     etag: String,
     body: Bytes,
     front: bool,
+    site: bool,
 }
 
 fn decode_page(raw: &Bytes) -> Option<Page> {
@@ -679,6 +766,7 @@ fn decode_page(raw: &Bytes) -> Option<Page> {
         etag: stored.etag,
         body: raw.slice(4 + len..),
         front: stored.front,
+        site: stored.site,
     })
 }
 
@@ -863,6 +951,7 @@ mod tests {
             stored_at: 7,
             etag: "\"x\"".into(),
             front: true,
+            site: false,
         };
         let raw = encode_page(&stored, &Bytes::from_static(b"<p>hi</p>"));
         let page = decode_page(&raw).unwrap();

@@ -81,6 +81,7 @@ pub fn cache_config(config: &Config) -> CacheConfig {
         local_ttl: config.cache_local_ttl,
         local_max_bytes: config.cache_local_max_bytes,
         max_bytes: config.cache_max_bytes,
+        purge_url: config.cache_purge_url.clone(),
         ..CacheConfig::default()
     }
 }

@@ -7,6 +7,7 @@ mod binary;
 mod browser;
 mod cache;
 mod cache_api;
+mod cache_headers;
 mod channels;
 mod chat;
 mod conditional;
