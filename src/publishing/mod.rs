@@ -17,13 +17,17 @@ pub mod post;
 use std::time::Duration;
 
 use axum::{
+    handler::Handler,
     Router,
     routing::{get, post},
 };
 use sqlx::{Postgres, Transaction};
 
 use crate::{
-    cache::page::cache_page,
+    cache::{
+        headers::{CacheControl, cache_control},
+        page::cache_page,
+    },
     web::{self, AppState, conditional::conditional_get},
 };
 use post::{Body, Slug, Title};
@@ -82,16 +86,30 @@ pub async fn insert_with_free_slug(
 
 pub fn routes(state: &AppState) -> Router<AppState> {
     let shared = cache_page(&state.cache, PAGE_TTL).bypass(web::is_personal);
+    // Shared caches keep these pages for PAGE_TTL; browsers revalidate every time (a 304 from
+    // the page cache, or from the view's validators), so a page kept from before signing in is
+    // never shown after it.
+    let revalidate = cache_control(
+        CacheControl::new()
+            .max_age(0)
+            .s_maxage(PAGE_TTL.as_secs() as u32),
+    );
     Router::new()
         // The page cache passes POSTs through untouched.
         .route(
             "/posts",
-            get(pages::list)
+            get(pages::list.layer(revalidate.clone()))
                 .post(pages::create)
                 .layer(shared.clone().query(&["page"]).tag(LIST_TAG)),
         )
-        .route("/posts/{slug}", get(pages::show).layer(shared.clone()))
-        .route("/authors/{username}", get(pages::author).layer(shared))
+        .route(
+            "/posts/{slug}",
+            get(pages::show.layer(revalidate.clone())).layer(shared.clone()),
+        )
+        .route(
+            "/authors/{username}",
+            get(pages::author.layer(revalidate)).layer(shared),
+        )
         .route("/posts/new", get(pages::new_form))
         .route("/posts/preview", post(pages::preview))
         .route(
