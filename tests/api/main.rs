@@ -14,6 +14,7 @@ mod embedded;
 mod faults;
 mod gateway;
 mod helpers;
+mod http2;
 mod hostile;
 mod jobs;
 mod leaks;
