@@ -61,7 +61,11 @@ impl Tls {
         let (cert, key) = (&self.inner.cert, &self.inner.key);
         match server_config(cert, key) {
             Ok(config) => {
-                *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+                *self
+                    .inner
+                    .current
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
                 tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded");
                 Ok(())
             }
@@ -79,7 +83,9 @@ impl Tls {
     pub async fn reload_on_sighup(self, stop: tokio_util::sync::CancellationToken) {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            return tracing::error!("cannot listen for SIGHUP; the TLS certificate is not reloaded");
+            return tracing::error!(
+                "cannot listen for SIGHUP; the TLS certificate is not reloaded"
+            );
         };
         loop {
             tokio::select! {

@@ -290,12 +290,7 @@ impl Builder {
                 tls,
                 stop,
             )),
-            None => tokio::spawn(hearth::server::serve(
-                listener,
-                router,
-                &self.config,
-                stop,
-            )),
+            None => tokio::spawn(hearth::server::serve(listener, router, &self.config, stop)),
         };
         TestApp {
             address,

@@ -31,11 +31,17 @@ fn certificate(from: time::OffsetDateTime, days: i64) -> (String, String) {
 }
 
 fn valid_certificate() -> (String, String) {
-    certificate(time::OffsetDateTime::now_utc() - time::Duration::days(1), 30)
+    certificate(
+        time::OffsetDateTime::now_utc() - time::Duration::days(1),
+        30,
+    )
 }
 
 /// Writes a certificate and key into `dir` as cert.pem and key.pem; returns their paths.
-fn write_pair(dir: &Path, (cert, key): &(String, String)) -> (std::path::PathBuf, std::path::PathBuf) {
+fn write_pair(
+    dir: &Path,
+    (cert, key): &(String, String),
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
@@ -65,7 +71,14 @@ fn port(app: &TestApp) -> u16 {
 /// curl's error on stderr when it fails.
 async fn curl(args: &[&str], url: String) -> Result<String, String> {
     let output = tokio::process::Command::new("curl")
-        .args(["-s", "-S", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args([
+            "-s",
+            "-S",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
         .args(["--max-time", "10"])
         .args(args)
         .arg(url)
@@ -171,7 +184,10 @@ async fn a_websocket_upgrades_over_https() {
 #[tokio::test]
 async fn an_expired_certificate_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let expired = certificate(time::OffsetDateTime::now_utc() - time::Duration::days(60), 30);
+    let expired = certificate(
+        time::OffsetDateTime::now_utc() - time::Duration::days(60),
+        30,
+    );
     let (cert, key) = write_pair(dir.path(), &expired);
     let error = format!("{:#}", Tls::load(&cert, &key).unwrap_err());
     assert!(error.contains("expired on"), "{error}");
@@ -185,7 +201,10 @@ async fn a_key_of_another_certificate_is_refused_with_a_clear_error() {
     let (_, other_key) = valid_certificate();
     let (cert, key) = write_pair(dir.path(), &(cert, other_key));
     let error = format!("{:#}", Tls::load(&cert, &key).unwrap_err());
-    assert!(error.contains("does not go with the certificate"), "{error}");
+    assert!(
+        error.contains("does not go with the certificate"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -208,7 +227,10 @@ async fn get(client: &mut h2::client::SendRequest<Bytes>, uri: &str) -> axum::ht
     let mut ready = client.clone().ready().await.unwrap();
     let request = axum::http::Request::get(uri).body(()).unwrap();
     let (response, _) = ready.send_request(request, true).unwrap();
-    let response = tokio::time::timeout(BOUND, response).await.unwrap().unwrap();
+    let response = tokio::time::timeout(BOUND, response)
+        .await
+        .unwrap()
+        .unwrap();
     *client = ready;
     response.status()
 }
@@ -231,7 +253,11 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_keeps_open_connec
     let old_ca = dir.path().join("first.pem");
     std::fs::write(&old_ca, &first.0).unwrap();
     let answer = curl_tls(&app, &old_ca, &["--http2"], "/healthz").await;
-    assert_eq!(answer.unwrap(), "2 200", "the old certificate is still served");
+    assert_eq!(
+        answer.unwrap(),
+        "2 200",
+        "the old certificate is still served"
+    );
 
     // A good renewal: new handshakes get it, the open connection goes on.
     let second = valid_certificate();
@@ -240,8 +266,15 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_keeps_open_connec
     let answer = curl_tls(&app, &cert, &["--http2"], "/healthz").await;
     assert_eq!(answer.unwrap(), "2 200", "the new certificate is served");
     let stale = curl_tls(&app, &old_ca, &["--http2"], "/healthz").await;
-    assert!(stale.is_err(), "the old certificate is no longer served: {stale:?}");
-    assert_eq!(get(&mut open, &uri).await, 200, "the open connection is kept");
+    assert!(
+        stale.is_err(),
+        "the old certificate is no longer served: {stale:?}"
+    );
+    assert_eq!(
+        get(&mut open, &uri).await,
+        200,
+        "the open connection is kept"
+    );
 }
 
 /// Reads until the server closes the connection; `None` if it is still open at `BOUND`.
@@ -270,7 +303,10 @@ async fn half_an_http2_preface_then_nothing_gets_the_connection_closed() {
     let mut slow = connect(&app).await;
     slow.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let answer = read_until_closed(&mut slow).await;
-    assert!(answer.is_some(), "the server closes a connection stuck in its preface");
+    assert!(
+        answer.is_some(),
+        "the server closes a connection stuck in its preface"
+    );
 }
 
 #[tokio::test]
@@ -310,18 +346,28 @@ async fn an_http2_body_sent_a_byte_at_a_time_ends_in_408() {
     tokio::spawn(connection);
     let (response, mut body) = post_form(&mut client, &app).await;
     let dribble = async {
-        for byte in b"username=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter().cycle() {
-            if body.send_data(Bytes::copy_from_slice(&[*byte]), false).is_err() {
+        for byte in b"username=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+            .cycle()
+        {
+            if body
+                .send_data(Bytes::copy_from_slice(&[*byte]), false)
+                .is_err()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let response = tokio::select! {
-        response = response => response.unwrap(),
-        () = dribble => panic!("the stream ended without an answer"),
-        () = tokio::time::sleep(BOUND) => panic!("a dribbled HTTP/2 body is not bounded"),
+    let answered = async {
+        tokio::select! {
+            response = response => response.unwrap(),
+            () = dribble => panic!("the stream ended without an answer"),
+        }
     };
+    let response = tokio::time::timeout(BOUND, answered)
+        .await
+        .expect("a dribbled HTTP/2 body is bounded");
     assert_eq!(response.status(), 408);
 }
 
@@ -333,7 +379,10 @@ async fn an_http2_body_over_the_limit_without_a_length_is_413() {
     let (response, mut body) = post_form(&mut client, &app).await;
     let big = format!("username={}&password=x", "a".repeat(4096));
     body.send_data(Bytes::from(big), true).unwrap();
-    let response = tokio::time::timeout(BOUND, response).await.unwrap().unwrap();
+    let response = tokio::time::timeout(BOUND, response)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), 413);
 }
 
@@ -361,7 +410,9 @@ async fn a_flood_of_reset_streams_ends_that_connection_and_no_other() {
             let Ok(mut ready) = client.clone().ready().await else {
                 return;
             };
-            let request = axum::http::Request::get(app.url("/healthz")).body(()).unwrap();
+            let request = axum::http::Request::get(app.url("/healthz"))
+                .body(())
+                .unwrap();
             let Ok((_, mut stream)) = ready.send_request(request, false) else {
                 return;
             };
@@ -377,8 +428,147 @@ async fn a_flood_of_reset_streams_ends_that_connection_and_no_other() {
         .expect("the server ends the flooding connection")
         .unwrap();
     let error = ended.expect_err("the server ends it with an error, not a clean close");
-    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{error}");
+    assert_eq!(
+        error.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{error}"
+    );
     // Everyone else is still served.
     let answer = curl(&["--http2-prior-knowledge"], app.url("/healthz")).await;
     assert_eq!(answer.unwrap(), "2 200");
+}
+
+/// `hearth serve` over TLS on a fresh database, logging at info; returns the child and a
+/// channel of its output lines, which ends when the process does.
+async fn serve_binary_tls(
+    data_dir: &Path,
+    cert: &Path,
+    key: &Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let (name, _) = crate::helpers::migrated_database().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .env("DATABASE_URL", crate::helpers::database_url(&name))
+        .env("HEARTH_DATA_DIR", data_dir)
+        .env("HEARTH_BIND", "127.0.0.1:0")
+        .env("HEARTH_TLS_CERT", cert)
+        .env("HEARTH_TLS_KEY", key)
+        .env("RUST_LOG", "info")
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for stream in [stdout, stderr] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    (child, lines)
+}
+
+/// The port `hearth serve` announces.
+fn https_port(lines: &std::sync::mpsc::Receiver<String>) -> u16 {
+    let line = wait_for(lines, "listening on https://").expect("hearth serves HTTPS");
+    let at = line.find("https://").unwrap();
+    let address = line[at + 8..].split_whitespace().next().unwrap();
+    address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The first output line containing `needle`; `None` when the output ends first.
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Option<String> {
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(120)).ok()?;
+        if line.contains(needle) {
+            return Some(line);
+        }
+    }
+}
+
+async fn curl_port(port: u16, ca: &Path) -> Result<String, String> {
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let args = [
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+    ];
+    curl(&args, format!("https://localhost:{port}/healthz")).await
+}
+
+#[tokio::test]
+async fn hearth_serve_reloads_its_certificate_on_sighup_and_keeps_it_on_garbage() {
+    use nix::sys::signal::{Signal, kill};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), &valid_certificate());
+    let first = dir.path().join("first.pem");
+    std::fs::copy(&cert, &first).unwrap();
+    let (mut server, lines) = serve_binary_tls(dir.path(), &cert, &key).await;
+    let port = https_port(&lines);
+    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    assert_eq!(curl_port(port, &first).await.unwrap(), "2 200");
+
+    write_pair(dir.path(), &valid_certificate());
+    kill(pid, Signal::SIGHUP).unwrap();
+    wait_for(&lines, "TLS certificate reloaded").expect("the reload is logged");
+    assert_eq!(curl_port(port, &cert).await.unwrap(), "2 200");
+    assert!(
+        curl_port(port, &first).await.is_err(),
+        "the old one is gone"
+    );
+
+    let second = dir.path().join("second.pem");
+    std::fs::copy(&cert, &second).unwrap();
+    std::fs::write(&cert, "not a certificate").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let error = wait_for(&lines, "cannot reload the TLS certificate").expect("an error is logged");
+    assert!(error.contains(&cert.display().to_string()), "{error}");
+    assert_eq!(
+        curl_port(port, &second).await.unwrap(),
+        "2 200",
+        "the pair in use stays"
+    );
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert!(exit.unwrap().success());
+}
+
+#[tokio::test]
+async fn hearth_serve_does_not_start_with_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let expired = certificate(
+        time::OffsetDateTime::now_utc() - time::Duration::days(60),
+        30,
+    );
+    let (cert, key) = write_pair(dir.path(), &expired);
+    let (mut server, lines) = serve_binary_tls(dir.path(), &cert, &key).await;
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert!(!exit.unwrap().success());
+    let output: Vec<String> = lines.iter().collect();
+    assert!(
+        !output.iter().any(|line| line.contains("listening on")),
+        "{output:#?}"
+    );
+    assert!(
+        output.iter().any(|line| line.contains("expired on")),
+        "{output:#?}"
+    );
 }
