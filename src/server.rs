@@ -296,9 +296,14 @@ struct Busy(std::sync::Arc<Activity>);
 
 impl Activity {
     fn start(self: &std::sync::Arc<Self>) -> Busy {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.changed.notify_waiters();
+        // Only a change between idle and busy matters to `idle_for`.
+        if self
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            self.changed.notify_waiters();
+        }
         Busy(self.clone())
     }
 
@@ -321,10 +326,14 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0
+        if self
+            .0
             .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.changed.notify_waiters();
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.changed.notify_waiters();
+        }
     }
 }
 
