@@ -88,6 +88,15 @@ pub struct Config {
     #[arg(long, env = "HEARTH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub header_read_timeout: Duration,
 
+    /// PEM file with the certificate chain to serve HTTPS with (HTTP/2 and HTTP/1.1 through
+    /// ALPN); needs `tls_key`. Without both, plain HTTP (HTTP/1.1 and h2c). Read again on SIGHUP.
+    #[arg(long, env = "HEARTH_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of `tls_cert`.
+    #[arg(long, env = "HEARTH_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "HEARTH_BODY_LIMIT", default_value_t = 2 * 1024 * 1024, global = true)]
     pub body_limit: usize,
@@ -451,6 +460,15 @@ impl fmt::Display for Config {
             d(self.request_timeout),
             d(self.header_read_timeout)
         )?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => writeln!(
+                f,
+                "  tls                 certificate {} / key {}",
+                cert.display(),
+                key.display()
+            )?,
+            _ => writeln!(f, "  tls                 off (plain HTTP/1.1 and h2c)")?,
+        }
         writeln!(f, "  body limit          {} bytes", self.body_limit)?;
         writeln!(f, "  upload limit        {} bytes", self.upload_max_bytes)?;
         writeln!(f, "  shutdown grace      {}", d(self.shutdown_grace))?;

@@ -58,6 +58,7 @@ pub mod ops;
 pub mod publishing;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod uploads;
 pub mod web;
 

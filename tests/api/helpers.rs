@@ -192,6 +192,7 @@ pub struct Builder {
     database: Option<PgConnectOptions>,
     routes_with: Option<RoutesWith>,
     workers: bool,
+    tls: Option<hearth::tls::Tls>,
 }
 
 /// Builds extra routes from the app's state.
@@ -215,6 +216,12 @@ impl Builder {
         routes: impl FnOnce(&AppState) -> Router<AppState> + 'static,
     ) -> Self {
         self.routes_with = Some(Box::new(routes));
+        self
+    }
+
+    /// Serves HTTPS with this certificate (`address` is then `https://...`).
+    pub fn tls(mut self, tls: hearth::tls::Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -271,14 +278,20 @@ impl Builder {
         });
         let router = hearth::server::app_with(state.clone(), routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let address = format!("{scheme}://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        tokio::spawn(hearth::server::serve(
-            listener,
-            router,
-            &self.config,
-            shutdown.clone().cancelled_owned(),
-        ));
+        let stop = shutdown.clone().cancelled_owned();
+        match self.tls {
+            Some(tls) => tokio::spawn(hearth::server::serve_tls(
+                listener,
+                router,
+                &self.config,
+                tls,
+                stop,
+            )),
+            None => tokio::spawn(hearth::server::serve(listener, router, &self.config, stop)),
+        };
         TestApp {
             address,
             client: client(),
@@ -309,6 +322,7 @@ impl TestApp {
             database: None,
             routes_with: None,
             workers: false,
+            tls: None,
         }
     }
 

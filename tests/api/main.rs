@@ -18,6 +18,7 @@ mod faults;
 mod gateway;
 mod helpers;
 mod hostile;
+mod http2;
 mod jobs;
 mod leaks;
 mod login_policy;
