@@ -17,8 +17,8 @@ pub mod post;
 use std::time::Duration;
 
 use axum::{
-    handler::Handler,
     Router,
+    handler::Handler,
     routing::{get, post},
 };
 use sqlx::{Postgres, Transaction};
