@@ -198,3 +198,46 @@ async fn query_strings_the_route_does_not_declare_write_nothing_to_the_cache() {
     assert_eq!(shouted.status(), StatusCode::PERMANENT_REDIRECT);
     assert_eq!(shouted.headers()["location"], "/authors/ada");
 }
+
+#[tokio::test]
+async fn a_browser_revalidates_a_shared_page_and_gets_its_own_after_signing_in() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let slug = ada.write("Hello", "First post.", true).await;
+    let path = format!("/posts/{slug}");
+
+    // Before signing in, the browser gets the shared page...
+    let anonymous = client().get(app.url(&path)).send().await.unwrap();
+    let control = anonymous.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let etag = anonymous.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        control.contains("max-age=0") && control.contains("s-maxage=300"),
+        "browsers must ask again, shared caches may keep it: {control}"
+    );
+
+    // ...and once signed in, its revalidation of that copy gets the signed-in page.
+    let signed_in = get_with_cookie(&app, &path, &ada.cookie).await;
+    let again = client()
+        .get(app.url(&path))
+        .header("cookie", &ada.cookie)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "not the anonymous copy's 304"
+    );
+    assert!(
+        again
+            .text()
+            .await
+            .unwrap()
+            .contains(r#"data-testid="signed-in-user""#)
+    );
+    assert_eq!(signed_in.status(), StatusCode::OK);
+}
