@@ -211,9 +211,9 @@ fn query_cacheable(query: Option<&str>, allowed: &[String]) -> bool {
     true
 }
 
-/// Adds `private` to a personal response's `Cache-Control`, so that no cache downstream
-/// (a proxy, a CDN) shares it either.
-fn mark_private(headers: &mut HeaderMap) {
+/// Adds `private` to a personal response's `Cache-Control` (unless it says `private` or
+/// `no-store` already), so that no cache downstream (a proxy, a CDN) shares it either.
+pub fn mark_private(headers: &mut HeaderMap) {
     if ["private", "no-store"]
         .iter()
         .any(|d| coding::lowercase(headers, header::CACHE_CONTROL).contains(d))

@@ -662,3 +662,26 @@ pub async fn read_events(
     }
     events
 }
+
+/// The lines a child process writes to its stdout and stderr (both piped), as they come; the
+/// channel ends when the process closes both.
+pub fn output_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for stream in [stdout, stderr] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    lines
+}

@@ -445,7 +445,6 @@ async fn serve_binary_tls(
     cert: &Path,
     key: &Path,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
     let (name, _) = crate::helpers::migrated_database().await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
         .env("DATABASE_URL", crate::helpers::database_url(&name))
@@ -459,23 +458,7 @@ async fn serve_binary_tls(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-    for stream in [stdout, stderr] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stream)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
+    let lines = crate::helpers::output_lines(&mut child);
     (child, lines)
 }
 

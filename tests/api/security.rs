@@ -22,7 +22,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Arc,
@@ -1360,19 +1359,7 @@ fn serve_binary(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-    for stream in [stdout, stderr] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let lines = crate::helpers::output_lines(&mut child);
     let address = loop {
         let line = lines
             .recv_timeout(Duration::from_secs(120))
