@@ -113,47 +113,6 @@ pub struct Config {
     #[arg(long, env = "HEARTH_SECURE_COOKIES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
     pub secure_cookies: bool,
 
-    /// Failed logins one client may make against one account before each further attempt
-    /// waits (429 with `Retry-After`): a client is an address, or a browser holding a device
-    /// cookie for the account from an earlier successful login.
-    #[arg(
-        long,
-        env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT",
-        default_value_t = 5,
-        global = true
-    )]
-    pub login_limit_per_account: i64,
-
-    /// Failed logins allowed against one account from all addresses together, counting only
-    /// browsers without a device cookie for it (strangers); past it strangers wait, while the
-    /// owner's known devices are judged by their own failures alone.
-    #[arg(
-        long,
-        env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT_STRANGERS",
-        default_value_t = 20,
-        global = true
-    )]
-    pub login_limit_per_account_strangers: i64,
-
-    /// Failed logins allowed per client address, whatever the accounts.
-    #[arg(
-        long,
-        env = "HEARTH_LOGIN_LIMIT_PER_ADDRESS",
-        default_value_t = 50,
-        global = true
-    )]
-    pub login_limit_per_address: i64,
-
-    /// The first wait once a limit is reached; it doubles with each further failure, up to
-    /// the window.
-    #[arg(long, env = "HEARTH_LOGIN_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration, global = true)]
-    pub login_backoff: Duration,
-
-    /// The longest wait between failed logins, and how long after a wait ends without a new
-    /// failure the count starts again from zero.
-    #[arg(long, env = "HEARTH_LOGIN_LIMIT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
-    pub login_limit_window: Duration,
-
     /// Password hashes (argon2, about 19 MiB of memory each) this process computes at once, for
     /// logins, sign-ups and password changes together.
     #[arg(long, env = "HEARTH_PASSWORD_HASH_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024), global = true)]
@@ -296,59 +255,10 @@ pub struct Config {
     #[arg(long, env = "HEARTH_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
-    /// SMTP server for outgoing mail: `smtp://user:pass@host:587?tls=required` (STARTTLS),
-    /// `smtps://user:pass@host` (TLS), `smtp://host:25` (plain, for a local relay only).
-    /// Without it mail goes to the dev mailbox at `/mailbox`.
-    #[arg(long, env = "HEARTH_SMTP_URL", global = true)]
-    pub smtp_url: Option<String>,
-
-    /// The sender of outgoing mail.
-    #[arg(
-        long,
-        env = "HEARTH_MAIL_FROM",
-        default_value = "Hearth <hearth@localhost>",
-        global = true
-    )]
-    pub mail_from: String,
-
-    /// The hour (0-23) the daily digest goes out.
-    #[arg(long, env = "HEARTH_DIGEST_HOUR", default_value_t = 7, value_parser = clap::value_parser!(u8).range(0..24), global = true)]
-    pub digest_hour: u8,
-
-    /// The time zone of the digest hour (an IANA name such as `Europe/Paris`).
-    #[arg(
-        long,
-        env = "HEARTH_DIGEST_TIME_ZONE",
-        default_value = "UTC",
-        global = true
-    )]
-    pub digest_time_zone: String,
-
-    /// Upstream services `GET /api/aggregate` fans out to: `name=URL[@timeout]`, separated by
-    /// commas (`weather=http://127.0.0.1:9001/now@2s`); the timeout defaults to 3s.
-    #[arg(long, env = "HEARTH_UPSTREAMS", default_value = "", value_parser = crate::gateway::Upstreams::parse, global = true)]
-    pub upstreams: crate::gateway::Upstreams,
-
-    /// Base URL of the benchmark's upstream stub; `GET /bench/gather` (W3) calls
-    /// `<URL>/upstream/1`, `/2` and `/3`.
-    #[arg(long, env = "HEARTH_BENCH_UPSTREAM_URL", default_value = "http://127.0.0.1:8081", value_parser = crate::gateway::http_url, global = true)]
-    pub bench_upstream_url: url::Url,
-
-    /// Largest CSV file an import accepts, in bytes (413 above it). The upload route reads a
-    /// request this large (plus its multipart envelope) even past the body limit, which every
-    /// other route keeps.
-    #[arg(long, env = "HEARTH_UPLOAD_MAX_BYTES", default_value_t = 5 * 1024 * 1024, global = true)]
-    pub upload_max_bytes: usize,
-
     /// Bearer token that lets scrapers read `/metrics` (`Authorization: Bearer <token>`);
     /// signed-in administrators can read it without one.
     #[arg(long, env = "HEARTH_METRICS_TOKEN", global = true)]
     pub metrics_token: Option<String>,
-
-    /// Serve the benchmark routes of `bench/PROTOCOL` (`/bench/...`, `/ws/chat/{room}/`).
-    /// Off in production.
-    #[arg(long, env = "HEARTH_BENCH_ROUTES", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
-    pub bench_routes: bool,
 
     /// Write logs as JSON lines instead of text.
     #[arg(long, env = "HEARTH_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
@@ -470,19 +380,9 @@ impl fmt::Display for Config {
             _ => writeln!(f, "  tls                 off (plain HTTP/1.1 and h2c)")?,
         }
         writeln!(f, "  body limit          {} bytes", self.body_limit)?;
-        writeln!(f, "  upload limit        {} bytes", self.upload_max_bytes)?;
         writeln!(f, "  shutdown grace      {}", d(self.shutdown_grace))?;
         writeln!(f, "  session ttl         {}", d(self.session_ttl))?;
         writeln!(f, "  secure cookies      {}", self.secure_cookies)?;
-        writeln!(
-            f,
-            "  login limits        {} per account and client / {} per account from strangers / {} per address / wait {} doubling up to {}",
-            self.login_limit_per_account,
-            self.login_limit_per_account_strangers,
-            self.login_limit_per_address,
-            d(self.login_backoff),
-            d(self.login_limit_window)
-        )?;
         writeln!(
             f,
             "  password hashing    {} at once / {} waiting",
@@ -538,17 +438,6 @@ impl fmt::Display for Config {
                 .as_ref()
                 .map_or_else(|| "none".to_owned(), |url| mask_url(url.as_str()))
         )?;
-        writeln!(
-            f,
-            "  mail                {} / from {} / digest at {}:00 {}",
-            self.smtp_url
-                .as_deref()
-                .map_or_else(|| "dev mailbox".to_string(), mask_url),
-            self.mail_from,
-            self.digest_hour,
-            self.digest_time_zone
-        )?;
-        writeln!(f, "  upstreams           {}", self.upstreams)?;
         writeln!(f, "  public url          {}", self.site_url())?;
         if !self.allowed_origins.is_empty() {
             writeln!(
@@ -556,9 +445,6 @@ impl fmt::Display for Config {
                 "  allowed origins     {}",
                 self.allowed_origins.join(", ")
             )?;
-        }
-        if self.bench_routes {
-            writeln!(f, "  bench routes        on")?;
         }
         write!(
             f,
@@ -605,5 +491,40 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("very-secret-key"));
         assert!(shown.contains(&config.bind.to_string()));
+    }
+}
+
+/// The apps' own settings sections, one value per type: each app declares its section with
+/// `App::settings::<S>()`, the command line fills it from flags and environment variables, and
+/// the app's builders read it back by type at start.
+#[derive(Clone, Default)]
+pub struct Sections(
+    std::collections::HashMap<std::any::TypeId, std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+);
+
+impl Sections {
+    pub fn insert<S: Send + Sync + 'static>(&mut self, section: S) {
+        self.0
+            .insert(std::any::TypeId::of::<S>(), std::sync::Arc::new(section));
+    }
+
+    pub fn get<S: Send + Sync + 'static>(&self) -> Option<&S> {
+        self.0
+            .get(&std::any::TypeId::of::<S>())
+            .and_then(|s| s.downcast_ref())
+    }
+
+    /// Changes a section in place (tests adjust one setting of an app this way).
+    pub fn update<S: Clone + Send + Sync + 'static>(&mut self, change: impl FnOnce(&mut S)) {
+        if let Some(mut section) = self.get::<S>().cloned() {
+            change(&mut section);
+            self.insert(section);
+        }
+    }
+}
+
+impl fmt::Debug for Sections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sections({} sections)", self.0.len())
     }
 }

@@ -40,11 +40,12 @@
 //! [`cli`] is the `hearth` command line on top of it.
 
 pub mod accounts;
+pub mod application;
 pub mod bench;
+pub mod bundled;
 pub mod cache;
 pub mod channels;
 pub mod chat;
-pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod db;
@@ -58,8 +59,10 @@ pub mod ops;
 pub mod publishing;
 pub mod server;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod uploads;
 pub mod web;
 
-pub use server::{AppState, app};
+pub use application::{App, Application, Routes};
+pub use web::AppState;

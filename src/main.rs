@@ -1,6 +1,4 @@
-//! The `hearth` binary: parse the command line and hand over to the library.
-
-use clap::Parser;
+//! The `hearth` binary: the bundled apps on the platform, run by the library's command line.
 
 /// mimalloc rather than glibc's malloc: see the note on the dependency in Cargo.toml. Only the
 /// binary sets it; programs that use Hearth as a library choose their own.
@@ -8,5 +6,5 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    hearth::cli::run(hearth::cli::Cli::parse())
+    hearth::bundled::application().main()
 }

@@ -6,10 +6,11 @@
 //! Verification mail is limited per user ([`VERIFICATIONS_PER_USER_PER_HOUR`]) and, like all
 //! mail, per recipient; a user over their limit is told so.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use askama::Template;
 use axum::{
+    Extension,
     extract::{Path, State},
     response::{IntoResponse, Redirect, Response},
 };
@@ -20,7 +21,7 @@ use super::{
     tokens::{self, LinkError, Purpose},
 };
 use crate::{
-    mail::{self, Dropped, Message, Sent, quota},
+    mail::{self, Dropped, Mailer, Message, Sent, quota},
     web::{AppState, Layout, WebError, auth::RequireLogin, flash, render, session},
 };
 
@@ -61,6 +62,7 @@ impl LinkPage {
 /// happened to that mail. Saving the same address again keeps its verification.
 pub(super) async fn save(
     state: &AppState,
+    mailer: &Mailer,
     user_id: i64,
     email: Option<&Email>,
     digest_by_mail: Option<bool>,
@@ -84,7 +86,9 @@ pub(super) async fn save(
     .await?;
     tx.commit().await?;
     match email {
-        Some(email) if changed => Ok(Some(send_verification(state, user_id, email).await?.text)),
+        Some(email) if changed => Ok(Some(
+            send_verification(state, mailer, user_id, email).await?.text,
+        )),
         _ => Ok(None),
     }
 }
@@ -100,6 +104,7 @@ struct Notice {
 /// address's hourly limits.
 async fn send_verification(
     state: &AppState,
+    mailer: &Mailer,
     user_id: i64,
     email: &str,
 ) -> Result<Notice, WebError> {
@@ -132,8 +137,7 @@ async fn send_verification(
             state.config.site_url()
         ),
     };
-    let sent = state
-        .mailer
+    let sent = mailer
         .send_once(&state.db, &message)
         .await
         .map_err(anyhow::Error::new)?;
@@ -154,6 +158,7 @@ async fn send_verification(
 #[tracing::instrument(skip_all, fields(user_id = login.user.id))]
 pub(super) async fn resend(
     State(state): State<AppState>,
+    Extension(deps): Extension<Arc<super::Deps>>,
     login: RequireLogin,
     signed: SignedCookieJar,
 ) -> Result<Response, WebError> {
@@ -167,7 +172,7 @@ pub(super) async fn resend(
         None => "Add a mail address first.".to_owned(),
         Some(email) if row.verified => format!("{email} is already verified."),
         Some(email) => {
-            let notice = send_verification(&state, login.user.id, &email).await?;
+            let notice = send_verification(&state, &deps.mailer, login.user.id, &email).await?;
             if notice.refused {
                 return Err(WebError::TooManyRequests(notice.text));
             }

@@ -10,7 +10,6 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Context;
 use askama::Template;
 use axum::{
     Form,
@@ -28,8 +27,7 @@ use super::{
 };
 use crate::{
     jobs::{Defaults, Enqueue, Job, JobContext, Outcome},
-    mail::{self, Mailer, Message, quota},
-    publishing::jobs::SiteUrl,
+    mail::{self, Mailing, Message, quota},
     web::{AppState, Layout, WebError, auth::User, render},
 };
 
@@ -111,6 +109,7 @@ pub struct SignInLink {
 
 impl Job for SignInLink {
     const KIND: &'static str = "accounts.sign_in_link";
+    type Deps = Mailing;
 
     fn defaults() -> Defaults {
         Defaults {
@@ -121,13 +120,8 @@ impl Job for SignInLink {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = self.user_id))]
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let mailer = ctx
-            .data::<Mailer>()
-            .context("the job registry lacks the mailer")?;
-        let SiteUrl(site) = ctx
-            .data::<SiteUrl>()
-            .context("the job registry lacks the site URL")?;
+    async fn perform(self, ctx: JobContext<Mailing>) -> anyhow::Result<Outcome> {
+        let Mailing { mailer, site } = &*ctx.deps;
         let Some(email) = sqlx::query_scalar!(
             r#"SELECT email AS "email!" FROM users
                 WHERE id = $1 AND email IS NOT NULL AND email_verified_at IS NOT NULL"#,

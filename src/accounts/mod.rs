@@ -18,17 +18,116 @@ mod tokens;
 
 pub use email::VERIFICATIONS_PER_USER_PER_HOUR;
 pub use links::{LINKS_PER_ACCOUNT_PER_HOUR, REQUESTS_PER_CLIENT_PER_HOUR, SignInLink};
-pub use tokens::sweep as sweep_tokens;
+
+use std::{fmt, sync::Arc, time::Duration};
 
 use axum::{
-    Router,
+    Extension,
     routing::{get, post},
 };
 
-use crate::web::AppState;
+use crate::{
+    App, Routes,
+    mail::{MailSettings, Mailer, Mailing},
+};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/accounts");
+
+/// The accounts app. Needs the mail app's settings (verification and sign-in links).
+pub fn app() -> App {
+    App::new("accounts")
+        .migrations(&MIGRATIONS)
+        .settings::<AccountsSettings>()
+        .routes(|ctx| {
+            let deps = Deps {
+                policy: throttle::Policy::from_settings(ctx.settings::<AccountsSettings>()?),
+                mailer: ctx.settings::<MailSettings>()?.mailer()?,
+            };
+            Ok(routes().layer(Extension(Arc::new(deps))))
+        })
+        .job_with::<SignInLink>(Mailing::build)
+        .every(
+            "login throttle",
+            Duration::from_secs(600),
+            |state| async move {
+                throttle::sweep(&state.db).await?;
+                Ok(())
+            },
+        )
+        .every("mail links", Duration::from_secs(600), |state| async move {
+            tokens::sweep(&state.db).await?;
+            Ok(())
+        })
+}
+
+/// What the accounts pages need besides the platform, built once at start.
+pub(crate) struct Deps {
+    policy: throttle::Policy,
+    mailer: Mailer,
+}
+
+/// The accounts app's settings: how failed logins are slowed down.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountsSettings {
+    /// Failed logins one client may make against one account before each further attempt
+    /// waits (429 with `Retry-After`): a client is an address, or a browser holding a device
+    /// cookie for the account from an earlier successful login.
+    #[arg(
+        long,
+        env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT",
+        default_value_t = 5,
+        global = true
+    )]
+    pub login_limit_per_account: i64,
+
+    /// Failed logins allowed against one account from all addresses together, counting only
+    /// browsers without a device cookie for it (strangers); past it strangers wait, while the
+    /// owner's known devices are judged by their own failures alone.
+    #[arg(
+        long,
+        env = "HEARTH_LOGIN_LIMIT_PER_ACCOUNT_STRANGERS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub login_limit_per_account_strangers: i64,
+
+    /// Failed logins allowed per client address, whatever the accounts.
+    #[arg(
+        long,
+        env = "HEARTH_LOGIN_LIMIT_PER_ADDRESS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub login_limit_per_address: i64,
+
+    /// The first wait once a limit is reached; it doubles with each further failure, up to
+    /// the window.
+    #[arg(long, env = "HEARTH_LOGIN_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration, global = true)]
+    pub login_backoff: Duration,
+
+    /// The longest wait between failed logins, and how long after a wait ends without a new
+    /// failure the count starts again from zero.
+    #[arg(long, env = "HEARTH_LOGIN_LIMIT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub login_limit_window: Duration,
+}
+
+impl fmt::Display for AccountsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = humantime::format_duration;
+        write!(
+            f,
+            "  login limits        {} per account and client / {} per account from strangers / {} per address / wait {} doubling up to {}",
+            self.login_limit_per_account,
+            self.login_limit_per_account_strangers,
+            self.login_limit_per_address,
+            d(self.login_backoff),
+            d(self.login_limit_window)
+        )
+    }
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/signup", get(pages::signup_form).post(pages::signup))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/login/link", get(links::request_form).post(links::request))

@@ -1,10 +1,10 @@
 //! The account pages and their form handlers.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use askama::Template;
 use axum::{
-    Form, Json,
+    Extension, Form, Json,
     extract::{ConnectInfo, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
@@ -13,7 +13,7 @@ use axum_extra::extract::{CookieJar, SignedCookieJar};
 use serde::Deserialize;
 
 use super::{
-    Email, device,
+    Deps, Email, device,
     email::save as save_email,
     throttle::{self, Attempt, Client, Policy},
 };
@@ -95,6 +95,7 @@ pub(super) async fn signup_form(layout: Layout) -> Result<impl IntoResponse, Web
 #[tracing::instrument(skip_all, fields(username = %form.username))]
 pub(super) async fn signup(
     State(state): State<AppState>,
+    Extension(deps): Extension<Arc<Deps>>,
     layout: Layout,
     cookies: CookieJar,
     signed: SignedCookieJar,
@@ -161,7 +162,7 @@ pub(super) async fn signup(
     };
     let mut message = format!("Welcome to Hearth, {}!", user.username);
     if let Some(email) = &email
-        && let Some(notice) = save_email(&state, user.id, Some(email), None).await?
+        && let Some(notice) = save_email(&state, &deps.mailer, user.id, Some(email), None).await?
     {
         message = format!("{message} {notice}");
     }
@@ -226,8 +227,11 @@ pub(super) struct LoginForm {
 /// `Retry-After` when the throttle says to wait, 503 when the password hashing line is full.
 /// A browser holding a device cookie for the account is judged by its own failures alone.
 #[tracing::instrument(skip_all, fields(username = %form.username, client = %addr.ip()))]
+// One argument per extractor: the handler reads the form and all that decides its fate.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn login(
     State(state): State<AppState>,
+    Extension(deps): Extension<Arc<Deps>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     layout: Layout,
     cookies: CookieJar,
@@ -256,7 +260,7 @@ pub(super) async fn login(
         None => Client::Stranger(addr.ip()),
     };
     let known_device = matches!(client, Client::Device(_));
-    let (attempt, slot) = match admit(&state, &username, &client).await? {
+    let (attempt, slot) = match admit(&state, &deps.policy, &username, &client).await? {
         Ok(admitted) => admitted,
         Err(Refused::Wait(wait)) => {
             tracing::warn!(?wait, known_device, "login throttled");
@@ -312,6 +316,7 @@ enum Refused {
 /// is full, a flood is refused before the throttle's transaction too.
 async fn admit(
     state: &AppState,
+    policy: &Policy,
     username: &Username,
     client: &Client,
 ) -> Result<Result<(Attempt, Slot), Refused>, WebError> {
@@ -319,8 +324,7 @@ async fn admit(
     if state.hasher.has_room().is_err() {
         return Ok(Err(Refused::Busy));
     }
-    let policy = Policy::from_config(&state.config);
-    let pending = match throttle::check(&state.db, &policy, username.as_str(), client).await? {
+    let pending = match throttle::check(&state.db, policy, username.as_str(), client).await? {
         Ok(pending) => pending,
         Err(wait) => return Ok(Err(Refused::Wait(wait))),
     };
@@ -480,6 +484,7 @@ pub(super) struct SettingsForm {
 #[tracing::instrument(skip_all, fields(user_id = login.user.id))]
 pub(super) async fn settings(
     State(state): State<AppState>,
+    Extension(deps): Extension<Arc<Deps>>,
     login: RequireLogin,
     layout: Layout,
     signed: SignedCookieJar,
@@ -500,6 +505,7 @@ pub(super) async fn settings(
     };
     let notice = save_email(
         &state,
+        &deps.mailer,
         login.user.id,
         email.as_ref(),
         Some(form.digest_by_mail.is_some()),

@@ -24,7 +24,6 @@ use std::{
 use sqlx::PgPool;
 
 use super::device::DeviceId;
-use crate::config::Config;
 
 /// The limits in force (from the configuration).
 #[derive(Debug, Clone, Copy)]
@@ -42,13 +41,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_settings(settings: &super::AccountsSettings) -> Self {
         Self {
-            per_client: config.login_limit_per_account,
-            per_account: config.login_limit_per_account_strangers,
-            per_address: config.login_limit_per_address,
-            backoff: config.login_backoff,
-            window: config.login_limit_window,
+            per_client: settings.login_limit_per_account,
+            per_account: settings.login_limit_per_account_strangers,
+            per_address: settings.login_limit_per_address,
+            backoff: settings.login_backoff,
+            window: settings.login_limit_window,
         }
     }
 

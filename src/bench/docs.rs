@@ -36,11 +36,10 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config,
+    application::Invocation,
     documents::crdt::State,
     server,
     web::{
-        AppState,
         auth::{NewPassword, Username, create_user},
         hashing::Hasher,
         session,
@@ -68,21 +67,24 @@ pub struct DocsArgs {
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Runs on `pool` (opened and migrated by the command line).
-pub async fn run(config: &Config, pool: PgPool, args: DocsArgs) -> anyhow::Result<()> {
+pub async fn run(invocation: &Invocation, pool: PgPool, args: DocsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.editors >= 2, "--editors must be at least 2");
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     // A throwaway server of its own: one benchmark user opens hundreds of sockets.
-    let mut config = config.clone();
+    let mut config = invocation.config.clone();
     config.ws_max_per_user = 0;
     config.ws_max_per_address = 0;
-    let state = AppState::new(config.clone(), pool.clone()).context("cannot build the app")?;
+    let application = &invocation.application;
+    let state = application
+        .state(config.clone(), invocation.sections.clone(), pool.clone())
+        .context("cannot build the app")?;
     state.channels.ready().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
-        server::app(state.clone()),
+        application.router(&state)?,
         &config,
         stop.clone().cancelled_owned(),
     ));

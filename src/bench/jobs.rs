@@ -35,8 +35,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::{
-    config::Config,
-    db::{Database, migrations},
+    application::Invocation,
     jobs::{
         Enqueue, Job, JobContext, Outcome, QueueName, Registry, WorkerConfig, Workers, enqueue_many,
     },
@@ -89,13 +88,13 @@ struct RecordFile(fs::File);
 
 impl Job for Record {
     const KIND: &'static str = "bench_record";
+    type Deps = RecordFile;
 
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+    async fn perform(self, ctx: JobContext<RecordFile>) -> anyhow::Result<Outcome> {
         let line = format!("{:017.6} {:017.6}\n", now(), self.t_enq);
-        if let Some(RecordFile(file)) = ctx.data::<RecordFile>() {
-            // One write of 36 bytes to an O_APPEND file: lines never interleave.
-            (&*file).write_all(line.as_bytes())?;
-        }
+        let RecordFile(file) = &*ctx.deps;
+        // One write of 36 bytes to an O_APPEND file: lines never interleave.
+        (&*file).write_all(line.as_bytes())?;
         Ok(Outcome::done())
     }
 }
@@ -115,19 +114,16 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// `hearth bench jobs`.
-pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
-    let db = Database::open(&config, true)
+pub async fn run(invocation: &Invocation, args: BenchArgs) -> anyhow::Result<()> {
+    let keep_completed = invocation.config.job_keep_completed;
+    invocation
+        .with_database(true, |pool| async move {
+            run_on(&pool, &args, keep_completed).await
+        })
         .await
-        .context("cannot open the database")?;
-    let outcome = run_on(&db.pool, &args, config.job_keep_completed).await;
-    db.close().await?;
-    outcome
 }
 
 async fn run_on(pool: &PgPool, args: &BenchArgs, keep_completed: bool) -> anyhow::Result<()> {
-    migrations::run(pool)
-        .await
-        .context("cannot apply migrations")?;
     let dir = tempfile_dir()?;
     let record = dir.join("record.txt");
     let file = fs::OpenOptions::new()
@@ -135,9 +131,7 @@ async fn run_on(pool: &PgPool, args: &BenchArgs, keep_completed: bool) -> anyhow
         .append(true)
         .mode(0o644)
         .open(&record)?;
-    let registry = Registry::new()
-        .register::<Record>()
-        .with_data(RecordFile(file));
+    let registry = Registry::new().register_with::<Record>(RecordFile(file));
     let queues = vec![(QueueName::parse(QUEUE)?, args.concurrency)];
     let worker_config = WorkerConfig {
         instance: format!("bench-{}", std::process::id()),

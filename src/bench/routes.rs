@@ -11,7 +11,7 @@
 //!   `POST /bench/publish` with `{"message": "..."}` sends to it and answers 204.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::StatusCode,
     routing::{get, post},
@@ -32,9 +32,9 @@ use crate::{
     },
 };
 
-/// The routes, to be served outside the CSRF layer (the load clients have no session).
-pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+/// The routes, served outside the CSRF layer (the load clients have no session).
+pub fn routes(state: &AppState) -> crate::Routes {
+    crate::Routes::new()
         .route("/bench/page", get(page))
         .route(
             "/bench/cached",
@@ -43,7 +43,6 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/ws/chat/{room}/", ws::route::<ChatRoom>())
         .route("/bench/events", get(events))
         .route("/bench/publish", post(publish))
-        .merge(crate::gateway::bench_routes(state))
 }
 
 /// A W5 client's frame (also read by the floor server, [`super::floor`]).

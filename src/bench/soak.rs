@@ -63,7 +63,7 @@ use crate::{
     config::Config,
     db::Database,
     jobs::control,
-    publishing::post::{Slug, Title},
+    text::{Slug, Title},
     web::csrf,
 };
 

@@ -11,15 +11,27 @@ pub mod consumer;
 mod pages;
 pub mod room;
 
-use axum::{
-    Router,
-    routing::{get, post},
+use axum::routing::{get, post};
+
+use crate::web::ws;
+
+use crate::{
+    App, Routes,
+    web::templates::{NavLink, Show},
 };
 
-use crate::web::{AppState, ws};
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/chat");
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+/// The chat app.
+pub fn app() -> App {
+    App::new("chat")
+        .migrations(&MIGRATIONS)
+        .routes(|_| Ok(routes()))
+        .nav(|_| Ok(NavLink::new("Chat", "/chat", Show::SignedIn)))
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/chat", get(pages::rooms).post(pages::create))
         .route("/chat/{slug}", get(pages::room))
         .route("/chat/{slug}/invite", post(pages::invite))

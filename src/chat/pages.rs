@@ -15,7 +15,7 @@ use super::{
     room::{self, Room},
 };
 use crate::{
-    publishing::post::{Slug, Title},
+    text::{Slug, Title},
     web::{AppState, Layout, WebError, auth::RequireLogin, flash, render},
 };
 

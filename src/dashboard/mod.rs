@@ -13,7 +13,6 @@ use std::{convert::Infallible, time::Duration};
 
 use askama::Template;
 use axum::{
-    Router,
     extract::State,
     response::{
         IntoResponse, Response,
@@ -28,8 +27,20 @@ use crate::web::{AppState, Layout, WebError, auth::RequireLogin, render, sse::St
 
 pub use sampler::Sample;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+use crate::{
+    App, Routes,
+    web::templates::{NavLink, Show},
+};
+
+/// The dashboard app.
+pub fn app() -> App {
+    App::new("dashboard")
+        .routes(|_| Ok(routes()))
+        .nav(|_| Ok(NavLink::new("Dashboard", "/dashboard", Show::SignedIn)))
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/dashboard", get(page))
         .route("/dashboard/stream", get(events))
 }

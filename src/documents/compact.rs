@@ -45,6 +45,7 @@ pub struct Compacted {
 
 impl Job for CompactDocument {
     const KIND: &'static str = "documents.compact";
+    type Deps = ();
 
     fn defaults() -> Defaults {
         Defaults {
@@ -128,6 +129,7 @@ pub struct CompactIdle {}
 
 impl Job for CompactIdle {
     const KIND: &'static str = "documents.compact_idle";
+    type Deps = ();
 
     #[tracing::instrument(skip_all)]
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {

@@ -21,18 +21,42 @@ pub mod crdt;
 pub mod document;
 mod pages;
 
-use axum::{
-    Router,
-    routing::{get, post},
-};
+use axum::routing::{get, post};
 
 pub use compact::{CompactDocument, CompactIdle};
 pub use consumer::MAX_UPDATE;
 
-use crate::web::{AppState, ws};
+use crate::web::ws;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+use std::time::Duration;
+
+use crate::{
+    App, Routes,
+    jobs::{Enqueue, Every, Schedule},
+    web::templates::{NavLink, Show},
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/documents");
+
+/// The documents app.
+pub fn app() -> App {
+    App::new("documents")
+        .migrations(&MIGRATIONS)
+        .routes(|_| Ok(routes()))
+        .job::<CompactDocument>()
+        .job::<CompactIdle>()
+        .schedules(|_| {
+            Ok(vec![Schedule::new(
+                "documents-compact",
+                Every::interval(Duration::from_secs(600))?,
+                Enqueue::new(&CompactIdle::default())?,
+            )?])
+        })
+        .nav(|_| Ok(NavLink::new("Docs", "/docs", Show::SignedIn)))
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/docs", get(pages::list).post(pages::create))
         .route("/docs/{id}", get(pages::edit))
         .route("/docs/{id}/text", get(pages::text))

@@ -15,11 +15,10 @@
 mod fan_out;
 mod upstreams;
 
-use std::{sync::Arc, time::Instant};
+use std::{fmt, sync::Arc, time::Instant};
 
 use axum::{
-    Json, Router,
-    extract::State,
+    Extension, Json,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
@@ -32,10 +31,36 @@ pub use upstreams::{Upstream, Upstreams, UpstreamsError, UrlError, http_url};
 
 use fan_out::Report;
 
-use crate::web::{AppState, WebError, auth::RequireLogin};
+use crate::{
+    App, Routes,
+    web::{WebError, auth::RequireLogin},
+};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/aggregate", get(aggregate))
+/// The gateway app.
+pub fn app() -> App {
+    App::new("gateway")
+        .settings::<GatewaySettings>()
+        .routes(|ctx| {
+            let upstreams = Arc::new(ctx.settings::<GatewaySettings>()?.upstreams.clone());
+            Ok(Routes::new()
+                .route("/api/aggregate", get(aggregate))
+                .layer(Extension(upstreams)))
+        })
+}
+
+/// The gateway app's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewaySettings {
+    /// Upstream services `GET /api/aggregate` fans out to: `name=URL[@timeout]`, separated by
+    /// commas (`weather=http://127.0.0.1:9001/now@2s`); the timeout defaults to 3s.
+    #[arg(long, env = "HEARTH_UPSTREAMS", default_value = "", value_parser = Upstreams::parse, global = true)]
+    pub upstreams: Upstreams,
+}
+
+impl fmt::Display for GatewaySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "  upstreams           {}", self.upstreams)
+    }
 }
 
 #[derive(Serialize)]
@@ -48,12 +73,12 @@ struct Aggregate<'a> {
 /// Signed-in users only: upstreams may be internal services.
 #[tracing::instrument(skip_all)]
 async fn aggregate(
-    State(state): State<AppState>,
+    Extension(upstreams): Extension<Arc<Upstreams>>,
     _login: RequireLogin,
 ) -> Result<Response, WebError> {
     let client = shared_client()?;
     let started = Instant::now();
-    let fetched = fan_out(client, state.config.upstreams.as_slice()).await;
+    let fetched = fan_out(client, upstreams.as_slice()).await;
     let answer = Aggregate {
         upstreams: fetched.into_iter().map(Report::from).collect(),
         elapsed_ms: fan_out::millis(started.elapsed()),
@@ -67,10 +92,11 @@ fn shared_client() -> Result<&'static reqwest::Client, WebError> {
     })
 }
 
-/// The W3 route, for the bench routes: its three upstreams are fixed at start-up.
-pub fn bench_routes(state: &AppState) -> Router<AppState> {
-    let upstreams = Arc::new(bench_upstreams(&state.config.bench_upstream_url));
-    Router::new().route("/bench/gather", get(move || gather(Arc::clone(&upstreams))))
+/// The W3 route, for the bench routes: its three upstreams, under `base`, are fixed at
+/// start-up.
+pub fn bench_routes(base: &Url) -> Routes {
+    let upstreams = Arc::new(bench_upstreams(base));
+    Routes::new().route("/bench/gather", get(move || gather(Arc::clone(&upstreams))))
 }
 
 /// The protocol's `/upstream/1`, `/2` and `/3` under `base`, with the Django peer's 10 s

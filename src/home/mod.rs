@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::{Router, extract::State, response::IntoResponse, routing::get};
+use axum::{extract::State, response::IntoResponse, routing::get};
 
 use crate::{
     cache::fragment::Fragment,
@@ -24,8 +24,15 @@ use crate::{
 /// stale they can get if an invalidation is lost).
 const LATEST_TTL: Duration = Duration::from_secs(300);
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/", get(home))
+use crate::{App, Routes};
+
+/// The home app.
+pub fn app() -> App {
+    App::new("home").routes(|_| Ok(routes()))
+}
+
+fn routes() -> Routes {
+    Routes::new().route("/", get(home))
 }
 
 #[derive(Template)]

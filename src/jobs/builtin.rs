@@ -12,6 +12,7 @@ pub struct Noop {}
 
 impl Job for Noop {
     const KIND: &'static str = "noop";
+    type Deps = ();
 
     async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
         Ok(Outcome::done())
@@ -26,6 +27,7 @@ pub struct Sleep {
 
 impl Job for Sleep {
     const KIND: &'static str = "sleep";
+    type Deps = ();
 
     async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(self.ms)).await;

@@ -1,12 +1,14 @@
 //! What a job is: a serde type with an async `perform`, and what it can tell the worker.
 
-use std::{any::Any, collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// A background job. Its fields are the arguments, stored as JSON.
+/// A background job. Its fields are the arguments, stored as JSON; what it needs besides
+/// them (a mailer, an HTTP client) is its [`Deps`](Job::Deps), built once when the kind is
+/// registered and handed to every run as `ctx.deps`.
 ///
 /// ```text
 /// #[derive(Serialize, Deserialize)]
@@ -14,20 +16,30 @@ use tokio_util::sync::CancellationToken;
 ///
 /// impl Job for SendWelcome {
 ///     const KIND: &'static str = "send_welcome";
-///     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-///         mailer(&ctx).send(self.user_id).await?;
+///     type Deps = Mailer;
+///     async fn perform(self, ctx: JobContext<Mailer>) -> anyhow::Result<Outcome> {
+///         ctx.deps.send(self.user_id).await?;
 ///         Ok(Outcome::done())
 ///     }
 /// }
 /// ```
+///
+/// Registered with `App::job_with::<SendWelcome>(|ctx| Ok(Mailer::new(...)))`: a kind whose
+/// dependencies are not given does not compile (`App::job` takes only `Deps = ()`).
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The stable name stored with each job. Renaming the Rust type is harmless; renaming
     /// the kind orphans jobs already enqueued under the old name.
     const KIND: &'static str;
 
+    /// What every run needs besides its arguments; `()` for nothing.
+    type Deps: Send + Sync + 'static;
+
     /// Does the work. An `Err` (or a panic) fails the attempt; it is retried with
     /// [`backoff`](Job::backoff) until the job's max attempts are used up.
-    fn perform(self, ctx: JobContext) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
+    fn perform(
+        self,
+        ctx: JobContext<Self::Deps>,
+    ) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
 
     /// Default enqueue options of this kind (each enqueue can override them).
     fn defaults() -> Defaults {
@@ -90,25 +102,8 @@ impl Outcome {
     }
 }
 
-/// Values jobs need at run time (a mailer, an HTTP client...), looked up by type.
-#[derive(Default, Clone)]
-pub struct Data(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
-
-impl Data {
-    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
-        self.0.insert(std::any::TypeId::of::<T>(), Arc::new(value));
-    }
-
-    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.0
-            .get(&std::any::TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref())
-    }
-}
-
 /// What a running job knows about itself and can use.
-#[derive(Clone)]
-pub struct JobContext {
+pub struct JobContext<D = ()> {
     pub id: i64,
     pub kind: String,
     pub queue: String,
@@ -116,16 +111,43 @@ pub struct JobContext {
     pub attempt: i32,
     pub max_attempts: i32,
     pub pool: PgPool,
-    pub(crate) data: Arc<Data>,
+    /// The kind's dependencies, given when it was registered.
+    pub deps: Arc<D>,
     pub(crate) cancel: CancellationToken,
 }
 
-impl JobContext {
-    /// A value registered with [`Registry::with_data`](super::Registry::with_data).
-    pub fn data<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.data.get()
+impl<D> Clone for JobContext<D> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            pool: self.pool.clone(),
+            deps: self.deps.clone(),
+            cancel: self.cancel.clone(),
+        }
     }
+}
 
+impl JobContext {
+    /// The same job's context with its kind's dependencies.
+    pub(crate) fn with_deps<D>(self, deps: Arc<D>) -> JobContext<D> {
+        JobContext {
+            id: self.id,
+            kind: self.kind,
+            queue: self.queue,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            pool: self.pool,
+            deps,
+            cancel: self.cancel,
+        }
+    }
+}
+
+impl<D> JobContext<D> {
     /// Fires when the job is cancelled while running. The worker also drops `perform` then, so
     /// jobs only need this to stop early between steps of their own.
     pub fn cancellation(&self) -> &CancellationToken {

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use super::{
     builtin,
-    job::{Data, Job, JobContext, Outcome},
+    job::{Job, JobContext, Outcome},
 };
 
 /// How a run of `perform` ended, as the worker sees it.
@@ -38,7 +38,6 @@ pub(crate) struct Entry {
 #[derive(Clone)]
 pub struct Registry {
     kinds: HashMap<&'static str, Entry>,
-    pub(crate) data: Arc<Data>,
 }
 
 impl Default for Registry {
@@ -51,21 +50,30 @@ impl Registry {
     pub fn new() -> Self {
         Self {
             kinds: HashMap::new(),
-            data: Arc::new(Data::default()),
         }
         .register::<builtin::Noop>()
         .register::<builtin::Sleep>()
     }
 
-    /// Adds a job kind. Registering the same kind twice is a programming error and panics at
-    /// start-up rather than silently running the wrong code.
-    pub fn register<J: Job>(mut self) -> Self {
-        let handler: Handler = Arc::new(|args, ctx| {
+    /// Adds a job kind that needs nothing but its arguments.
+    pub fn register<J: Job<Deps = ()>>(self) -> Self {
+        self.register_with::<J>(())
+    }
+
+    /// Adds a job kind with what its runs need. Registering the same kind twice is a
+    /// programming error and panics at start-up rather than silently running the wrong code
+    /// (an application checks its apps' kinds before it gets here, and names both apps).
+    pub fn register_with<J: Job>(mut self, deps: J::Deps) -> Self {
+        let deps = Arc::new(deps);
+        let handler: Handler = Arc::new(move |args, ctx| {
+            let deps = deps.clone();
             Box::pin(async move {
                 let job: J = serde_json::from_value(args).map_err(|e| {
                     RunError::Permanent(format!("the args do not fit kind `{}`: {e}", J::KIND))
                 })?;
-                job.perform(ctx).await.map_err(RunError::Failed)
+                job.perform(ctx.with_deps(deps))
+                    .await
+                    .map_err(RunError::Failed)
             })
         });
         let previous = self.kinds.insert(
@@ -80,12 +88,6 @@ impl Registry {
             "job kind `{}` registered twice",
             J::KIND
         );
-        self
-    }
-
-    /// Makes `value` available to jobs through [`JobContext::data`].
-    pub fn with_data<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
-        Arc::make_mut(&mut self.data).insert(value);
         self
     }
 

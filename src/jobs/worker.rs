@@ -515,7 +515,7 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
         attempt: job.attempt,
         max_attempts: job.max_attempts,
         pool: shared.pool.clone(),
-        data: shared.registry.data.clone(),
+        deps: NO_DEPS.clone(),
         cancel: running.cancel.clone(),
     };
     let attempt = AssertUnwindSafe((entry.handler)(job.args.clone(), ctx)).catch_unwind();
@@ -944,3 +944,7 @@ pub async fn run_one(
     }
     Ok(Some(id))
 }
+
+/// The context every run starts from; the registry swaps in its kind's dependencies. One
+/// shared `()` rather than an allocation per run.
+static NO_DEPS: std::sync::LazyLock<Arc<()>> = std::sync::LazyLock::new(|| Arc::new(()));

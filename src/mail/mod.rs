@@ -16,22 +16,113 @@
 mod pages;
 pub mod quota;
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, routing::get};
+use axum::{Extension, routing::get};
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
     message::{Mailbox, header::ContentType},
 };
 use sqlx::PgPool;
 
-use crate::web::AppState;
+use crate::{
+    App, Routes,
+    application::Context as AppContext,
+    config::mask_url,
+    web::templates::{NavLink, Show},
+};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/mailbox", get(pages::list))
-        .route("/mailbox/{id}", get(pages::show))
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mail");
+
+/// The mail app: the outbox, the mailbox pages, the hourly quotas' sweeper.
+pub fn app() -> App {
+    App::new("mail")
+        .migrations(&MIGRATIONS)
+        .settings::<MailSettings>()
+        .routes(|ctx| {
+            let dev = DevMailbox(ctx.settings::<MailSettings>()?.smtp_url.is_none());
+            Ok(Routes::new()
+                .route("/mailbox", get(pages::list))
+                .route("/mailbox/{id}", get(pages::show))
+                .layer(Extension(dev)))
+        })
+        // In dev mode every user reads their own mail there; otherwise only administrators.
+        .nav(|sections| {
+            let dev = crate::application::section::<MailSettings>(sections)?
+                .smtp_url
+                .is_none();
+            let show = if dev { Show::SignedIn } else { Show::Admins };
+            Ok(NavLink::new("Mailbox", "/mailbox", show))
+        })
+        .every(
+            "past mail quotas",
+            Duration::from_secs(600),
+            |state| async move {
+                quota::sweep(&state.db).await?;
+                Ok(())
+            },
+        )
+}
+
+/// The mail app's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MailSettings {
+    /// SMTP server for outgoing mail: `smtp://user:pass@host:587?tls=required` (STARTTLS),
+    /// `smtps://user:pass@host` (TLS), `smtp://host:25` (plain, for a local relay only).
+    /// Without it mail goes to the dev mailbox at `/mailbox`.
+    #[arg(long, env = "HEARTH_SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
+
+    /// The sender of outgoing mail.
+    #[arg(
+        long,
+        env = "HEARTH_MAIL_FROM",
+        default_value = "Hearth <hearth@localhost>",
+        global = true
+    )]
+    pub mail_from: String,
+}
+
+impl fmt::Display for MailSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  mail                {} / from {}",
+            self.smtp_url
+                .as_deref()
+                .map_or_else(|| "dev mailbox".to_string(), mask_url),
+            self.mail_from
+        )
+    }
+}
+
+impl MailSettings {
+    pub fn mailer(&self) -> anyhow::Result<Mailer> {
+        Mailer::new(self.smtp_url.as_deref(), &self.mail_from)
+    }
+}
+
+/// Whether mail goes to the dev mailbox (no SMTP server configured).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DevMailbox(pub bool);
+
+/// What a job that mails needs: the mailer, and the site's public address for its links.
+#[derive(Clone)]
+pub struct Mailing {
+    pub mailer: Mailer,
+    /// `HEARTH_PUBLIC_URL`, or the bind address.
+    pub site: String,
+}
+
+impl Mailing {
+    /// From the mail settings, for any app's jobs (`App::job_with::<J>(Mailing::build)`).
+    pub fn build(ctx: &AppContext) -> anyhow::Result<Self> {
+        Ok(Self {
+            mailer: ctx.settings::<MailSettings>()?.mailer()?,
+            site: ctx.state().config.site_url(),
+        })
+    }
 }
 
 /// One message to send.

@@ -4,12 +4,14 @@
 
 use askama::Template;
 use axum::{
+    Extension,
     extract::{Path, Query, State},
     response::IntoResponse,
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::DevMailbox;
 use crate::web::{
     AppState, Layout, WebError,
     auth::{RequireLogin, User},
@@ -51,6 +53,7 @@ impl Row {
 #[template(path = "mail/list.html")]
 struct ListPage {
     layout: Layout,
+    dev_mailbox: bool,
     rows: Vec<Row>,
     older: Option<i64>,
 }
@@ -68,10 +71,10 @@ pub(super) struct ListQuery {
 }
 
 /// Whose mail `user` may read: everyone's (`None`) for admins, their own in dev mode.
-fn readable_by(state: &AppState, user: &User) -> Result<Option<i64>, WebError> {
+fn readable_by(dev: DevMailbox, user: &User) -> Result<Option<i64>, WebError> {
     if user.is_admin {
         Ok(None)
-    } else if state.config.smtp_url.is_none() {
+    } else if dev.0 {
         Ok(Some(user.id))
     } else {
         Err(WebError::Forbidden(
@@ -82,11 +85,12 @@ fn readable_by(state: &AppState, user: &User) -> Result<Option<i64>, WebError> {
 
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(dev): Extension<DevMailbox>,
     login: RequireLogin,
     layout: Layout,
     Query(query): Query<ListQuery>,
 ) -> Result<impl IntoResponse, WebError> {
-    let only = readable_by(&state, &login.user)?;
+    let only = readable_by(dev, &login.user)?;
     let mut rows = sqlx::query_as!(
         Row,
         "SELECT id, to_address, subject, body, created_at, sent_at, claimed_at, transport, last_error
@@ -107,6 +111,7 @@ pub(super) async fn list(
     };
     render(&ListPage {
         layout,
+        dev_mailbox: dev.0,
         rows,
         older,
     })
@@ -115,11 +120,12 @@ pub(super) async fn list(
 /// One message; someone else's is a 404, as if it did not exist.
 pub(super) async fn show(
     State(state): State<AppState>,
+    Extension(dev): Extension<DevMailbox>,
     login: RequireLogin,
     layout: Layout,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse, WebError> {
-    let only = readable_by(&state, &login.user)?;
+    let only = readable_by(dev, &login.user)?;
     let mail = sqlx::query_as!(
         Row,
         "SELECT id, to_address, subject, body, created_at, sent_at, claimed_at, transport, last_error

@@ -10,20 +10,25 @@
 
 mod pages;
 
-use axum::{
-    Router,
-    routing::{get, post},
-};
+use axum::routing::{get, post};
 use serde::Serialize;
 use sqlx::{Postgres, Transaction};
 
-use crate::{
-    channels::{ChannelError, ChannelLayer, GroupName},
-    web::AppState,
-};
+use crate::channels::{ChannelError, ChannelLayer, GroupName};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+use crate::{App, Routes};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/notifications");
+
+/// The notifications app.
+pub fn app() -> App {
+    App::new("notifications")
+        .migrations(&MIGRATIONS)
+        .routes(|_| Ok(routes()))
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/notifications", get(pages::list))
         .route("/notifications/stream", get(pages::stream))
         .route("/notifications/read-all", post(pages::mark_all_read))

@@ -113,8 +113,7 @@ pub(super) async fn overview(
             (q, is_paused)
         })
         .collect();
-    let schedules = crate::server::job_schedules(&state.config).map_err(WebError::Internal)?;
-    let schedules = maintenance::schedule_status(&state.db, &schedules).await?;
+    let schedules = maintenance::schedule_status(&state.db, &state.composed.schedules).await?;
     let audit = audit::recent(&state.db, 10).await?;
     Ok(render(&OverviewPage {
         layout,
@@ -448,13 +447,15 @@ pub(super) async fn run_schedule(
     jar: SignedCookieJar,
     Path(name): Path<String>,
 ) -> Result<Response, WebError> {
-    let schedules = crate::server::job_schedules(&state.config).map_err(WebError::Internal)?;
-    let schedule = schedules
-        .into_iter()
+    let schedule = state
+        .composed
+        .schedules
+        .iter()
         .find(|s| s.name == name)
         .ok_or(WebError::NotFound)?;
     let enqueued = schedule
         .job
+        .clone()
         .enqueue(&state.db)
         .await
         .map_err(|e| WebError::Internal(e.into()))?;

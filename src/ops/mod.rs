@@ -17,7 +17,7 @@ mod jobs;
 mod system;
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     routing::{get, post},
 };
@@ -27,8 +27,23 @@ use crate::{
     web::{AppState, WebError, auth::RequireLogin},
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+use crate::{
+    App, Routes,
+    web::templates::{NavLink, Show},
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/ops");
+
+/// The ops app.
+pub fn app() -> App {
+    App::new("ops")
+        .migrations(&MIGRATIONS)
+        .routes(|_| Ok(routes()))
+        .nav(|_| Ok(NavLink::new("Ops", "/ops", Show::Admins)))
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/api/jobs/{id}", get(job_status))
         .route("/ops", get(jobs::overview))
         .route("/ops/api/counts", get(jobs::counts))

@@ -7,31 +7,20 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     channels::ChannelLayer,
     jobs::{Defaults, Job, JobContext, Outcome},
-    mail::{Mailer, Message, Purpose, Sent},
+    mail::{Mailing, Message, Purpose, Sent},
     notifications::{self, Kind, NewNotification},
 };
 
-/// The public address of the site, for links in mail (`HEARTH_PUBLIC_URL`).
-#[derive(Debug, Clone)]
-pub struct SiteUrl(pub String);
-
-/// When the daily digest goes out: its time zone names the day it covers.
-#[derive(Debug, Clone)]
-pub struct DigestZone(pub chrono_tz::Tz);
-
-fn data<T: std::any::Any + Send + Sync>(ctx: &JobContext) -> anyhow::Result<&T> {
-    ctx.data::<T>().with_context(|| {
-        format!(
-            "the job registry lacks a {} (see server::job_registry)",
-            std::any::type_name::<T>()
-        )
-    })
+/// What the daily digest needs: mail, and the time zone that names the day it covers.
+#[derive(Clone)]
+pub struct Digest {
+    pub mailing: Mailing,
+    pub zone: chrono_tz::Tz,
 }
 
 /// Mails the author that their post was published: once per post, however often it is
@@ -45,6 +34,7 @@ pub struct PostPublished {
 
 impl Job for PostPublished {
     const KIND: &'static str = "publishing.post_published";
+    type Deps = Mailing;
 
     fn defaults() -> Defaults {
         Defaults {
@@ -55,8 +45,8 @@ impl Job for PostPublished {
     }
 
     #[tracing::instrument(skip_all, fields(post_id = self.post_id))]
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let (mailer, SiteUrl(site)) = (data::<Mailer>(&ctx)?, data::<SiteUrl>(&ctx)?);
+    async fn perform(self, ctx: JobContext<Mailing>) -> anyhow::Result<Outcome> {
+        let Mailing { mailer, site } = &*ctx.deps;
         let Some(post) = sqlx::query!(
             "SELECT p.title, p.slug, p.published_at IS NOT NULL AS \"published!\",
                     u.id AS author_id, u.username, u.email
@@ -98,10 +88,11 @@ pub struct NotifySubscribers {
 
 impl Job for NotifySubscribers {
     const KIND: &'static str = "publishing.notify_subscribers";
+    type Deps = ChannelLayer;
 
     #[tracing::instrument(skip_all, fields(post_id = self.post_id))]
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let channels = data::<ChannelLayer>(&ctx)?;
+    async fn perform(self, ctx: JobContext<ChannelLayer>) -> anyhow::Result<Outcome> {
+        let channels = &*ctx.deps;
         let mut tx = ctx.pool.begin().await?;
         let Some(post) = sqlx::query!(
             "SELECT p.title, p.slug, p.author_id, u.username
@@ -153,6 +144,7 @@ pub struct DailyDigest {}
 
 impl Job for DailyDigest {
     const KIND: &'static str = "publishing.daily_digest";
+    type Deps = Digest;
 
     fn defaults() -> Defaults {
         Defaults {
@@ -163,9 +155,11 @@ impl Job for DailyDigest {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let (mailer, SiteUrl(site)) = (data::<Mailer>(&ctx)?, data::<SiteUrl>(&ctx)?);
-        let DigestZone(zone) = data::<DigestZone>(&ctx)?;
+    async fn perform(self, ctx: JobContext<Digest>) -> anyhow::Result<Outcome> {
+        let Digest {
+            mailing: Mailing { mailer, site },
+            zone,
+        } = &*ctx.deps;
         // The day the job was enqueued for (its occurrence), not the day it runs: a retry
         // after midnight must reuse the same outbox keys.
         let enqueued_at = sqlx::query_scalar!("SELECT created_at FROM jobs WHERE id = $1", ctx.id)

@@ -14,23 +14,100 @@ pub mod markdown;
 mod pages;
 pub mod post;
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use axum::{
-    Router,
     handler::Handler,
     routing::{get, post},
 };
 use sqlx::{Postgres, Transaction};
 
 use crate::{
+    App, Routes,
     cache::{
         headers::{CacheControl, cache_control},
         page::cache_page,
     },
-    web::{self, AppState, conditional::conditional_get},
+    jobs::{Enqueue, Every, Schedule},
+    mail::Mailing,
+    web::{
+        self, AppState,
+        conditional::conditional_get,
+        templates::{NavLink, Show},
+    },
 };
 use post::{Body, Slug, Title};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/publishing");
+
+/// The publishing app. Its jobs mail through the mail app's settings.
+pub fn app() -> App {
+    App::new("publishing")
+        .migrations(&MIGRATIONS)
+        .settings::<PublishingSettings>()
+        .routes(|ctx| Ok(routes(ctx.state())))
+        .job_with::<jobs::PostPublished>(Mailing::build)
+        .job_with::<jobs::NotifySubscribers>(|ctx| Ok(ctx.state().channels.clone()))
+        .job_with::<jobs::DailyDigest>(|ctx| {
+            Ok(jobs::Digest {
+                mailing: Mailing::build(ctx)?,
+                zone: ctx.settings::<PublishingSettings>()?.zone()?,
+            })
+        })
+        .schedules(|sections| {
+            let settings = crate::application::section::<PublishingSettings>(sections)?;
+            let every = Every::cron(
+                &format!("0 {} * * *", settings.digest_hour),
+                &settings.digest_time_zone,
+            )?;
+            Ok(vec![Schedule::new(
+                "daily-digest",
+                every,
+                Enqueue::new(&jobs::DailyDigest::default())?,
+            )?])
+        })
+        .nav(|_| Ok(NavLink::new("Posts", "/posts", Show::Everyone)))
+        .nav(|_| Ok(NavLink::new("Write", "/posts/new", Show::SignedIn)))
+}
+
+/// The publishing app's settings: when the daily digest goes out.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishingSettings {
+    /// The hour (0-23) the daily digest goes out.
+    #[arg(long, env = "HEARTH_DIGEST_HOUR", default_value_t = 7, value_parser = clap::value_parser!(u8).range(0..24), global = true)]
+    pub digest_hour: u8,
+
+    /// The time zone of the digest hour (an IANA name such as `Europe/Paris`).
+    #[arg(
+        long,
+        env = "HEARTH_DIGEST_TIME_ZONE",
+        default_value = "UTC",
+        global = true
+    )]
+    pub digest_time_zone: String,
+}
+
+impl PublishingSettings {
+    /// The digest's time zone, or an error naming the setting.
+    pub fn zone(&self) -> anyhow::Result<chrono_tz::Tz> {
+        self.digest_time_zone.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "HEARTH_DIGEST_TIME_ZONE {:?} is not a time zone name such as Europe/Paris",
+                self.digest_time_zone
+            )
+        })
+    }
+}
+
+impl fmt::Display for PublishingSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  daily digest        at {}:00 {}",
+            self.digest_hour, self.digest_time_zone
+        )
+    }
+}
 
 /// How long anonymous readers are served a stored page. Edits drop the pages they change at
 /// once (by tag), so this only bounds how stale a page can get if an invalidation is lost.
@@ -84,7 +161,7 @@ pub async fn insert_with_free_slug(
     Ok(None)
 }
 
-pub fn routes(state: &AppState) -> Router<AppState> {
+fn routes(state: &AppState) -> Routes {
     let shared = cache_page(&state.cache, PAGE_TTL).bypass(web::is_personal);
     // Shared caches keep these pages for PAGE_TTL; browsers revalidate every time (a 304 from
     // the page cache, or from the view's validators), so a page kept from before signing in is
@@ -94,7 +171,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             .max_age(0)
             .s_maxage(PAGE_TTL.as_secs() as u32),
     );
-    Router::new()
+    Routes::new()
         // The page cache passes POSTs through untouched.
         .route(
             "/posts",

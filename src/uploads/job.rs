@@ -17,7 +17,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::{Acquire, Postgres, Transaction};
 
@@ -44,6 +43,7 @@ pub struct ImportCsv {
 
 impl Job for ImportCsv {
     const KIND: &'static str = "uploads.import_csv";
+    type Deps = ImportDeps;
 
     fn defaults() -> Defaults {
         Defaults {
@@ -55,8 +55,8 @@ impl Job for ImportCsv {
     }
 
     #[tracing::instrument(skip_all, fields(upload_id = self.upload_id, attempt = ctx.attempt))]
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let channels = data::<ChannelLayer>(&ctx)?;
+    async fn perform(self, ctx: JobContext<ImportDeps>) -> anyhow::Result<Outcome> {
+        let channels = &ctx.deps.channels;
         let progress = Progress {
             ctx: &ctx,
             channels,
@@ -95,10 +95,9 @@ impl ImportCsv {
         let (status, summary) = match checked {
             Err(rejection) => (Status::Rejected, rejected(rejection)),
             Ok(posts) => {
-                // Checked before anything is written: a worker that cannot drop cached pages
-                // must not publish.
+                // Only an import that publishes changes cached pages.
                 if posts.iter().any(|p| p.row.publish) {
-                    cache = Some(data::<Cache>(ctx)?);
+                    cache = Some(&ctx.deps.cache);
                 }
                 // A savepoint, so that rows rejected while inserting undo the others and
                 // leave the upload locked for the rejection.
@@ -167,18 +166,17 @@ struct JobResult {
     error_count: usize,
 }
 
-fn data<T: std::any::Any + Send + Sync>(ctx: &JobContext) -> anyhow::Result<&T> {
-    ctx.data::<T>().with_context(|| {
-        format!(
-            "the job registry lacks a {} (see server::job_registry)",
-            std::any::type_name::<T>()
-        )
-    })
+/// What an import needs: the channel layer for its progress, the cache to drop the pages
+/// its published posts change.
+#[derive(Clone)]
+pub struct ImportDeps {
+    pub channels: ChannelLayer,
+    pub cache: Cache,
 }
 
 /// Where the job says how far it got: its status, and the upload's group.
 struct Progress<'a> {
-    ctx: &'a JobContext,
+    ctx: &'a JobContext<ImportDeps>,
     channels: &'a ChannelLayer,
     group: GroupName,
 }

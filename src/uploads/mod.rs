@@ -15,8 +15,8 @@
 //! file, is its owner's (`GET /api/uploads/{id}`).
 //!
 //! Posts are drafts unless the `publish` column says otherwise. Publishing ones drops the
-//! cached public list and author page after commit, so the job then needs the [`Cache`] among
-//! the job registry's data (`hearth serve` and `hearth worker` put it there).
+//! cached public list and author page after commit, so the job is registered with the
+//! [`Cache`] in its dependencies ([`job::ImportDeps`]).
 //!
 //! [`Cache`]: crate::cache::Cache
 //!
@@ -28,13 +28,58 @@ pub mod import;
 pub mod job;
 mod pages;
 
-use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use std::fmt;
+
+use axum::{Extension, extract::DefaultBodyLimit, routing::get};
 use serde::{Deserialize, Serialize};
 
 pub use import::RowError;
 pub use job::ImportCsv;
 
-use crate::{channels::GroupName, config::Config, web::AppState};
+use crate::{
+    App, Routes,
+    application::section,
+    channels::GroupName,
+    web::templates::{NavLink, Show},
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/uploads");
+
+/// The uploads app. Its imports publish posts through the publishing app's tables and tags.
+pub fn app() -> App {
+    App::new("uploads")
+        .migrations(&MIGRATIONS)
+        .settings::<UploadSettings>()
+        .routes(|ctx| Ok(routes(ctx.settings::<UploadSettings>()?)))
+        .job_with::<ImportCsv>(|ctx| {
+            Ok(job::ImportDeps {
+                channels: ctx.state().channels.clone(),
+                cache: ctx.state().cache.clone(),
+            })
+        })
+        .body_limit(|sections| Ok(upload_request_limit(section::<UploadSettings>(sections)?)))
+        .nav(|_| Ok(NavLink::new("Import", "/uploads", Show::SignedIn)))
+}
+
+/// The uploads app's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UploadSettings {
+    /// Largest CSV file an import accepts, in bytes (413 above it). The upload route reads a
+    /// request this large (plus its multipart envelope) even past the body limit, which every
+    /// other route keeps.
+    #[arg(long, env = "HEARTH_UPLOAD_MAX_BYTES", default_value_t = 5 * 1024 * 1024, global = true)]
+    pub upload_max_bytes: usize,
+}
+
+impl fmt::Display for UploadSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "  upload limit        {} bytes", self.upload_max_bytes)
+    }
+}
+
+/// The largest file an import accepts (the handlers' copy of the setting).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaxBytes(pub usize);
 
 /// Bytes of a multipart request around the file: boundaries, part headers, other fields.
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
@@ -46,32 +91,30 @@ pub const ERRORS_KEPT: usize = 100;
 const FAILED: &str =
     "The import failed on our side, and nothing was imported. Upload the file again later.";
 
-pub fn routes(config: &Config) -> Router<AppState> {
-    Router::new()
+fn routes(settings: &UploadSettings) -> Routes {
+    Routes::new()
         .route(
             "/uploads",
             get(pages::list)
                 .post(pages::create)
-                .layer(DefaultBodyLimit::max(upload_request_limit(config))),
+                .layer(DefaultBodyLimit::max(upload_request_limit(settings))),
         )
         .route("/uploads/{id}", get(pages::show))
         .route("/uploads/{id}/events", get(pages::events))
         .route("/api/uploads/{id}", get(pages::state))
+        .layer(Extension(MaxBytes(settings.upload_max_bytes)))
 }
 
 /// The largest request the upload route reads: a file of `HEARTH_UPLOAD_MAX_BYTES` in its
 /// multipart envelope. The handler checks the file itself against the limit, so a file just
 /// over it gets a message that names the limit.
-fn upload_request_limit(config: &Config) -> usize {
-    config.upload_max_bytes.saturating_add(MULTIPART_OVERHEAD)
-}
-
-/// The hard limit on request bodies the server needs: the body limit, or an upload if that is
-/// larger. Every route but the upload keeps the body limit through its default (axum's
-/// `DefaultBodyLimit`, which the upload route raises for itself); this outer limit (tower-http's
+///
+/// The server's hard limit on request bodies is raised to this (`App::body_limit`). Every
+/// route but the upload keeps the body limit through its default (axum's `DefaultBodyLimit`,
+/// which the upload route raises for itself); the outer limit (tower-http's
 /// `RequestBodyLimit`) can only lower what the routes inside it allow, never raise it.
-pub fn body_limit(config: &Config) -> usize {
-    config.body_limit.max(upload_request_limit(config))
+fn upload_request_limit(settings: &UploadSettings) -> usize {
+    settings.upload_max_bytes.saturating_add(MULTIPART_OVERHEAD)
 }
 
 /// The channel-layer group of one upload's live progress.

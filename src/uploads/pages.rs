@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::{
-    Json,
+    Extension, Json,
     extract::{
         Multipart, Path, State,
         multipart::{Field, MultipartError},
@@ -15,7 +15,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{
-    ImportCsv, RowError, Status, Summary, Update, group, human_size, import::MAX_ROWS, thousands,
+    ImportCsv, MaxBytes, RowError, Status, Summary, Update, group, human_size, import::MAX_ROWS,
+    thousands,
 };
 use crate::{
     jobs::Enqueue,
@@ -187,6 +188,7 @@ impl ListPage {
 #[tracing::instrument(skip_all, fields(user_id = login.user.id))]
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(max): Extension<MaxBytes>,
     login: RequireLogin,
     layout: Layout,
 ) -> Result<Response, WebError> {
@@ -210,7 +212,7 @@ pub(super) async fn list(
     Ok(render(&ListPage {
         layout,
         uploads,
-        max_bytes: state.config.upload_max_bytes,
+        max_bytes: max.0,
     })?
     .into_response())
 }
@@ -284,11 +286,12 @@ struct Accepted {
 #[tracing::instrument(skip_all, fields(user_id = login.user.id))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    Extension(max): Extension<MaxBytes>,
     login: RequireLogin,
     headers: HeaderMap,
     multipart: Multipart,
 ) -> Result<Response, UploadError> {
-    let (filename, content) = read_file(multipart, state.config.upload_max_bytes).await?;
+    let (filename, content) = read_file(multipart, max.0).await?;
     let size = content.len() as i64;
     let mut tx = state.db.begin().await?;
     let upload_id = sqlx::query_scalar!(

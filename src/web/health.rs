@@ -22,7 +22,7 @@ async fn healthz() -> &'static str {
 
 #[tracing::instrument(skip(state))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match migrations::pending(&state.db).await {
+    match migrations::pending(&state.db, &state.composed.migrations).await {
         Ok(0) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "database": "ok", "pending_migrations": 0 })),

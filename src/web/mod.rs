@@ -74,6 +74,54 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
      img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; \
      base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
+/// The paths the platform itself serves, beside every app's.
+pub const PLATFORM_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/static"];
+
+/// The whole site around `pages` (every app's routes): the site-wide cache when configured,
+/// CSRF and flash messages on pages, then `api` (routes for programs, without those two), the
+/// platform's own routes (probes, metrics, static files, the 404 page) and the middleware of
+/// [`layers`].
+pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) -> Router {
+    let config = &state.config;
+    // Where a route's own `cache_page` is, inside the CSRF and flash layers: the per-browser
+    // cookies they add come after it, and the personal marks they make reach it.
+    let pages = if config.site_cache_ttl.is_zero() {
+        pages
+    } else {
+        pages.layer(
+            page::cache_page(&state.cache, config.site_cache_ttl)
+                .site_wide()
+                .bypass(is_personal),
+        )
+    };
+    let pages = pages
+        .layer(middleware::from_fn_with_state(state.clone(), csrf::protect))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            flash::middleware,
+        ))
+        .with_state(state.clone());
+    let router = Router::new()
+        .merge(pages)
+        .merge(api.with_state(state.clone()))
+        .merge(health::routes().with_state(state.clone()))
+        .route(
+            "/metrics",
+            axum::routing::get(metrics::endpoint).with_state(state.clone()),
+        )
+        .nest("/static", static_files(&config.static_dir))
+        .fallback(error::not_found)
+        // The hard limit below admits an app's larger bodies (an upload); every other route
+        // keeps the body limit (an inner DefaultBodyLimit wins: such a route sets its own).
+        .layer(DefaultBodyLimit::max(config.body_limit));
+    layers(
+        router,
+        &state.cache,
+        config.request_timeout,
+        state.composed.body_limit,
+    )
+}
+
 /// Wraps `router` in the platform middleware, outermost first: the page cache's front door,
 /// request id, tracing span, security headers, compression, error pages, panic catching, timeout
 /// and body limit.

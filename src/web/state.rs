@@ -11,10 +11,10 @@ use sqlx::PgPool;
 use crate::{
     cache::{Cache, CacheConfig},
     channels::{ChannelConfig, ChannelLayer},
-    config::Config,
-    db::Pipeline,
-    mail::Mailer,
-    web::{hashing::Hasher, ws::SocketLimits},
+    config::{Config, Sections},
+    db::{Pipeline, migrations::MigrationSet},
+    jobs::Schedule,
+    web::{hashing::Hasher, templates::NavLink, ws::SocketLimits},
 };
 
 /// Cheap to clone: a pool handle and a few `Arc`s.
@@ -34,23 +34,42 @@ pub struct AppState {
     pub cache: Cache,
     /// Open WebSockets per user and per client address, for their limits.
     pub sockets: Arc<SocketLimits>,
-    /// Mail sent while a request waits (the verification link); jobs have their own.
-    pub mailer: Mailer,
     /// Password hashing under this process's bound.
     pub hasher: Hasher,
+    /// The apps' settings sections.
+    pub sections: Arc<Sections>,
+    /// What the application's apps declared (see `application::Plan`).
+    pub composed: Arc<Composed>,
+}
+
+/// What the state needs of the composed application: worked out once at start.
+#[derive(Debug, Clone, Default)]
+pub struct Composed {
+    /// The platform's and every app's migrations, in order (`/readyz` counts pending ones).
+    pub migrations: Vec<MigrationSet>,
+    /// Every periodic job, parsed and checked once (`/ops` lists them).
+    pub schedules: Vec<Schedule>,
+    /// The links of the site's navigation.
+    pub nav: Vec<NavLink>,
+    /// The hard limit on request bodies.
+    pub body_limit: usize,
 }
 
 impl AppState {
     /// Builds the state, resolving the secret key (see [`secret_key`]) and starting the
     /// channel layer (stop it with `state.channels.shutdown()`).
-    pub fn new(config: Config, db: PgPool) -> anyhow::Result<Self> {
+    pub fn new(
+        config: Config,
+        sections: Sections,
+        composed: Composed,
+        db: PgPool,
+    ) -> anyhow::Result<Self> {
         let secret = secret_key(&config)?;
         let channels = ChannelLayer::start(db.clone(), channel_config(&config));
         let cache = Cache::start(db.clone(), channels.clone(), cache_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
         let static_version = static_version(&config.static_dir).into();
-        let mailer = Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?;
         let reads = Pipeline::new(
             &db,
             config.database_url.as_deref(),
@@ -67,8 +86,9 @@ impl AppState {
             channels,
             cache,
             sockets: Arc::default(),
-            mailer,
             hasher,
+            sections: Arc::new(sections),
+            composed: Arc::new(composed),
         })
     }
 }

@@ -27,9 +27,29 @@ pub struct Layout {
     csrf_token: String,
     personal: Personal,
     pub static_version: Arc<str>,
-    /// Mail goes to the in-app dev mailbox (no SMTP server configured): every user gets a
-    /// link to read their own.
-    pub dev_mailbox: bool,
+    composed: Arc<super::state::Composed>,
+}
+
+/// A link of the site's navigation, declared by an app (`App::nav`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NavLink {
+    pub label: &'static str,
+    pub href: &'static str,
+    pub show: Show,
+}
+
+/// Who sees a navigation link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    Everyone,
+    SignedIn,
+    Admins,
+}
+
+impl NavLink {
+    pub fn new(label: &'static str, href: &'static str, show: Show) -> Self {
+        Self { label, href, show }
+    }
 }
 
 impl FromRequestParts<AppState> for Layout {
@@ -56,7 +76,7 @@ impl FromRequestParts<AppState> for Layout {
             csrf_token,
             personal,
             static_version: state.static_version.clone(),
-            dev_mailbox: state.config.smtp_url.is_none(),
+            composed: state.composed.clone(),
         })
     }
 }
@@ -70,6 +90,22 @@ impl Layout {
             csrf_token: String::new(),
             ..self
         }
+    }
+
+    /// The navigation links this page's visitor may see, in the order the apps declared them.
+    pub fn nav(&self) -> impl Iterator<Item = &NavLink> {
+        let (signed_in, admin) = match &self.user {
+            Some(user) => (true, user.is_admin),
+            None => (false, false),
+        };
+        self.composed
+            .nav
+            .iter()
+            .filter(move |link| match link.show {
+                Show::Everyone => true,
+                Show::SignedIn => signed_in,
+                Show::Admins => admin,
+            })
     }
 
     /// The CSRF token for the page's forms and scripts. Rendering it marks the page personal:

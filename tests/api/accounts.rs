@@ -201,7 +201,7 @@ async fn wrong_password_is_refused() {
 #[tokio::test]
 async fn failed_logins_are_throttled_per_account() {
     let app = TestApp::builder()
-        .config(|c| c.login_limit_per_account = 3)
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_account = 3)
         .spawn()
         .await;
     app.signup("ada", "correct horse").await;
@@ -239,7 +239,7 @@ async fn failed_logins_are_throttled_per_account() {
 #[tokio::test]
 async fn failed_logins_are_throttled_per_address() {
     let app = TestApp::builder()
-        .config(|c| c.login_limit_per_address = 4)
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_address = 4)
         .spawn()
         .await;
     let browser = app.other_browser();
@@ -263,7 +263,7 @@ async fn failed_logins_are_throttled_per_address() {
 #[tokio::test]
 async fn a_successful_login_clears_the_clients_failures() {
     let app = TestApp::builder()
-        .config(|c| c.login_limit_per_account = 3)
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_account = 3)
         .spawn()
         .await;
     app.signup("ada", "correct horse").await;

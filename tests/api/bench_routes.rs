@@ -7,7 +7,7 @@ use crate::helpers::TestApp;
 
 async fn spawn() -> TestApp {
     let app = TestApp::builder()
-        .config(|c| c.bench_routes = true)
+        .settings(|c: &mut hearth::bench::BenchSettings| c.bench_routes = true)
         .spawn()
         .await;
     hearth::bench::routes::seed(&app.pool).await.unwrap();
@@ -116,7 +116,7 @@ async fn gather_returns_the_three_upstream_bodies_or_502() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, stub).await.unwrap() });
     let app = TestApp::builder()
-        .config(|c| {
+        .settings(|c: &mut hearth::bench::BenchSettings| {
             c.bench_routes = true;
             c.bench_upstream_url = base.parse().unwrap();
         })

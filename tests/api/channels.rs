@@ -811,7 +811,9 @@ async fn the_listener_reconnects_after_a_postgres_restart_and_history_fills_the_
     let setup = sqlx::PgPool::connect_with(pg.connect_options())
         .await
         .unwrap();
-    hearth::db::migrations::run(&setup).await.unwrap();
+    hearth::db::migrations::run(&setup, &crate::helpers::migration_sets())
+        .await
+        .unwrap();
     setup.close().await;
     let app = TestApp::builder()
         .routes(routes())

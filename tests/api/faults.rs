@@ -23,6 +23,7 @@ struct Slow {
 
 impl Job for Slow {
     const KIND: &'static str = "test_fault_slow";
+    type Deps = ();
 
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -62,7 +63,9 @@ async fn a_database_restart_under_load_answers_503_then_heals_and_loses_no_job()
     let setup = sqlx::PgPool::connect_with(pg.connect_options())
         .await
         .unwrap();
-    hearth::db::migrations::run(&setup).await.unwrap();
+    hearth::db::migrations::run(&setup, &crate::helpers::migration_sets())
+        .await
+        .unwrap();
     sqlx::query("CREATE TABLE fault_runs (job_id bigint NOT NULL, n int NOT NULL)")
         .execute(&setup)
         .await

@@ -29,7 +29,7 @@ async fn answers(body: Value) -> String {
 async fn aggregate(spec: &str) -> (Value, Duration) {
     let upstreams = Upstreams::parse(spec).expect("a valid spec");
     let app = TestApp::builder()
-        .config(|c| c.upstreams = upstreams)
+        .settings(|c: &mut hearth::gateway::GatewaySettings| c.upstreams = upstreams)
         .spawn()
         .await;
     let ada = app.user("ada").await;

@@ -92,7 +92,9 @@ fn cluster() -> &'static Cluster {
                     .connect_with(admin.clone().database(&template))
                     .await
                     .unwrap();
-                migrations::run(&pool).await.expect("migrations apply");
+                migrations::run(&pool, &migration_sets())
+                    .await
+                    .expect("migrations apply");
                 pool.close().await;
             });
             let url = std::env::var("DATABASE_URL").ok();
@@ -110,6 +112,24 @@ fn cluster() -> &'static Cluster {
         .join()
         .expect("test cluster setup")
     })
+}
+
+/// The application the tests serve: the `hearth` binary's.
+pub fn application() -> hearth::Application {
+    hearth::bundled::application()
+}
+
+/// The settings sections of [`application`] from the environment, as a bare `hearth` gets them.
+pub fn test_sections() -> hearth::config::Sections {
+    application().sections_from_env().expect("default settings")
+}
+
+/// Every migration set of [`application`], in order.
+pub fn migration_sets() -> Vec<migrations::MigrationSet> {
+    application()
+        .plan(&test_config(), &test_sections())
+        .expect("the bundled application's plan")
+        .migrations
 }
 
 /// A new, empty database (no migrations) and options to connect to it.
@@ -187,6 +207,7 @@ impl Drop for TestApp {
 
 pub struct Builder {
     config: Config,
+    sections: hearth::config::Sections,
     routes: Router<AppState>,
     migrated: bool,
     database: Option<PgConnectOptions>,
@@ -201,6 +222,20 @@ type RoutesWith = Box<dyn FnOnce(&AppState) -> Router<AppState>>;
 impl Builder {
     pub fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
+        self
+    }
+
+    /// Changes an app's settings section (`|s: &mut UploadSettings| ...`).
+    pub fn settings<S: Clone + Send + Sync + 'static>(
+        mut self,
+        change: impl FnOnce(&mut S),
+    ) -> Self {
+        assert!(
+            self.sections.get::<S>().is_some(),
+            "no app declares the settings section {}",
+            std::any::type_name::<S>()
+        );
+        self.sections.update(change);
         self
     }
 
@@ -252,7 +287,10 @@ impl Builder {
             .connect_with(options.clone())
             .await
             .expect("test pool");
-        let state = AppState::new(self.config.clone(), pool.clone()).expect("state");
+        let application = application();
+        let state = application
+            .state(self.config.clone(), self.sections.clone(), pool.clone())
+            .expect("state");
         if self.migrated {
             tokio::time::timeout(Duration::from_secs(10), state.channels.ready())
                 .await
@@ -269,14 +307,14 @@ impl Builder {
                     hearth::jobs::parse_queues("default:4,mail:2").unwrap(),
                 )
             };
-            let registry =
-                hearth::server::job_registry(&self.config, &state.channels, &state.cache)
-                    .expect("job registry");
+            let registry = application.registry(&state).expect("job registry");
             // Their own pool, as `serve` gives them.
-            let jobs = hearth::server::job_pool(&self.config, &pool);
+            let jobs = hearth::application::job_pool(&self.config, &pool);
             hearth::jobs::Workers::start(jobs, registry, config)
         });
-        let router = hearth::server::app_with(state.clone(), routes);
+        let router = application
+            .router_with(&state, routes)
+            .expect("the application's router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let address = format!("{scheme}://{}", listener.local_addr().unwrap());
@@ -317,6 +355,7 @@ impl TestApp {
     pub fn builder() -> Builder {
         Builder {
             config: test_config(),
+            sections: test_sections(),
             routes: Router::new(),
             migrated: true,
             database: None,
@@ -386,8 +425,7 @@ impl TestApp {
 
     /// The app's jobs with what they need, as `serve` registers them.
     pub fn registry(&self) -> hearth::jobs::Registry {
-        hearth::server::job_registry(&self.state.config, &self.state.channels, &self.state.cache)
-            .unwrap()
+        application().registry(&self.state).unwrap()
     }
 
     /// Runs every job waiting in `queue` now, in this task; returns how many ran.

@@ -48,19 +48,31 @@ fn write_pair(
     (cert_path, key_path)
 }
 
+fn bench_routes(c: &mut hearth::bench::BenchSettings) {
+    c.bench_routes = true;
+}
+
 fn app_config(c: &mut hearth::config::Config) {
     c.header_read_timeout = Duration::from_secs(1);
     c.request_timeout = Duration::from_secs(1);
     c.body_limit = 1024;
-    c.bench_routes = true;
 }
 
 async fn plain_app() -> TestApp {
-    TestApp::builder().config(app_config).spawn().await
+    TestApp::builder()
+        .config(app_config)
+        .settings(bench_routes)
+        .spawn()
+        .await
 }
 
 async fn tls_app(tls: Tls) -> TestApp {
-    TestApp::builder().config(app_config).tls(tls).spawn().await
+    TestApp::builder()
+        .config(app_config)
+        .settings(bench_routes)
+        .tls(tls)
+        .spawn()
+        .await
 }
 
 fn port(app: &TestApp) -> u16 {

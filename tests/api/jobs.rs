@@ -40,6 +40,7 @@ struct Flaky {
 
 impl Job for Flaky {
     const KIND: &'static str = "test_flaky";
+    type Deps = ();
 
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
         anyhow::ensure!(
@@ -60,6 +61,7 @@ struct Panicky {}
 
 impl Job for Panicky {
     const KIND: &'static str = "test_panicky";
+    type Deps = ();
 
     async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
         panic!("the job exploded")
@@ -74,9 +76,11 @@ struct Recorded {
 
 impl Job for Recorded {
     const KIND: &'static str = "test_recorded";
+    /// The name of the worker pool that ran it.
+    type Deps = String;
 
-    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let worker = ctx.data::<String>().cloned().unwrap_or_default();
+    async fn perform(self, ctx: JobContext<String>) -> anyhow::Result<Outcome> {
+        let worker = ctx.deps.to_string();
         let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job_id = $1")
             .bind(ctx.id)
             .fetch_one(&ctx.pool)
@@ -96,10 +100,15 @@ impl Job for Recorded {
 }
 
 fn registry() -> Registry {
+    registry_of("")
+}
+
+/// The test kinds, for a worker pool named `worker` (what `Recorded` writes down).
+fn registry_of(worker: &str) -> Registry {
     Registry::new()
         .register::<Flaky>()
         .register::<Panicky>()
-        .register::<Recorded>()
+        .register_with::<Recorded>(worker.to_owned())
 }
 
 fn worker_config(queues: &str, instance: &str) -> WorkerConfig {
@@ -208,6 +217,7 @@ async fn default_backoff_schedules_the_retry_in_the_future() {
     struct Fails {}
     impl Job for Fails {
         const KIND: &'static str = "test_fails";
+        type Deps = ();
         async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
             anyhow::bail!("always")
         }
@@ -719,12 +729,12 @@ async fn two_worker_pools_drain_the_queue_without_running_an_attempt_twice() {
 
     let a = Workers::start(
         pool.clone(),
-        registry().with_data("a".to_string()),
+        registry_of("a"),
         worker_config("default:4", "a"),
     );
     let b = Workers::start(
         pool.clone(),
-        registry().with_data("b".to_string()),
+        registry_of("b"),
         worker_config("default:4", "b"),
     );
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -1019,6 +1029,7 @@ struct Span {
 
 impl Job for Span {
     const KIND: &'static str = "test_span";
+    type Deps = ();
 
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
         sqlx::query("INSERT INTO spans (job_id, started) VALUES ($1, clock_timestamp())")

@@ -65,7 +65,12 @@ async fn concurrent_wrong_passwords_for_one_account_are_checked_at_most_the_limi
         .spawn()
         .await;
     app.signup("ada", "correct horse").await;
-    let limit = app.state.config.login_limit_per_account as usize;
+    let limit = app
+        .state
+        .sections
+        .get::<hearth::accounts::AccountsSettings>()
+        .unwrap()
+        .login_limit_per_account as usize;
     let attacker = app.other_browser();
     let hashed_before = metric(&app, HASHES).await;
 
@@ -98,8 +103,8 @@ async fn a_login_flood_beyond_the_hashing_bound_is_refused_at_once() {
             c.metrics_token = Some(METRICS_TOKEN.into());
             c.password_hash_concurrency = 2;
             c.password_hash_queue = 2;
-            c.login_limit_per_address = 1_000;
         })
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_address = 1_000)
         .spawn()
         .await;
     let flooder = app.other_browser();
@@ -141,7 +146,7 @@ async fn a_login_flood_beyond_the_hashing_bound_is_refused_at_once() {
 #[tokio::test]
 async fn strangers_failures_do_not_lock_out_the_owner_on_a_known_device() {
     let app = TestApp::builder()
-        .config(|c| c.login_limit_per_account = 3)
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_account = 3)
         .spawn()
         .await;
     let owner = app.browser_from(ip("127.0.0.2"));
@@ -184,7 +189,7 @@ async fn strangers_failures_do_not_lock_out_the_owner_on_a_known_device() {
 #[tokio::test]
 async fn a_known_device_is_slowed_by_its_own_failures_and_names_one_account() {
     let app = TestApp::builder()
-        .config(|c| c.login_limit_per_account = 3)
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_account = 3)
         .spawn()
         .await;
     let owner = app.other_browser();
@@ -230,7 +235,7 @@ async fn a_known_device_is_slowed_by_its_own_failures_and_names_one_account() {
 #[tokio::test]
 async fn the_wait_doubles_with_each_further_failure() {
     let app = TestApp::builder()
-        .config(|c| {
+        .settings(|c: &mut hearth::accounts::AccountsSettings| {
             c.login_limit_per_account = 2;
             c.login_backoff = std::time::Duration::from_secs(60);
         })
@@ -270,7 +275,7 @@ async fn the_wait_doubles_with_each_further_failure() {
 #[tokio::test]
 async fn forgiving_an_account_lets_the_owner_in_from_a_new_device() {
     let app = TestApp::builder()
-        .config(|c| {
+        .settings(|c: &mut hearth::accounts::AccountsSettings| {
             c.login_limit_per_account = 2;
             c.login_limit_per_account_strangers = 4;
         })

@@ -340,7 +340,9 @@ async fn in_the_dev_mailbox_users_read_their_own_mail_and_admins_read_all() {
 #[tokio::test]
 async fn with_smtp_configured_the_mailbox_is_for_admins_only() {
     let app = TestApp::builder()
-        .config(|c| c.smtp_url = Some("smtp://127.0.0.1:9".into()))
+        .settings(|c: &mut hearth::mail::MailSettings| {
+            c.smtp_url = Some("smtp://127.0.0.1:9".into())
+        })
         .spawn()
         .await;
     let ada = app.user("ada").await;

@@ -775,7 +775,7 @@ async fn send(f: &Fixture<'_>, case: &Case, actor: usize) -> Result<(), String> 
 async fn every_route_answers_each_kind_of_user_as_the_matrix_says() {
     let app = TestApp::builder()
         // Each actor tries a wrong login; the throttle is not what this test is about.
-        .config(|c| c.login_limit_per_account = 1_000)
+        .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_account = 1_000)
         .spawn()
         .await;
     let f = Fixture::new(&app).await;
@@ -1067,7 +1067,7 @@ async fn every_state_changing_route_refuses_a_missing_or_wrong_csrf_token_and_wr
 #[tokio::test]
 async fn every_socket_route_refuses_a_foreign_origin_before_the_upgrade() {
     let app = TestApp::builder()
-        .config(|c| c.bench_routes = true)
+        .settings(|c: &mut hearth::bench::BenchSettings| c.bench_routes = true)
         .spawn()
         .await;
     let f = Fixture::new(&app).await;

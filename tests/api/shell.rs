@@ -6,7 +6,7 @@ use axum::{Router, routing::get};
 use hearth::{db::migrations, web::WebError};
 use reqwest::StatusCode;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, migration_sets};
 
 #[tokio::test]
 async fn unknown_routes_get_a_404_page_or_json_under_api() {
@@ -174,15 +174,14 @@ async fn readyz_is_503_until_migrations_are_applied() {
     let before = app.get("/readyz").await;
     assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = before.json().await.unwrap();
-    assert_eq!(
-        body["pending_migrations"],
-        migrations::MIGRATOR.iter().count()
-    );
+    let sets = migration_sets();
+    let files: usize = sets.iter().map(|set| set.migrator.iter().count()).sum();
+    assert_eq!(body["pending_migrations"], files);
 
-    let status = migrations::status(&app.pool).await.unwrap();
+    let status = migrations::status(&app.pool, &sets).await.unwrap();
     assert!(status.iter().all(|m| m.applied_at.is_none()));
-    migrations::run(&app.pool).await.unwrap();
-    let status = migrations::status(&app.pool).await.unwrap();
+    migrations::run(&app.pool, &sets).await.unwrap();
+    let status = migrations::status(&app.pool, &sets).await.unwrap();
     assert!(!status.is_empty() && status.iter().all(|m| m.applied_at.is_some()));
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
 }

@@ -405,7 +405,7 @@ async fn a_title_whose_slugs_are_all_taken_rolls_back_the_whole_file() {
 #[tokio::test]
 async fn a_file_over_the_limit_is_413_and_nothing_is_stored() {
     let app = TestApp::builder()
-        .config(|c| c.upload_max_bytes = 1000)
+        .settings(|c: &mut hearth::uploads::UploadSettings| c.upload_max_bytes = 1000)
         .spawn()
         .await;
     let ada = app.user("ada").await;
@@ -572,11 +572,17 @@ async fn anonymous_visitors_are_sent_to_log_in() {
 
 #[tokio::test]
 async fn an_import_that_fails_on_our_side_imports_nothing_and_the_page_is_told() {
-    // A worker without the cache cannot publish: every attempt fails before writing.
+    // Every insert into `posts` fails on the database's side, as a full disk or a lost
+    // connection would make it: the attempt fails, nothing is written.
     let app = TestApp::spawn().await;
-    let without_cache = hearth::jobs::Registry::new()
-        .register::<hearth::uploads::ImportCsv>()
-        .with_data(app.state.channels.clone());
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON posts FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let ada = app.user("ada").await;
     let (upload_id, job_id) = accepted(
         &app,
@@ -593,7 +599,7 @@ async fn an_import_that_fails_on_our_side_imports_nothing_and_the_page_is_told()
     let mut page = app.state.channels.subscribe();
     page.join(&group(upload_id));
 
-    let ran = hearth::jobs::testing::drain(&app.pool, &without_cache, "default")
+    let ran = hearth::jobs::testing::drain(&app.pool, &app.registry(), "default")
         .await
         .unwrap();
     assert_eq!(ran, 1);

@@ -1,17 +1,24 @@
-//! The `hearth` command line: `serve` (the default), `migrate`, `createuser`.
+//! The command line of a composed application: `serve` (the default), `migrate`, `worker`,
+//! `createuser`, `jobs ...`, `cache ...`, and the commands its apps add (`bench ...`).
+//!
+//! [`main`] is a program's whole `main`: the `hearth` binary calls it with the bundled apps,
+//! a team's binary with its own.
 
 use std::{
+    ffi::OsString,
     io::{self, BufRead, IsTerminal},
     process::ExitCode,
 };
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use super::{Application, Invocation};
 use crate::{
+    application,
     config::Config,
-    db::{Database, migrations},
-    server, telemetry,
+    db::migrations,
+    telemetry,
     web::{
         auth::{self, NewPassword, Username},
         hashing::Hasher,
@@ -54,11 +61,6 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheCommand,
     },
-    /// Benchmarks (see `hearth bench jobs --help`).
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
     /// Create a user.
     Createuser {
         /// The username (3-32 letters, digits, `_`, `.`, `-`).
@@ -70,26 +72,6 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// The job-queue benchmark (PROTOCOL.md W4): `hearth bench jobs both 20000 3`.
-    Jobs(crate::bench::jobs::BenchArgs),
-    /// The W5 WebSocket load client: `hearth bench ws chat --url ws://127.0.0.1:8000/ws/chat/bench/`.
-    Ws(crate::bench::ws::WsArgs),
-    /// A W5 server that only writes each message to every socket (no database, no channel
-    /// layer), to measure the machine's floor: `hearth bench ws-floor --listen 127.0.0.1:8200`.
-    WsFloor(crate::bench::floor::FloorArgs),
-    /// The W6 event-stream load client: `hearth bench sse --base http://127.0.0.1:8000`.
-    Sse(crate::bench::sse::SseArgs),
-    /// Cache round trips per tier: `hearth bench cache 10000`.
-    Cache(crate::bench::cache::CacheArgs),
-    /// Collaborative documents: fan-out latency with 20 editors, memory per open document.
-    Docs(crate::bench::docs::DocsArgs),
-    /// A soak: pages, chat, event streams and jobs at fixed rates against a child server,
-    /// watching its memory and descriptors: `hearth bench soak --duration 10m`.
-    Soak(crate::bench::soak::SoakArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,9 +127,24 @@ fn parse_rate(spec: &str) -> Result<(i32, std::time::Duration), String> {
     Ok((n, period))
 }
 
-/// Runs a parsed command line and returns the process exit code.
-pub fn run(cli: Cli) -> ExitCode {
-    telemetry::init(cli.config.log_json);
+/// The command line of `application`: the platform's settings and commands, and its apps'.
+pub fn command(application: &Application) -> clap::Command {
+    application.augment(Cli::command())
+}
+
+/// Parses `args` (the program name first) and runs the command; returns the exit code.
+pub fn main(application: Application, args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let matches = match command(&application).try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(e) => return exit_code(e.print(), e.exit_code()),
+    };
+    let parsed = Config::from_arg_matches(&matches)
+        .and_then(|config| Ok((config, application.sections(&matches)?)));
+    let (config, sections) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return exit_code(e.print(), e.exit_code()),
+    };
+    telemetry::init(config.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -155,52 +152,21 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let invocation = Invocation {
+        config,
+        sections,
+        application: application.clone(),
+    };
     let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
-            Command::Serve { no_migrate } => server::run(cli.config, !no_migrate).await,
-            Command::Migrate { status } => migrate(&cli.config, status).await,
-            Command::Worker => server::run_worker(cli.config).await,
-            Command::Bench {
-                what: BenchCommand::Jobs(args),
-            } => crate::bench::jobs::run(cli.config, args).await,
-            Command::Bench {
-                what: BenchCommand::Ws(args),
-            } => crate::bench::ws::run(args).await,
-            Command::Bench {
-                what: BenchCommand::WsFloor(args),
-            } => crate::bench::floor::run(args).await,
-            Command::Bench {
-                what: BenchCommand::Sse(args),
-            } => crate::bench::sse::run(args).await,
-            Command::Bench {
-                what: BenchCommand::Cache(args),
-            } => {
-                let config = &cli.config;
-                with_database(config, true, |pool| {
-                    crate::bench::cache::run(config, pool, args)
-                })
-                .await
-            }
-            Command::Bench {
-                what: BenchCommand::Docs(args),
-            } => {
-                let config = &cli.config;
-                with_database(config, true, |pool| {
-                    crate::bench::docs::run(config, pool, args)
-                })
-                .await
-            }
-            Command::Bench {
-                what: BenchCommand::Soak(args),
-            } => crate::bench::soak::run(cli.config, args).await,
-            Command::Jobs { action } => jobs(&cli.config, action).await,
-            Command::Cache { action } => cache(&cli.config, action).await,
-            Command::Createuser {
-                name,
-                admin,
-                password_stdin,
-            } => createuser(&cli.config, &name, admin, password_stdin).await,
+        if let Some(command) = application.run_command(&matches, invocation.clone()) {
+            return command.await;
         }
+        let command = Command::from_arg_matches(&matches).ok();
+        run(
+            command.unwrap_or(Command::Serve { no_migrate: false }),
+            invocation,
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,49 +178,65 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Opens the database for an admin command (attaching to a running server's embedded
-/// cluster), applies pending migrations if `migrate`, runs `work`, and closes the database
-/// (stopping an embedded cluster it started) whatever `work` returned.
-async fn with_database<T, F>(
-    config: &Config,
-    migrate: bool,
-    work: impl FnOnce(sqlx::PgPool) -> F,
-) -> anyhow::Result<T>
-where
-    F: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let db = Database::open(config, true)
-        .await
-        .context("cannot open the database")?;
-    let outcome = async {
-        if migrate {
-            migrations::run(&db.pool)
-                .await
-                .context("cannot apply migrations")?;
-        }
-        work(db.pool.clone()).await
-    }
-    .await;
-    db.close().await?;
-    outcome
+fn exit_code(printed: io::Result<()>, code: i32) -> ExitCode {
+    drop(printed);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-async fn migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
-    with_database(config, !status_only, |pool| async move {
-        let status = migrations::status(&pool)
-            .await
-            .context("cannot read the migration table")?;
-        for m in &status {
-            match m.applied_at {
-                Some(at) => println!("applied  {:>14}  {}  ({at})", m.version, m.description),
-                None => println!("pending  {:>14}  {}", m.version, m.description),
-            }
+async fn run(command: Command, invocation: Invocation) -> anyhow::Result<()> {
+    let Invocation {
+        config,
+        sections,
+        application,
+    } = invocation.clone();
+    match command {
+        Command::Serve { no_migrate } => {
+            application::serve_command(application, config, sections, !no_migrate).await
         }
-        let pending = status.iter().filter(|m| m.applied_at.is_none()).count();
-        println!("{} applied, {pending} pending", status.len() - pending);
-        Ok(())
-    })
-    .await
+        Command::Migrate { status } => migrate(&invocation, status).await,
+        Command::Worker => application::worker_command(application, config, sections).await,
+        Command::Jobs { action } => {
+            let inner = invocation.clone();
+            invocation
+                .with_database(true, |pool| async move {
+                    jobs_action(&inner, &pool, action).await
+                })
+                .await
+        }
+        Command::Cache { action } => cache(&invocation, action).await,
+        Command::Createuser {
+            name,
+            admin,
+            password_stdin,
+        } => createuser(&invocation, &name, admin, password_stdin).await,
+    }
+}
+
+async fn migrate(invocation: &Invocation, status_only: bool) -> anyhow::Result<()> {
+    let plan = invocation
+        .application
+        .plan(&invocation.config, &invocation.sections)?;
+    invocation
+        .with_database(!status_only, |pool| async move {
+            let status = migrations::status(&pool, &plan.migrations)
+                .await
+                .context("cannot read the migration table")?;
+            for m in &status {
+                let name = format!("{}/{:04}", m.app, m.version);
+                match (m.applied_at, m.orphan) {
+                    (Some(at), false) => println!("applied  {name:<24}  {}  ({at})", m.description),
+                    (Some(at), true) => println!(
+                        "applied  {name:<24}  {}  ({at}; no app of this program ships it)",
+                        m.description
+                    ),
+                    (None, _) => println!("pending  {name:<24}  {}", m.description),
+                }
+            }
+            let pending = status.iter().filter(|m| m.applied_at.is_none()).count();
+            println!("{} applied, {pending} pending", status.len() - pending);
+            Ok(())
+        })
+        .await
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,47 +251,42 @@ pub enum CacheCommand {
     },
 }
 
-async fn cache(config: &Config, action: CacheCommand) -> anyhow::Result<()> {
+async fn cache(invocation: &Invocation, action: CacheCommand) -> anyhow::Result<()> {
     use crate::{cache::Cache, web::state};
-    with_database(config, true, |pool| async move {
-        let channels =
-            crate::channels::ChannelLayer::start(pool.clone(), state::channel_config(config));
-        let cache = Cache::start(pool, channels.clone(), state::cache_config(config));
-        let outcome = async {
-            match action {
-                CacheCommand::Stats => {
-                    let stats = cache.stats().await.context("cannot read cache stats")?;
-                    println!("{}", serde_json::to_string_pretty(&stats)?);
+    let config = &invocation.config;
+    invocation
+        .with_database(true, |pool| async move {
+            let channels =
+                crate::channels::ChannelLayer::start(pool.clone(), state::channel_config(config));
+            let cache = Cache::start(pool, channels.clone(), state::cache_config(config));
+            let outcome = async {
+                match action {
+                    CacheCommand::Stats => {
+                        let stats = cache.stats().await.context("cannot read cache stats")?;
+                        println!("{}", serde_json::to_string_pretty(&stats)?);
+                    }
+                    CacheCommand::Clear { prefix } => {
+                        // The invalidation reaches running instances once the layer is listening.
+                        channels.ready().await;
+                        let n = cache
+                            .clear_prefix(&prefix)
+                            .await
+                            .context("cannot clear the cache")?;
+                        println!("{n} entries deleted");
+                    }
                 }
-                CacheCommand::Clear { prefix } => {
-                    // The invalidation reaches running instances once the layer is listening.
-                    channels.ready().await;
-                    let n = cache
-                        .clear_prefix(&prefix)
-                        .await
-                        .context("cannot clear the cache")?;
-                    println!("{n} entries deleted");
-                }
+                anyhow::Ok(())
             }
-            anyhow::Ok(())
-        }
-        .await;
-        cache.shutdown();
-        channels.shutdown().await;
-        outcome
-    })
-    .await
-}
-
-async fn jobs(config: &Config, action: JobsCommand) -> anyhow::Result<()> {
-    with_database(config, true, |pool| async move {
-        jobs_action(config, &pool, action).await
-    })
-    .await
+            .await;
+            cache.shutdown();
+            channels.shutdown().await;
+            outcome
+        })
+        .await
 }
 
 async fn jobs_action(
-    config: &Config,
+    invocation: &Invocation,
     pool: &sqlx::PgPool,
     action: JobsCommand,
 ) -> anyhow::Result<()> {
@@ -374,8 +351,10 @@ async fn jobs_action(
             }
         }
         JobsCommand::Schedules => {
-            let schedules =
-                maintenance::schedule_status(pool, &server::job_schedules(config)?).await?;
+            let plan = invocation
+                .application
+                .plan(&invocation.config, &invocation.sections)?;
+            let schedules = maintenance::schedule_status(pool, &plan.schedules).await?;
             if schedules.is_empty() {
                 println!("no schedules are declared");
             }
@@ -397,26 +376,27 @@ async fn jobs_action(
 }
 
 async fn createuser(
-    config: &Config,
+    invocation: &Invocation,
     name: &str,
     admin: bool,
     password_stdin: bool,
 ) -> anyhow::Result<()> {
     let username = Username::parse(name).map_err(anyhow::Error::msg)?;
     let password = read_password(password_stdin)?;
-    let hasher = Hasher::from_config(config);
-    with_database(config, true, |pool| async move {
-        let slot = hasher.enter()?;
-        let user = auth::create_user(&pool, &slot, &username, &password, admin).await?;
-        println!(
-            "created user {} (id {}{})",
-            user.username,
-            user.id,
-            if user.is_admin { ", admin" } else { "" }
-        );
-        Ok(())
-    })
-    .await
+    let hasher = Hasher::from_config(&invocation.config);
+    invocation
+        .with_database(true, |pool| async move {
+            let slot = hasher.enter()?;
+            let user = auth::create_user(&pool, &slot, &username, &password, admin).await?;
+            println!(
+                "created user {} (id {}{})",
+                user.username,
+                user.id,
+                if user.is_admin { ", admin" } else { "" }
+            );
+            Ok(())
+        })
+        .await
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<NewPassword> {
@@ -444,7 +424,8 @@ mod tests {
     use std::time::Duration;
 
     /// Clap finds some mistakes only when a command line is parsed, by panicking (a
-    /// subcommand's `--bind` beside the global one did once): parse one of each.
+    /// subcommand's `--bind` beside the global one did once): parse one of each. The bundled
+    /// apps' commands and settings are checked the same way in `tests/api/platform.rs`.
     #[test]
     fn every_subcommand_parses() {
         Cli::command().debug_assert();
@@ -453,13 +434,6 @@ mod tests {
             "hearth serve",
             "hearth migrate --status",
             "hearth worker",
-            "hearth bench jobs",
-            "hearth bench ws chat",
-            "hearth bench ws-floor --listen 127.0.0.1:0",
-            "hearth bench sse",
-            "hearth bench cache",
-            "hearth bench docs",
-            "hearth bench soak",
             "hearth jobs list",
             "hearth cache stats",
             "hearth createuser alice",

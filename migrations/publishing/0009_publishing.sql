@@ -1,11 +1,7 @@
 -- Publishing: posts with a draft/published state, readers' subscriptions to authors, and which
 -- posts each reader has opened (so the daily digest leaves out what they have already seen).
-
--- Where a user's mail goes (optional: without one, notifications stay in the app), and their
--- preference: in-app notifications only, or also the daily digest by mail.
-ALTER TABLE users
-    ADD COLUMN email          text CHECK (email IS NULL OR (length(email) <= 254 AND email ~ '^[^@\s]+@[^@\s]+$')),
-    ADD COLUMN digest_by_mail boolean NOT NULL DEFAULT true;
+-- The users' mail settings this change added are the accounts app's own file
+-- (accounts/0009_mail_settings.sql) since the migrations were split per app (issue #29).
 
 CREATE TABLE posts (
     id                 bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,5 +1,6 @@
--- Email verification, single-use mail links, mail rate limits (issue #30, hole 3 and the
--- owner's way in for hole 4). Also: posts.publish_count no longer keys the "your post is
+-- Email verification and single-use mail links (issue #30, hole 3 and the owner's way in for
+-- hole 4). The mail rate limits of the same change are the mail app's own file
+-- (mail/0018_mail_quotas.sql). Also: posts.publish_count no longer keys the "your post is
 -- published" mail; a post is announced once (see publishing::jobs::PostPublished).
 
 -- When the user's current address was verified; NULL while it is not. Changing the address
@@ -27,15 +28,3 @@ CREATE TABLE email_tokens (
 );
 -- The sweeper deletes old rows by this index.
 CREATE INDEX email_tokens_expires_idx ON email_tokens (expires_at);
-
--- Mail rate limits: how much of a budget (`scope`: 'to:<address>', 'verify:<user id>', ...)
--- was used in one hour-long window. Taken with one INSERT ... ON CONFLICT DO UPDATE ... WHERE
--- used < limit, so concurrent senders on any number of instances never exceed the limit.
-CREATE TABLE mail_quotas (
-    scope        text        NOT NULL CHECK (length(scope) <= 300),
-    window_start timestamptz NOT NULL,
-    used         integer     NOT NULL CHECK (used > 0),
-    PRIMARY KEY (scope, window_start)
-);
--- The sweeper deletes past windows by this index.
-CREATE INDEX mail_quotas_window_idx ON mail_quotas (window_start);
