@@ -12,20 +12,28 @@ use clap::Args;
 /// Effective settings of a `hearth` process.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// PostgreSQL server to use. Without it, Hearth runs a private embedded cluster in
-    /// `<data dir>/postgres`.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: crate::db::DbSettings,
 
-    /// Folder for Hearth's own files: the embedded cluster, its log, the generated secret key.
-    #[arg(
-        long,
-        env = "HEARTH_DATA_DIR",
-        default_value = "hearth-data",
-        global = true
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub http: HttpSettings,
 
+    #[command(flatten)]
+    pub sessions: SessionSettings,
+
+    #[command(flatten)]
+    pub jobs: JobSettings,
+
+    #[command(flatten)]
+    pub channels: ChannelSettings,
+
+    #[command(flatten)]
+    pub cache: CacheSettings,
+}
+
+/// The HTTP server: address, TLS, timeouts, limits, static files, logs.
+#[derive(Debug, Clone, Args)]
+pub struct HttpSettings {
     /// Address the web server listens on.
     #[arg(
         long,
@@ -34,49 +42,6 @@ pub struct Config {
         global = true
     )]
     pub bind: SocketAddr,
-
-    /// Key that signs cookies. Without it, a random key is generated once and kept in
-    /// `<data dir>/secret_key`.
-    #[arg(long, env = "HEARTH_SECRET_KEY", global = true, hide_env_values = true)]
-    pub secret_key: Option<String>,
-
-    /// Most database connections this process opens.
-    #[arg(
-        long,
-        env = "HEARTH_DB_MAX_CONNECTIONS",
-        default_value_t = 10,
-        global = true
-    )]
-    pub db_max_connections: u32,
-
-    /// Connections kept open even when idle, so the first requests after a quiet spell are fast.
-    #[arg(
-        long,
-        env = "HEARTH_DB_MIN_CONNECTIONS",
-        default_value_t = 1,
-        global = true
-    )]
-    pub db_min_connections: u32,
-
-    /// How long a request waits for a free connection before it fails with 503.
-    #[arg(long, env = "HEARTH_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
-    pub db_acquire_timeout: Duration,
-
-    /// How long an idle connection above the minimum is kept before it is closed.
-    #[arg(long, env = "HEARTH_DB_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
-    pub db_idle_timeout: Duration,
-
-    /// Connections shared by pipelined reads (`db::Pipeline`), on top of the pool's. Every
-    /// pipelined query waits behind the ones written before it on its connection, so a second
-    /// one spreads the queue when some reads are slow.
-    #[arg(
-        long,
-        env = "HEARTH_DB_PIPELINES",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u32).range(1..=64),
-        global = true
-    )]
-    pub db_pipelines: u32,
 
     /// Longest a request may take before it is answered with 408.
     #[arg(long, env = "HEARTH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
@@ -105,6 +70,33 @@ pub struct Config {
     #[arg(long, env = "HEARTH_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Folder served under `/static`.
+    #[arg(long, env = "HEARTH_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"), global = true)]
+    pub static_dir: PathBuf,
+
+    /// The site's public address (`https://hearth.example.com`), for links in mail. Without
+    /// it, `http://<bind address>`.
+    #[arg(long, env = "HEARTH_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// Bearer token that lets scrapers read `/metrics` (`Authorization: Bearer <token>`);
+    /// signed-in administrators can read it without one.
+    #[arg(long, env = "HEARTH_METRICS_TOKEN", global = true)]
+    pub metrics_token: Option<String>,
+
+    /// Write logs as JSON lines instead of text.
+    #[arg(long, env = "HEARTH_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
+    pub log_json: bool,
+}
+
+/// Signed cookies, sessions and password hashing.
+#[derive(Debug, Clone, Args)]
+pub struct SessionSettings {
+    /// Key that signs cookies. Without it, a random key is generated once and kept in
+    /// `<data dir>/secret_key`.
+    #[arg(long, env = "HEARTH_SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+
     /// How long a login lasts.
     #[arg(long, env = "HEARTH_SESSION_TTL", default_value = "14days", value_parser = humantime::parse_duration, global = true)]
     pub session_ttl: Duration,
@@ -122,11 +114,11 @@ pub struct Config {
     /// at once with 503 and `Retry-After`.
     #[arg(long, env = "HEARTH_PASSWORD_HASH_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=65536), global = true)]
     pub password_hash_queue: u32,
+}
 
-    /// Folder served under `/static`.
-    #[arg(long, env = "HEARTH_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"), global = true)]
-    pub static_dir: PathBuf,
-
+/// The job workers of this process.
+#[derive(Debug, Clone, Args)]
+pub struct JobSettings {
     /// Job queues this process works, with how many jobs of each run at once.
     #[arg(long, env = "HEARTH_QUEUES", default_value = "default:10,mail:2", value_parser = parse_queue_spec, global = true)]
     pub queues: QueueSpec,
@@ -163,7 +155,11 @@ pub struct Config {
     /// args`, separated by `;` (in addition to those declared in code).
     #[arg(long, env = "HEARTH_SCHEDULES", global = true)]
     pub schedules: Option<String>,
+}
 
+/// The channel layer and the WebSockets on it.
+#[derive(Debug, Clone, Args)]
+pub struct ChannelSettings {
     /// How long channel-layer messages are kept, for listeners catching up after a lost
     /// connection and clients resuming from their last message (groups may keep their own).
     #[arg(long, env = "HEARTH_CHANNEL_RETENTION", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
@@ -215,7 +211,11 @@ pub struct Config {
         global = true
     )]
     pub allowed_origins: Vec<String>,
+}
 
+/// The cache and the page caches.
+#[derive(Debug, Clone, Args)]
+pub struct CacheSettings {
     /// Prepended to every cache key (`<prefix>:<version>:<key>`), to share one database
     /// between applications.
     #[arg(long, env = "HEARTH_CACHE_PREFIX", default_value = "", global = true)]
@@ -249,29 +249,15 @@ pub struct Config {
     /// (Django's site-wide cache); 0 turns it off.
     #[arg(long, env = "HEARTH_SITE_CACHE_TTL", default_value = "0s", value_parser = humantime::parse_duration, global = true)]
     pub site_cache_ttl: Duration,
-
-    /// The site's public address (`https://hearth.example.com`), for links in mail. Without
-    /// it, `http://<bind address>`.
-    #[arg(long, env = "HEARTH_PUBLIC_URL", global = true)]
-    pub public_url: Option<String>,
-
-    /// Bearer token that lets scrapers read `/metrics` (`Authorization: Bearer <token>`);
-    /// signed-in administrators can read it without one.
-    #[arg(long, env = "HEARTH_METRICS_TOKEN", global = true)]
-    pub metrics_token: Option<String>,
-
-    /// Write logs as JSON lines instead of text.
-    #[arg(long, env = "HEARTH_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, global = true)]
-    pub log_json: bool,
 }
 
 impl Config {
     /// The site's address for links that leave the site (mail): `HEARTH_PUBLIC_URL`, or the
     /// bind address.
     pub fn site_url(&self) -> String {
-        match &self.public_url {
+        match &self.http.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}", self.bind),
+            None => format!("http://{}", self.http.bind),
         }
     }
 
@@ -342,35 +328,38 @@ pub fn mask_url(url: &str) -> String {
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let database = match &self.database_url {
+        let database = match &self.db.database_url {
             Some(url) => mask_url(url),
-            None => format!("embedded ({})", self.data_dir.join("postgres").display()),
+            None => format!("embedded ({})", self.db.data_dir.join("postgres").display()),
         };
-        let secret = match &self.secret_key {
+        let secret = match &self.sessions.secret_key {
             Some(_) => "*** (from HEARTH_SECRET_KEY)".to_string(),
-            None => format!("*** (from {})", self.data_dir.join("secret_key").display()),
+            None => format!(
+                "*** (from {})",
+                self.db.data_dir.join("secret_key").display()
+            ),
         };
         let d = humantime::format_duration;
         writeln!(f, "  database            {database}")?;
-        writeln!(f, "  data dir            {}", self.data_dir.display())?;
-        writeln!(f, "  bind                {}", self.bind)?;
+        writeln!(f, "  data dir            {}", self.db.data_dir.display())?;
+        writeln!(f, "  bind                {}", self.http.bind)?;
         writeln!(f, "  secret key          {secret}")?;
         writeln!(
             f,
             "  db pool             max {} / min {} / acquire timeout {} / idle timeout {}",
-            self.db_max_connections,
-            self.db_min_connections,
-            d(self.db_acquire_timeout),
-            d(self.db_idle_timeout)
+            self.db.db_max_connections,
+            self.db.db_min_connections,
+            d(self.db.db_acquire_timeout),
+            d(self.db.db_idle_timeout)
         )?;
-        writeln!(f, "  db pipelines        {}", self.db_pipelines)?;
+        writeln!(f, "  db pipelines        {}", self.db.db_pipelines)?;
         writeln!(
             f,
             "  request timeout     {} / headers and idle connections {}",
-            d(self.request_timeout),
-            d(self.header_read_timeout)
+            d(self.http.request_timeout),
+            d(self.http.header_read_timeout)
         )?;
-        match (&self.tls_cert, &self.tls_key) {
+        match (&self.http.tls_cert, &self.http.tls_key) {
             (Some(cert), Some(key)) => writeln!(
                 f,
                 "  tls                 certificate {} / key {}",
@@ -379,25 +368,29 @@ impl fmt::Display for Config {
             )?,
             _ => writeln!(f, "  tls                 off (plain HTTP/1.1 and h2c)")?,
         }
-        writeln!(f, "  body limit          {} bytes", self.body_limit)?;
-        writeln!(f, "  shutdown grace      {}", d(self.shutdown_grace))?;
-        writeln!(f, "  session ttl         {}", d(self.session_ttl))?;
-        writeln!(f, "  secure cookies      {}", self.secure_cookies)?;
+        writeln!(f, "  body limit          {} bytes", self.http.body_limit)?;
+        writeln!(f, "  shutdown grace      {}", d(self.http.shutdown_grace))?;
+        writeln!(f, "  session ttl         {}", d(self.sessions.session_ttl))?;
+        writeln!(f, "  secure cookies      {}", self.sessions.secure_cookies)?;
         writeln!(
             f,
             "  password hashing    {} at once / {} waiting",
-            self.password_hash_concurrency, self.password_hash_queue
+            self.sessions.password_hash_concurrency, self.sessions.password_hash_queue
         )?;
-        writeln!(f, "  static dir          {}", self.static_dir.display())?;
+        writeln!(
+            f,
+            "  static dir          {}",
+            self.http.static_dir.display()
+        )?;
         writeln!(
             f,
             "  job queues          {} / {} connections / poll {} / lease {} / keep {}{}",
-            self.queues,
-            self.job_db_connections,
-            d(self.job_poll_interval),
-            d(self.job_lease),
-            d(self.job_retention),
-            if self.job_keep_completed {
+            self.jobs.queues,
+            self.jobs.job_db_connections,
+            d(self.jobs.job_poll_interval),
+            d(self.jobs.job_lease),
+            d(self.jobs.job_retention),
+            if self.jobs.job_keep_completed {
                 ""
             } else {
                 " (failures only)"
@@ -406,50 +399,51 @@ impl fmt::Display for Config {
         writeln!(
             f,
             "  channels            keep {} / send queue {} / max message {} bytes / ping {} / idle {}",
-            d(self.channel_retention),
-            self.ws_send_queue,
-            self.ws_max_message,
-            d(self.ws_ping_interval),
-            d(self.ws_idle_timeout)
+            d(self.channels.channel_retention),
+            self.channels.ws_send_queue,
+            self.channels.ws_max_message,
+            d(self.channels.ws_ping_interval),
+            d(self.channels.ws_idle_timeout)
         )?;
         writeln!(
             f,
             "  websocket limits    {} per user / {} per address (0: none)",
-            self.ws_max_per_user, self.ws_max_per_address
+            self.channels.ws_max_per_user, self.channels.ws_max_per_address
         )?;
         writeln!(
             f,
             "  cache               prefix {:?} / timeout {} / local ttl {} / local max {} bytes / max {} bytes",
-            self.cache_prefix,
-            d(self.cache_timeout),
-            d(self.cache_local_ttl),
-            self.cache_local_max_bytes,
-            self.cache_max_bytes
+            self.cache.cache_prefix,
+            d(self.cache.cache_timeout),
+            d(self.cache.cache_local_ttl),
+            self.cache.cache_local_max_bytes,
+            self.cache.cache_max_bytes
         )?;
         writeln!(
             f,
             "  page caches         site-wide {} / purge {}",
-            if self.site_cache_ttl.is_zero() {
+            if self.cache.site_cache_ttl.is_zero() {
                 "off".to_owned()
             } else {
-                d(self.site_cache_ttl).to_string()
+                d(self.cache.site_cache_ttl).to_string()
             },
-            self.cache_purge_url
+            self.cache
+                .cache_purge_url
                 .as_ref()
                 .map_or_else(|| "none".to_owned(), |url| mask_url(url.as_str()))
         )?;
         writeln!(f, "  public url          {}", self.site_url())?;
-        if !self.allowed_origins.is_empty() {
+        if !self.channels.allowed_origins.is_empty() {
             writeln!(
                 f,
                 "  allowed origins     {}",
-                self.allowed_origins.join(", ")
+                self.channels.allowed_origins.join(", ")
             )?;
         }
         write!(
             f,
             "  log format          {}",
-            if self.log_json { "json" } else { "text" }
+            if self.http.log_json { "json" } else { "text" }
         )
     }
 }
@@ -485,12 +479,12 @@ mod tests {
     #[test]
     fn display_never_prints_secrets() {
         let mut config = Config::from_env().expect("defaults parse");
-        config.database_url = Some("postgres://ada:hunter2@db/app".into());
-        config.secret_key = Some("very-secret-key".into());
+        config.db.database_url = Some("postgres://ada:hunter2@db/app".into());
+        config.sessions.secret_key = Some("very-secret-key".into());
         let shown = config.to_string();
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("very-secret-key"));
-        assert!(shown.contains(&config.bind.to_string()));
+        assert!(shown.contains(&config.http.bind.to_string()));
     }
 }
 

@@ -15,7 +15,7 @@ use crate::config::Config;
 ///
 /// HTTP/1.1 and HTTP/2 on one port: hyper-util's auto builder reads the first bytes and serves
 /// h2c (prior knowledge, as proxies speak it) when they are the HTTP/2 preface. A client gets
-/// `config.header_read_timeout` to send a request's headers, and a kept-alive connection may
+/// `config.http.header_read_timeout` to send a request's headers, and a kept-alive connection may
 /// stay idle that long between requests. Without it (axum sets no timer) a client that sends
 /// nothing, or one header byte now and then, holds a connection and a task forever. hyper's
 /// header timer is HTTP/1.1 only, so [`Activity`] gives every connection the same bound on
@@ -53,7 +53,7 @@ fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Zero turns the bounds off (hyper's `None`).
-    let idle = Some(config.header_read_timeout).filter(|d| !d.is_zero());
+    let idle = Some(config.http.header_read_timeout).filter(|d| !d.is_zero());
     let http = std::sync::Arc::new(http_builder(idle));
     async move {
         let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();

@@ -187,12 +187,12 @@ pub(super) async fn start_session(
     if let Some(previous) = cookies.get(session::COOKIE) {
         session::delete(&state.db, previous.value()).await?;
     }
-    let ttl = state.config.session_ttl;
+    let ttl = state.config.sessions.session_ttl;
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let token = session::create(&state.db, user.id, ttl, agent).await?;
-    let secure = state.config.secure_cookies;
+    let secure = state.config.sessions.secure_cookies;
     let cookies = cookies.add(session::cookie(token, ttl, secure));
     let signed = device::remember(signed, user.id, secure);
     let signed = flash::set(signed.add(csrf::cookie(csrf::new_token(), secure)), message);

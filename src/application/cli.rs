@@ -144,7 +144,7 @@ pub fn main(application: Application, args: impl IntoIterator<Item = OsString>) 
         Ok(parsed) => parsed,
         Err(e) => return exit_code(e.print(), e.exit_code()),
     };
-    telemetry::init(config.log_json);
+    telemetry::init(config.http.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

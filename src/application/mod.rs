@@ -219,7 +219,7 @@ impl Application {
         self.check_names()?;
         let kinds = self.kinds()?;
         let mut migrations = vec![migrations::PLATFORM];
-        let mut body_limit = config.body_limit;
+        let mut body_limit = config.http.body_limit;
         let mut nav = Vec::new();
         let mut schedules: Vec<(String, Schedule)> = Vec::new();
         for app in &self.apps {
@@ -241,7 +241,7 @@ impl Application {
                 }
             }
         }
-        if let Some(spec) = &config.schedules {
+        if let Some(spec) = &config.jobs.schedules {
             for schedule in crate::jobs::schedule::parse_config(spec)? {
                 schedules.push(("HEARTH_SCHEDULES".into(), schedule));
             }

@@ -41,7 +41,7 @@ impl Invocation {
     where
         F: Future<Output = anyhow::Result<T>>,
     {
-        let db = Database::open(&self.config, true)
+        let db = Database::open(&self.config.db, true)
             .await
             .context("cannot open the database")?;
         let outcome = async {
@@ -78,7 +78,7 @@ pub async fn serve_command(
         application.show_settings(&sections)
     );
     let plan = application.plan(&config, &sections)?;
-    let db = Database::open(&config, false)
+    let db = Database::open(&config.db, false)
         .await
         .context("cannot open the database")?;
     let shutdown = CancellationToken::new();
@@ -102,13 +102,13 @@ pub async fn serve_command(
     let router = application.router(&state)?;
     let registry = application.registry(&state)?;
     // A bad certificate stops the start, before the port is taken.
-    let tls = match (&config.tls_cert, &config.tls_key) {
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::Tls::load(cert, key)?),
         _ => None,
     };
-    let listener = TcpListener::bind(config.bind)
+    let listener = TcpListener::bind(config.http.bind)
         .await
-        .with_context(|| format!("cannot listen on {}", config.bind))?;
+        .with_context(|| format!("cannot listen on {}", config.http.bind))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
 
@@ -145,7 +145,7 @@ pub async fn serve_command(
         }
         None => Box::pin(server::serve(listener, router, &config, stop)),
     };
-    let grace = config.shutdown_grace;
+    let grace = config.http.shutdown_grace;
     tokio::select! {
         () = served => {}
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
@@ -186,7 +186,7 @@ pub async fn worker_command(
     );
     let plan = application.plan(&config, &sections)?;
     // Beside a `hearth serve` on the same data dir, share its embedded cluster.
-    let db = Database::open(&config, true)
+    let db = Database::open(&config.db, true)
         .await
         .context("cannot open the database")?;
     migrations::run(&db.pool, &plan.migrations)
@@ -220,8 +220,8 @@ pub async fn worker_command(
 /// as `app_pool`. Jobs run their queries on it too, so requests and jobs never starve each
 /// other of connections.
 pub fn job_pool(config: &Config, app_pool: &PgPool) -> PgPool {
-    crate::db::pool_options(config)
-        .max_connections(config.job_db_connections.max(1))
+    crate::db::pool_options(&config.db)
+        .max_connections(config.jobs.job_db_connections.max(1))
         .min_connections(0)
         .connect_lazy_with((*app_pool.connect_options()).clone())
 }
@@ -229,13 +229,13 @@ pub fn job_pool(config: &Config, app_pool: &PgPool) -> PgPool {
 /// The worker runtime's settings from the configuration and the application's schedules.
 pub fn worker_config(config: &Config, schedules: Vec<Schedule>) -> anyhow::Result<WorkerConfig> {
     Ok(WorkerConfig {
-        poll_interval: config.job_poll_interval,
-        lease: config.job_lease,
-        shutdown_grace: config.shutdown_grace,
-        retention: config.job_retention,
-        keep_completed: config.job_keep_completed,
+        poll_interval: config.jobs.job_poll_interval,
+        lease: config.jobs.job_lease,
+        shutdown_grace: config.http.shutdown_grace,
+        retention: config.jobs.job_retention,
+        keep_completed: config.jobs.job_keep_completed,
         schedules,
-        ..WorkerConfig::new(config.queues.0.clone())
+        ..WorkerConfig::new(config.jobs.queues.0.clone())
     })
 }
 

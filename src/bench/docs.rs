@@ -72,8 +72,8 @@ pub async fn run(invocation: &Invocation, pool: PgPool, args: DocsArgs) -> anyho
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     // A throwaway server of its own: one benchmark user opens hundreds of sockets.
     let mut config = invocation.config.clone();
-    config.ws_max_per_user = 0;
-    config.ws_max_per_address = 0;
+    config.channels.ws_max_per_user = 0;
+    config.channels.ws_max_per_address = 0;
     let application = &invocation.application;
     let state = application
         .state(config.clone(), invocation.sections.clone(), pool.clone())

@@ -115,7 +115,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 /// `hearth bench jobs`.
 pub async fn run(invocation: &Invocation, args: BenchArgs) -> anyhow::Result<()> {
-    let keep_completed = invocation.config.job_keep_completed;
+    let keep_completed = invocation.config.jobs.job_keep_completed;
     invocation
         .with_database(true, |pool| async move {
             run_on(&pool, &args, keep_completed).await

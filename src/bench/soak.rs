@@ -159,7 +159,7 @@ pub async fn soak(config: &Config, args: &SoakArgs) -> anyhow::Result<Report> {
     let started_at = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let mut server = Server::start(config, &binary).await?;
     // Opened after the server: with the embedded cluster, the server runs it and this attaches.
-    let db = Database::open(config, true)
+    let db = Database::open(&config.db, true)
         .await
         .context("cannot open the database")?;
     let prefix = format!("sk{}", hex::encode(rand::random::<[u8; 3]>()));
@@ -203,17 +203,17 @@ impl Server {
             .arg("serve")
             .env("HEARTH_BIND", "127.0.0.1:0")
             .env("HEARTH_BENCH_ROUTES", "1")
-            .env("HEARTH_DATA_DIR", &config.data_dir)
+            .env("HEARTH_DATA_DIR", &config.db.data_dir)
             .env("RUST_LOG", "warn,hearth=info")
             .env_remove("HEARTH_LOG_JSON")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        match &config.database_url {
+        match &config.db.database_url {
             Some(url) => command.env("DATABASE_URL", url),
             None => command.env_remove("DATABASE_URL"),
         };
-        if let Some(key) = &config.secret_key {
+        if let Some(key) = &config.sessions.secret_key {
             command.env("HEARTH_SECRET_KEY", key);
         }
         let mut child = command

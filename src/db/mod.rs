@@ -9,8 +9,10 @@
 pub mod embedded;
 pub mod migrations;
 pub mod pipeline;
+mod settings;
 
 pub use pipeline::{Pipeline, PipelineError};
+pub use settings::DbSettings;
 
 use std::{str::FromStr, time::Duration};
 
@@ -19,7 +21,6 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
 };
 
-use crate::config::Config;
 use embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// The database the application uses inside the embedded cluster.
@@ -50,7 +51,7 @@ impl Database {
     ///
     /// With `attach`, an embedded cluster already run by another Hearth process in the same
     /// data dir is used instead of failing (for admin commands next to a running server).
-    pub async fn open(config: &Config, attach: bool) -> Result<Self, OpenError> {
+    pub async fn open(config: &DbSettings, attach: bool) -> Result<Self, OpenError> {
         let (options, embedded) = match &config.database_url {
             Some(url) => (url_options(url)?, None),
             None => {
@@ -125,7 +126,7 @@ fn url_options(url: &str) -> Result<PgConnectOptions, OpenError> {
 
 /// Pool settings from the configuration: a maximum, a warm minimum, an acquire timeout (a
 /// request that cannot get a connection fails fast) and an idle lifetime.
-pub fn pool_options(config: &Config) -> PgPoolOptions {
+pub fn pool_options(config: &DbSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .min_connections(config.db_min_connections.min(config.db_max_connections))

@@ -104,7 +104,15 @@ pub(super) async fn overview(
     let counts = control::counts(&state.db).await?;
     let paused: BTreeSet<String> = control::paused(&state.db).await?.into_iter().collect();
     let mut queues: BTreeSet<String> = counts.iter().map(|c| c.queue.clone()).collect();
-    queues.extend(state.config.queues.0.iter().map(|(q, _)| q.to_string()));
+    queues.extend(
+        state
+            .config
+            .jobs
+            .queues
+            .0
+            .iter()
+            .map(|(q, _)| q.to_string()),
+    );
     queues.extend(paused.iter().cloned());
     let queues = queues
         .into_iter()

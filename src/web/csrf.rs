@@ -51,10 +51,11 @@ pub async fn protect(
     let existing = jar.get(COOKIE).map(|c| c.value().to_owned());
     let mut request = request;
     if !request.method().is_safe() {
-        let (submitted, rebuilt) = match submitted_token(request, state.config.body_limit).await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
+        let (submitted, rebuilt) =
+            match submitted_token(request, state.config.http.body_limit).await {
+                Ok(found) => found,
+                Err(response) => return response,
+            };
         request = rebuilt;
         let valid = matches!((&existing, &submitted), (Some(expected), Some(got)) if constant_time_eq(expected.as_bytes(), got.as_bytes()));
         if !valid {
@@ -74,7 +75,7 @@ pub async fn protect(
     request.extensions_mut().insert(CsrfToken(token.clone()));
     let mut response = next.run(request).await;
     if existing.is_none() {
-        let jar = jar.add(cookie(token, state.config.secure_cookies));
+        let jar = jar.add(cookie(token, state.config.sessions.secure_cookies));
         for set_cookie in jar.into_response().headers().get_all(header::SET_COOKIE) {
             response
                 .headers_mut()

@@ -46,7 +46,7 @@ pub async fn middleware(
     }
     request.extensions_mut().insert(Flash(message.clone()));
     let mut response = next.run(request).await;
-    if state.config.secure_cookies {
+    if state.config.sessions.secure_cookies {
         mark_secure(&mut response);
     }
     if message.is_none() {
@@ -65,7 +65,7 @@ pub async fn middleware(
     if is_page && !sets_new {
         let removal = Cookie::build((COOKIE, ""))
             .path("/")
-            .secure(state.config.secure_cookies)
+            .secure(state.config.sessions.secure_cookies)
             .max_age(time::Duration::ZERO)
             .build();
         if let Ok(value) = removal.to_string().parse() {

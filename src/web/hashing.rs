@@ -68,8 +68,8 @@ impl Hasher {
     /// The bound of the configuration.
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self::new(
-            config.password_hash_concurrency as usize,
-            config.password_hash_queue as usize,
+            config.sessions.password_hash_concurrency as usize,
+            config.sessions.password_hash_queue as usize,
         )
     }
 

@@ -153,7 +153,7 @@ fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if let (Some(given), Some(expected)) = (bearer, &state.config.metrics_token) {
+    if let (Some(given), Some(expected)) = (bearer, &state.config.http.metrics_token) {
         // Compare digests, not the strings: equal-length digests take the same time to
         // compare whatever the token, so timing does not leak how much of it was right.
         if Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes()) {
@@ -438,7 +438,7 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         "hearth_db_pool_max_connections",
         "gauge",
         "The pool's maximum.",
-        &[("", state.config.db_max_connections.to_string())],
+        &[("", state.config.db.db_max_connections.to_string())],
     );
     Ok(out)
 }

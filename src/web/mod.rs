@@ -85,11 +85,11 @@ pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) ->
     let config = &state.config;
     // Where a route's own `cache_page` is, inside the CSRF and flash layers: the per-browser
     // cookies they add come after it, and the personal marks they make reach it.
-    let pages = if config.site_cache_ttl.is_zero() {
+    let pages = if config.cache.site_cache_ttl.is_zero() {
         pages
     } else {
         pages.layer(
-            page::cache_page(&state.cache, config.site_cache_ttl)
+            page::cache_page(&state.cache, config.cache.site_cache_ttl)
                 .site_wide()
                 .bypass(is_personal),
         )
@@ -109,15 +109,15 @@ pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) ->
             "/metrics",
             axum::routing::get(metrics::endpoint).with_state(state.clone()),
         )
-        .nest("/static", static_files(&config.static_dir))
+        .nest("/static", static_files(&config.http.static_dir))
         .fallback(error::not_found)
         // The hard limit below admits an app's larger bodies (an upload); every other route
         // keeps the body limit (an inner DefaultBodyLimit wins: such a route sets its own).
-        .layer(DefaultBodyLimit::max(config.body_limit));
+        .layer(DefaultBodyLimit::max(config.http.body_limit));
     layers(
         router,
         &state.cache,
-        config.request_timeout,
+        config.http.request_timeout,
         state.composed.body_limit,
     )
 }

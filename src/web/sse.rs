@@ -164,8 +164,8 @@ impl FromRequestParts<AppState> for StreamSlot {
         let slot = state.sockets.acquire(
             user.map(|u| u.id),
             address,
-            state.config.ws_max_per_user,
-            state.config.ws_max_per_address,
+            state.config.channels.ws_max_per_user,
+            state.config.channels.ws_max_per_address,
         )?;
         OPEN.fetch_add(1, Relaxed);
         Ok(Self { _slot: slot })

@@ -69,12 +69,12 @@ impl AppState {
         let cache = Cache::start(db.clone(), channels.clone(), cache_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
-        let static_version = static_version(&config.static_dir).into();
+        let static_version = static_version(&config.http.static_dir).into();
         let reads = Pipeline::new(
             &db,
-            config.database_url.as_deref(),
-            config.db_pipelines as usize,
-            config.db_acquire_timeout,
+            config.db.database_url.as_deref(),
+            config.db.db_pipelines as usize,
+            config.db.db_acquire_timeout,
         );
         let hasher = Hasher::from_config(&config);
         Ok(Self {
@@ -96,12 +96,12 @@ impl AppState {
 /// The cache's settings from the configuration.
 pub fn cache_config(config: &Config) -> CacheConfig {
     CacheConfig {
-        prefix: config.cache_prefix.clone(),
-        default_timeout: config.cache_timeout,
-        local_ttl: config.cache_local_ttl,
-        local_max_bytes: config.cache_local_max_bytes,
-        max_bytes: config.cache_max_bytes,
-        purge_url: config.cache_purge_url.clone(),
+        prefix: config.cache.cache_prefix.clone(),
+        default_timeout: config.cache.cache_timeout,
+        local_ttl: config.cache.cache_local_ttl,
+        local_max_bytes: config.cache.cache_local_max_bytes,
+        max_bytes: config.cache.cache_max_bytes,
+        purge_url: config.cache.cache_purge_url.clone(),
         ..CacheConfig::default()
     }
 }
@@ -114,9 +114,9 @@ pub fn cache_config(config: &Config) -> CacheConfig {
 /// process id. Administrators find both beside the name under `/ops/realtime`.
 pub fn channel_config(config: &Config) -> ChannelConfig {
     ChannelConfig {
-        retention: config.channel_retention,
-        send_queue: config.ws_send_queue as usize,
-        max_message: config.ws_max_message,
+        retention: config.channels.channel_retention,
+        send_queue: config.channels.ws_send_queue as usize,
+        max_message: config.channels.ws_max_message,
         ..ChannelConfig::new(format!("i{:016x}", rand::random::<u64>()))
     }
 }
@@ -130,14 +130,14 @@ impl FromRef<AppState> for Key {
 /// `HEARTH_SECRET_KEY`, or a random key generated once and kept in `<data dir>/secret_key`
 /// (mode 0600) so that cookies survive restarts.
 pub fn secret_key(config: &Config) -> anyhow::Result<String> {
-    if let Some(key) = &config.secret_key {
+    if let Some(key) = &config.sessions.secret_key {
         anyhow::ensure!(
             key.len() >= 32,
             "HEARTH_SECRET_KEY must be at least 32 characters long"
         );
         return Ok(key.clone());
     }
-    let path = config.data_dir.join("secret_key");
+    let path = config.db.data_dir.join("secret_key");
     match fs::read_to_string(&path) {
         Ok(key) if key.trim().len() >= 32 => return Ok(key.trim().to_string()),
         Ok(_) => anyhow::bail!(
@@ -147,8 +147,8 @@ pub fn secret_key(config: &Config) -> anyhow::Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    fs::create_dir_all(&config.db.data_dir)
+        .with_context(|| format!("cannot create {}", config.db.data_dir.display()))?;
     let key = hex::encode(rand::random::<[u8; 32]>());
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()

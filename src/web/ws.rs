@@ -414,12 +414,12 @@ async fn upgrade<C: Consumer>(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
-    check_origin(&headers, &state.config.allowed_origins)?;
+    check_origin(&headers, &state.config.channels.allowed_origins)?;
     let slot = state.sockets.acquire(
         user.as_ref().map(|u| u.id),
         peer.ip(),
-        state.config.ws_max_per_user,
-        state.config.ws_max_per_address,
+        state.config.channels.ws_max_per_user,
+        state.config.channels.ws_max_per_address,
     )?;
     let params = params.map(|Path(p)| p).unwrap_or_default();
     let params = serde_json::Map::from_iter(
@@ -431,9 +431,9 @@ async fn upgrade<C: Consumer>(
         .map_err(|e| WebError::BadRequest(format!("invalid route parameters: {e}")))?;
     let config = &state.config;
     let (max, ping, idle) = (
-        config.ws_max_message,
-        config.ws_ping_interval,
-        config.ws_idle_timeout,
+        config.channels.ws_max_message,
+        config.channels.ws_ping_interval,
+        config.channels.ws_idle_timeout,
     );
     let tracker = state.channels.tracker();
     Ok(ws

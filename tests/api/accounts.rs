@@ -60,7 +60,7 @@ async fn session_cookie_is_httponly_and_samesite_lax() {
 #[tokio::test]
 async fn secure_cookies_when_configured() {
     let app = TestApp::builder()
-        .config(|c| c.secure_cookies = true)
+        .config(|c| c.sessions.secure_cookies = true)
         .spawn()
         .await;
 

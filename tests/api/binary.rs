@@ -290,7 +290,7 @@ fn schedules_from_config_are_listed_and_unknown_kinds_refused() {
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr)
-            .contains("\"no_such_kind\", which is not registered")
+            .contains("job kind \"no_such_kind\", which no app registers")
     );
 }
 

@@ -158,7 +158,7 @@ async fn bad_keys_and_wrong_types_are_clear_errors() {
 #[tokio::test]
 async fn a_hundred_concurrent_increments_add_a_hundred() {
     let app = TestApp::builder()
-        .config(|c| c.db_max_connections = 10)
+        .config(|c| c.db.db_max_connections = 10)
         .spawn()
         .await;
     let cache = app.state.cache.clone();
@@ -319,7 +319,7 @@ async fn two_instances_share_values_and_invalidate_each_others_local_copies() {
 #[tokio::test]
 async fn past_its_size_bound_the_shared_tier_evicts_the_oldest() {
     let app = TestApp::builder()
-        .config(|c| c.cache_max_bytes = 10_000)
+        .config(|c| c.cache.cache_max_bytes = 10_000)
         .spawn()
         .await;
     let cache = &app.state.cache;

@@ -167,7 +167,7 @@ async fn incr_version_drops_the_local_copies_of_other_instances() {
     // A local copy on B lives for ten minutes unless the invalidation drops it.
     let b = TestApp::builder()
         .database(a.db_options.clone())
-        .config(|c| c.cache_local_ttl = Duration::from_secs(600))
+        .config(|c| c.cache.cache_local_ttl = Duration::from_secs(600))
         .spawn()
         .await;
     // Written by B, so that no invalidation from A is on its way to B yet.
@@ -199,8 +199,8 @@ async fn with_prefix(of: &TestApp, prefix: &str) -> TestApp {
     TestApp::builder()
         .database(of.db_options.clone())
         .config(move |c| {
-            c.cache_prefix = prefix;
-            c.cache_local_ttl = Duration::from_secs(600);
+            c.cache.cache_prefix = prefix;
+            c.cache.cache_local_ttl = Duration::from_secs(600);
         })
         .spawn()
         .await
@@ -390,7 +390,7 @@ impl Consumer for TextOnly {
 
 async fn socket_app() -> TestApp {
     TestApp::builder()
-        .config(|c| c.ws_max_message = 4096)
+        .config(|c| c.channels.ws_max_message = 4096)
         .routes(
             Router::new()
                 .route("/ws/test/reverse", ws::route::<Reverser>())

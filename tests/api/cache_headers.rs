@@ -318,7 +318,7 @@ async fn next_purge(received: &mut mpsc::UnboundedReceiver<Purge>) -> Purge {
 async fn invalidating_a_tag_sends_it_to_the_purge_url() {
     let (url, mut received) = purge_receiver(500).await;
     let app = TestApp::builder()
-        .config(|config| config.cache_purge_url = Some(url))
+        .config(|config| config.cache.cache_purge_url = Some(url))
         .spawn()
         .await;
     let cache = &app.state.cache;
@@ -343,7 +343,7 @@ async fn an_unreachable_purge_url_never_fails_an_invalidation() {
     let renders = Arc::new(AtomicUsize::new(0));
     let counter = renders.clone();
     let app = TestApp::builder()
-        .config(|config| config.cache_purge_url = Some(url.parse().unwrap()))
+        .config(|config| config.cache.cache_purge_url = Some(url.parse().unwrap()))
         .routes_with(move |state| routes(state, &counter))
         .spawn()
         .await;
@@ -358,7 +358,7 @@ async fn site_app() -> (TestApp, Arc<AtomicUsize>) {
     let renders = Arc::new(AtomicUsize::new(0));
     let counter = renders.clone();
     let app = TestApp::builder()
-        .config(|config| config.site_cache_ttl = Duration::from_secs(60))
+        .config(|config| config.cache.site_cache_ttl = Duration::from_secs(60))
         .routes_with(move |state| {
             routes(state, &counter).route("/plain", counted(&counter, &[], "<p>plain</p>"))
         })

@@ -274,7 +274,7 @@ async fn a_foreign_origin_is_refused_and_the_own_origin_accepted() {
 async fn an_oversized_message_closes_the_socket_with_1009() {
     let app = TestApp::builder()
         .routes(routes())
-        .config(|c| c.ws_max_message = 16 * 1024)
+        .config(|c| c.channels.ws_max_message = 16 * 1024)
         .spawn()
         .await;
     let mut client = join(&app, "ada", "lobby").await;
@@ -328,7 +328,7 @@ async fn a_100_kb_payload_arrives_intact() {
 async fn a_slow_consumer_is_dropped_while_the_others_keep_receiving() {
     let app = TestApp::builder()
         .routes(routes())
-        .config(|c| c.ws_send_queue = 8)
+        .config(|c| c.channels.ws_send_queue = 8)
         .spawn()
         .await;
     let mut fast = join(&app, "fast", "lobby").await;
@@ -756,7 +756,7 @@ async fn presence_of_a_dead_instance_expires_with_leave_events() {
 #[tokio::test]
 async fn a_subscription_that_does_not_read_is_dropped_at_its_queue_bound() {
     let app = TestApp::builder()
-        .config(|c| c.ws_send_queue = 4)
+        .config(|c| c.channels.ws_send_queue = 4)
         .spawn()
         .await;
     let layer = &app.state.channels;

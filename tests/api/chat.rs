@@ -353,8 +353,8 @@ async fn rooms_with_the_same_long_name_get_numbered_slugs() {
 async fn sockets_are_limited_per_user_and_per_address() {
     let app = TestApp::builder()
         .config(|c| {
-            c.ws_max_per_user = 2;
-            c.ws_max_per_address = 3;
+            c.channels.ws_max_per_user = 2;
+            c.channels.ws_max_per_address = 3;
         })
         .spawn()
         .await;

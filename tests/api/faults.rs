@@ -73,7 +73,7 @@ async fn a_database_restart_under_load_answers_503_then_heals_and_loses_no_job()
     setup.close().await;
     let app = TestApp::builder()
         .database(pg.connect_options())
-        .config(|c| c.db_acquire_timeout = Duration::from_secs(1))
+        .config(|c| c.db.db_acquire_timeout = Duration::from_secs(1))
         .spawn()
         .await;
     let workers = Workers::start(
@@ -207,8 +207,8 @@ async fn an_exhausted_request_pool_answers_503_while_jobs_and_messages_keep_flow
 
     let app = TestApp::builder()
         .config(|c| {
-            c.db_max_connections = 2;
-            c.db_acquire_timeout = Duration::from_millis(500);
+            c.db.db_max_connections = 2;
+            c.db.db_acquire_timeout = Duration::from_millis(500);
         })
         .with_workers()
         .spawn()

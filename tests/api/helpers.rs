@@ -179,11 +179,11 @@ pub async fn migrated_database() -> (String, PgConnectOptions) {
 
 pub fn test_config() -> Config {
     let mut config = Config::from_env().expect("default config");
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.secret_key = Some("a test secret key that is long enough to use".into());
-    config.data_dir = std::env::temp_dir().join("hearth-test-unused");
-    config.db_max_connections = 5;
-    config.db_min_connections = 0;
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    config.sessions.secret_key = Some("a test secret key that is long enough to use".into());
+    config.db.data_dir = std::env::temp_dir().join("hearth-test-unused");
+    config.db.db_max_connections = 5;
+    config.db.db_min_connections = 0;
     config
 }
 
@@ -283,7 +283,7 @@ impl Builder {
             None if self.migrated => migrated_database().await.1,
             None => empty_database().await.1,
         };
-        let pool = db::pool_options(&self.config)
+        let pool = db::pool_options(&self.config.db)
             .connect_with(options.clone())
             .await
             .expect("test pool");

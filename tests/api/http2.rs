@@ -53,9 +53,9 @@ fn bench_routes(c: &mut hearth::bench::BenchSettings) {
 }
 
 fn app_config(c: &mut hearth::config::Config) {
-    c.header_read_timeout = Duration::from_secs(1);
-    c.request_timeout = Duration::from_secs(1);
-    c.body_limit = 1024;
+    c.http.header_read_timeout = Duration::from_secs(1);
+    c.http.request_timeout = Duration::from_secs(1);
+    c.http.body_limit = 1024;
 }
 
 async fn plain_app() -> TestApp {

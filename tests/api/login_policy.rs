@@ -61,7 +61,7 @@ fn retry_after(response: &Response) -> u64 {
 #[tokio::test]
 async fn concurrent_wrong_passwords_for_one_account_are_checked_at_most_the_limit() {
     let app = TestApp::builder()
-        .config(|c| c.metrics_token = Some(METRICS_TOKEN.into()))
+        .config(|c| c.http.metrics_token = Some(METRICS_TOKEN.into()))
         .spawn()
         .await;
     app.signup("ada", "correct horse").await;
@@ -100,9 +100,9 @@ async fn concurrent_wrong_passwords_for_one_account_are_checked_at_most_the_limi
 async fn a_login_flood_beyond_the_hashing_bound_is_refused_at_once() {
     let app = TestApp::builder()
         .config(|c| {
-            c.metrics_token = Some(METRICS_TOKEN.into());
-            c.password_hash_concurrency = 2;
-            c.password_hash_queue = 2;
+            c.http.metrics_token = Some(METRICS_TOKEN.into());
+            c.sessions.password_hash_concurrency = 2;
+            c.sessions.password_hash_queue = 2;
         })
         .settings(|c: &mut hearth::accounts::AccountsSettings| c.login_limit_per_address = 1_000)
         .spawn()

@@ -76,7 +76,7 @@ fn parse_prometheus(text: &str) -> HashSet<String> {
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_for_admins_and_token_holders_only() {
     let app = TestApp::builder()
-        .config(|c| c.metrics_token = Some("scrape-me-please-0123456789".into()))
+        .config(|c| c.http.metrics_token = Some("scrape-me-please-0123456789".into()))
         .spawn()
         .await;
     let ada = app.user("ada").await;

@@ -114,7 +114,7 @@ fn schedules_are_checked_against_the_composed_registry() {
 
     // HEARTH_SCHEDULES may name any kind of the composition, a user's app's included.
     let mut config = test_config();
-    config.schedules = Some("nightly|every:1h||test.ping|{}".into());
+    config.jobs.schedules = Some("nightly|every:1h||test.ping|{}".into());
     let known = Application::new().app(App::new("clock").job::<Ping>());
     let plan = known.plan(&config, &test_sections()).unwrap();
     assert_eq!(plan.schedules[0].name, "nightly");

@@ -819,8 +819,8 @@ async fn random_requests_never_get_a_5xx_or_hang_or_write_half_way() {
     eprintln!("request fuzz: HEARTH_FUZZ_SEED={seed} HEARTH_FUZZ_REQUESTS={total}");
     let app = TestApp::builder()
         .config(|c| {
-            c.request_timeout = Duration::from_secs(2);
-            c.header_read_timeout = Duration::from_secs(2);
+            c.http.request_timeout = Duration::from_secs(2);
+            c.http.header_read_timeout = Duration::from_secs(2);
         })
         .spawn()
         .await;

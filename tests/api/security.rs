@@ -1267,7 +1267,7 @@ impl Cookies {
 #[tokio::test]
 async fn with_secure_cookies_every_cookie_the_app_sets_is_secure_httponly_and_samesite() {
     let app = TestApp::builder()
-        .config(|c| c.secure_cookies = true)
+        .config(|c| c.sessions.secure_cookies = true)
         .spawn()
         .await;
     let client = crate::helpers::client();
@@ -1539,6 +1539,10 @@ const DYNAMIC_SQL: &[(&str, &str)] = &[
     ("src/jobs/maintenance.rs", "AssertSqlSafe(\"VACUUM jobs\")"),
 ];
 
+/// Statements whose SQL is not a literal in the code but is compiled into the binary all the
+/// same: the migration runner executes the files `sqlx::migrate!` embedded.
+const COMPILED_SQL: &[(&str, &str)] = &[("src/db/migrations.rs", "migration.sql.clone()")];
+
 #[test]
 fn sql_is_only_built_from_literals_and_bound_parameters() {
     let mut found = Vec::new();
@@ -1580,7 +1584,8 @@ fn sql_is_only_built_from_literals_and_bound_parameters() {
             let literal = ["\"", "r\"", "r#\"", "sqlx::AssertSqlSafe("]
                 .iter()
                 .any(|start| first.starts_with(start));
-            if !literal {
+            let compiled = COMPILED_SQL.contains(&(path.as_str(), first));
+            if !literal && !compiled {
                 let name = &call[..name_end];
                 found.push(format!("{path}: {name}({first}) is not a literal"));
             }
@@ -1603,7 +1608,7 @@ fn sql_is_only_built_from_literals_and_bound_parameters() {
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
     // The scan sees what it should: both reviewed exceptions are where the list says.
-    for (path, call) in DYNAMIC_SQL {
+    for (path, call) in DYNAMIC_SQL.iter().chain(COMPILED_SQL) {
         let source =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
         assert!(
@@ -1618,8 +1623,8 @@ async fn event_streams_share_the_per_user_and_per_address_limits_with_sockets() 
     // Arrange: two live connections per user, three per address.
     let app = TestApp::builder()
         .config(|c| {
-            c.ws_max_per_user = 2;
-            c.ws_max_per_address = 3;
+            c.channels.ws_max_per_user = 2;
+            c.channels.ws_max_per_address = 3;
         })
         .spawn()
         .await;

@@ -107,7 +107,7 @@ async fn malformed_forms_get_a_clear_422() {
 #[tokio::test]
 async fn oversized_bodies_are_refused_with_413() {
     let app = TestApp::builder()
-        .config(|c| c.body_limit = 1024)
+        .config(|c| c.http.body_limit = 1024)
         .spawn()
         .await;
     let token = app.csrf_token().await;
@@ -146,7 +146,7 @@ async fn wrong_method_is_405() {
 async fn slow_requests_time_out_with_408() {
     let routes = Router::new().route("/slow", get(std::future::pending::<()>));
     let app = TestApp::builder()
-        .config(|c| c.request_timeout = Duration::from_millis(100))
+        .config(|c| c.http.request_timeout = Duration::from_millis(100))
         .routes(routes)
         .spawn()
         .await;
@@ -203,8 +203,8 @@ async fn readyz_is_503_when_the_database_is_gone() {
 async fn an_exhausted_pool_fails_fast_with_503() {
     let app = TestApp::builder()
         .config(|c| {
-            c.db_max_connections = 1;
-            c.db_acquire_timeout = Duration::from_millis(200);
+            c.db.db_max_connections = 1;
+            c.db.db_acquire_timeout = Duration::from_millis(200);
         })
         .spawn()
         .await;

@@ -20,8 +20,8 @@ const BOUND: Duration = Duration::from_secs(10);
 async fn app() -> TestApp {
     TestApp::builder()
         .config(|c| {
-            c.header_read_timeout = Duration::from_secs(1);
-            c.request_timeout = Duration::from_secs(1);
+            c.http.header_read_timeout = Duration::from_secs(1);
+            c.http.request_timeout = Duration::from_secs(1);
         })
         .spawn()
         .await

@@ -13,8 +13,8 @@ async fn a_short_soak_loses_nothing_errs_nowhere_and_samples_the_server() {
     let (name, _) = crate::helpers::migrated_database().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::helpers::test_config();
-    config.database_url = Some(crate::helpers::database_url(&name));
-    config.data_dir = dir.path().to_owned();
+    config.db.database_url = Some(crate::helpers::database_url(&name));
+    config.db.data_dir = dir.path().to_owned();
     let args = SoakArgs {
         duration: Duration::from_secs(15),
         rate: 8.0,

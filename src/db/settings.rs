@@ -1,0 +1,63 @@
+//! The database's own settings section: where the data lives and the pool. `db` reads only
+//! these (the house rules), so a program can open the database without the rest of the
+//! configuration.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+/// Where the data lives and the connection pool.
+#[derive(Debug, Clone, Args)]
+pub struct DbSettings {
+    /// PostgreSQL server to use. Without it, Hearth runs a private embedded cluster in
+    /// `<data dir>/postgres`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder for Hearth's own files: the embedded cluster, its log, the generated secret key.
+    #[arg(
+        long,
+        env = "HEARTH_DATA_DIR",
+        default_value = "hearth-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Most database connections this process opens.
+    #[arg(
+        long,
+        env = "HEARTH_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// Connections kept open even when idle, so the first requests after a quiet spell are fast.
+    #[arg(
+        long,
+        env = "HEARTH_DB_MIN_CONNECTIONS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub db_min_connections: u32,
+
+    /// How long a request waits for a free connection before it fails with 503.
+    #[arg(long, env = "HEARTH_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
+
+    /// How long an idle connection above the minimum is kept before it is closed.
+    #[arg(long, env = "HEARTH_DB_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub db_idle_timeout: Duration,
+
+    /// Connections shared by pipelined reads (`db::Pipeline`), on top of the pool's. Every
+    /// pipelined query waits behind the ones written before it on its connection, so a second
+    /// one spreads the queue when some reads are slow.
+    #[arg(
+        long,
+        env = "HEARTH_DB_PIPELINES",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        global = true
+    )]
+    pub db_pipelines: u32,
+}
