@@ -101,7 +101,30 @@ pub async fn serve_command(
     }
     let router = application.router(&state)?;
     let registry = application.registry(&state)?;
-    // A bad certificate stops the start, before the port is taken.
+    let (listener, tls) = listen(&config).await?;
+
+    spawn_tasks(&application, &state, &tasks, &shutdown);
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let workers = Workers::start(
+        job_pool(&config, &db.pool),
+        registry,
+        worker_config(&config, plan.schedules)?,
+    );
+    serve_until_shutdown(&state, router, listener, tls, &config, &shutdown).await;
+    tracing::info!("HTTP server stopped; stopping job workers and background tasks");
+    shutdown.cancel();
+    workers.shutdown().await;
+    stop_platform(&state, &tasks).await;
+    db.close()
+        .await
+        .context("cannot stop the database cleanly")?;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Takes the port, with the certificate when one is configured: a bad certificate stops the
+/// start before the port is taken.
+async fn listen(config: &Config) -> anyhow::Result<(TcpListener, Option<crate::tls::Tls>)> {
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::Tls::load(cert, key)?),
         _ => None,
@@ -111,15 +134,18 @@ pub async fn serve_command(
         .with_context(|| format!("cannot listen on {}", config.http.bind))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
+    Ok((listener, tls))
+}
 
-    spawn_tasks(&application, &state, &tasks, &shutdown);
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let workers = Workers::start(
-        job_pool(&config, &db.pool),
-        registry,
-        worker_config(&config, plan.schedules)?,
-    );
-
+/// Serves until `shutdown`, then gives in-flight requests the grace period.
+async fn serve_until_shutdown(
+    state: &AppState,
+    router: axum::Router,
+    listener: TcpListener,
+    tls: Option<crate::tls::Tls>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) {
     // Accept sockets once the channel layer reads, unless the database is down (then serve
     // anyway, as for migrations: /readyz says 503 until it answers).
     if tokio::time::timeout(Duration::from_secs(10), state.channels.ready())
@@ -141,9 +167,9 @@ pub async fn serve_command(
     let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
         Some(tls) => {
             tokio::spawn(tls.clone().reload_on_sighup(shutdown.clone()));
-            Box::pin(server::serve_tls(listener, router, &config, tls, stop))
+            Box::pin(server::serve_tls(listener, router, config, tls, stop))
         }
-        None => Box::pin(server::serve(listener, router, &config, stop)),
+        None => Box::pin(server::serve(listener, router, config, stop)),
     };
     let grace = config.http.shutdown_grace;
     tokio::select! {
@@ -152,15 +178,6 @@ pub async fn serve_command(
             tracing::warn!(?grace, "requests still running after the grace period; dropping them");
         }
     }
-    tracing::info!("HTTP server stopped; stopping job workers and background tasks");
-    shutdown.cancel();
-    workers.shutdown().await;
-    stop_platform(&state, &tasks).await;
-    db.close()
-        .await
-        .context("cannot stop the database cleanly")?;
-    tracing::info!("bye");
-    Ok(())
 }
 
 /// Stops what [`AppState::new`] started, and the tasks.
