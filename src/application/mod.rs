@@ -156,9 +156,21 @@ impl Application {
     /// Adds the apps' settings (flags and environment variables) and commands to a command
     /// line.
     pub fn augment(&self, mut command: clap::Command) -> clap::Command {
+        // A section's doc comment would become the command's description: keep the program's.
+        let (about, long_about) = (
+            command.get_about().cloned(),
+            command.get_long_about().cloned(),
+        );
         for section in self.settings_sections() {
             command = (section.augment)(command);
         }
+        let keep = |text: Option<clap::builder::StyledStr>| {
+            text.map_or(
+                clap::builder::Resettable::Reset,
+                clap::builder::Resettable::Value,
+            )
+        };
+        command = command.about(keep(about)).long_about(keep(long_about));
         for sub in self.apps.iter().flat_map(|app| &app.commands) {
             command = command.subcommand((sub.command)().name(sub.name).about(sub.about));
         }

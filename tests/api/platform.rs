@@ -149,6 +149,12 @@ async fn two_apps_routing_one_path_are_refused_naming_both() {
 fn the_command_line_has_every_bundled_command_and_setting() {
     let command = cli::command(&application());
     command.clone().debug_assert();
+    let plain = <cli::Cli as clap::CommandFactory>::command();
+    assert_eq!(
+        command.get_about().map(ToString::to_string),
+        plain.get_about().map(ToString::to_string),
+        "the apps' settings sections leave the program's description alone"
+    );
     for line in [
         "hearth bench jobs",
         "hearth bench ws chat",
