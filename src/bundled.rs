@@ -7,11 +7,16 @@
 use crate::{
     Application, accounts, bench, chat, dashboard, documents, gateway, home, mail, notifications,
     ops, publishing, uploads,
+    web::assets::{Dir, include_dir},
 };
+
+/// The site's stylesheet and scripts (`static/`), compiled into the binary.
+static SITE: Dir = include_dir!("$CARGO_MANIFEST_DIR/static");
 
 /// Every bundled app on the platform.
 pub fn application() -> Application {
     Application::new()
+        .assets(&SITE)
         .app(accounts::app())
         .app(home::app())
         .app(publishing::app())

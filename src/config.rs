@@ -70,9 +70,10 @@ pub struct HttpSettings {
     #[arg(long, env = "HEARTH_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
-    /// Folder served under `/static`.
-    #[arg(long, env = "HEARTH_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"), global = true)]
-    pub static_dir: PathBuf,
+    /// Serve `/static` from this folder instead of the files compiled into the binary (to edit
+    /// CSS or scripts without rebuilding).
+    #[arg(long, env = "HEARTH_STATIC_DIR", global = true)]
+    pub static_dir: Option<PathBuf>,
 
     /// The site's public address (`https://hearth.example.com`), for links in mail. Without
     /// it, `http://<bind address>`.
@@ -377,11 +378,10 @@ impl fmt::Display for Config {
             "  password hashing    {} at once / {} waiting",
             self.sessions.password_hash_concurrency, self.sessions.password_hash_queue
         )?;
-        writeln!(
-            f,
-            "  static dir          {}",
-            self.http.static_dir.display()
-        )?;
+        match &self.http.static_dir {
+            Some(dir) => writeln!(f, "  static files        {}", dir.display())?,
+            None => writeln!(f, "  static files        compiled into the binary")?,
+        }
         writeln!(
             f,
             "  job queues          {} / {} connections / poll {} / lease {} / keep {}{}",

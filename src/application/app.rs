@@ -15,7 +15,7 @@ use super::{Context, Routes};
 use crate::{
     config::Sections,
     jobs::{Job, Registry, Schedule},
-    web::{AppState, templates::NavLink},
+    web::{AppState, assets::Dir, templates::NavLink},
 };
 
 type Build<T> = Arc<dyn Fn(&Context) -> anyhow::Result<T> + Send + Sync>;
@@ -44,6 +44,7 @@ pub struct App {
     pub(super) commands: Vec<AppCommand>,
     pub(super) nav: Vec<Plan<NavLink>>,
     pub(super) body_limit: Option<Plan<usize>>,
+    pub(super) assets: Option<&'static Dir<'static>>,
 }
 
 /// A settings section: a `clap::Args` struct whose flags and environment variables join the
@@ -106,6 +107,7 @@ impl App {
             commands: Vec::new(),
             nav: Vec::new(),
             body_limit: None,
+            assets: None,
         }
     }
 
@@ -254,6 +256,13 @@ impl App {
         limit: impl Fn(&Sections) -> anyhow::Result<usize> + Send + Sync + 'static,
     ) -> Self {
         self.body_limit = Some(Arc::new(limit));
+        self
+    }
+
+    /// The app's static files, served under `/static/` at their path in the folder:
+    /// `static ASSETS: Dir = include_dir!("$CARGO_MANIFEST_DIR/static/shop")`.
+    pub fn assets(mut self, folder: &'static Dir<'static>) -> Self {
+        self.assets = Some(folder);
         self
     }
 

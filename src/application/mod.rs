@@ -36,13 +36,19 @@ use crate::{
     config::{Config, Sections},
     db::migrations::{self, MigrationSet},
     jobs::{Registry, Schedule},
-    web::{self, AppState, templates::NavLink},
+    web::{
+        self, AppState,
+        assets::{Assets, Dir, DuplicateAsset},
+        templates::NavLink,
+    },
 };
 
 /// The platform and its apps, in the order their migrations run and their routes are listed.
 #[derive(Clone, Debug, Default)]
 pub struct Application {
     apps: Vec<App>,
+    /// The composition's own static files (its stylesheet, say), beside the apps'.
+    assets: Vec<&'static Dir<'static>>,
 }
 
 /// What an app's builders see at start: the platform's services and every settings section.
@@ -108,6 +114,8 @@ pub enum ComposeError {
         kind: String,
         owner: String,
     },
+    #[error(transparent)]
+    DuplicateAsset(#[from] DuplicateAsset),
     #[error("the apps {first:?} and {second:?} both add the command `{name}`")]
     DuplicateCommand {
         name: &'static str,
@@ -126,6 +134,7 @@ pub struct Plan {
     pub nav: Vec<NavLink>,
     /// The hard limit on request bodies: the body limit or an app's larger one.
     pub body_limit: usize,
+    pub assets: Assets,
 }
 
 /// The built-in kinds of every registry ([`Registry::new`]).
@@ -140,6 +149,13 @@ impl Application {
     /// Adds an app. Its migrations run after those of the apps added before it.
     pub fn app(mut self, app: App) -> Self {
         self.apps.push(app);
+        self
+    }
+
+    /// The composition's own static files (the site's stylesheet and layout scripts, as
+    /// Django's `STATICFILES_DIRS`), served under `/static/` beside the apps' own.
+    pub fn assets(mut self, folder: &'static Dir<'static>) -> Self {
+        self.assets.push(folder);
         self
     }
 
@@ -263,7 +279,21 @@ impl Application {
             schedules: check_schedules(schedules, &kinds)?,
             nav,
             body_limit,
+            assets: self.static_files()?,
         })
+    }
+
+    /// The composition's and the apps' static files in one namespace.
+    fn static_files(&self) -> Result<Assets, ComposeError> {
+        let own = self
+            .assets
+            .iter()
+            .map(|f| ("the application".to_owned(), *f));
+        let apps = self
+            .apps
+            .iter()
+            .filter_map(|app| Some((format!("the app {:?}", app.name), app.assets?)));
+        Ok(Assets::embedded(&own.chain(apps).collect::<Vec<_>>())?)
     }
 
     fn check_names(&self) -> Result<(), ComposeError> {
@@ -425,6 +455,7 @@ impl From<Plan> for web::state::Composed {
             schedules: plan.schedules,
             nav: plan.nav,
             body_limit: plan.body_limit,
+            assets: plan.assets,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! [`layers`] stacks the cross-cutting middleware (request ids, tracing, compression, timeouts,
 //! body limits, panics) around a router.
 
+pub mod assets;
 pub mod auth;
 pub mod conditional;
 pub mod csrf;
@@ -33,7 +34,6 @@ pub mod ws;
 use std::{
     convert::Infallible,
     future::Future,
-    path::Path,
     pin::Pin,
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -52,8 +52,6 @@ use tower_http::{
     compression::CompressionLayer,
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    services::ServeDir,
-    set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -109,7 +107,13 @@ pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) ->
             "/metrics",
             axum::routing::get(metrics::endpoint).with_state(state.clone()),
         )
-        .nest("/static", static_files(&config.http.static_dir))
+        .nest(
+            "/static",
+            state
+                .composed
+                .assets
+                .router(config.http.static_dir.as_ref()),
+        )
         .fallback(error::not_found)
         // The hard limit below admits an app's larger bodies (an upload); every other route
         // keeps the body limit (an inner DefaultBodyLimit wins: such a route sets its own).
@@ -291,19 +295,6 @@ pub fn safe_next(next: Option<&str>) -> String {
         }
         _ => "/".to_string(),
     }
-}
-
-/// `static/` under `/static`, cached for a year: templates add `?v=<content hash>` to every
-/// asset URL, so a changed file gets a new URL rather than a stale cache hit.
-pub fn static_files(dir: &Path) -> Router {
-    Router::new().fallback_service(
-        ServiceBuilder::new()
-            .layer(SetResponseHeaderLayer::overriding(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=31536000, immutable"),
-            ))
-            .service(ServeDir::new(dir)),
-    )
 }
 
 #[cfg(test)]

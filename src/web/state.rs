@@ -1,11 +1,11 @@
 //! The application state shared by every handler.
 
-use std::{fs, io, path::Path, sync::Arc};
+use std::{fs, io, sync::Arc};
 
 use anyhow::Context;
 use axum::extract::FromRef;
 use axum_extra::extract::cookie::Key;
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha512};
 use sqlx::PgPool;
 
 use crate::{
@@ -53,6 +53,8 @@ pub struct Composed {
     pub nav: Vec<NavLink>,
     /// The hard limit on request bodies.
     pub body_limit: usize,
+    /// The static files of the composition and its apps.
+    pub assets: super::assets::Assets,
 }
 
 impl AppState {
@@ -69,7 +71,7 @@ impl AppState {
         let cache = Cache::start(db.clone(), channels.clone(), cache_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
-        let static_version = static_version(&config.http.static_dir).into();
+        let static_version = composed.assets.version().into();
         let reads = Pipeline::new(
             &db,
             config.db.database_url.as_deref(),
@@ -161,30 +163,4 @@ pub fn secret_key(config: &Config) -> anyhow::Result<String> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a new secret key");
     Ok(key)
-}
-
-fn static_version(dir: &Path) -> String {
-    let mut files = Vec::new();
-    collect_files(dir, &mut files);
-    if files.is_empty() {
-        tracing::warn!(dir = %dir.display(), "no static files found");
-    }
-    files.sort();
-    let mut hash = Sha256::new();
-    for file in files {
-        hash.update(file.to_string_lossy().as_bytes());
-        hash.update(fs::read(&file).unwrap_or_default());
-    }
-    hex::encode(&hash.finalize()[..5])
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }

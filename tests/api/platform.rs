@@ -10,6 +10,7 @@ use hearth::{
     config::Config,
     db::migrations::{self, MigrateError},
     jobs::{Enqueue, Every, Job, JobContext, Outcome, Schedule},
+    web::assets::{Dir, include_dir},
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -283,4 +284,27 @@ async fn apps_can_join_and_leave_a_database_and_a_changed_file_is_refused() {
         matches!(&error, MigrateError::Changed { app, version: 10, .. } if app == "mail"),
         "{error}"
     );
+}
+
+static SCRIPTS: Dir = include_dir!("$CARGO_MANIFEST_DIR/static/js");
+
+#[tokio::test]
+async fn static_files_are_compiled_into_the_binary_and_one_path_has_one_owner() {
+    assert_eq!(Config::from_env().unwrap().http.static_dir, None);
+    let app = crate::helpers::TestApp::spawn().await;
+
+    let css = app.get("/static/app.css").await;
+
+    assert_eq!(css.status(), 200);
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    let expected: &[u8] = include_bytes!("../../static/app.css");
+    assert_eq!(&css.bytes().await.unwrap()[..], expected);
+    assert_eq!(app.get("/static/nothing.css").await.status(), 404);
+    let twice = Application::new()
+        .assets(&SCRIPTS)
+        .app(App::new("chat").assets(&SCRIPTS));
+    assert!(matches!(
+        compose_error(&twice),
+        ComposeError::DuplicateAsset(e) if e.second == "the app \"chat\""
+    ));
 }
