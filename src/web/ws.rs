@@ -7,11 +7,15 @@
 //! socket stays open), `receive_binary` for each binary frame (refused with an error frame
 //! unless the consumer overrides it to accept binary data), `event` for each channel-layer message (decoded into `Event`, typically
 //! an enum tagged by `type`, as `"type": "chat.message"` selects `chat_message` in Channels)
-//! and `disconnect`. Serve one with `.route("/ws/chat/{room}", ws::route::<ChatConsumer>())`.
+//! and `disconnect`. Serve one with `.route("/ws/chat/{room}", ws::route::<ChatConsumer>())`:
+//! the route answers an HTTP/1.1 upgrade (`GET`) and, on HTTP/2, RFC 8441's extended `CONNECT`
+//! (`:protocol = websocket`), which browsers send on the HTTP/2 connection they already have
+//! when the server announces `SETTINGS_ENABLE_CONNECT_PROTOCOL` (`hearth serve` does).
 //!
-//! What every socket gets without asking:
+//! What every socket gets without asking, on either protocol:
 //!
-//! * the `Origin` checked against the request's host and `HEARTH_ALLOWED_ORIGINS` (403 before
+//! * the `Origin` checked against the request's host (`Host`, or HTTP/2's `:authority`) and
+//!   `HEARTH_ALLOWED_ORIGINS` (403 before
 //!   the upgrade otherwise; clients that send no `Origin` are not browsers and carry no ambient
 //!   credentials of a victim, so they pass);
 //! * a maximum message size (close 1009), a ping every `HEARTH_WS_PING_INTERVAL` and an idle
@@ -47,7 +51,7 @@ use axum::{
         ConnectInfo, Path, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
-    http::{HeaderMap, header},
+    http::{HeaderMap, Uri, header},
     response::Response,
     routing::{MethodRouter, get},
 };
@@ -395,9 +399,11 @@ impl Drop for SocketSlot {
     }
 }
 
-/// The `GET` route that serves consumer `C`.
+/// The route that serves consumer `C`: `GET` for an HTTP/1.1 upgrade, `CONNECT` for an HTTP/2
+/// extended CONNECT (RFC 8441). Both go through the same checks and limits; any other method
+/// is 405.
 pub fn route<C: Consumer>() -> MethodRouter<AppState> {
-    get(upgrade::<C>)
+    get(upgrade::<C>).connect(upgrade::<C>)
 }
 
 #[derive(Deserialize)]
@@ -411,10 +417,11 @@ async fn upgrade<C: Consumer>(
     Query(resume): Query<Resume>,
     CurrentUser(user): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
-    check_origin(&headers, &state.config.allowed_origins)?;
+    check_origin(&headers, &uri, &state.config.allowed_origins)?;
     let slot = state.sockets.acquire(
         user.as_ref().map(|u| u.id),
         peer.ip(),
@@ -462,8 +469,9 @@ async fn upgrade<C: Consumer>(
 }
 
 /// Allows a request without `Origin`, or whose `Origin` names the host it was sent to or one
-/// of `allowed`.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), WebError> {
+/// of `allowed`. The host is the `Host` header, or on HTTP/2, where clients send
+/// `:authority` instead (hyper puts it in the URI), the URI's authority.
+fn check_origin(headers: &HeaderMap, uri: &Uri, allowed: &[String]) -> Result<(), WebError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -474,6 +482,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), WebError>
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
     let same_host = url::Url::parse(origin).is_ok_and(|url| {
         let origin_host = match (url.host_str(), url.port()) {
