@@ -175,11 +175,10 @@ impl WsClientBuilder {
     pub async fn connect_on(self, connection: &Http2Connection) -> Result<WsClient, WsTestError> {
         let url = self.url.as_str().into_client_request()?;
         let path = url.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("{}://{}{path}", connection.scheme, connection.authority);
         let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
             .version(http::Version::HTTP_2)
-            .uri(uri)
+            .uri(path)
             .extension(hyper::ext::Protocol::from_static("websocket"))
             .header(http::header::SEC_WEBSOCKET_VERSION, "13");
         for (name, value) in self.headers()? {
