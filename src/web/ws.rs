@@ -48,10 +48,10 @@ use futures::{StreamExt, task::AtomicWaker};
 
 use axum::{
     extract::{
-        ConnectInfo, Path, Query, State,
+        ConnectInfo, FromRequestParts, Path, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
-    http::{HeaderMap, Uri, header},
+    http::{HeaderMap, Uri, header, request::Parts},
     response::Response,
     routing::{MethodRouter, get},
 };
@@ -411,17 +411,28 @@ struct Resume {
     last_id: Option<i64>,
 }
 
+/// A request whose `Origin` [`check_origin`] allows (403 otherwise). Extracted before the session
+/// is looked up, so a foreign page's attempt costs no query.
+struct AllowedOrigin;
+
+impl FromRequestParts<AppState> for AllowedOrigin {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WebError> {
+        check_origin(&parts.headers, &parts.uri, &state.config.allowed_origins)?;
+        Ok(Self)
+    }
+}
+
 async fn upgrade<C: Consumer>(
     State(state): State<AppState>,
+    _origin: AllowedOrigin,
     params: Option<Path<HashMap<String, String>>>,
     Query(resume): Query<Resume>,
     CurrentUser(user): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
-    check_origin(&headers, &uri, &state.config.allowed_origins)?;
     let slot = state.sockets.acquire(
         user.as_ref().map(|u| u.id),
         peer.ip(),
