@@ -436,3 +436,49 @@ async fn csrf_lets_through_the_websocket_connect_and_nothing_else() {
         .unwrap();
     assert_eq!(posts, 0);
 }
+
+#[tokio::test]
+async fn binary_frames_travel_over_http2_up_to_the_size_limit() {
+    // The consumer of cache_api.rs that answers each binary frame reversed; 4096-byte limit.
+    let app = crate::cache_api::socket_app().await;
+    let mut socket = WsClient::build(app.ws_url("/ws/test/reverse"))
+        .http2()
+        .connect()
+        .await
+        .unwrap();
+
+    let full: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
+    socket.send_binary(full.clone()).await.unwrap();
+    let back = socket.recv_binary().await.unwrap();
+    assert!(
+        back.iter().eq(full.iter().rev()),
+        "4096 bytes arrive intact"
+    );
+    socket.send_binary(vec![0; 4097]).await.unwrap();
+    let (code, _) = socket.expect_close().await.unwrap();
+    assert_eq!(code, close_code::TOO_BIG);
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_http2_flow_control_window_arrives_intact() {
+    // 768 KiB each way: many times HTTP/2's initial 64 KiB stream window, so it only gets
+    // through if both sides give the window back as the socket's frames are read.
+    let app = TestApp::builder()
+        .config(|c| c.bench_routes = true)
+        .spawn()
+        .await;
+    let mut socket = WsClient::build(app.ws_url("/ws/chat/window/"))
+        .http2()
+        .connect()
+        .await
+        .unwrap();
+    let text: String = (0..768 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+
+    socket.send_json(&json!({"message": text})).await.unwrap();
+
+    let frame = socket.recv_json_within(BOUND).await.unwrap();
+    assert_eq!(frame["message"].as_str().map(str::len), Some(text.len()));
+    assert_eq!(frame["message"], text.as_str());
+}
