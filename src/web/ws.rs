@@ -15,9 +15,8 @@
 //! What every socket gets without asking, on either protocol:
 //!
 //! * the `Origin` checked against the request's host (`Host`, or HTTP/2's `:authority`) and
-//!   `HEARTH_ALLOWED_ORIGINS` (403 before
-//!   the upgrade otherwise; clients that send no `Origin` are not browsers and carry no ambient
-//!   credentials of a victim, so they pass);
+//!   `HEARTH_ALLOWED_ORIGINS` (403 before the upgrade otherwise; clients that send no `Origin`
+//!   are not browsers and carry no ambient credentials of a victim, so they pass);
 //! * a maximum message size (close 1009), a ping every `HEARTH_WS_PING_INTERVAL` and an idle
 //!   timeout (close 4408);
 //! * at most `HEARTH_WS_MAX_PER_USER` open sockets per signed-in user and
