@@ -37,6 +37,8 @@
 #     the default for a run of Hearth-only workloads is the folder BENCHMARKS.md was generated from, and the
 #     other folders it already took workloads from after this run's)
 #   NOTE="..." (a remark about the run, e.g. a shared machine; stored in meta.json, printed in BENCHMARKS.md)
+#   NICE=-10 (root: Hearth and the latency/w2proto clients run at this niceness, so that other work on a shared
+#     machine takes less of their time; stored in meta.json, printed with those sections; unset by default)
 #   HEARTH_COMMIT=... (with SKIP_BUILD=1: what the binary was built from, if not this working tree)
 set -uo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,6 +61,7 @@ LOGIN_HASH_CONCURRENCY="${LOGIN_HASH_CONCURRENCY:-4}"; LOGIN_HASH_QUEUE="${LOGIN
 LAT_REQUESTS="${LAT_REQUESTS:-20000}"; LAT_WARMUP="${LAT_WARMUP:-2000}"
 W2PROTO_SIDES="${W2PROTO_SIDES:-h1 h2c h1tls h2tls}"
 export NOTE="${NOTE:-}"
+NICE="${NICE:-}"; PRIO=(); [ -n "$NICE" ] && PRIO=(nice -n "$NICE")
 HEARTH_DATABASE_URL="${HEARTH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hearth_bench}"
 # Both sides reach Postgres on loopback without TLS: Hearth by default (no sslmode in a loopback
 # DATABASE_URL), the peer through this sslmode (Django, procrastinate and graphile-worker honour it).
@@ -139,6 +142,7 @@ json.dump({
   "latency": {"requests": $LAT_REQUESTS, "warmup": $LAT_WARMUP},
   "w2proto": {"sides": "$W2PROTO_SIDES".split()},
   "note": os.environ.get("NOTE", ""),
+  "nice": "$NICE",
   "machine": {
     "nproc": sh("nproc"), "cpu": cpu, "memory_gib": round(mem_kib / 1048576, 1),
     "kernel": platform.release(), "os": sh(". /etc/os-release && echo \$PRETTY_NAME"),
@@ -178,13 +182,13 @@ start_server() { # side
     for _ in $(seq 1 50); do listening "$HEARTH_PORT" && return 0; sleep 0.1; done
     say "the floor server did not listen (see $OUTDIR/logs/floor.log)"; return 1
   elif [ "$1" = hearth ]; then
-    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} target/release/hearth serve"
+    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} ${PRIO[*]:+${PRIO[*]} }target/release/hearth serve"
     note_cmd "${cmd//  / }"
     # env and setsid exec in turn (no fork: a background job of a non-interactive shell is no group
     # leader), so $! is the hearth process itself, whose /proc/PID/status the login client reads.
     env HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
       DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn "${HEARTH_EXTRA_ENV[@]}" \
-      setsid "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
+      setsid "${PRIO[@]}" "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
     SERVER_PID=$!; BASE="$HEARTH_SCHEME://127.0.0.1:$HEARTH_PORT"
   else
     redis-cli -u "$BENCH_REDIS_URL/0" FLUSHDB >/dev/null  # channel-layer groups of an earlier run
@@ -336,14 +340,14 @@ done
 
 # ---- issue #34, Hearth only: one request at a time on an idle server; W2 per protocol -----------------
 if ((LAT_RUNS)); then
-  note_cmd "python3 bench/clients/latency.py --base <base> --n $LAT_REQUESTS --warmup $LAT_WARMUP"
+  note_cmd "${PRIO[*]:+${PRIO[*]} }python3 bench/clients/latency.py --base <base> --n $LAT_REQUESTS --warmup $LAT_WARMUP"
 fi
 for r in $(seq 1 "$((ROUNDS * LAT_RUNS))"); do
   DONE=$((DONE + 1))
   printf '[%4ss] [latency round %d/%d] hearth... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$r" "$ROUNDS" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
   line=""
   if start_server hearth; then
-    out=$(timeout 900 "$PY" "$BENCH/clients/latency.py" --base "$BASE" --n "$LAT_REQUESTS" --warmup "$LAT_WARMUP" \
+    out=$(timeout 900 "${PRIO[@]}" "$PY" "$BENCH/clients/latency.py" --base "$BASE" --n "$LAT_REQUESTS" --warmup "$LAT_WARMUP" \
           2>>"$OUTDIR/logs/clients.log")
     line=$(grep '^{' <<<"$out" | tail -1)
   fi
@@ -369,8 +373,8 @@ for r in $(seq 1 "$ROUNDS"); do
     line=""
     if start_server hearth; then
       # -m1: one request in flight per connection on every protocol, 64 in all, as wrk's W2 has.
-      note_cmd "python3 bench/clients/h2load_json.py ${flags[*]:+${flags[*]} }-c$CONNS -t$THREADS -m1 -D$DURATION --warm-up-time=$WARMUP <base>/bench/cached   # ${proto}: <base> is $HEARTH_SCHEME://"
-      out=$(timeout $((DURATION + WARMUP + 60)) "$PY" "$BENCH/clients/h2load_json.py" "${flags[@]}" -c"$CONNS" -t"$THREADS" -m1 \
+      note_cmd "${PRIO[*]:+${PRIO[*]} }python3 bench/clients/h2load_json.py ${flags[*]:+${flags[*]} }-c$CONNS -t$THREADS -m1 -D$DURATION --warm-up-time=$WARMUP <base>/bench/cached   # ${proto}: <base> is $HEARTH_SCHEME://"
+      out=$(timeout $((DURATION + WARMUP + 60)) "${PRIO[@]}" "$PY" "$BENCH/clients/h2load_json.py" "${flags[@]}" -c"$CONNS" -t"$THREADS" -m1 \
             -D"$DURATION" --warm-up-time="$WARMUP" "$BASE/bench/cached" 2>>"$OUTDIR/logs/clients.log")
       line=$(grep '^{' <<<"$out" | tail -1)
     fi

@@ -429,6 +429,14 @@ def login_section(by, col, folder, meta, md_dir):
     return out
 
 
+def priority(meta):
+    """What run.sh's NICE did, as a sentence (nothing when unset)."""
+    if not meta.get("nice"):
+        return ""
+    return (f" The server and the client ran at niceness {meta['nice']} (`NICE={meta['nice']}`): the machine was "
+            "shared, and this gave them the CPU first, as on a machine with nothing else to do.")
+
+
 def latency_section(by, folder, meta, md_dir):
     """Issue #34's "sub-millisecond cached response": one request at a time on an idle server."""
     results = [r for r in by[("latency", "hearth")] if r]
@@ -447,7 +455,7 @@ def latency_section(by, folder, meta, md_dir):
             "turns so that whatever else the machine does falls on all of them alike. A request is timed from its first "
             "byte written to the last byte of its answer read, by a Python client on the same two cores (raw socket, "
             "`TCP_NODELAY`, a prebuilt request, garbage collector off), so each figure includes the client's own "
-            "cost and the loopback. Cells are median [min–max] over the rounds.", "",
+            "cost and the loopback." + priority(meta) + " Cells are median [min–max] over the rounds.", "",
             "| request | answer | p50 ms | p90 ms | p99 ms | p99.9 ms | mean ms | errors | runs |",
             "|---|---|---|---|---|---|---|---|---|"]
     for probe, label in LATENCY_PROBES:
@@ -487,7 +495,7 @@ def w2proto_section(by, col, folder, meta, md_dir):
             "from h2load's per-request log. One request in flight per connection on every protocol, "
             f"{meta['conns']} in all, as in W2 with wrk above (wrk speaks only HTTP/1.1, so the protocols are compared "
             "with one client here, and its figures are not the wrk table's). The connections, and their TLS handshakes, "
-            "are made during the warm-up.", "",
+            "are made during the warm-up." + priority(meta), "",
             "| protocol | negotiated | req/s | p50 ms | p99 ms | errors | req/s vs HTTP/1.1 | runs |",
             "|---|---|---|---|---|---|---|---|"]
     base = med(col("w2proto", "h1", "rps"))
