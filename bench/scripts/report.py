@@ -343,7 +343,8 @@ def report(outdir, md_path, svg_path, extras=()):
         cf = os.path.join(e, "commands.txt")
         if os.path.exists(cf):
             out += [f"The run of {', '.join(ws)} (`{os.path.relpath(e, md_dir)}/`: "
-                    f"`ROUNDS={m['rounds']} DURATION={m['duration_s']}s WORKLOADS=\"{' '.join(m['workloads'])}\" bench/run.sh`):",
+                    f"`ROUNDS={m['rounds']} DURATION={m['duration_s']}s WORKLOADS=\"{' '.join(m['workloads'])}\""
+                    + (f" NICE={m['nice']}" if m.get("nice") else "") + " bench/run.sh`):",
                     "", "```sh"]
             out += [relative_bench(l.replace(os.path.abspath(e), "$OUTDIR"))
                     for l in open(cf).read().splitlines()]
@@ -433,8 +434,9 @@ def priority(meta):
     """What run.sh's NICE did, as a sentence (nothing when unset)."""
     if not meta.get("nice"):
         return ""
-    return (f" The server and the client ran at niceness {meta['nice']} (`NICE={meta['nice']}`): the machine was "
-            "shared, and this gave them the CPU first, as on a machine with nothing else to do.")
+    return (f" The server and the client ran at niceness {meta['nice']} (`NICE={meta['nice']}`) because the machine "
+            "was shared (see the note at the top): the scheduler gave them the CPU before the other work, which "
+            "does not make the machine quiet; the spread of the p99s over the rounds shows what was left.")
 
 
 def latency_section(by, folder, meta, md_dir):
