@@ -12,11 +12,15 @@
 # W4 runs with no server up: `hearth bench jobs` then each peer queue's command, once per round.
 # `login` (issue #30) is Hearth only: per round, a flood of wrong logins against one account
 # (`login1`) then against random accounts (`loginrand`), each on a fresh server (VmHWM is the peak
-# since start). A run of only Hearth-only workloads needs neither the peer nor setup.sh, and its
-# report keeps the full comparison: see REPORT_BASE.
+# since start). `latency` (issue #34) is Hearth only: per round, on a fresh idle server, requests one
+# at a time on kept-alive connections (/healthz, the cached W2 page, its 304, the uncached W1 page;
+# bench/clients/latency.py). `w2proto` (issue #34) is Hearth only: W2 with h2load over HTTP/1.1, h2c,
+# and TLS with HTTP/1.1 and h2 (ALPN), a fresh server per protocol per round. A run of only
+# Hearth-only workloads needs neither the peer nor setup.sh, and its report keeps the full
+# comparison: see REPORT_BASE.
 #
 # Knobs (env):
-#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w6rust login w4"
+#   ROUNDS=3  DURATION=10s  WARMUP=3s  WORKLOADS="w1 w2 w3 w3c256 w5 w5rust w6 w6rust login latency w2proto w4"
 #   CONNS=64 THREADS=2 (wrk)   WS_CLIENTS=1000 WS_MESSAGES=200 WS_RATE=20   SSE_CLIENTS=500
 #   SSE_MESSAGES=100 SSE_RATE=10   JOBS_N=20000 LATENCY_N=200   JOBQ_PEERS="celery procrastinate graphile-worker"
 #   HEARTH_PORT=8100 PEER_PORT=8200 UPSTREAM_PORT=8081   UVICORN_WORKERS=2
@@ -27,9 +31,14 @@
 #   FLOOR=1 (the default: w5rust also measures `hearth bench ws-floor`, the least a server can do, as a third side)
 #   LOGIN_CONCURRENCY=500 LOGIN_ADDRESSES=256 LOGIN_USERS=1000 (flood0..flood999)
 #   LOGIN_HASH_CONCURRENCY=4 LOGIN_HASH_QUEUE=16 (HEARTH_PASSWORD_HASH_CONCURRENCY / _QUEUE of the login server)
+#   LAT_REQUESTS=20000 LAT_WARMUP=2000 (latency: measured and warm-up requests of each kind, per round)
+#   W2PROTO_SIDES="h1 h2c h1tls h2tls" (w2proto: the protocols measured, in this order in each round)
 #   REPORT_BASE=bench/results/<ts> (report = that folder, with this run's results for the workloads it lacks;
-#     the default for a run of Hearth-only workloads is the folder BENCHMARKS.md was generated from)
+#     the default for a run of Hearth-only workloads is the folder BENCHMARKS.md was generated from, and the
+#     other folders it already took workloads from after this run's)
 #   NOTE="..." (a remark about the run, e.g. a shared machine; stored in meta.json, printed in BENCHMARKS.md)
+#   NICE=-10 (root: Hearth and the latency/w2proto clients run at this niceness, so that other work on a shared
+#     machine takes less of their time; stored in meta.json, printed with those sections; unset by default)
 #   HEARTH_COMMIT=... (with SKIP_BUILD=1: what the binary was built from, if not this working tree)
 set -uo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,7 +48,7 @@ cd "$ROOT"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"; DURATION="${DURATION%s}"
 WARMUP="${WARMUP:-3s}"; WARMUP="${WARMUP%s}"
-WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w6rust login w4}"
+WORKLOADS="${WORKLOADS:-w1 w2 w3 w3c256 w5 w5rust w6 w6rust login latency w2proto w4}"
 CONNS="${CONNS:-64}"; THREADS="${THREADS:-2}"
 WS_CLIENTS="${WS_CLIENTS:-1000}"; WS_MESSAGES="${WS_MESSAGES:-200}"; WS_RATE="${WS_RATE:-20}"
 SSE_CLIENTS="${SSE_CLIENTS:-500}"; SSE_MESSAGES="${SSE_MESSAGES:-100}"; SSE_RATE="${SSE_RATE:-10}"
@@ -49,7 +58,10 @@ HEARTH_PORT="${HEARTH_PORT:-8100}"; PEER_PORT="${PEER_PORT:-8200}"; UPSTREAM_POR
 UVICORN_WORKERS="${UVICORN_WORKERS:-2}"
 LOGIN_CONCURRENCY="${LOGIN_CONCURRENCY:-500}"; LOGIN_ADDRESSES="${LOGIN_ADDRESSES:-256}"; LOGIN_USERS="${LOGIN_USERS:-1000}"
 LOGIN_HASH_CONCURRENCY="${LOGIN_HASH_CONCURRENCY:-4}"; LOGIN_HASH_QUEUE="${LOGIN_HASH_QUEUE:-16}"
+LAT_REQUESTS="${LAT_REQUESTS:-20000}"; LAT_WARMUP="${LAT_WARMUP:-2000}"
+W2PROTO_SIDES="${W2PROTO_SIDES:-h1 h2c h1tls h2tls}"
 export NOTE="${NOTE:-}"
+NICE="${NICE:-}"; PRIO=(); [ -n "$NICE" ] && PRIO=(nice -n "$NICE")
 HEARTH_DATABASE_URL="${HEARTH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hearth_bench}"
 # Both sides reach Postgres on loopback without TLS: Hearth by default (no sslmode in a loopback
 # DATABASE_URL), the peer through this sslmode (Django, procrastinate and graphile-worker honour it).
@@ -84,7 +96,8 @@ cleanup() { for p in "${STARTED[@]}"; do stop_group "$p"; done; STARTED=(); }
 trap 'cleanup' EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 listening() { ss -ltn "sport = :$1" | grep -q LISTEN; }
-wait_http() { for _ in $(seq 1 "${2:-150}"); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done; return 1; }
+# -k: the w2proto TLS server has a self-signed certificate made for the run.
+wait_http() { for _ in $(seq 1 "${2:-150}"); do curl -skf -o /dev/null "$1" && return 0; sleep 0.2; done; return 1; }
 # The exact commands, once each, for BENCHMARKS.md.
 note_cmd() { grep -qxF -- "$*" "$OUTDIR/commands.txt" 2>/dev/null || printf '%s\n' "$*" >> "$OUTDIR/commands.txt"; }
 
@@ -126,7 +139,10 @@ json.dump({
   "uvicorn_workers": $UVICORN_WORKERS,
   "login": {"concurrency": $LOGIN_CONCURRENCY, "addresses": $LOGIN_ADDRESSES, "users": $LOGIN_USERS,
             "hash_concurrency": $LOGIN_HASH_CONCURRENCY, "hash_queue": $LOGIN_HASH_QUEUE},
+  "latency": {"requests": $LAT_REQUESTS, "warmup": $LAT_WARMUP},
+  "w2proto": {"sides": "$W2PROTO_SIDES".split()},
   "note": os.environ.get("NOTE", ""),
+  "nice": "$NICE",
   "machine": {
     "nproc": sh("nproc"), "cpu": cpu, "memory_gib": round(mem_kib / 1048576, 1),
     "kernel": platform.release(), "os": sh(". /etc/os-release && echo \$PRETTY_NAME"),
@@ -134,6 +150,7 @@ json.dump({
     "redis": sh("redis-cli -u '$BENCH_REDIS_URL' INFO server | grep redis_version | cut -d: -f2"),
     "rustc": sh("rustc -V"), "python": platform.python_version(), "node": sh("node --version"),
     "wrk": sh("dpkg-query -W -f='\${Version}' wrk 2>/dev/null || wrk -v 2>&1 | head -1"),
+    "h2load": sh("h2load --version 2>/dev/null | head -1"),
     "django": sh("$PY -c 'import django; print(django.__version__)'"),
     "hearth_commit": os.environ.get("HEARTH_COMMIT") or sh("git -C '$ROOT' rev-parse --short HEAD") + (" (+ uncommitted changes)" if sh("git -C '$ROOT' status --porcelain -- src Cargo.toml Cargo.lock templates migrations") else ""),
   },
@@ -154,7 +171,8 @@ fi
 
 # ---- servers: one fresh server per measurement ---------------------------------------------------
 SERVER_PID=""; BASE=""; WS=""
-HEARTH_EXTRA_ENV=()  # VAR=value pairs added to Hearth's environment for one workload (login)
+HEARTH_EXTRA_ENV=()  # VAR=value pairs added to Hearth's environment for one workload (login, w2proto's TLS)
+HEARTH_SCHEME=http   # https when HEARTH_EXTRA_ENV gives it a certificate
 start_server() { # side
   if [ "$1" = floor ]; then
     # W5's floor: a server that only writes each message to every socket (see src/bench/floor.rs).
@@ -164,14 +182,14 @@ start_server() { # side
     for _ in $(seq 1 50); do listening "$HEARTH_PORT" && return 0; sleep 0.1; done
     say "the floor server did not listen (see $OUTDIR/logs/floor.log)"; return 1
   elif [ "$1" = hearth ]; then
-    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} target/release/hearth serve"
+    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} ${PRIO[*]:+${PRIO[*]} }target/release/hearth serve"
     note_cmd "${cmd//  / }"
     # env and setsid exec in turn (no fork: a background job of a non-interactive shell is no group
     # leader), so $! is the hearth process itself, whose /proc/PID/status the login client reads.
     env HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
       DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn "${HEARTH_EXTRA_ENV[@]}" \
-      setsid "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
-    SERVER_PID=$!; BASE="http://127.0.0.1:$HEARTH_PORT"
+      setsid "${PRIO[@]}" "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
+    SERVER_PID=$!; BASE="$HEARTH_SCHEME://127.0.0.1:$HEARTH_PORT"
   else
     redis-cli -u "$BENCH_REDIS_URL/0" FLUSHDB >/dev/null  # channel-layer groups of an earlier run
     local args="peer.asgi:application --host 127.0.0.1 --port $PEER_PORT --workers $UVICORN_WORKERS --loop uvloop --http httptools --ws auto --timeout-graceful-shutdown 5 --no-access-log --log-level warning"
@@ -181,7 +199,7 @@ start_server() { # side
         >>"$OUTDIR/logs/peer.log" 2>&1 </dev/null ) &
     SERVER_PID=$!; BASE="http://127.0.0.1:$PEER_PORT"
   fi
-  STARTED+=("$SERVER_PID"); WS="ws://${BASE#http://}"
+  STARTED+=("$SERVER_PID"); WS="ws://${BASE#*://}"
   wait_http "$BASE/bench/page" 300 || { say "$1 did not answer $BASE/bench/page (see $OUTDIR/logs/$1.log)"; return 1; }
   "$PY" "$BENCH/clients/procutil.py" wait-idle "$SERVER_PID" 30 >/dev/null 2>&1
 }
@@ -243,9 +261,19 @@ JOBQ_LIST=(); has w4 && JOBQ_LIST=(hearth $JOBQ_PEERS)
 sides() { if [ "$1" = w5rust ] && [ "${FLOOR:-1}" = 1 ]; then echo hearth peer floor; else echo hearth peer; fi; }
 # The login flood: one account, then a random one of LOGIN_USERS accounts per attempt.
 LOGIN_SCENARIOS=(); has login && LOGIN_SCENARIOS=(login1 loginrand)
-TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]} + ${#LOGIN_SCENARIOS[@]}) * ROUNDS )); DONE=0
+# Issue #34: one request at a time (latency), and W2 per protocol (w2proto).
+LAT_RUNS=0; has latency && LAT_RUNS=1
+# shellcheck disable=SC2206
+W2PROTO=(); has w2proto && W2PROTO=($W2PROTO_SIDES)
+TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]} + ${#LOGIN_SCENARIOS[@]} + LAT_RUNS + ${#W2PROTO[@]}) * ROUNDS )); DONE=0
 has w5rust && [ "${FLOOR:-1}" = 1 ] && TOTAL=$((TOTAL + ROUNDS))
-say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${LOGIN_SCENARIOS[*]} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
+if ((${#W2PROTO[@]})); then
+  command -v h2load >/dev/null || { [ "$(id -u)" = 0 ] && say "installing h2load (nghttp2-client)" \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >>"$OUTDIR/logs/setup.log" 2>&1; }
+  command -v h2load >/dev/null || { say "w2proto needs h2load: apt-get install nghttp2-client"; exit 1; }
+fi
+LAT_NAME=""; ((LAT_RUNS)) && LAT_NAME=latency
+say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${LOGIN_SCENARIOS[*]} $LAT_NAME ${W2PROTO[*]/#/w2proto-} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
 
 for w in "${SERVER_WLS[@]}"; do
   for r in $(seq 1 "$ROUNDS"); do
@@ -310,6 +338,52 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# ---- issue #34, Hearth only: one request at a time on an idle server; W2 per protocol -----------------
+if ((LAT_RUNS)); then
+  note_cmd "${PRIO[*]:+${PRIO[*]} }python3 bench/clients/latency.py --base <base> --n $LAT_REQUESTS --warmup $LAT_WARMUP"
+fi
+for r in $(seq 1 "$((ROUNDS * LAT_RUNS))"); do
+  DONE=$((DONE + 1))
+  printf '[%4ss] [latency round %d/%d] hearth... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$r" "$ROUNDS" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
+  line=""
+  if start_server hearth; then
+    out=$(timeout 900 "${PRIO[@]}" "$PY" "$BENCH/clients/latency.py" --base "$BASE" --n "$LAT_REQUESTS" --warmup "$LAT_WARMUP" \
+          2>>"$OUTDIR/logs/clients.log")
+    line=$(grep '^{' <<<"$out" | tail -1)
+  fi
+  stop_server
+  save latency "$r" hearth "$line" | tee -a "$LOG" >&2
+done
+if ((${#W2PROTO[@]})); then
+  # A self-signed certificate for the run (logs/ is not committed); hearth checks its dates at start.
+  TLSDIR="$OUTDIR/logs/tls"; mkdir -p "$TLSDIR"
+  note_cmd "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout key.pem -out cert.pem   # once"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$TLSDIR/key.pem" -out "$TLSDIR/cert.pem" \
+    >>"$OUTDIR/logs/setup.log" 2>&1 || { say "openssl could not make a certificate"; W2PROTO=(); }
+fi
+for r in $(seq 1 "$ROUNDS"); do
+  for proto in "${W2PROTO[@]}"; do
+    DONE=$((DONE + 1))
+    printf '[%4ss] [w2proto round %d/%d] %s... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$r" "$ROUNDS" "$proto" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
+    flags=(); [[ "$proto" == h1* ]] && flags=(--h1)
+    if [[ "$proto" == *tls ]]; then
+      HEARTH_SCHEME=https; HEARTH_EXTRA_ENV=("HEARTH_TLS_CERT=$TLSDIR/cert.pem" "HEARTH_TLS_KEY=$TLSDIR/key.pem")
+    fi
+    line=""
+    if start_server hearth; then
+      # -m1: one request in flight per connection on every protocol, 64 in all, as wrk's W2 has.
+      note_cmd "${PRIO[*]:+${PRIO[*]} }python3 bench/clients/h2load_json.py ${flags[*]:+${flags[*]} }-c$CONNS -t$THREADS -m1 -D$DURATION --warm-up-time=$WARMUP <base>/bench/cached   # ${proto}: <base> is $HEARTH_SCHEME://"
+      out=$(timeout $((DURATION + WARMUP + 60)) "${PRIO[@]}" "$PY" "$BENCH/clients/h2load_json.py" "${flags[@]}" -c"$CONNS" -t"$THREADS" -m1 \
+            -D"$DURATION" --warm-up-time="$WARMUP" "$BASE/bench/cached" 2>>"$OUTDIR/logs/clients.log")
+      line=$(grep '^{' <<<"$out" | tail -1)
+    fi
+    stop_server
+    HEARTH_SCHEME=http; HEARTH_EXTRA_ENV=()
+    save w2proto "$r" "$proto" "$line" | tee -a "$LOG" >&2
+  done
+done
+
 # ---- W4: no server running; Hearth's in-process workers, then each peer queue ---------------------------
 jobq_cmd() {
   case "$1" in
@@ -337,14 +411,19 @@ say "measurements done in $(( $(date +%s) - T0 ))s; raw JSON in $OUTDIR"
 if [ "${NO_REPORT:-0}" != 1 ]; then
   # A run of Hearth-only workloads alone (e.g. WORKLOADS=login) does not replace the comparison:
   # the report is the folder BENCHMARKS.md was generated from, plus this run for what it lacks.
-  base="${REPORT_BASE:-}"
+  base="${REPORT_BASE:-}"; extras=(--extra "$OUTDIR")
   if [ -z "$base" ] && [ "$HEARTH_ONLY" = 1 ]; then
     base=$(sed -n 's/.*(raw JSON: `\([^`]*\)\/`.*/\1/p' "$ROOT/BENCHMARKS.md" 2>/dev/null | head -1)
     [ -n "$base" ] && base="$ROOT/$base"
+    # The folders the report already takes other workloads from (e.g. the login flood's), after this
+    # run: report.py takes each workload from the first folder that has it.
+    while read -r e; do
+      [ -n "$e" ] && [ -d "$ROOT/$e" ] && [ "$(cd "$ROOT/$e" && pwd)" != "$(cd "$OUTDIR" && pwd)" ] && extras+=(--extra "$ROOT/$e")
+    done < <(grep -o -- '--extra [^` ]*' "$ROOT/BENCHMARKS.md" 2>/dev/null | sed 's/^--extra //' | sort -u)
   fi
   if [ -n "$base" ] && [ -d "$base" ] && [ "$(cd "$base" && pwd)" != "$(cd "$OUTDIR" && pwd)" ]; then
-    say "report: $base, with this run's results for the workloads it lacks"
-    "$PY" "$BENCH/scripts/report.py" "$base" --extra "$OUTDIR" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \
+    say "report: $base, with this run's results (then $(( ${#extras[@]} / 2 - 1 )) earlier runs') for the workloads it lacks"
+    "$PY" "$BENCH/scripts/report.py" "$base" "${extras[@]}" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \
       && say "wrote BENCHMARKS.md and bench/ratios.svg"
   else
     "$PY" "$BENCH/scripts/report.py" "$OUTDIR" --md "$ROOT/BENCHMARKS.md" --svg "$BENCH/ratios.svg" \

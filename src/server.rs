@@ -20,9 +20,10 @@ use crate::config::Config;
 /// nothing, or one header byte now and then, holds a connection and a task forever. hyper's
 /// header timer is HTTP/1.1 only, so [`Activity`] gives every connection the same bound on
 /// idleness whatever the protocol: no request in flight for that long and it is shut down
-/// gracefully (on HTTP/2 a GOAWAY; streams already open, such as event streams, finish).
-/// Bodies are bounded by the request timeout and body limit layers, on both protocols;
-/// upgraded connections (WebSockets) by their own ping and idle timeouts.
+/// gracefully (on HTTP/2 a GOAWAY; streams already open, such as event streams and WebSockets
+/// over HTTP/2, finish). Bodies are bounded by the request timeout and body limit layers, on
+/// both protocols; WebSockets (an HTTP/1.1 upgrade, or an RFC 8441 extended CONNECT stream on
+/// HTTP/2) by their own ping and idle timeouts.
 pub fn serve(
     listener: TcpListener,
     router: Router,
@@ -122,6 +123,9 @@ fn http_builder(
         .max_local_error_reset_streams(256)
         // The HTTP/1.1 parser's limit on a request head is about this size too.
         .max_header_list_size(64 * 1024)
+        // WebSockets over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL, so browsers send
+        // an extended CONNECT to the socket routes on the connection they already have.
+        .enable_connect_protocol()
         // A peer that stops answering pings is dropped; idleness is `Activity`'s.
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));

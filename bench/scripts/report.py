@@ -16,6 +16,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 from html import escape
@@ -35,6 +36,19 @@ TITLES = {
     "loginrand": "random accounts (flood0..flood{last})",
 }
 LOGIN = ("login1", "loginrand")
+# Issue #34: one request at a time (latency.py's probes, in table order), W2 per protocol (h2load).
+LATENCY_PROBES = (
+    ("healthz", "`GET /healthz`"),
+    ("cached", "`GET /bench/cached`: W2's page, from the page cache"),
+    ("cached304", "`GET /bench/cached` with `If-None-Match`: the same page revalidated"),
+    ("page", "`GET /bench/page`: W1's page, not cached (a query and a template)"),
+)
+W2PROTO = (
+    ("h1", "HTTP/1.1, cleartext"),
+    ("h2c", "HTTP/2 cleartext (h2c, prior knowledge)"),
+    ("h1tls", "HTTP/1.1 over TLS"),
+    ("h2tls", "HTTP/2 over TLS (ALPN h2)"),
+)
 FLOOR_LABEL = "floor (`hearth bench ws-floor`)"
 HTTP = ("w1", "w2", "w3", "w3c256")
 WS = ("w5", "w5rust", "w6", "w6rust")
@@ -66,6 +80,12 @@ def summary(workload, r):
         return f"{r.get('jobs_per_s', 0):,.0f} jobs/s (enqueue {r.get('enqueue_s')} s, ok={r.get('ok')})"
     if workload == "w4lat":
         return f"pickup p50 {r.get('p50_ms')} ms, p99 {r.get('p99_ms')} ms"
+    if workload == "latency":
+        return "; ".join(f"{k} p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms ({v['status']}, errors {v['errors']})"
+                         for k, v in r.get("probes", {}).items())
+    if workload == "w2proto":
+        return (f"{r.get('protocol')}: {r['rps']:,.0f} req/s, p50 {r.get('p50_ms')} ms, p99 {r.get('p99_ms')} ms, "
+                f"errors {errors(r)}")
     if workload in LOGIN:
         st = ", ".join(f"{k}: {v}" for k, v in r.get("statuses", {}).items())
         return (f"{r.get('requests')} requests ({st}), {r.get('hashes_computed'):.0f} hashes, at most "
@@ -161,8 +181,8 @@ def report(outdir, md_path, svg_path, extras=()):
     if meta.get("note"):
         out += [f"> Note on this run: {meta['note']}", ""]
     for e, m, ws in used:
-        what = "The login flood" if set(ws) <= set(LOGIN) else "These workloads"
-        out += [f"> {what} ({', '.join(ws)}) is not from that run but from a later run of {' '.join(m['workloads'])} "
+        what = ("The login flood", "is") if set(ws) <= set(LOGIN) else ("These workloads", "are")
+        out += [f"> {what[0]} ({', '.join(ws)}) {what[1]} not from that run but from a later run of {' '.join(m['workloads'])} "
                 f"alone, `{os.path.relpath(e, md_dir)}/` ({m['started_utc']}, Hearth {m['machine'].get('hearth_commit', '?')}, "
                 f"{m['rounds']} rounds), added to this report by `bench/scripts/report.py {os.path.relpath(outdir, md_dir)} "
                 f"--extra {os.path.relpath(e, md_dir)}`; every other figure is the full run's."
@@ -205,6 +225,13 @@ def report(outdir, md_path, svg_path, extras=()):
                                  hp50 is not None and hp50 <= 60 and h is not None and h >= 0.9 * ideal,
                                  f"p50 {num(hp50, 2)} ms, {num(100 * h / ideal if h else None)} % of ideal"))
         chart.append((w.upper().replace("C256", " c=256") + " req/s", rr, target))
+
+    if by.get(("latency", "hearth")):
+        section, verdict = latency_section(by, *source.get("latency", (outdir, meta)), md_dir)
+        out += section
+        verdicts.append(verdict)
+    if any(by.get(("w2proto", p)) for p, _ in W2PROTO):
+        out += w2proto_section(by, col, *source.get("w2proto", (outdir, meta)), md_dir)
 
     for w in WS:
         if not (by.get((w, "hearth")) or by.get((w, "peer"))):
@@ -287,7 +314,7 @@ def report(outdir, md_path, svg_path, extras=()):
         out += login_section(by, col, *source.get("login1", source.get("loginrand", (outdir, meta))), md_dir)
 
     if verdicts:
-        out += ["## Targets (issue 8, and the jobs and real-time issues)", "", "| target | Hearth in this run | met |", "|---|---|---|"]
+        out += ["## Targets (issue 8, and the jobs, real-time and HTTP issues)", "", "| target | Hearth in this run | met |", "|---|---|---|"]
         out += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, ok, v in verdicts]
         out += ["", "The chart plots each ratio on a log scale; the tick is the ratio the target implies in this run "
                 "(for absolute targets: the target value over the peer's figure, e.g. W6: peer p99 ÷ 20 ms).", ""]
@@ -296,7 +323,10 @@ def report(outdir, md_path, svg_path, extras=()):
     out += ["## Machine", "", "| fact | value |", "|---|---|"]
     for k, label in (("nproc", "nproc"), ("cpu", "CPU"), ("memory_gib", "memory (GiB)"), ("os", "OS"), ("kernel", "kernel"),
                      ("postgres", "PostgreSQL"), ("redis", "Redis"), ("rustc", "rustc"), ("python", "Python (run.sh helpers)"),
-                     ("django", "Django (peer venv)"), ("node", "Node"), ("wrk", "wrk"), ("hearth_commit", "Hearth commit")):
+                     ("django", "Django (peer venv)"), ("node", "Node"), ("wrk", "wrk"), ("h2load", "h2load"),
+                     ("hearth_commit", "Hearth commit")):
+        if k == "h2load" and k not in m:
+            continue
         out.append(f"| {label} | {escape(str(m.get(k, '?')))} |")
     out += ["", "Everything (both servers, Postgres, Redis, the upstream stub and the load clients) shares the same cores.", ""]
     cmds_file = os.path.join(outdir, "commands.txt")
@@ -305,26 +335,35 @@ def report(outdir, md_path, svg_path, extras=()):
                 f"(this run: `ROUNDS={meta['rounds']} DURATION={meta['duration_s']}s WORKLOADS=\"{' '.join(meta['workloads'])}\"`). "
                 "What it ran, once each (`<base>` is `http://127.0.0.1:8100` for Hearth and `http://127.0.0.1:8200` for "
                 "the peer, `<ws>` the same with `ws://`):", "", "```sh"]
-        out += [l.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", "bench/")
-                 .replace(os.path.abspath(outdir), "$OUTDIR") for l in open(cmds_file).read().splitlines()]
+        out += [relative_bench(l.replace(os.path.abspath(outdir), "$OUTDIR"))
+                for l in open(cmds_file).read().splitlines()]
         out += ["```", ""]
     bench_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for e, m, ws in used:
         cf = os.path.join(e, "commands.txt")
         if os.path.exists(cf):
             out += [f"The run of {', '.join(ws)} (`{os.path.relpath(e, md_dir)}/`: "
-                    f"`ROUNDS={m['rounds']} DURATION={m['duration_s']}s WORKLOADS=\"{' '.join(m['workloads'])}\" bench/run.sh`):",
+                    f"`ROUNDS={m['rounds']} DURATION={m['duration_s']}s WORKLOADS=\"{' '.join(m['workloads'])}\""
+                    + (f" NICE={m['nice']}" if m.get("nice") else "") + " bench/run.sh`):",
                     "", "```sh"]
-            out += [l.replace(bench_dir + "/", "bench/").replace(os.path.abspath(e), "$OUTDIR")
+            out += [relative_bench(l.replace(os.path.abspath(e), "$OUTDIR"))
                     for l in open(cf).read().splitlines()]
             out += ["```", ""]
     open(md_path, "w").write("\n".join(out))
+    if svg_path:
+        write_svg(svg_path, chart, smoke)
+
+
+def relative_bench(line):
+    """A command line with the absolute paths of the checkout it ran in (any checkout: the run may
+    have been made in another working tree than this report) made relative to the repository."""
+    return re.sub(r"(^|[\s='\"])/[^\s'\"]*?/bench/", r"\1bench/", line)
 
 
 def machine_diff(main, other):
     """The machine facts (but the commit) in which another run's machine differs, as a sentence."""
     diff = [f"{k} {other.get(k)} (here: {main.get(k)})" for k in sorted(set(main) | set(other))
-            if k not in ("hearth_commit", "django", "wrk") and main.get(k) != other.get(k)]
+            if k not in ("hearth_commit", "django", "wrk", "h2load") and main.get(k) != other.get(k)]
     return (" Its machine differs in: " + "; ".join(diff) + ".") if diff else " Same machine facts as below."
 
 
@@ -389,7 +428,87 @@ def login_section(by, col, folder, meta, md_dir):
                     "further attempt got 429 without a hash")
     out += ["", "; ".join(text) + ".", ""]
     return out
-    write_svg(svg_path, chart, smoke)
+
+
+def priority(meta):
+    """What run.sh's NICE did, as a sentence (nothing when unset)."""
+    if not meta.get("nice"):
+        return ""
+    return (f" The server and the client ran at niceness {meta['nice']} (`NICE={meta['nice']}`) because the machine "
+            "was shared (see the note at the top): the scheduler gave them the CPU before the other work, which "
+            "does not make the machine quiet; the spread of the p99s over the rounds shows what was left.")
+
+
+def latency_section(by, folder, meta, md_dir):
+    """Issue #34's "sub-millisecond cached response": one request at a time on an idle server."""
+    results = [r for r in by[("latency", "hearth")] if r]
+    lat = meta.get("latency") or {}
+    n, warm = lat.get("requests", 20000), lat.get("warmup", 2000)
+
+    def pcol(probe, key):
+        return [r["probes"][probe].get(key) for r in results if probe in r.get("probes", {})]
+
+    out = ["## One request at a time: a cached page, its 304 and `/healthz` on an idle server (issue #34), Hearth only", ""]
+    if meta["rounds"] < 3 or n < 20000:
+        out += ["> **SMOKE RUN of the latency probes — not the real figures.**", ""]
+    out += [f"For each round ({meta['rounds']} rounds; raw JSON: `{os.path.relpath(folder, md_dir)}/`), a freshly started "
+            f"`hearth serve` with nothing else to do. `bench/clients/latency.py` sends {n:,} requests of each kind after "
+            f"{warm:,} of warm-up, one at a time, each kind on a kept-alive HTTP/1.1 connection of its own, the kinds taking "
+            "turns so that whatever else the machine does falls on all of them alike. A request is timed from its first "
+            "byte written to the last byte of its answer read, by a Python client on the same two cores (raw socket, "
+            "`TCP_NODELAY`, a prebuilt request, garbage collector off), so each figure includes the client's own "
+            "cost and the loopback." + priority(meta) + " Cells are median [min–max] over the rounds.", "",
+            "| request | answer | p50 ms | p90 ms | p99 ms | p99.9 ms | mean ms | errors | runs |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for probe, label in LATENCY_PROBES:
+        rs = [r["probes"][probe] for r in results if probe in r.get("probes", {})]
+        if not rs:
+            continue
+        answer = f"{rs[0]['status']}, {rs[0]['body_bytes']:,} bytes" if rs[0]["body_bytes"] else f"{rs[0]['status']}, no body"
+        out.append(f"| {label} | {answer} | {cell(pcol(probe, 'p50_ms'), 3)} | {cell(pcol(probe, 'p90_ms'), 3)} | "
+                   f"{cell(pcol(probe, 'p99_ms'), 3)} | {cell(pcol(probe, 'p999_ms'), 3)} | {cell(pcol(probe, 'mean_ms'), 3)} | "
+                   f"{cell(pcol(probe, 'errors'), 0)} | {len(rs)} |")
+    m = {p: (med(pcol(p, "p50_ms")), med(pcol(p, "p99_ms"))) for p, _ in LATENCY_PROBES}
+
+    def pair(p):
+        a, b = m[p]
+        return f"{num(a, 3)} / {num(b, 3)} ms" if a is not None and b is not None else "-"
+
+    ok = all(v is not None and v < 1 for v in m["cached"])
+    out += ["", f"A cached page is answered in **{pair('cached')}** (p50 / p99), beside {pair('healthz')} for `/healthz`"
+            f"{': under a millisecond' if ok else ''}; revalidated, the same page is a `304` in {pair('cached304')}, and "
+            f"rendered for every request (W1's page, a query and a template) it takes {pair('page')}.", ""]
+    verdict = ("Cached page under 1 ms at p50 and p99, one request at a time on one connection (issue #34)", ok,
+               f"p50 / p99 {pair('cached')} (`/healthz`: {pair('healthz')})")
+    return out, verdict
+
+
+def w2proto_section(by, col, folder, meta, md_dir):
+    """W2 over HTTP/1.1, h2c, and TLS with either, with one client (h2load)."""
+    sides = [(p, label) for p, label in W2PROTO if by.get(("w2proto", p))]
+    out = [f"## W2 cached page over HTTP/2 and TLS beside HTTP/1.1 (issue #34), h2load c={meta['conns']}, Hearth only", ""]
+    if is_smoke(meta) or meta["duration_s"] < 10:
+        out += ["> **SMOKE RUN of W2 per protocol — not the real figures.**", ""]
+    out += [f"For each round ({meta['rounds']} rounds; raw JSON: `{os.path.relpath(folder, md_dir)}/`) and protocol, a freshly "
+            "started `hearth serve`, plain or with `HEARTH_TLS_CERT`/`HEARTH_TLS_KEY` (a self-signed P-256 certificate made "
+            f"by openssl for the run). `h2load -c{meta['conns']} -t{meta['threads']} -m1 -D{meta['duration_s']} "
+            f"--warm-up-time={meta['warmup_s']}` on `/bench/cached` (`--h1` for HTTP/1.1; h2c by prior knowledge; over "
+            "TLS the protocol is chosen by ALPN), through `bench/clients/h2load_json.py`, which takes the percentiles "
+            "from h2load's per-request log. One request in flight per connection on every protocol, "
+            f"{meta['conns']} in all, as in W2 with wrk above (wrk speaks only HTTP/1.1, so the protocols are compared "
+            "with one client here, and its figures are not the wrk table's). The connections, and their TLS handshakes, "
+            "are made during the warm-up." + priority(meta), "",
+            "| protocol | negotiated | req/s | p50 ms | p99 ms | errors | req/s vs HTTP/1.1 | runs |",
+            "|---|---|---|---|---|---|---|---|"]
+    base = med(col("w2proto", "h1", "rps"))
+    for p, label in sides:
+        rs = [r for r in by.get(("w2proto", p), []) if r]
+        protos = sorted({r.get("protocol", "?") for r in rs})
+        out.append(f"| {label} | {', '.join(protos)} | {cell(col('w2proto', p, 'rps'))} | {cell(col('w2proto', p, 'p50_ms'), 2)} | "
+                   f"{cell(col('w2proto', p, 'p99_ms'), 2)} | {cell([errors(r) for r in rs], 0)} | "
+                   f"{'' if p == 'h1' else fx(ratio(med(col('w2proto', p, 'rps')), base))} | {len(rs)} |")
+    out.append("")
+    return out
 
 
 def write_svg(path, chart, smoke):

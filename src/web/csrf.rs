@@ -6,6 +6,11 @@
 //! A POST, PUT, PATCH or DELETE whose submitted token does not match the cookie is refused with
 //! 403 before any handler runs. A forged cross-site form cannot read the cookie, so it cannot
 //! submit the token; the signature stops a sibling subdomain from planting a cookie of its own.
+//!
+//! A WebSocket handshake carries no token on either protocol: on HTTP/1.1 it is a `GET`, and on
+//! HTTP/2 an extended `CONNECT` with `:protocol = websocket` (RFC 8441), which browsers send for
+//! `new WebSocket(...)` only and never let a page send otherwise. Both are checked by their
+//! `Origin` instead ([`super::ws`]), so the second is let through here like the first.
 
 use axum::{
     body::Body,
@@ -50,7 +55,7 @@ pub async fn protect(
 ) -> Response {
     let existing = jar.get(COOKIE).map(|c| c.value().to_owned());
     let mut request = request;
-    if !request.method().is_safe() {
+    if !request.method().is_safe() && !is_websocket_connect(&request) {
         let (submitted, rebuilt) =
             match submitted_token(request, state.config.http.body_limit).await {
                 Ok(found) => found,
@@ -83,6 +88,16 @@ pub async fn protect(
         }
     }
     response
+}
+
+/// An HTTP/2 extended CONNECT that opens a WebSocket (RFC 8441). A plain `CONNECT`, or one for
+/// another protocol, still needs the token (and no route serves it: 405).
+fn is_websocket_connect(request: &Request) -> bool {
+    request.method() == axum::http::Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket")
 }
 
 /// The token sent with the request: the header, or the `csrf_token` field of a urlencoded form
@@ -118,12 +133,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{Request, constant_time_eq, is_websocket_connect};
+    use axum::{body::Body, http::Method};
 
     #[test]
     fn compares_tokens() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    fn request(method: Method, protocol: Option<&'static str>) -> Request {
+        let mut request = Request::builder().method(method).uri("/ws/rooms/lobby");
+        if let Some(protocol) = protocol {
+            request = request.extension(hyper::ext::Protocol::from_static(protocol));
+        }
+        request.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn only_an_extended_connect_for_a_websocket_goes_without_a_token() {
+        assert!(is_websocket_connect(&request(
+            Method::CONNECT,
+            Some("websocket")
+        )));
+        assert!(!is_websocket_connect(&request(Method::CONNECT, None)));
+        assert!(!is_websocket_connect(&request(
+            Method::CONNECT,
+            Some("webtransport")
+        )));
+        assert!(!is_websocket_connect(&request(
+            Method::POST,
+            Some("websocket")
+        )));
     }
 }

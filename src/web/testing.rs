@@ -16,15 +16,43 @@
 //!
 //! Every wait has a timeout ([`DEFAULT_TIMEOUT`] unless given), so a test fails with a clear
 //! error instead of hanging.
+//!
+//! The same client speaks HTTP/2 (RFC 8441, an extended `CONNECT` on a stream) with
+//! [`WsClientBuilder::http2`], or on a connection of the caller's (e.g. TLS with ALPN `h2`)
+//! with [`Http2Connection`] and [`WsClientBuilder::connect_on`]:
+//!
+//! ```no_run
+//! # async fn example(address: &str) -> Result<(), hearth::web::testing::WsTestError> {
+//! use hearth::web::testing::{Http2Connection, WsClient};
+//! let url = format!("ws://{address}/ws/chat/lobby");
+//! let alice = WsClient::build(url.clone()).http2().connect().await?; // h2c, a connection each
+//! let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+//! let shared = Http2Connection::handshake(tcp, "http", address).await?;
+//! let bob = WsClient::build(url.clone()).connect_on(&shared).await?; // two streams of one
+//! let carol = WsClient::build(url).connect_on(&shared).await?; // connection
+//! # Ok(()) }
+//! ```
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
+use axum::body::Body;
 use futures::{SinkExt, StreamExt};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue},
+    WebSocketStream,
+    tungstenite::{
+        self, Message,
+        client::IntoClientRequest,
+        error::UrlError,
+        http::{self, HeaderName, HeaderValue},
+        protocol::Role,
+    },
 };
 
 /// How long `recv_json` and `expect_close` wait.
@@ -43,6 +71,9 @@ pub enum WsTestError {
     Unexpected { expected: &'static str, got: String },
     #[error(transparent)]
     Socket(#[from] tungstenite::Error),
+    /// The HTTP/2 connection or the extended `CONNECT` failed.
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] hyper::Error),
 }
 
 /// A data frame from the server.
@@ -51,11 +82,19 @@ enum Data {
     Binary(Vec<u8>),
 }
 
-/// Options of a connection: the session cookie and the `Origin` to send.
+/// What a socket runs on: a TCP connection (HTTP/1.1 upgrade) or an HTTP/2 stream.
+trait Io: AsyncRead + AsyncWrite + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
+
+type Stream = Pin<Box<dyn Io>>;
+
+/// Options of a connection: the session cookie and the `Origin` to send, and the protocol.
 pub struct WsClientBuilder {
     url: String,
     cookie: Option<String>,
     origin: Option<String>,
+    http2: bool,
 }
 
 impl WsClientBuilder {
@@ -71,31 +110,197 @@ impl WsClientBuilder {
         self
     }
 
-    pub async fn connect(self) -> Result<WsClient, WsTestError> {
-        let mut request = self.url.as_str().into_client_request()?;
-        let headers = request.headers_mut();
-        for (name, value) in [("cookie", self.cookie), ("origin", self.origin)] {
+    /// Opens the socket as a browser does on an HTTP/2 connection (RFC 8441): an extended
+    /// `CONNECT` with `:protocol = websocket` on a new h2c connection (prior knowledge) to the
+    /// `ws://` URL's host, instead of an HTTP/1.1 `GET` with `Upgrade: websocket`.
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
+    }
+
+    /// The cookie and origin headers to send.
+    fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, WsTestError> {
+        let mut headers = Vec::new();
+        for (name, value) in [
+            (http::header::COOKIE, &self.cookie),
+            (http::header::ORIGIN, &self.origin),
+        ] {
             if let Some(value) = value {
-                let value = HeaderValue::from_str(&value).map_err(|e| WsTestError::Unexpected {
+                let value = HeaderValue::from_str(value).map_err(|e| WsTestError::Unexpected {
                     expected: "a valid header value",
                     got: e.to_string(),
                 })?;
-                headers.insert(name, value);
+                headers.push((name, value));
             }
         }
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((stream, _)) => Ok(WsClient { stream }),
+        Ok(headers)
+    }
+
+    pub async fn connect(self) -> Result<WsClient, WsTestError> {
+        let mut request = self.url.as_str().into_client_request()?;
+        // `host:port`, an IPv6 host in brackets as the URL has it.
+        let authority = match (request.uri().scheme_str(), request.uri().host()) {
+            (Some("ws"), Some(host)) => {
+                format!("{host}:{}", request.uri().port_u16().unwrap_or(80))
+            }
+            (Some("wss"), _) => {
+                return Err(tungstenite::Error::Url(UrlError::TlsFeatureNotEnabled).into());
+            }
+            _ => return Err(tungstenite::Error::Url(UrlError::NoHostName).into()),
+        };
+        let tcp = TcpStream::connect(authority.as_str())
+            .await
+            .map_err(tungstenite::Error::Io)?;
+        if self.http2 {
+            let connection = Http2Connection::handshake(tcp, "http", &authority).await?;
+            return self.connect_on(&connection).await;
+        }
+        for (name, value) in self.headers()? {
+            request.headers_mut().insert(name, value);
+        }
+        match tokio_tungstenite::client_async(request, Box::pin(tcp) as Stream).await {
+            Ok((stream, _)) => Ok(WsClient {
+                stream,
+                _connection: None,
+            }),
             Err(tungstenite::Error::Http(response)) => {
                 Err(WsTestError::Refused(response.status().as_u16()))
             }
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Opens the socket as a new stream of `connection` (RFC 8441): the URL's path and query
+    /// on the connection's scheme and authority.
+    pub async fn connect_on(self, connection: &Http2Connection) -> Result<WsClient, WsTestError> {
+        let url = self.url.as_str().into_client_request()?;
+        let path = url.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri(path)
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .header(http::header::SEC_WEBSOCKET_VERSION, "13");
+        for (name, value) in self.headers()? {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Body::empty())
+            .map_err(|e| WsTestError::Unexpected {
+                expected: "a valid request",
+                got: e.to_string(),
+            })?;
+        let mut response = connection.send(request).await?;
+        // RFC 8441: 2xx accepts (no 101 and no key on HTTP/2).
+        if !response.status().is_success() {
+            return Err(WsTestError::Refused(response.status().as_u16()));
+        }
+        let stream = hyper::upgrade::on(&mut response).await?;
+        let stream = WebSocketStream::from_raw_socket(
+            Box::pin(TokioIo::new(stream)) as Stream,
+            Role::Client,
+            None,
+        )
+        .await;
+        Ok(WsClient {
+            stream,
+            _connection: Some(connection.clone()),
+        })
+    }
+}
+
+/// A client HTTP/2 connection that WebSockets are opened on (RFC 8441), each a stream of it, as
+/// a browser opens them on the connection it loaded the page with.
+#[derive(Clone)]
+pub struct Http2Connection {
+    sender: SendRequest<Body>,
+    scheme: &'static str,
+    authority: String,
+}
+
+impl Http2Connection {
+    /// Starts HTTP/2 on `io` (a TCP stream for h2c, or a TLS stream that negotiated `h2`) to a
+    /// server known as `scheme` (`"http"` or `"https"`) and `authority` (`host:port`, sent as
+    /// `:authority`), and waits, up to [`DEFAULT_TIMEOUT`], for the server's
+    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`: a server without it cannot take a WebSocket on
+    /// HTTP/2. The connection is driven by a task of its own until every clone is dropped.
+    pub async fn handshake<S>(
+        io: S,
+        scheme: &'static str,
+        authority: &str,
+    ) -> Result<Self, WsTestError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await?;
+        // hyper reads the connection's frames in a task of its own (`connection` only hands it
+        // our requests), and nothing wakes us when the server's SETTINGS arrive: the flag is read
+        // every millisecond until it is set (an extended CONNECT sent before the server said yes
+        // would be a protocol error), the connection ends, or time is up.
+        let mut connection = Box::pin(connection);
+        let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+        while !connection.is_extended_connect_protocol_enabled() {
+            let unsupported = |got: String| WsTestError::Unexpected {
+                expected: "SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441)",
+                got,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unsupported(format!(
+                    "no such setting within {DEFAULT_TIMEOUT:?}"
+                )));
+            }
+            tokio::select! {
+                ended = &mut connection => {
+                    return Err(match ended {
+                        Err(e) => e.into(),
+                        Ok(()) => unsupported("the connection closed".into()),
+                    });
+                }
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "test HTTP/2 connection ended");
+            }
+        });
+        Ok(Self {
+            sender,
+            scheme,
+            authority: authority.to_owned(),
+        })
+    }
+
+    /// Sends any request on this connection: a page load beside the sockets, or a hand-made
+    /// `CONNECT`. A URI without a scheme is completed with the connection's scheme and
+    /// authority.
+    pub async fn send(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, WsTestError> {
+        if request.uri().scheme().is_none() {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let uri = format!("{}://{}{path}", self.scheme, self.authority);
+            *request.uri_mut() =
+                uri.parse()
+                    .map_err(|e: http::uri::InvalidUri| WsTestError::Unexpected {
+                        expected: "a valid URI",
+                        got: e.to_string(),
+                    })?;
+        }
+        let mut sender = self.sender.clone();
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
 }
 
 /// A connected test client.
 pub struct WsClient {
-    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    stream: WebSocketStream<Stream>,
+    /// The HTTP/2 connection the socket is a stream of, kept open while the socket is.
+    _connection: Option<Http2Connection>,
 }
 
 impl WsClient {
@@ -104,6 +309,7 @@ impl WsClient {
             url: url.into(),
             cookie: None,
             origin: None,
+            http2: false,
         }
     }
 

@@ -7,13 +7,16 @@
 //! socket stays open), `receive_binary` for each binary frame (refused with an error frame
 //! unless the consumer overrides it to accept binary data), `event` for each channel-layer message (decoded into `Event`, typically
 //! an enum tagged by `type`, as `"type": "chat.message"` selects `chat_message` in Channels)
-//! and `disconnect`. Serve one with `.route("/ws/chat/{room}", ws::route::<ChatConsumer>())`.
+//! and `disconnect`. Serve one with `.route("/ws/chat/{room}", ws::route::<ChatConsumer>())`:
+//! the route answers an HTTP/1.1 upgrade (`GET`) and, on HTTP/2, RFC 8441's extended `CONNECT`
+//! (`:protocol = websocket`), which browsers send on the HTTP/2 connection they already have
+//! when the server announces `SETTINGS_ENABLE_CONNECT_PROTOCOL` (`hearth serve` does).
 //!
-//! What every socket gets without asking:
+//! What every socket gets without asking, on either protocol:
 //!
-//! * the `Origin` checked against the request's host and `HEARTH_ALLOWED_ORIGINS` (403 before
-//!   the upgrade otherwise; clients that send no `Origin` are not browsers and carry no ambient
-//!   credentials of a victim, so they pass);
+//! * the `Origin` checked against the request's host (`Host`, or HTTP/2's `:authority`) and
+//!   `HEARTH_ALLOWED_ORIGINS` (403 before the upgrade otherwise; clients that send no `Origin`
+//!   are not browsers and carry no ambient credentials of a victim, so they pass);
 //! * a maximum message size (close 1009), a ping every `HEARTH_WS_PING_INTERVAL` and an idle
 //!   timeout (close 4408);
 //! * at most `HEARTH_WS_MAX_PER_USER` open sockets per signed-in user and
@@ -44,10 +47,10 @@ use futures::{StreamExt, task::AtomicWaker};
 
 use axum::{
     extract::{
-        ConnectInfo, Path, Query, State,
+        ConnectInfo, FromRequestParts, Path, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
-    http::{HeaderMap, header},
+    http::{HeaderMap, Uri, header, request::Parts},
     response::Response,
     routing::{MethodRouter, get},
 };
@@ -395,9 +398,11 @@ impl Drop for SocketSlot {
     }
 }
 
-/// The `GET` route that serves consumer `C`.
+/// The route that serves consumer `C`: `GET` for an HTTP/1.1 upgrade, `CONNECT` for an HTTP/2
+/// extended CONNECT (RFC 8441). Both go through the same checks and limits; any other method
+/// is 405.
 pub fn route<C: Consumer>() -> MethodRouter<AppState> {
-    get(upgrade::<C>)
+    get(upgrade::<C>).connect(upgrade::<C>)
 }
 
 #[derive(Deserialize)]
@@ -405,16 +410,32 @@ struct Resume {
     last_id: Option<i64>,
 }
 
+/// A request whose `Origin` [`check_origin`] allows (403 otherwise). Extracted before the session
+/// is looked up, so a foreign page's attempt costs no query.
+struct AllowedOrigin;
+
+impl FromRequestParts<AppState> for AllowedOrigin {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WebError> {
+        check_origin(
+            &parts.headers,
+            &parts.uri,
+            &state.config.channels.allowed_origins,
+        )?;
+        Ok(Self)
+    }
+}
+
 async fn upgrade<C: Consumer>(
     State(state): State<AppState>,
+    _origin: AllowedOrigin,
     params: Option<Path<HashMap<String, String>>>,
     Query(resume): Query<Resume>,
     CurrentUser(user): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
-    check_origin(&headers, &state.config.channels.allowed_origins)?;
     let slot = state.sockets.acquire(
         user.as_ref().map(|u| u.id),
         peer.ip(),
@@ -462,8 +483,9 @@ async fn upgrade<C: Consumer>(
 }
 
 /// Allows a request without `Origin`, or whose `Origin` names the host it was sent to or one
-/// of `allowed`.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), WebError> {
+/// of `allowed`. The host is the `Host` header, or on HTTP/2, where clients send
+/// `:authority` instead (hyper puts it in the URI), the URI's authority.
+fn check_origin(headers: &HeaderMap, uri: &Uri, allowed: &[String]) -> Result<(), WebError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -474,6 +496,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), WebError>
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
     let same_host = url::Url::parse(origin).is_ok_and(|url| {
         let origin_host = match (url.host_str(), url.port()) {

@@ -338,7 +338,8 @@ async fn the_front_page_keeps_its_latest_posts_until_publishing_drops_them() {
     );
 }
 
-/// Answers each binary frame with its bytes reversed, and `{"type": "pong"}` to JSON.
+/// Answers each binary frame with its bytes reversed, and `{"type": "pong"}` to JSON (also used
+/// over HTTP/2 by `ws_http2.rs`).
 struct Reverser;
 
 /// Takes JSON only.
@@ -388,7 +389,7 @@ impl Consumer for TextOnly {
     }
 }
 
-async fn socket_app() -> TestApp {
+pub(crate) async fn socket_app() -> TestApp {
     TestApp::builder()
         .config(|c| c.channels.ws_max_message = 4096)
         .routes(

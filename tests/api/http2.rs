@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::helpers::TestApp;
 
-const BOUND: Duration = Duration::from_secs(10);
+pub(crate) const BOUND: Duration = Duration::from_secs(10);
 
 /// A self-signed certificate for `localhost` and its key, as PEM, valid from `from` for `days`.
 fn certificate(from: time::OffsetDateTime, days: i64) -> (String, String) {
@@ -30,7 +30,7 @@ fn certificate(from: time::OffsetDateTime, days: i64) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn valid_certificate() -> (String, String) {
+pub(crate) fn valid_certificate() -> (String, String) {
     certificate(
         time::OffsetDateTime::now_utc() - time::Duration::days(1),
         30,
@@ -38,7 +38,7 @@ fn valid_certificate() -> (String, String) {
 }
 
 /// Writes a certificate and key into `dir` as cert.pem and key.pem; returns their paths.
-fn write_pair(
+pub(crate) fn write_pair(
     dir: &Path,
     (cert, key): &(String, String),
 ) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -66,7 +66,7 @@ async fn plain_app() -> TestApp {
         .await
 }
 
-async fn tls_app(tls: Tls) -> TestApp {
+pub(crate) async fn tls_app(tls: Tls) -> TestApp {
     TestApp::builder()
         .config(app_config)
         .settings(bench_routes)
@@ -75,7 +75,7 @@ async fn tls_app(tls: Tls) -> TestApp {
         .await
 }
 
-fn port(app: &TestApp) -> u16 {
+pub(crate) fn port(app: &TestApp) -> u16 {
     app.address.rsplit(':').next().unwrap().parse().unwrap()
 }
 
@@ -156,7 +156,7 @@ fn tls_connector(ca: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     app: &TestApp,
     ca: &str,
     alpn: &[&[u8]],
@@ -174,7 +174,8 @@ async fn a_websocket_upgrades_over_https() {
     let pair = valid_certificate();
     let (cert, key) = write_pair(dir.path(), &pair);
     let app = tls_app(Tls::load(&cert, &key).unwrap()).await;
-    // Browsers open WebSockets on an HTTP/1.1 connection of their own (no RFC 8441 here).
+    // A WebSocket on an HTTP/1.1 connection of its own, as a browser opens one when the
+    // page's connection is HTTP/1.1 (over HTTP/2 see ws_http2.rs).
     let stream = tls_connect(&app, &pair.0, &[b"http/1.1"]).await;
     let url = format!("wss://localhost:{}/ws/chat/tls/", port(&app));
     let (mut socket, response) = tokio_tungstenite::client_async(url, stream)

@@ -37,3 +37,4 @@ mod shell;
 mod slow_clients;
 mod soak;
 mod uploads;
+mod ws_http2;

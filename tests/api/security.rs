@@ -5,19 +5,21 @@
 //!   every route the router serves with real ids filled in, and what an anonymous visitor, a
 //!   signed-in stranger, a document reader, a member (of the private room, editor of the
 //!   documents), an administrator and the owner of the thing get. Owners go last, so that what
-//!   they change (a removal, a deletion) does not change the others' answers.
+//!   they change (a removal, a deletion) does not change the others' answers. Every socket row
+//!   is checked twice: with an HTTP/1.1 upgrade and with an HTTP/2 extended CONNECT (RFC 8441).
 //! * [`the_matrix_covers_every_route_in_the_source`]: the table's routes equal the routes
 //!   `src/` declares (`.route("…", …)` and `.nest("…")` read from the source), so a route added
 //!   without a row fails here.
 //! * CSRF on every state-changing route, with nothing written; foreign `Origin`s refused on
-//!   every socket route.
+//!   every socket route, on both protocols.
 //! * Session fixation: a session the browser held before login does not survive it.
 //! * Cookies: with `HEARTH_SECURE_COOKIES`, every cookie set is `Secure`, `HttpOnly`, `SameSite`.
 //! * Secrets never reach the log, with the real binary at `RUST_LOG=trace`.
 //! * SQL: every runtime statement is a literal (a lint over `src/`).
 //!
 //! Login throttling, chat flood limits and socket limits per user and per address are proven
-//! where those features live (`accounts.rs`, `chat.rs`); security headers in `shell.rs`; that
+//! where those features live (`accounts.rs`, `chat.rs`; over HTTP/2 in `ws_http2.rs`); security
+//! headers in `shell.rs`; that
 //! a password change ends the user's other sessions in `accounts.rs`.
 
 use std::{
@@ -347,6 +349,8 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             [UNAUTHORIZED, FORBIDDEN, FORBIDDEN, FORBIDDEN, Ok, FORBIDDEN],
         ),
         get("/static", "/static/app.css", anyone(Ok)),
+        // The compiled-in files' route, nested under /static (web/assets.rs).
+        get("/{*path}", "/static/js/chat.js", anyone(Ok)),
         // Home and accounts.
         get("/", "/", anyone(Ok)),
         get("/signup", "/signup", anyone(Ok)),
@@ -732,11 +736,20 @@ fn check(response: &reqwest::Response, expected: Outcome) -> Result<(), String> 
     Err(format!("got {status} (location {to:?})"))
 }
 
-/// Opens the socket as `cookie`'s user and checks what happens.
-async fn check_socket(url: String, cookie: Option<&str>, expected: Outcome) -> Result<(), String> {
+/// Opens the socket as `cookie`'s user, with an HTTP/1.1 upgrade or over HTTP/2 (RFC 8441),
+/// and checks what happens.
+async fn check_socket(
+    url: String,
+    cookie: Option<&str>,
+    expected: Outcome,
+    http2: bool,
+) -> Result<(), String> {
     let mut builder = WsClient::build(url);
     if let Some(cookie) = cookie {
         builder = builder.cookie(cookie);
+    }
+    if http2 {
+        builder = builder.http2();
     }
     let got = match builder.connect().await {
         Err(WsTestError::Refused(status)) => Refused(status),
@@ -761,7 +774,15 @@ async fn send(f: &Fixture<'_>, case: &Case, actor: usize) -> Result<(), String> 
     let browser = f.browser(actor);
     let expected = case.expect[actor];
     match case.method {
-        Method::Ws => check_socket(f.app.ws_url(&case.path), f.cookie(actor), expected).await,
+        // Every socket row holds on both protocols: an HTTP/1.1 upgrade and an HTTP/2
+        // extended CONNECT go through the same route and the same checks.
+        Method::Ws => {
+            let url = f.app.ws_url(&case.path);
+            check_socket(url.clone(), f.cookie(actor), expected, false).await?;
+            check_socket(url, f.cookie(actor), expected, true)
+                .await
+                .map_err(|e| format!("{e} over HTTP/2"))
+        }
         Method::Get => check(&browser.get(&case.path).await, expected),
         Method::Upload => check(&upload(f.app, browser, UploadToken::Page).await, expected),
         Method::Post => {
@@ -1084,25 +1105,24 @@ async fn every_socket_route_refuses_a_foreign_origin_before_the_upgrade() {
         .count();
     assert!(declared >= 3 && sockets.len() >= declared);
 
-    for path in &sockets {
-        let refused = WsClient::build(app.ws_url(path))
-            .cookie(owner.clone())
-            .origin("https://evil.example")
-            .connect()
-            .await
-            .err();
+    // On HTTP/2 the host the origin must name is `:authority` (the client sends no Host).
+    for (path, http2) in sockets.iter().flat_map(|p| [(p, false), (p, true)]) {
+        let build = || {
+            let builder = WsClient::build(app.ws_url(path)).cookie(owner.clone());
+            if http2 { builder.http2() } else { builder }
+        };
+        let refused = build().origin("https://evil.example").connect().await.err();
         assert!(
             matches!(refused, Some(WsTestError::Refused(403))),
-            "{path}: {refused:?}"
+            "{path} (HTTP/2: {http2}): {refused:?}"
         );
         // The same socket from the page's own origin opens.
         let own = app.address.clone();
-        let mut socket = WsClient::build(app.ws_url(path))
-            .cookie(owner.clone())
+        let mut socket = build()
             .origin(own)
             .connect()
             .await
-            .unwrap_or_else(|e| panic!("{path} from its own origin: {e}"));
+            .unwrap_or_else(|e| panic!("{path} (HTTP/2: {http2}) from its own origin: {e}"));
         if !path.starts_with("/ws/chat/") {
             // The benchmark room says nothing on join; the apps' sockets say hello.
             socket.recv_type("hello").await.unwrap();
