@@ -278,3 +278,18 @@ async fn apps_can_join_and_leave_a_database_and_a_changed_file_is_refused() {
         "{error}"
     );
 }
+
+/// `hearth::application::testing` stops before touching a database when a test changes a
+/// settings section that no app of its application declares, and names the section.
+#[tokio::test]
+async fn a_test_server_refuses_settings_no_app_declares() {
+    #[derive(Clone)]
+    struct Undeclared;
+    let refused = hearth::application::testing::TestServer::builder(Application::new())
+        .settings(|_: &mut Undeclared| {})
+        .start()
+        .await
+        .err()
+        .expect("an undeclared section is refused");
+    assert!(refused.to_string().contains("Undeclared"), "{refused}");
+}
