@@ -22,6 +22,7 @@ mod app;
 pub mod cli;
 mod routes;
 mod run;
+pub mod testing;
 
 pub use app::App;
 pub use routes::Routes;

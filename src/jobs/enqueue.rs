@@ -5,9 +5,13 @@
 //! let mut tx = pool.begin().await?;
 //! let order = insert_order(&mut tx).await?;
 //! // The job exists only if the order does: no "task ran before the commit" race.
-//! Enqueue::new(&SendReceipt { order })?.queue("mail")?.enqueue(&mut *tx).await?;
+//! Enqueue::new(&SendReceipt { order })?.queue("mail")?.enqueue_on(&mut tx).await?;
 //! tx.commit().await?;
 //! ```
+//!
+//! In a transaction, use [`Enqueue::enqueue_on`]: [`Enqueue::enqueue`] is generic over
+//! `Acquire`, and its future is not `Send` when given a transaction's connection, which an axum
+//! handler needs.
 //!
 //! A job with a unique key, alone or in bulk, goes through one `unnest` insert that also claims
 //! the keys, so uniqueness holds in bulk too. Jobs without one take cheaper statements: a

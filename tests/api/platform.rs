@@ -308,3 +308,18 @@ async fn static_files_are_compiled_into_the_binary_and_one_path_has_one_owner() 
         ComposeError::DuplicateAsset(e) if e.second == "the app \"chat\""
     ));
 }
+
+/// `hearth::application::testing` stops before touching a database when a test changes a
+/// settings section that no app of its application declares, and names the section.
+#[tokio::test]
+async fn a_test_server_refuses_settings_no_app_declares() {
+    #[derive(Clone)]
+    struct Undeclared;
+    let refused = hearth::application::testing::TestServer::builder(Application::new())
+        .settings(|_: &mut Undeclared| {})
+        .start()
+        .await
+        .err()
+        .expect("an undeclared section is refused");
+    assert!(refused.to_string().contains("Undeclared"), "{refused}");
+}
