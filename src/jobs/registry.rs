@@ -65,7 +65,13 @@ impl Registry {
                 let job: J = serde_json::from_value(args).map_err(|e| {
                     RunError::Permanent(format!("the args do not fit kind `{}`: {e}", J::KIND))
                 })?;
-                job.perform(ctx).await.map_err(RunError::Failed)
+                job.perform(ctx).await.map_err(|e| {
+                    // A step whose input cannot fit its type: retrying cannot help.
+                    match e.downcast::<super::workflow::Permanent>() {
+                        Ok(permanent) => RunError::Permanent(permanent.0),
+                        Err(e) => RunError::Failed(e),
+                    }
+                })
             })
         });
         let previous = self.kinds.insert(

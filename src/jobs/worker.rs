@@ -25,7 +25,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{PgPool, Row, postgres::PgListener};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -39,6 +39,7 @@ use super::{
     registry::{Registry, RunError},
     schedule::Schedule,
     wake,
+    workflow::engine::{self, Ended, Event},
 };
 
 /// Most jobs fetched in one statement.
@@ -113,6 +114,8 @@ struct Fetched {
     timeout_ms: Option<i32>,
     expires_at: Option<OffsetDateTime>,
     waited_s: f64,
+    /// A workflow step: its outcome moves the workflow on (see [`record_batch`]).
+    step: bool,
 }
 
 /// A final outcome waiting to be written by the completer.
@@ -122,6 +125,7 @@ struct Finish {
     state: &'static str,
     result: Option<serde_json::Value>,
     error: Option<String>,
+    step: bool,
 }
 
 #[derive(Clone)]
@@ -408,7 +412,9 @@ async fn lease(
     queue: &QueueName,
     limit: i64,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
-    let rows = sqlx::query!(
+    // Runtime-checked (the `.sqlx` cache is not regenerated for #33's change, which added
+    // `workflow_id` to the returned columns).
+    let rows = sqlx::query(
         r#"
         -- Leasing need not wait for the WAL flush: if a crash loses the lease, the job is
         -- simply available again. This saves an fsync on every pickup.
@@ -429,29 +435,32 @@ async fn lease(
          -- a queue table) the planner walked all of `jobs` once per fetched row.
          WHERE j.id = ANY (ARRAY(SELECT id FROM next))
         RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.timeout_ms, j.expires_at,
-                  extract(epoch FROM now() - j.run_at)::float8 AS "waited_s!"
+                  extract(epoch FROM now() - j.run_at)::float8 AS waited_s,
+                  j.workflow_id IS NOT NULL AS step
         "#,
-        queue.as_str(),
-        limit,
-        shared.config.lease.as_secs_f64(),
-        shared.config.instance,
     )
+    .bind(queue.as_str())
+    .bind(limit)
+    .bind(shared.config.lease.as_secs_f64())
+    .bind(&shared.config.instance)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Fetched {
-            id: r.id,
-            kind: r.kind,
-            queue: r.queue,
-            args: r.args,
-            attempt: r.attempt,
-            max_attempts: r.max_attempts,
-            timeout_ms: r.timeout_ms,
-            expires_at: r.expires_at,
-            waited_s: r.waited_s,
+    rows.into_iter()
+        .map(|r| {
+            Ok(Fetched {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                queue: r.try_get("queue")?,
+                args: r.try_get("args")?,
+                attempt: r.try_get("attempt")?,
+                max_attempts: r.try_get("max_attempts")?,
+                timeout_ms: r.try_get("timeout_ms")?,
+                expires_at: r.try_get("expires_at")?,
+                waited_s: r.try_get("waited_s")?,
+                step: r.try_get("step")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What to do with a job after an attempt.
@@ -595,6 +604,7 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
                 state,
                 result,
                 error,
+                step: job.step,
             };
             lock(&shared.finishing).insert(job.id, job.attempt);
             // The completer outlives every job task, so the channel is open.
@@ -676,7 +686,7 @@ async fn complete(
         batch.sort_unstable_by_key(|f: &Finish| f.id);
         let mut wait = Duration::from_millis(20);
         for attempt in 1..=6 {
-            match finish_batch(&pool, &instance, keep_completed, &batch).await {
+            match record_batch(&pool, &instance, keep_completed, &batch).await {
                 Ok(()) => break,
                 Err(e) if attempt < 6 => {
                     tracing::warn!(error = %e, jobs = batch.len(), "cannot record finished jobs yet; retrying");
@@ -698,22 +708,53 @@ async fn complete(
     }
 }
 
-/// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
-/// releases their unique keys unless the key holds in the final state. With `keep_completed`
-/// off, completed jobs are deleted instead of moved, and a key held in `completed` lasts only
-/// for its period: without one, nothing would be left to say when it was taken.
-async fn finish_batch(
+/// Records a batch of outcomes. A batch without workflow steps is one statement on its own
+/// ([`finish_batch`]); one with steps runs that statement and the workflows' moves
+/// ([`engine::advance`]) in one transaction, so a step's outcome and what follows from it (the
+/// next step enqueued, a group counted down, a chord's callback enqueued) commit together or
+/// not at all. Single jobs thus pay nothing for workflows.
+async fn record_batch(
     pool: &PgPool,
     instance: &str,
     keep_completed: bool,
     batch: &[Finish],
 ) -> Result<(), sqlx::Error> {
+    if !batch.iter().any(|f| f.step) {
+        let mut conn = pool.acquire().await?;
+        finish_batch(&mut conn, instance, keep_completed, batch).await?;
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let steps = finish_batch(&mut tx, instance, keep_completed, batch).await?;
+    let effects = engine::advance(&mut tx, steps).await?;
+    tx.commit().await?;
+    effects.wake();
+    Ok(())
+}
+
+/// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
+/// releases their unique keys unless the key holds in the final state. With `keep_completed`
+/// off, completed jobs are deleted instead of moved, and a key held in `completed` lasts only
+/// for its period: without one, nothing would be left to say when it was taken. Workflow steps
+/// and jobs someone waits on are always kept (their results are read afterwards).
+///
+/// Returns the outcomes of the workflow steps it recorded, for [`engine::advance`]; and sends
+/// `job.finished` to the channel-layer group `job.<id>` of each job someone waits on
+/// (`notify_done`, see `workflow::wait`).
+async fn finish_batch(
+    conn: &mut sqlx::PgConnection,
+    instance: &str,
+    keep_completed: bool,
+    batch: &[Finish],
+) -> Result<Vec<Event>, sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
     let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
     let results: Vec<Option<serde_json::Value>> = batch.iter().map(|f| f.result.clone()).collect();
     let errors: Vec<Option<String>> = batch.iter().map(|f| f.error.clone()).collect();
-    sqlx::query!(
+    // Runtime-checked: #33 added the workflow columns and the waiters' messages, and the
+    // `.sqlx` cache is not regenerated for it.
+    let rows = sqlx::query(
         r#"
         -- Recording need not wait for the WAL flush either: an outcome a crash loses leaves
         -- the job `running` under a lease that expires, and it runs again (at-least-once, as
@@ -736,7 +777,8 @@ async fn finish_batch(
                    LATERAL (SELECT j.id, j.kind, j.queue, j.args, j.priority, j.state, j.attempt,
                                    j.max_attempts, j.unique_key, j.tags, j.errors,
                                    j.progress_percent, j.progress_message, j.created_at,
-                                   j.attempted_at, j.owner_id
+                                   j.attempted_at, j.owner_id, j.workflow_id, j.workflow_node,
+                                   j.notify_done
                               FROM jobs j WHERE j.id = i.id OFFSET 0 FOR UPDATE) j
              WHERE j.attempt = i.attempt AND j.state = 'running'
         ),
@@ -754,29 +796,63 @@ async fn finish_batch(
                     AND (NOT (l.final_state = ANY (k.holds_in))
                          OR (l.final_state = 'completed' AND NOT $7 AND k.until IS NULL))
              ))
+        ),
+        kept AS (
+            INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
+                                   errors, result, progress_percent, progress_message, created_at, attempted_at,
+                                   owner_id, workflow_id, workflow_node)
+            SELECT id, kind, queue, args, priority, final_state, attempt, max_attempts, unique_key, tags,
+                   CASE WHEN final_error IS NULL THEN errors
+                        ELSE errors || jsonb_build_object('attempt', attempt, 'error', final_error, 'at', now(), 'instance', $6::text)
+                   END,
+                   final_result, progress_percent, progress_message, created_at, attempted_at, owner_id,
+                   workflow_id, workflow_node
+              FROM locked
+             WHERE $7 OR final_state <> 'completed' OR workflow_id IS NOT NULL OR notify_done
+        ),
+        -- Wakes whoever waits on these jobs (only jobs with a waiter pay for this).
+        announced AS (
+            INSERT INTO channel_messages (target, is_group, payload)
+            SELECT 'job.' || id, true,
+                   json_build_object('type', 'job.finished', 'id', id, 'state', final_state)::text
+              FROM locked WHERE notify_done
+            RETURNING 1
         )
-        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
-                               errors, result, progress_percent, progress_message, created_at, attempted_at,
-                               owner_id)
-        SELECT id, kind, queue, args, priority, final_state, attempt, max_attempts, unique_key, tags,
-               CASE WHEN final_error IS NULL THEN errors
-                    ELSE errors || jsonb_build_object('attempt', attempt, 'error', final_error, 'at', now(), 'instance', $6::text)
-               END,
-               final_result, progress_percent, progress_message, created_at, attempted_at, owner_id
-          FROM locked
-         WHERE $7 OR final_state <> 'completed'
+        SELECT id, workflow_id, workflow_node, final_state, final_result, final_error
+          FROM locked WHERE workflow_id IS NOT NULL
+        UNION ALL
+        -- One NOTIFY for the readers if any message was written; a row of NULLs, skipped.
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL
+          FROM (SELECT pg_notify('hearth_channels', '') FROM announced LIMIT 1) AS notified
         "#,
-        &ids,
-        &attempts,
-        &states,
-        &results as &[Option<serde_json::Value>],
-        &errors as &[Option<String>],
-        instance,
-        keep_completed,
     )
-    .execute(pool)
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&results)
+    .bind(&errors)
+    .bind(instance)
+    .bind(keep_completed)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    let mut steps = Vec::new();
+    for row in rows {
+        let (Some(workflow), Some(node)) = (
+            row.try_get::<Option<i64>, _>("workflow_id")?,
+            row.try_get::<Option<i32>, _>("workflow_node")?,
+        ) else {
+            continue;
+        };
+        let state: String = row.try_get("final_state")?;
+        steps.push(Event {
+            workflow,
+            node,
+            ended: Ended::from_job_state(&state),
+            result: row.try_get("final_result")?,
+            error: row.try_get("final_error")?,
+        });
+    }
+    Ok(steps)
 }
 
 /// Extends the leases of running jobs; cancels those whose cancellation was requested and
@@ -940,7 +1016,7 @@ pub async fn run_one(
     let mut batch = Vec::new();
     finished_rx.recv_many(&mut batch, 10).await;
     if !batch.is_empty() {
-        finish_batch(pool, "inline", true, &batch).await?;
+        record_batch(pool, "inline", true, &batch).await?;
     }
     Ok(Some(id))
 }

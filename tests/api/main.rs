@@ -35,3 +35,4 @@ mod shell;
 mod slow_clients;
 mod soak;
 mod uploads;
+mod workflows;
