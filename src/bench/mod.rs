@@ -1,6 +1,7 @@
 //! The benchmark suite's side in the binary: the workloads of the benchmark protocol.
 //!
-//! * [`jobs`]: `hearth bench jobs`, the job-queue benchmark (W4);
+//! * [`jobs`]: `hearth bench jobs`, the job-queue benchmark (W4), and
+//!   [`workflows`] (`hearth bench jobs workflows`): chord callback latency, chain steps/s;
 //! * [`cache`]: `hearth bench cache`, get/set round trips per cache tier;
 //! * [`docs`]: `hearth bench docs`, collaborative editing: update fan-out latency with many
 //!   editors on one document, and memory per open document;
@@ -23,4 +24,5 @@ pub mod jobs;
 pub mod routes;
 pub mod soak;
 pub mod sse;
+pub mod workflows;
 pub mod ws;

@@ -9,27 +9,26 @@
 //! * [`audit`]: every action is recorded with who took it; the console shows the log.
 //!
 //! Every action is a CSRF-protected POST that the page asks to confirm first.
-//! `GET /api/jobs/{id}` is for a signed-in client that polls a job it started (and for
-//! administrators).
+//! `GET /api/jobs/{id}` and `GET /api/workflows/{id}` ([`job_api`]) are for a signed-in client
+//! that follows a job or workflow it started (and for administrators), with `?wait=10s` to
+//! long-poll for its end.
 
 pub mod audit;
+mod job_api;
 mod jobs;
 mod system;
 
 use axum::{
-    Json, Router,
-    extract::{Path, State},
+    Router,
     routing::{get, post},
 };
 
-use crate::{
-    jobs::control::{self, JobStatus},
-    web::{AppState, WebError, auth::RequireLogin},
-};
+use crate::web::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/jobs/{id}", get(job_status))
+        .route("/api/jobs/{id}", get(job_api::job_status))
+        .route("/api/workflows/{id}", get(job_api::workflow_status))
         .route("/ops", get(jobs::overview))
         .route("/ops/api/counts", get(jobs::counts))
         .route("/ops/jobs", get(jobs::list))
@@ -42,27 +41,4 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/cache", get(system::cache).post(system::cache_action))
         .route("/ops/db", get(system::database))
         .route("/ops/audit", get(system::audit_log))
-}
-
-/// `GET /api/jobs/{id}`: state, attempts, progress and result of a job, for the user it was
-/// enqueued for and for administrators. Anyone else gets the same 404 as for a job that does
-/// not exist, so that ids cannot be probed for other people's jobs (their kinds, their
-/// results); system jobs (no owner) are for administrators only. Args and error messages can
-/// quote other people's data (a mail address a server refused), so only administrators see
-/// them, even on their own jobs.
-#[tracing::instrument(skip(state, login), fields(user_id = login.user.id))]
-async fn job_status(
-    State(state): State<AppState>,
-    login: RequireLogin,
-    Path(id): Path<i64>,
-) -> Result<Json<JobStatus>, WebError> {
-    let mut status = control::status(&state.db, id)
-        .await?
-        .filter(|job| login.user.is_admin || job.owner_id == Some(login.user.id))
-        .ok_or(WebError::NotFound)?;
-    if !login.user.is_admin {
-        status.args = serde_json::Value::Null;
-        status.errors = serde_json::json!([]);
-    }
-    Ok(Json(status))
 }

@@ -1,0 +1,302 @@
+//! `hearth bench jobs workflows <N> <REPEATS>`: the workflow figures of issue #33.
+//!
+//! * **chord**: a chord of `N` no-op members (default of the issue: 10,000) and a no-op
+//!   callback, `REPEATS` times. Each sample is the time from the last member's completion (the
+//!   latest moment any member's `run` returned) to the callback's start (its `run` entered);
+//!   that span holds the recording of the last outcomes, the countdown to zero, the read of
+//!   the members' results, the callback's enqueue, the commit, and the callback's pickup. One
+//!   JSON line per chord, then one with p50/p99 by nearest rank.
+//! * **chain**: `CHAINS` (100) chains of `CHAIN_STEPS` (50) no-op steps each, all at once:
+//!   steps/s = steps / (last chain's end − enqueue). Then one chain of `CHAIN_STEPS` alone:
+//!   the sequential rate, which is one step's full round trip (recorded, next enqueued in the
+//!   same transaction, woken, fetched, run).
+//!
+//! Everything runs in this process on the `bench` queue, with `--concurrency` slots; the
+//! workflow tables and the queue are emptied before each run.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::jobs::BenchArgs;
+use crate::{
+    channels::{ChannelConfig, ChannelLayer},
+    db::migrations,
+    jobs::{
+        Chain, Chord, Finished, Group, JobContext, QueueName, Registry, Step, WorkerConfig,
+        Workers, Workflow, job::Defaults,
+    },
+};
+
+const QUEUE: &str = "bench";
+
+/// Clock of this run, in nanoseconds since it started: members and callbacks stamp it.
+struct Clock {
+    start: Instant,
+    /// The latest member end of the current chord.
+    last_member_end: AtomicU64,
+    /// Callback starts, one per chord.
+    callback_starts: Mutex<Vec<u64>>,
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// A chord member that does nothing but note when it ended.
+#[derive(Serialize, Deserialize)]
+struct Member {}
+
+impl Step for Member {
+    const KIND: &'static str = "bench_wf_member";
+    type Input = ();
+    type Output = ();
+
+    async fn run(self, _: (), ctx: JobContext) -> anyhow::Result<()> {
+        if let Some(clock) = ctx.data::<Arc<Clock>>() {
+            clock
+                .last_member_end
+                .fetch_max(clock.now(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            queue: QUEUE,
+            ..Defaults::default()
+        }
+    }
+}
+
+/// The chord callback: notes when it started.
+#[derive(Serialize, Deserialize)]
+struct Callback {}
+
+impl Step for Callback {
+    const KIND: &'static str = "bench_wf_callback";
+    type Input = Vec<()>;
+    type Output = usize;
+
+    async fn run(self, results: Vec<()>, ctx: JobContext) -> anyhow::Result<usize> {
+        if let Some(clock) = ctx.data::<Arc<Clock>>() {
+            let at = clock.now();
+            if let Ok(mut starts) = clock.callback_starts.lock() {
+                starts.push(at);
+            }
+        }
+        Ok(results.len())
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            queue: QUEUE,
+            ..Defaults::default()
+        }
+    }
+}
+
+/// A chain step: adds one.
+#[derive(Serialize, Deserialize)]
+struct Increment {}
+
+impl Step for Increment {
+    const KIND: &'static str = "bench_wf_increment";
+    type Input = u64;
+    type Output = u64;
+
+    async fn run(self, n: u64, _ctx: JobContext) -> anyhow::Result<u64> {
+        Ok(n + 1)
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            queue: QUEUE,
+            ..Defaults::default()
+        }
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+async fn clear(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM jobs WHERE queue = $1")
+        .bind(QUEUE)
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM jobs_done WHERE queue = $1")
+        .bind(QUEUE)
+        .execute(pool)
+        .await?;
+    sqlx::query("TRUNCATE workflows, workflow_nodes")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// `hearth bench jobs workflows`.
+pub(crate) async fn run_on(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
+    migrations::run(pool)
+        .await
+        .context("cannot apply migrations")?;
+    clear(pool).await?;
+    let clock = Arc::new(Clock {
+        start: Instant::now(),
+        last_member_end: AtomicU64::new(0),
+        callback_starts: Mutex::new(Vec::new()),
+    });
+    let registry = Registry::new()
+        .register_step::<Member>()
+        .register_step::<Callback>()
+        .register_step::<Increment>()
+        .with_data(clock.clone());
+    let instance = format!("bench-wf-{}", std::process::id());
+    let channels = ChannelLayer::start(pool.clone(), ChannelConfig::new(instance.clone()));
+    channels.ready().await;
+    let workers = Workers::start(
+        pool.clone(),
+        registry,
+        WorkerConfig {
+            instance,
+            ..WorkerConfig::new(vec![(QueueName::parse(QUEUE)?, args.concurrency)])
+        },
+    );
+    let config = format!(
+        "hearth: 1 process, {} slots on queue `{QUEUE}`",
+        args.concurrency
+    );
+    let result = async {
+        chords(pool, &channels, &clock, args, &config).await?;
+        chains(pool, &channels, &config).await
+    }
+    .await;
+    workers.shutdown().await;
+    channels.shutdown().await;
+    result
+}
+
+async fn chords(
+    pool: &PgPool,
+    channels: &ChannelLayer,
+    clock: &Clock,
+    args: &BenchArgs,
+    config: &str,
+) -> anyhow::Result<()> {
+    let n = args.n;
+    let mut samples = Vec::new();
+    // One chord to warm up (statement caches, plans), not counted.
+    for repeat in 0..=args.repeats {
+        clear(pool).await?;
+        clock.last_member_end.store(0, Ordering::Relaxed);
+        let before = clock.callback_starts.lock().map(|s| s.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        let members = Group::of((0..n).map(|_| Member {}));
+        let handle = Workflow::new(Chord::new(members, Callback {}), ())
+            .enqueue(pool)
+            .await?;
+        let enqueue_s = t0.elapsed().as_secs_f64();
+        let outcome = handle.wait(channels, Duration::from_secs(600)).await?;
+        let total_s = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            outcome == Some(Finished::Completed(n)),
+            "the chord ended with {outcome:?}"
+        );
+        let starts = clock
+            .callback_starts
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        anyhow::ensure!(
+            starts.len() == before + 1,
+            "the callback started {} times",
+            starts.len() - before
+        );
+        let start = starts[before];
+        let last = clock.last_member_end.load(Ordering::Relaxed);
+        let ms = start.saturating_sub(last) as f64 / 1e6;
+        if repeat > 0 {
+            samples.push(ms);
+        }
+        println!(
+            "{}",
+            json!({"tool": "hearth", "mode": "chord", "repeat": repeat, "warmup": repeat == 0, "members": n,
+                   "enqueue_s": round(enqueue_s), "total_s": round(total_s),
+                   "members_per_s": round(n as f64 / total_s),
+                   "last_member_to_callback_ms": round(ms), "config": config})
+        );
+    }
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        json!({"tool": "hearth", "mode": "chord_summary", "members": n, "chords": samples.len(),
+               "last_member_to_callback_p50_ms": round(percentile(&samples, 50.0)),
+               "last_member_to_callback_p99_ms": round(percentile(&samples, 99.0)),
+               "max_ms": round(samples.last().copied().unwrap_or(f64::NAN)), "config": config})
+    );
+    Ok(())
+}
+
+fn chain_of(steps: usize) -> Chain<u64, u64> {
+    (1..steps).fold(Chain::new(Increment {}), |chain, _| {
+        chain.then(Increment {})
+    })
+}
+
+async fn chains(pool: &PgPool, channels: &ChannelLayer, config: &str) -> anyhow::Result<()> {
+    let chains = env_usize("CHAINS", 100);
+    let steps = env_usize("CHAIN_STEPS", 50);
+    for (mode, count) in [("chains", chains), ("chain_alone", 1)] {
+        clear(pool).await?;
+        let t0 = Instant::now();
+        let mut handles = Vec::with_capacity(count);
+        for _ in 0..count {
+            handles.push(Workflow::new(chain_of(steps), 0).enqueue(pool).await?);
+        }
+        for handle in handles {
+            let outcome = handle.wait(channels, Duration::from_secs(600)).await?;
+            anyhow::ensure!(
+                outcome == Some(Finished::Completed(steps as u64)),
+                "a chain ended with {outcome:?}"
+            );
+        }
+        let total_s = t0.elapsed().as_secs_f64();
+        let total_steps = count * steps;
+        println!(
+            "{}",
+            json!({"tool": "hearth", "mode": mode, "chains": count, "steps_per_chain": steps,
+                   "steps": total_steps, "total_s": round(total_s),
+                   "steps_per_s": round(total_steps as f64 / total_s),
+                   "ms_per_step_per_chain": round(total_s * 1000.0 / steps as f64), "config": config})
+        );
+    }
+    Ok(())
+}
