@@ -5,8 +5,21 @@
 //!   latest moment any member's `run` returned) to the callback's start (its `run` entered);
 //!   that span holds the recording of the last outcomes, the countdown to zero, the read of
 //!   the members' results, the callback's enqueue, the commit, and the callback's pickup. One
-//!   JSON line per chord, then one with p50/p99 by nearest rank.
-//! * **chain**: `CHAINS` (100) chains of `CHAIN_STEPS` (50) no-op steps each, all at once:
+//!   JSON line per chord, then one with p50/p99 by nearest rank. Three spans end at the
+//!   callback's start (its `run` entered, after it read the members' results), from:
+//!   * `counter_zero`: the moment the group's counter reached zero (the group node's
+//!     `finished_at`, `clock_timestamp()` in the transaction that recorded the last member):
+//!     the chord's own cost: the callback's enqueue, the commit, the pickup, reading the
+//!     results;
+//!     (`counter_zero_to_callback_leased` stops earlier: when a worker leased the callback's
+//!     job, before it read the results);
+//!   * `last_member_recorded`: the start of that transaction (the callback job's
+//!     `created_at`), which adds the recording of the whole batch the last member was in
+//!     (up to 1,000 outcomes);
+//!   * `last_member_run`: the moment the last member's `run` returned, which adds the wait for
+//!     the completer to reach that batch behind the batches before it.
+//! * **chain** (skipped with `CHAINS=0`): `CHAINS` (100) chains of `CHAIN_STEPS` (50) no-op
+//!   steps each, all at once:
 //!   steps/s = steps / (last chain's end − enqueue). Then one chain of `CHAIN_STEPS` alone:
 //!   the sequential rate, which is one step's full round trip (recorded, next enqueued in the
 //!   same transaction, woken, fetched, run).
@@ -44,8 +57,9 @@ struct Clock {
     start: Instant,
     /// The latest member end of the current chord.
     last_member_end: AtomicU64,
-    /// Callback starts, one per chord.
-    callback_starts: Mutex<Vec<u64>>,
+    /// Callback starts, one per chord: on this clock, and as Unix time (to compare with the
+    /// database's timestamps, on the same machine's clock).
+    callback_starts: Mutex<Vec<(u64, f64)>>,
 }
 
 impl Clock {
@@ -92,8 +106,12 @@ impl Step for Callback {
     async fn run(self, results: Vec<()>, ctx: JobContext) -> anyhow::Result<usize> {
         if let Some(clock) = ctx.data::<Arc<Clock>>() {
             let at = clock.now();
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
             if let Ok(mut starts) = clock.callback_starts.lock() {
-                starts.push(at);
+                starts.push((at, unix));
             }
         }
         Ok(results.len())
@@ -240,27 +258,57 @@ async fn chords(
             "the callback started {} times",
             starts.len() - before
         );
-        let start = starts[before];
+        let (start, start_unix) = starts[before];
         let last = clock.last_member_end.load(Ordering::Relaxed);
-        let ms = start.saturating_sub(last) as f64 / 1e6;
+        let ran_ms = start.saturating_sub(last) as f64 / 1e6;
+        // The callback's job was inserted by the transaction that recorded the last member's
+        // outcome: its `created_at` is that transaction's start. The group's node was recorded
+        // as completed in it, right after its counter reached zero (`clock_timestamp()`).
+        let (recorded, zeroed, leased_ms): (f64, f64, f64) = sqlx::query_as(
+            "SELECT extract(epoch FROM j.created_at)::float8, extract(epoch FROM g.finished_at)::float8,
+                    extract(epoch FROM j.attempted_at - g.finished_at)::float8 * 1000
+               FROM jobs_done j, workflow_nodes g
+              WHERE j.workflow_id = $1 AND j.kind = $2 AND g.workflow_id = $1 AND g.node = 1",
+        )
+        .bind(handle.id)
+        .bind(Callback::KIND)
+        .fetch_one(pool)
+        .await?;
+        let recorded_ms = (start_unix - recorded) * 1000.0;
+        let zeroed_ms = (start_unix - zeroed) * 1000.0;
         if repeat > 0 {
-            samples.push(ms);
+            samples.push((recorded_ms, ran_ms, zeroed_ms, leased_ms));
         }
         println!(
             "{}",
             json!({"tool": "hearth", "mode": "chord", "repeat": repeat, "warmup": repeat == 0, "members": n,
                    "enqueue_s": round(enqueue_s), "total_s": round(total_s),
                    "members_per_s": round(n as f64 / total_s),
-                   "last_member_to_callback_ms": round(ms), "config": config})
+                   "counter_zero_to_callback_ms": round(zeroed_ms),
+                   "counter_zero_to_callback_leased_ms": round(leased_ms),
+                   "last_member_recorded_to_callback_ms": round(recorded_ms),
+                   "last_member_run_to_callback_ms": round(ran_ms), "config": config})
         );
     }
-    samples.sort_by(f64::total_cmp);
+    let mut recorded: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    let mut ran: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    let mut zeroed: Vec<f64> = samples.iter().map(|s| s.2).collect();
+    let mut leased: Vec<f64> = samples.iter().map(|s| s.3).collect();
+    leased.sort_by(f64::total_cmp);
+    recorded.sort_by(f64::total_cmp);
+    ran.sort_by(f64::total_cmp);
+    zeroed.sort_by(f64::total_cmp);
     println!(
         "{}",
         json!({"tool": "hearth", "mode": "chord_summary", "members": n, "chords": samples.len(),
-               "last_member_to_callback_p50_ms": round(percentile(&samples, 50.0)),
-               "last_member_to_callback_p99_ms": round(percentile(&samples, 99.0)),
-               "max_ms": round(samples.last().copied().unwrap_or(f64::NAN)), "config": config})
+               "counter_zero_to_callback_p50_ms": round(percentile(&zeroed, 50.0)),
+               "counter_zero_to_callback_p99_ms": round(percentile(&zeroed, 99.0)),
+               "counter_zero_to_callback_leased_p50_ms": round(percentile(&leased, 50.0)),
+               "counter_zero_to_callback_leased_p99_ms": round(percentile(&leased, 99.0)),
+               "last_member_recorded_to_callback_p50_ms": round(percentile(&recorded, 50.0)),
+               "last_member_recorded_to_callback_p99_ms": round(percentile(&recorded, 99.0)),
+               "last_member_run_to_callback_p50_ms": round(percentile(&ran, 50.0)),
+               "last_member_run_to_callback_p99_ms": round(percentile(&ran, 99.0)), "config": config})
     );
     Ok(())
 }
@@ -274,6 +322,9 @@ fn chain_of(steps: usize) -> Chain<u64, u64> {
 async fn chains(pool: &PgPool, channels: &ChannelLayer, config: &str) -> anyhow::Result<()> {
     let chains = env_usize("CHAINS", 100);
     let steps = env_usize("CHAIN_STEPS", 50);
+    if chains == 0 || steps == 0 {
+        return Ok(());
+    }
     for (mode, count) in [("chains", chains), ("chain_alone", 1)] {
         clear(pool).await?;
         let t0 = Instant::now();

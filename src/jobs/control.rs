@@ -258,6 +258,7 @@ async fn finish_waiting(pool: &PgPool, id: i64, state: &str) -> Result<bool, sql
             ended: super::workflow::engine::Ended::from_job_state(state),
             result: None,
             error: Some(format!("{state} by an operator before it ran")),
+            lazy: false,
         };
         Some(super::workflow::engine::advance(&mut tx, vec![event]).await?)
     } else {

@@ -850,6 +850,7 @@ async fn finish_batch(
             ended: Ended::from_job_state(&state),
             result: row.try_get("final_result")?,
             error: row.try_get("final_error")?,
+            lazy: false,
         });
     }
     Ok(steps)

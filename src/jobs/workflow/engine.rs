@@ -12,9 +12,12 @@
 //! 3. a group's members are counted down on the group's row, in one
 //!    `UPDATE ... SET remaining = remaining - k ... RETURNING remaining` per group. The row
 //!    lock serialises the transactions of every instance that finish members of the group at
-//!    the same moment, so exactly one of them sees 0. That one reads the members' results in
-//!    a new statement (its snapshot is taken after the lock was granted, so every member
-//!    counted by an earlier transaction is visible) and completes or fails the group;
+//!    the same moment, so exactly one of them sees 0. That one completes or fails the group.
+//!    A group followed by a step (a chord's header) completes without reading its members'
+//!    results: the step reads them itself when it starts (`input_group`), so the transaction
+//!    that records the last member does the same work whatever the group's size. Otherwise
+//!    the results are read in a new statement (its snapshot is taken after the lock was
+//!    granted, so every member counted by an earlier transaction is visible);
 //! 4. a root node that finished finishes the workflow and sends `workflow.finished` to the
 //!    channel-layer group `workflow.<id>` (which wakes [`wait`](super::WorkflowHandle::wait)).
 //!
@@ -58,14 +61,6 @@ impl Ended {
         }
     }
 
-    fn parse(state: &str) -> Self {
-        match state {
-            "completed" => Self::Completed,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Failed,
-        }
-    }
-
     /// A job's final state (`completed`, `discarded`, `cancelled`) as a step's.
     pub(crate) fn from_job_state(state: &str) -> Self {
         match state {
@@ -84,6 +79,56 @@ pub(crate) struct Event {
     pub ended: Ended,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// A group that completed with its members' results not built: the step after it reads
+    /// them when it starts ([`group_results`]). Only for a group followed by a step in a chain
+    /// (a chord's header), so that the transaction recording the last member does not read
+    /// and copy every member's result.
+    pub lazy: bool,
+}
+
+/// A finished group's result: its members' outcomes in order, as the consuming step gets
+/// them (the results; with `on_failure = 'collect'`, `{"Ok": result}` or `{"Err": reason}`
+/// for each).
+///
+/// Read from `workflow_results`, where each transaction that recorded members of the group
+/// left one chunk of `[position, result, null]` (`[position, null, reason]` for a failure): a
+/// group of 10,000 members recorded in ten batches is ten rows to read, not 10,000 (reading
+/// and aggregating the members' own rows took 15-40 ms for 10,000, most of a chord's latency).
+pub(crate) async fn group_results<'c, E>(
+    db: E,
+    workflow: i64,
+    group: i32,
+) -> Result<Value, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let (collect, chunks): (bool, Vec<String>) = sqlx::query_as(
+        "SELECT coalesce((SELECT on_failure = 'collect' FROM workflow_nodes WHERE workflow_id = $1 AND node = $2), false),
+                ARRAY(SELECT chunk FROM workflow_results WHERE workflow_id = $1 AND group_node = $2)",
+    )
+    .bind(workflow)
+    .bind(group)
+    .fetch_one(db)
+    .await?;
+    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+    let mut members: Vec<Option<Value>> = Vec::new();
+    for chunk in chunks {
+        let entries: Vec<(usize, Value, Option<String>)> =
+            serde_json::from_str(&chunk).map_err(decode)?;
+        for (position, result, error) in entries {
+            if position >= members.len() {
+                members.resize(position + 1, None);
+            }
+            members[position] = Some(match (collect, error) {
+                (false, _) => result,
+                (true, None) => json!({ "Ok": result }),
+                (true, Some(error)) => json!({ "Err": error }),
+            });
+        }
+    }
+    Ok(Value::Array(
+        members.into_iter().map(Option::unwrap_or_default).collect(),
+    ))
 }
 
 /// What to do once the transaction has committed: wake this process's runners of the queues
@@ -108,6 +153,8 @@ struct Input {
     /// Where it is stored, when it was too large to copy into args.
     at: Option<(i64, i32)>,
     large: bool,
+    /// The input is the results of this group, not built yet (see [`Event::lazy`]).
+    group: Option<(i64, i32)>,
 }
 
 impl Input {
@@ -118,6 +165,16 @@ impl Input {
             value,
             at: None,
             large,
+            group: None,
+        })
+    }
+
+    fn group_results(workflow: i64, group: i32) -> Arc<Self> {
+        Arc::new(Self {
+            value: Value::Null,
+            at: None,
+            large: false,
+            group: Some((workflow, group)),
         })
     }
 }
@@ -219,6 +276,7 @@ pub(crate) async fn create(
 /// A node's outcome as recorded, with what its parent needs to know.
 struct Recorded {
     workflow: i64,
+    node: i32,
     parent: Option<i32>,
     parent_type: Option<String>,
     position: i32,
@@ -228,6 +286,7 @@ struct Recorded {
     ended: Ended,
     result: Option<Value>,
     error: Option<String>,
+    lazy: bool,
 }
 
 impl Recorded {
@@ -255,7 +314,7 @@ pub(crate) async fn advance(
         // Rows are locked in one order by every transaction, which keeps two completers that
         // finish members of the same groups from deadlocking in the common case.
         events.sort_by_key(|e| (e.workflow, e.node));
-        let recorded = record(conn, &events).await?;
+        let recorded = record(conn, events).await?;
         let mut next = Vec::new();
         let mut starts = Vec::new();
         let mut roots = Vec::new();
@@ -274,13 +333,21 @@ pub(crate) async fn advance(
                 (Some(parent), _) => {
                     if r.ended == Ended::Completed {
                         let result = r.result.unwrap_or(Value::Null);
-                        if r.last {
+                        if r.lazy {
+                            // Only a group that is not its chain's last child is lazy.
+                            starts.push(Start::node(
+                                r.workflow,
+                                r.subtree_end + 1,
+                                Input::group_results(r.workflow, r.node),
+                            ));
+                        } else if r.last {
                             next.push(Event {
                                 workflow: r.workflow,
                                 node: parent,
                                 ended: Ended::Completed,
                                 result: Some(result),
                                 error: None,
+                                lazy: false,
                             });
                         } else {
                             starts.push(Start::node(
@@ -310,6 +377,7 @@ pub(crate) async fn advance(
                             ended: r.ended,
                             result: None,
                             error: Some(why),
+                            lazy: false,
                         });
                     }
                 }
@@ -324,20 +392,26 @@ pub(crate) async fn advance(
     Ok(effects)
 }
 
-/// Step 1: outcomes on their nodes, only on nodes still running.
-async fn record(conn: &mut PgConnection, events: &[Event]) -> Result<Vec<Recorded>, sqlx::Error> {
+/// Step 1: outcomes on their nodes, only on nodes still running. `events` are sorted by
+/// `(workflow, node)`; the results travel to the database once and are not read back.
+async fn record(
+    conn: &mut PgConnection,
+    mut events: Vec<Event>,
+) -> Result<Vec<Recorded>, sqlx::Error> {
     let workflows: Vec<i64> = events.iter().map(|e| e.workflow).collect();
     let nodes: Vec<i32> = events.iter().map(|e| e.node).collect();
     let states: Vec<&str> = events.iter().map(|e| e.ended.as_str()).collect();
-    let results: Vec<Option<Value>> = events.iter().map(|e| e.result.clone()).collect();
-    let errors: Vec<Option<String>> = events.iter().map(|e| e.error.clone()).collect();
+    let results: Vec<Option<&Value>> = events.iter().map(|e| e.result.as_ref()).collect();
+    let errors: Vec<Option<&str>> = events.iter().map(|e| e.error.as_deref()).collect();
     let rows = sqlx::query(
+        // `clock_timestamp()`: when the node was recorded, not when the transaction began (a
+        // completer's transaction records a whole batch; a group completes at its end).
         "UPDATE workflow_nodes n
-            SET state = e.state, result = e.result, error = e.error, finished_at = now()
+            SET state = e.state, result = e.result, error = e.error, finished_at = clock_timestamp()
            FROM unnest($1::int8[], $2::int4[], $3::text[], $4::jsonb[], $5::text[]) AS e(wf, node, state, result, error)
           WHERE n.workflow_id = e.wf AND n.node = e.node AND n.state = 'running'
-         RETURNING n.workflow_id, n.parent, n.parent_type, n.position, n.last, n.subtree_end,
-                   coalesce(n.kind, n.type) AS label, n.state, n.result, n.error",
+         RETURNING n.workflow_id, n.node, n.parent, n.parent_type, n.position, n.last, n.subtree_end,
+                   coalesce(n.kind, n.type) AS label",
     )
     .bind(&workflows)
     .bind(&nodes)
@@ -346,22 +420,74 @@ async fn record(conn: &mut PgConnection, events: &[Event]) -> Result<Vec<Recorde
     .bind(&errors)
     .fetch_all(&mut *conn)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(Recorded {
-                workflow: row.try_get("workflow_id")?,
-                parent: row.try_get("parent")?,
-                parent_type: row.try_get("parent_type")?,
-                position: row.try_get("position")?,
-                last: row.try_get("last")?,
-                subtree_end: row.try_get("subtree_end")?,
-                label: row.try_get("label")?,
-                ended: Ended::parse(row.try_get("state")?),
-                result: row.try_get("result")?,
-                error: row.try_get("error")?,
-            })
-        })
-        .collect()
+    drop((states, results, errors));
+    let mut recorded: Vec<Recorded> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = (
+            row.try_get::<i64, _>("workflow_id")?,
+            row.try_get::<i32, _>("node")?,
+        );
+        let Ok(i) = events.binary_search_by_key(&key, |e| (e.workflow, e.node)) else {
+            continue;
+        };
+        let event = &mut events[i];
+        recorded.push(Recorded {
+            workflow: key.0,
+            node: key.1,
+            parent: row.try_get("parent")?,
+            parent_type: row.try_get("parent_type")?,
+            position: row.try_get("position")?,
+            last: row.try_get("last")?,
+            subtree_end: row.try_get("subtree_end")?,
+            label: row.try_get("label")?,
+            ended: event.ended,
+            result: event.result.take(),
+            error: event.error.take(),
+            lazy: event.lazy,
+        });
+    }
+    save_chunks(conn, &recorded).await?;
+    Ok(recorded)
+}
+
+/// One chunk per group of the outcomes of its members just recorded (see [`group_results`]).
+async fn save_chunks(conn: &mut PgConnection, recorded: &[Recorded]) -> Result<(), sqlx::Error> {
+    let mut chunks: BTreeMap<(i64, i32), Vec<Value>> = BTreeMap::new();
+    for r in recorded {
+        if let (Some(parent), Some("group")) = (r.parent, r.parent_type.as_deref()) {
+            let entry = if r.ended == Ended::Completed {
+                json!([r.position, r.result, null])
+            } else {
+                json!([
+                    r.position,
+                    null,
+                    r.error
+                        .clone()
+                        .unwrap_or_else(|| r.ended.as_str().to_owned())
+                ])
+            };
+            chunks.entry((r.workflow, parent)).or_default().push(entry);
+        }
+    }
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let workflows: Vec<i64> = chunks.keys().map(|k| k.0).collect();
+    let groups: Vec<i32> = chunks.keys().map(|k| k.1).collect();
+    let texts: Vec<String> = chunks
+        .into_values()
+        .map(|entries| Value::Array(entries).to_string())
+        .collect();
+    sqlx::query(
+        "INSERT INTO workflow_results (workflow_id, group_node, chunk)
+         SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[])",
+    )
+    .bind(&workflows)
+    .bind(&groups)
+    .bind(&texts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Marks the rest of each stopped chain (the nodes after `after` in the chain's subtree) as
@@ -413,10 +539,7 @@ async fn count_down(
             SET remaining = g.remaining - c.done, failed = g.failed + c.failed
            FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[]) AS c(wf, node, done, failed)
           WHERE g.workflow_id = c.wf AND g.node = c.node AND g.state = 'running'
-         RETURNING g.workflow_id, g.node, g.subtree_end, g.remaining, g.failed, g.on_failure,
-                   (SELECT count(*) FROM workflow_nodes m
-                     WHERE m.workflow_id = g.workflow_id AND m.node > g.node AND m.node <= g.subtree_end
-                       AND m.parent = g.node AND g.remaining = 0) AS members",
+         RETURNING g.workflow_id, g.node, g.remaining, g.failed, g.on_failure, g.parent_type, g.last",
     )
     .bind(&workflows)
     .bind(&nodes)
@@ -424,87 +547,76 @@ async fn count_down(
     .bind(&failed)
     .fetch_all(&mut *conn)
     .await?;
-    let mut finished = Vec::new();
+    let mut events = Vec::new();
     for row in zeroed {
         let remaining: i32 = row.try_get("remaining")?;
         if remaining > 0 {
             continue;
         }
+        let workflow: i64 = row.try_get("workflow_id")?;
+        let node: i32 = row.try_get("node")?;
         let collect = row.try_get::<Option<&str>, _>("on_failure")? == Some("collect");
         let failed: i32 = row.try_get("failed")?;
-        finished.push((
-            row.try_get::<i64, _>("workflow_id")?,
-            row.try_get::<i32, _>("node")?,
-            row.try_get::<i32, _>("subtree_end")?,
-            collect,
-            failed,
-            row.try_get::<i64, _>("members")?,
-        ));
-    }
-    if finished.is_empty() {
-        return Ok(Vec::new());
-    }
-    // A new statement, so a new snapshot: it sees every member counted before this
-    // transaction got the lock (those transactions have committed).
-    let workflows: Vec<i64> = finished.iter().map(|f| f.0).collect();
-    let nodes: Vec<i32> = finished.iter().map(|f| f.1).collect();
-    let ends: Vec<i32> = finished.iter().map(|f| f.2).collect();
-    let collects: Vec<bool> = finished.iter().map(|f| f.3).collect();
-    let want_results: Vec<bool> = finished.iter().map(|f| f.3 || f.4 == 0).collect();
-    let rows = sqlx::query(
-        "SELECT g.ord,
-                CASE WHEN g.want_result THEN
-                    (SELECT jsonb_agg(CASE WHEN NOT g.collect THEN n.result
-                                           WHEN n.state = 'completed' THEN jsonb_build_object('Ok', n.result)
-                                           ELSE jsonb_build_object('Err', coalesce(n.error, n.state)) END
-                                      ORDER BY n.position)
-                       FROM workflow_nodes n
-                      WHERE n.workflow_id = g.wf AND n.node > g.node AND n.node <= g.subtree_end AND n.parent = g.node)
-                END AS result,
-                (SELECT format('member %s (%s) %s', n.position + 1, coalesce(n.kind, n.type),
-                               CASE n.state WHEN 'cancelled' THEN 'was cancelled' ELSE 'failed' END)
-                        || coalesce(': ' || n.error, '')
-                   FROM workflow_nodes n
-                  WHERE n.workflow_id = g.wf AND n.node > g.node AND n.node <= g.subtree_end AND n.parent = g.node
-                    AND n.state <> 'completed'
-                  ORDER BY n.position LIMIT 1) AS first_failure
-           FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::bool[], $5::bool[])
-                WITH ORDINALITY AS g(wf, node, subtree_end, collect, want_result, ord)
-          ORDER BY g.ord",
-    )
-    .bind(&workflows)
-    .bind(&nodes)
-    .bind(&ends)
-    .bind(&collects)
-    .bind(&want_results)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for (row, (workflow, node, _, collect, failed, members)) in rows.into_iter().zip(finished) {
-        let result: Option<Value> = row.try_get("result")?;
-        let first_failure: Option<String> = row.try_get("first_failure")?;
-        events.push(if failed > 0 && !collect {
-            Event {
+        if failed > 0 && !collect {
+            events.push(Event {
                 workflow,
                 node,
                 ended: Ended::Failed,
                 result: None,
-                error: Some(format!(
-                    "{failed} of {members} members of the group did not complete; the first: {}",
-                    first_failure.unwrap_or_default()
-                )),
-            }
+                error: Some(group_failure(conn, workflow, node, failed).await?),
+                lazy: false,
+            });
+            continue;
+        }
+        // Followed by a step in a chain (a chord's header): that step reads the results when
+        // it starts. Otherwise they are built now, for whoever gets them.
+        let followed = row.try_get::<Option<&str>, _>("parent_type")? == Some("chain")
+            && !row.try_get::<bool, _>("last")?;
+        let result = if followed {
+            None
         } else {
-            Event {
-                workflow,
-                node,
-                ended: Ended::Completed,
-                result: Some(result.unwrap_or_else(|| json!([]))),
-                error: None,
-            }
+            // A new statement, so a new snapshot: it sees every member counted before this
+            // transaction got the lock (those transactions have committed).
+            Some(group_results(&mut *conn, workflow, node).await?)
+        };
+        events.push(Event {
+            workflow,
+            node,
+            ended: Ended::Completed,
+            result,
+            error: None,
+            lazy: followed,
         });
     }
     Ok(events)
+}
+
+/// Why a group failed: how many members did not complete, and the first of them.
+async fn group_failure(
+    conn: &mut PgConnection,
+    workflow: i64,
+    group: i32,
+    failed: i32,
+) -> Result<String, sqlx::Error> {
+    let (members, first): (i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*),
+                (array_agg(format('member %s (%s) %s', n.position + 1, coalesce(n.kind, n.type),
+                                  CASE n.state WHEN 'cancelled' THEN 'was cancelled' ELSE 'failed' END)
+                           || coalesce(': ' || n.error, '') ORDER BY n.node)
+                    FILTER (WHERE n.state <> 'completed'))[1]
+           FROM workflow_nodes g
+           JOIN workflow_nodes n ON n.workflow_id = g.workflow_id AND n.node > g.node
+                                AND n.node <= g.subtree_end AND n.parent = g.node
+          WHERE g.workflow_id = $1 AND g.node = $2",
+    )
+    .bind(workflow)
+    .bind(group)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(format!(
+        "{failed} of {members} members of the group did not complete; the first: {}",
+        first.unwrap_or_default()
+    ))
 }
 
 /// Step 4: workflows whose root finished, and their `workflow.finished` messages.
@@ -600,12 +712,19 @@ async fn start(
             // A large input not stored yet is stored on the first node it reaches; every job
             // below that node points there.
             let mut input = from.input.clone();
+            // A group's results not built yet are read by the step itself when it starts; a
+            // chain or group after the group gets them built now (each of its members would
+            // otherwise build them again).
+            if let (Some((wf, group)), false) = (input.group, node_type == "job") {
+                input = Input::new(group_results(&mut *conn, wf, group).await?);
+            }
             if input.large && input.at.is_none() {
                 stored.push((workflow, node, input.value.clone()));
                 input = Arc::new(Input {
                     value: Value::Null,
                     at: Some((workflow, node)),
                     large: true,
+                    group: None,
                 });
             }
             if node_type == "job" {
@@ -613,9 +732,10 @@ async fn start(
                 let options: StepOptions = serde_json::from_value(options)
                     .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 let params: Value = row.try_get("params")?;
-                let args = match input.at {
-                    Some(at) => json!({ "params": params, "input_at": at }),
-                    None => json!({ "params": params, "input": input.value }),
+                let args = match (input.group, input.at) {
+                    (Some(group), _) => json!({ "params": params, "input_group": group }),
+                    (None, Some(at)) => json!({ "params": params, "input_at": at }),
+                    (None, None) => json!({ "params": params, "input": input.value }),
                 };
                 leaves.push(Leaf {
                     workflow,

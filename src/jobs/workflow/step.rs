@@ -1,8 +1,9 @@
 //! Typed steps: a job whose input is the previous step's output.
 //!
 //! A step job's args are `{"params": <the step's fields>, "input": <its input>}`; an input too
-//! large to travel in args (a chord callback over 100,000 results) is stored on a node of the
-//! workflow instead, and the args say which (`"input_at": [workflow, node]`). An input that
+//! large to travel in args is stored on a node of the workflow instead, and the args say which
+//! (`"input_at": [workflow, node]`). A chord's callback gets `"input_group": [workflow, node]`:
+//! it reads its group's results itself when it starts. An input that
 //! does not deserialize into the step's `Input` (the code changed under a running workflow)
 //! can never succeed: the job is discarded at once with the reason, not retried, and the
 //! workflow treats it as a failed step.
@@ -67,6 +68,9 @@ pub struct StepJob<S: Step> {
     /// Where a large input is stored: `(workflow, node)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_at: Option<(i64, i32)>,
+    /// The input is the results of this group, `(workflow, node)`, read at the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_group: Option<(i64, i32)>,
 }
 
 impl<S: Step> StepJob<S> {
@@ -76,6 +80,7 @@ impl<S: Step> StepJob<S> {
             params,
             input: serde_json::to_value(input)?,
             input_at: None,
+            input_group: None,
         })
     }
 }
@@ -89,29 +94,38 @@ impl<S: Step> Job for StepJob<S> {
     const KIND: &'static str = S::KIND;
 
     async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
-        let input = match self.input_at {
-            None => self.input,
-            Some((workflow, node)) => sqlx::query_scalar::<_, Option<serde_json::Value>>(
-                "SELECT input FROM workflow_nodes WHERE workflow_id = $1 AND node = $2",
-            )
-            .bind(workflow)
-            .bind(node)
-            .fetch_optional(&ctx.pool)
-            .await?
-            .flatten()
-            .ok_or_else(|| {
-                Permanent(format!(
-                    "the input of step `{}` is gone (workflow {workflow}, node {node})",
-                    S::KIND
-                ))
-            })?,
-        };
-        let input: S::Input = serde_json::from_value(input).map_err(|e| {
+        let unfit = |e: serde_json::Error| {
             Permanent(format!(
                 "the input of step `{}` does not deserialize into its input type: {e}",
                 S::KIND
             ))
-        })?;
+        };
+        let input: S::Input = match (self.input_group, self.input_at) {
+            // A chord callback: its group's results, read here rather than in the
+            // transaction that recorded the last member.
+            (Some((workflow, group)), _) => {
+                let results = super::engine::group_results(&ctx.pool, workflow, group).await?;
+                serde_json::from_value(results).map_err(unfit)?
+            }
+            (None, Some((workflow, node))) => {
+                let stored = sqlx::query_scalar::<_, Option<String>>(
+                    "SELECT input::text FROM workflow_nodes WHERE workflow_id = $1 AND node = $2",
+                )
+                .bind(workflow)
+                .bind(node)
+                .fetch_optional(&ctx.pool)
+                .await?
+                .flatten()
+                .ok_or_else(|| {
+                    Permanent(format!(
+                        "the input of step `{}` is gone (workflow {workflow}, node {node})",
+                        S::KIND
+                    ))
+                })?;
+                serde_json::from_str(&stored).map_err(unfit)?
+            }
+            (None, None) => serde_json::from_value(self.input).map_err(unfit)?,
+        };
         let output = self.params.run(input, ctx).await?;
         Outcome::with_result(output)
     }
