@@ -1,17 +1,13 @@
 //! `hearth bench jobs workflows <N> <REPEATS>`: the workflow figures of issue #33.
 //!
-//! * **chord**: a chord of `N` no-op members (default of the issue: 10,000) and a no-op
-//!   callback, `REPEATS` times. Each sample is the time from the last member's completion (the
-//!   latest moment any member's `run` returned) to the callback's start (its `run` entered);
-//!   that span holds the recording of the last outcomes, the countdown to zero, the read of
-//!   the members' results, the callback's enqueue, the commit, and the callback's pickup. One
-//!   JSON line per chord, then one with p50/p99 by nearest rank. Three spans end at the
-//!   callback's start (its `run` entered, after it read the members' results), from:
+//! * **chord**: a chord of `N` no-op members (the issue's figure is for 10,000) and a no-op
+//!   callback, `REPEATS` times after one warm-up chord; one JSON line per chord, then one with
+//!   p50/p99 by nearest rank. Three spans end at the callback's start (its `run` entered, after
+//!   it read the members' results), from:
 //!   * `counter_zero`: the moment the group's counter reached zero (the group node's
 //!     `finished_at`, `clock_timestamp()` in the transaction that recorded the last member):
 //!     the chord's own cost: the callback's enqueue, the commit, the pickup, reading the
-//!     results;
-//!     (`counter_zero_to_callback_leased` stops earlier: when a worker leased the callback's
+//!     results (`counter_zero_to_callback_leased` stops when a worker leased the callback's
 //!     job, before it read the results);
 //!   * `last_member_recorded`: the start of that transaction (the callback job's
 //!     `created_at`), which adds the recording of the whole batch the last member was in
@@ -19,10 +15,9 @@
 //!   * `last_member_run`: the moment the last member's `run` returned, which adds the wait for
 //!     the completer to reach that batch behind the batches before it.
 //! * **chain** (skipped with `CHAINS=0`): `CHAINS` (100) chains of `CHAIN_STEPS` (50) no-op
-//!   steps each, all at once:
-//!   steps/s = steps / (last chain's end − enqueue). Then one chain of `CHAIN_STEPS` alone:
-//!   the sequential rate, which is one step's full round trip (recorded, next enqueued in the
-//!   same transaction, woken, fetched, run).
+//!   steps each, enqueued in one transaction: steps/s = steps / (last chain's end − commit).
+//!   Then one chain of `CHAIN_STEPS` alone: the sequential rate, which is one step's full
+//!   round trip (recorded, next enqueued in the same transaction, woken, fetched, run).
 //!
 //! Everything runs in this process on the `bench` queue, with `--concurrency` slots; the
 //! workflow tables and the queue are emptied before each run.
@@ -327,11 +322,17 @@ async fn chains(pool: &PgPool, channels: &ChannelLayer, config: &str) -> anyhow:
     }
     for (mode, count) in [("chains", chains), ("chain_alone", 1)] {
         clear(pool).await?;
-        let t0 = Instant::now();
+        // Every chain in one transaction, so that all start together when it commits: the
+        // rate is that of the steps, not of enqueuing chains one by one.
+        let enqueue = Instant::now();
+        let mut tx = pool.begin().await?;
         let mut handles = Vec::with_capacity(count);
         for _ in 0..count {
-            handles.push(Workflow::new(chain_of(steps), 0).enqueue(pool).await?);
+            handles.push(Workflow::new(chain_of(steps), 0).enqueue(&mut *tx).await?);
         }
+        let enqueue_s = enqueue.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        tx.commit().await?;
         for handle in handles {
             let outcome = handle.wait(channels, Duration::from_secs(600)).await?;
             anyhow::ensure!(
@@ -344,7 +345,7 @@ async fn chains(pool: &PgPool, channels: &ChannelLayer, config: &str) -> anyhow:
         println!(
             "{}",
             json!({"tool": "hearth", "mode": mode, "chains": count, "steps_per_chain": steps,
-                   "steps": total_steps, "total_s": round(total_s),
+                   "steps": total_steps, "enqueue_s": round(enqueue_s), "total_s": round(total_s),
                    "steps_per_s": round(total_steps as f64 / total_s),
                    "ms_per_step_per_chain": round(total_s * 1000.0 / steps as f64), "config": config})
         );

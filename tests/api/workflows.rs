@@ -968,3 +968,53 @@ async fn the_workflow_status_api_is_the_owners() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn maintenance_prunes_workflows_finished_before_the_retention_only() {
+    let pool = pool().await;
+    let registry = registry("inline");
+    let old = Workflow::new(Chord::new(Group::of([Add { n: 1 }]), Sum {}), 1)
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let recent = Workflow::new(Chain::new(Add { n: 1 }), 1)
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    testing::drain(&pool, &registry, "default").await.unwrap();
+    let running = Workflow::new(Chain::new(Add { n: 1 }), 1)
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE workflows SET finished_at = now() - interval '8 days' WHERE id = $1")
+        .bind(old.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let ran = hearth::jobs::maintenance::tick(&pool, Duration::from_secs(7 * 86_400), &[], true)
+        .await
+        .unwrap();
+
+    assert!(ran, "this instance was the maintenance leader");
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM workflows ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [recent.id, running.id]);
+    for table in ["workflow_nodes", "workflow_results"] {
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE workflow_id = {}",
+            old.id
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM workflow_nodes").await,
+        4,
+        "the other workflows keep their nodes (a chain and its step each)"
+    );
+}

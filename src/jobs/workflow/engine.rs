@@ -406,10 +406,17 @@ async fn record(
     let rows = sqlx::query(
         // `clock_timestamp()`: when the node was recorded, not when the transaction began (a
         // completer's transaction records a whole batch; a group completes at its end).
-        "UPDATE workflow_nodes n
-            SET state = e.state, result = e.result, error = e.error, finished_at = clock_timestamp()
-           FROM unnest($1::int8[], $2::int4[], $3::text[], $4::jsonb[], $5::text[]) AS e(wf, node, state, result, error)
-          WHERE n.workflow_id = e.wf AND n.node = e.node AND n.state = 'running'
+        "WITH hit AS (
+             SELECT e.*, x.tid
+               FROM unnest($1::int8[], $2::int4[], $3::text[], $4::jsonb[], $5::text[]) AS e(wf, node, state, result, error),
+                    LATERAL (SELECT n.ctid AS tid, n.state AS was FROM workflow_nodes n
+                              WHERE n.workflow_id = e.wf AND n.node = e.node OFFSET 0 FOR UPDATE) x
+              WHERE x.was = 'running'
+         )
+         UPDATE workflow_nodes n
+            SET state = hit.state, result = hit.result, error = hit.error, finished_at = clock_timestamp()
+           FROM hit
+          WHERE n.ctid = hit.tid
          RETURNING n.workflow_id, n.node, n.parent, n.parent_type, n.position, n.last, n.subtree_end,
                    coalesce(n.kind, n.type) AS label",
     )
@@ -504,12 +511,20 @@ async fn mark_not_run(
     let parents: Vec<i32> = stopped.iter().map(|s| s.2).collect();
     let reasons: Vec<&str> = stopped.iter().map(|s| s.3.as_str()).collect();
     sqlx::query(
-        "UPDATE workflow_nodes n
-            SET state = 'not_run', error = s.reason, finished_at = now()
-           FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[]) AS s(wf, after, parent, reason)
-          WHERE n.workflow_id = s.wf AND n.node > s.after
-            AND n.node <= (SELECT p.subtree_end FROM workflow_nodes p WHERE p.workflow_id = s.wf AND p.node = s.parent)
-            AND n.state = 'pending'",
+        "WITH hit AS (
+             SELECT s.reason, x.tid
+               FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[]) AS s(wf, after, parent, reason),
+                    LATERAL (SELECT p.subtree_end AS last_node FROM workflow_nodes p
+                              WHERE p.workflow_id = s.wf AND p.node = s.parent) p,
+                    LATERAL (SELECT n.ctid AS tid, n.state AS was FROM workflow_nodes n
+                              WHERE n.workflow_id = s.wf AND n.node > s.after AND n.node <= p.last_node
+                             OFFSET 0 FOR UPDATE) x
+              WHERE x.was = 'pending'
+         )
+         UPDATE workflow_nodes n
+            SET state = 'not_run', error = hit.reason, finished_at = clock_timestamp()
+           FROM hit
+          WHERE n.ctid = hit.tid",
     )
     .bind(&workflows)
     .bind(&afters)
@@ -533,20 +548,26 @@ async fn count_down(
     let done: Vec<i32> = counts.values().map(|c| c.0).collect();
     let failed: Vec<i32> = counts.values().map(|c| c.1).collect();
     // The counter: each transaction takes the row lock here and sees the count left by the
-    // one before it; only the one that brings it to zero goes on.
-    let zeroed = sqlx::query(
-        "UPDATE workflow_nodes g
-            SET remaining = g.remaining - c.done, failed = g.failed + c.failed
-           FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[]) AS c(wf, node, done, failed)
-          WHERE g.workflow_id = c.wf AND g.node = c.node AND g.state = 'running'
-         RETURNING g.workflow_id, g.node, g.remaining, g.failed, g.on_failure, g.parent_type, g.last",
-    )
-    .bind(&workflows)
-    .bind(&nodes)
-    .bind(&done)
-    .bind(&failed)
-    .fetch_all(&mut *conn)
-    .await?;
+    // one before it; only the one that brings it to zero goes on. One statement per group (a
+    // batch rarely touches more than one or two), each a primary-key update: a join here could
+    // be planned as a scan of the whole table, and the rows must be read under their lock,
+    // not through a snapshot, since other instances update them at the same moment.
+    let mut zeroed = Vec::new();
+    for (((workflow, node), done), failed) in workflows.iter().zip(&nodes).zip(&done).zip(&failed) {
+        let row = sqlx::query(
+            "UPDATE workflow_nodes
+                SET remaining = remaining - $3, failed = failed + $4
+              WHERE workflow_id = $1 AND node = $2 AND state = 'running'
+             RETURNING workflow_id, node, remaining, failed, on_failure, parent_type, last",
+        )
+        .bind(workflow)
+        .bind(node)
+        .bind(done)
+        .bind(failed)
+        .fetch_optional(&mut *conn)
+        .await?;
+        zeroed.extend(row);
+    }
     let mut events = Vec::new();
     for row in zeroed {
         let remaining: i32 = row.try_get("remaining")?;
@@ -768,9 +789,13 @@ async fn start(
         let nodes: Vec<i32> = stored.iter().map(|u| u.1).collect();
         let inputs: Vec<Value> = stored.into_iter().map(|u| u.2).collect();
         sqlx::query(
-            "UPDATE workflow_nodes n SET input = u.input
-               FROM unnest($1::int8[], $2::int4[], $3::jsonb[]) AS u(wf, node, input)
-              WHERE n.workflow_id = u.wf AND n.node = u.node",
+            "WITH hit AS (
+                 SELECT u.input, x.tid
+                   FROM unnest($1::int8[], $2::int4[], $3::jsonb[]) AS u(wf, node, input),
+                        LATERAL (SELECT n.ctid AS tid FROM workflow_nodes n
+                                  WHERE n.workflow_id = u.wf AND n.node = u.node OFFSET 0 FOR UPDATE) x
+             )
+             UPDATE workflow_nodes n SET input = hit.input FROM hit WHERE n.ctid = hit.tid",
         )
         .bind(&workflows)
         .bind(&nodes)
@@ -793,8 +818,12 @@ async fn mark_running(
     let nodes: Vec<i32> = containers.iter().map(|c| c.1).collect();
     let marked: Vec<(i64, i32)> = sqlx::query_as(
         "UPDATE workflow_nodes n SET state = 'running', started_at = now()
-           FROM unnest($1::int8[], $2::int4[]) AS u(wf, node)
-          WHERE n.workflow_id = u.wf AND n.node = u.node AND n.state = 'pending'
+          WHERE n.ctid = ANY (ARRAY(
+                SELECT x.tid
+                  FROM unnest($1::int8[], $2::int4[]) AS u(wf, node),
+                       LATERAL (SELECT n.ctid AS tid, n.state AS was FROM workflow_nodes n
+                                 WHERE n.workflow_id = u.wf AND n.node = u.node OFFSET 0 FOR UPDATE) x
+                 WHERE x.was = 'pending'))
          RETURNING n.workflow_id, n.node",
     )
     .bind(&workflows)
@@ -854,11 +883,16 @@ async fn enqueue_leaves(
                                   $7::int4[], $8::int4[])
                       WITH ORDINALITY AS i(wf, node, kind, queue, args, priority, max_attempts, timeout_ms, ord)
          ),
+         hit AS (
+             SELECT x.tid
+               FROM i, LATERAL (SELECT n.ctid AS tid, n.state AS was FROM workflow_nodes n
+                                 WHERE n.workflow_id = i.wf AND n.node = i.node OFFSET 0 FOR UPDATE) x
+              WHERE x.was = 'pending'
+         ),
          marked AS (
              UPDATE workflow_nodes n
                 SET state = 'running', job_id = nextval('jobs_id_seq'), started_at = now()
-               FROM i
-              WHERE n.workflow_id = i.wf AND n.node = i.node AND n.state = 'pending'
+              WHERE n.ctid = ANY (ARRAY(SELECT tid FROM hit))
              RETURNING n.workflow_id, n.node, n.job_id
          ),
          ins AS (

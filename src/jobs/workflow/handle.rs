@@ -430,3 +430,22 @@ async fn cancel_once(pool: &PgPool, id: i64) -> Result<WorkflowCancelled, sqlx::
     tx.commit().await?;
     Ok(WorkflowCancelled::Cancelled { waiting, running })
 }
+
+/// Deletes workflows that finished longer than `retention` ago, with their nodes and results
+/// (the maintenance leader calls this with the jobs' retention, when it prunes finished jobs).
+pub async fn prune(
+    conn: &mut sqlx::PgConnection,
+    retention: std::time::Duration,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH old AS (
+             DELETE FROM workflows WHERE finished_at < now() - make_interval(secs => $1) RETURNING id
+         ),
+         nodes AS (DELETE FROM workflow_nodes WHERE workflow_id = ANY (ARRAY(SELECT id FROM old))),
+         results AS (DELETE FROM workflow_results WHERE workflow_id = ANY (ARRAY(SELECT id FROM old)))
+         SELECT count(*) FROM old",
+    )
+    .bind(retention.as_secs_f64())
+    .fetch_one(conn)
+    .await
+}

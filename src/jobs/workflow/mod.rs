@@ -47,7 +47,7 @@ use sqlx::{Acquire, PgConnection, Postgres};
 
 pub use handle::{
     Finished, GroupHandle, Member, NodeStatus, WorkflowCancelled, WorkflowHandle, WorkflowStatus,
-    cancel, status,
+    cancel, prune, status,
 };
 pub use spec::{MAX_GROUP, MAX_NODES, Spec};
 pub(crate) use step::Permanent;
