@@ -34,7 +34,8 @@ pub(crate) struct Entry {
     pub backoff: fn(i32) -> Duration,
 }
 
-/// The job kinds a worker can run. `Registry::new()` includes the built-in `noop` and `sleep`.
+/// The job kinds a worker can run. `Registry::new()` includes the built-in `noop` and `sleep`
+/// jobs and the `step_sleep` and `step_gather` workflow steps.
 #[derive(Clone)]
 pub struct Registry {
     kinds: HashMap<&'static str, Entry>,
@@ -55,6 +56,8 @@ impl Registry {
         }
         .register::<builtin::Noop>()
         .register::<builtin::Sleep>()
+        .register_step::<super::workflow::builtin::SleepStep>()
+        .register_step::<super::workflow::builtin::Gather>()
     }
 
     /// Adds a job kind. Registering the same kind twice is a programming error and panics at

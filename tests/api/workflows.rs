@@ -1,6 +1,7 @@
 //! Workflows (issue #33) against a real PostgreSQL: chains of typed steps, groups, chords,
 //! nesting, failure, cancellation, bad input, and waiting on a job or a workflow (in Rust and
-//! over HTTP), woken by the channel layer.
+//! over HTTP), woken by the channel layer; a chord over two worker pools, and over a worker
+//! process killed mid-chord.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +12,10 @@ use hearth::{
         Task, WorkerConfig, Workers, Workflow, WorkflowError, WorkflowHandle,
         builtin::Sleep,
         control, testing,
-        workflow::{self, MAX_GROUP, WorkflowCancelled},
+        workflow::{
+            self, MAX_GROUP, WorkflowCancelled,
+            builtin::{Gather, SleepStep},
+        },
     },
 };
 use reqwest::StatusCode;
@@ -1016,5 +1020,104 @@ async fn maintenance_prunes_workflows_finished_before_the_retention_only() {
         count(&pool, "SELECT count(*) FROM workflow_nodes").await,
         4,
         "the other workflows keep their nodes (a chain and its step each)"
+    );
+}
+
+#[tokio::test]
+async fn a_chord_whose_worker_process_is_killed_mid_chord_runs_its_callback_once_with_every_result()
+{
+    let (name, options) = helpers::migrated_database().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(12)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let layer = channels(&pool).await;
+    // A worker process of its own: the built-in steps are registered in every registry.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("worker")
+        .env("DATABASE_URL", helpers::database_url(&name))
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_QUEUES", "default:8")
+        .env("HEARTH_JOB_LEASE", "1s")
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let members = Group::of((0..1000).map(|n| SleepStep {
+        ms: 10,
+        value: n * n,
+    }));
+    let handle = Workflow::new(Chord::new(members, Gather {}), ())
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    // The other process works alone until it has recorded 200 members; then it is killed
+    // (SIGKILL) with members running and outcomes not yet written.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs_done WHERE workflow_id = $1 AND kind = 'step_sleep'",
+        )
+        .bind(handle.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if recorded >= 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker process recorded {recorded} members"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // This process takes over: what the killed one held comes back when its leases expire.
+    let survivor = Workers::start(
+        pool.clone(),
+        Registry::new(),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(100),
+            lease: Duration::from_secs(1),
+            instance: "survivor".into(),
+            ..WorkerConfig::new(hearth::jobs::parse_queues("default:8").unwrap())
+        },
+    );
+    let outcome = handle.wait(&layer, Duration::from_secs(120)).await.unwrap();
+    survivor.shutdown().await;
+
+    let expected: Vec<i64> = (0..1000).map(|n| n * n).collect();
+    assert_eq!(
+        outcome,
+        Some(Finished::Completed(expected)),
+        "every result, in order"
+    );
+    let callbacks: Vec<i32> = sqlx::query_scalar(
+        "SELECT attempt FROM jobs_done WHERE workflow_id = $1 AND kind = 'step_gather'",
+    )
+    .bind(handle.id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        callbacks,
+        [1],
+        "the callback was enqueued once and ran once"
+    );
+    let (members, nodes, rerun): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT workflow_node), count(*) FILTER (WHERE attempt > 1)
+           FROM jobs_done WHERE workflow_id = $1 AND kind = 'step_sleep'",
+    )
+    .bind(handle.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((members, nodes), (1000, 1000), "each member recorded once");
+    assert!(
+        rerun > 0,
+        "members the killed process was running ran again after their leases expired"
     );
 }

@@ -34,6 +34,7 @@
 //! * [`WorkflowHandle`], [`GroupHandle`], [`JobHandle`]: outcome, counts, results, cancel and
 //!   [`wait`](WorkflowHandle::wait), woken by the channel layer rather than by polling.
 
+pub mod builtin;
 pub(crate) mod engine;
 mod handle;
 mod spec;
