@@ -3,6 +3,8 @@
 //! * `jobs`: counts by state and queue (updated live), the searchable job list with bulk
 //!   actions, a job's page with its errors and the actions retry, cancel, discard and run
 //!   now; queues (pause, resume) and schedules (run now).
+//! * `workflows`: the latest workflows, a workflow's steps as an outline of its chains and
+//!   groups with their states (updated live), cancel.
 //! * `system`: the channel layer (instances, connections, groups, presence, counters), the
 //!   cache (stats, clear by prefix or tag) and the database health these depend on (table
 //!   sizes, dead tuples, the oldest open transaction).
@@ -17,6 +19,7 @@ pub mod audit;
 mod job_api;
 mod jobs;
 mod system;
+mod workflows;
 
 use axum::{
     Router,
@@ -37,6 +40,9 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/jobs/{id}/{action}", post(jobs::act))
         .route("/ops/queues/{queue}/{action}", post(jobs::queue))
         .route("/ops/schedules/{name}/run", post(jobs::run_schedule))
+        .route("/ops/workflows", get(workflows::list))
+        .route("/ops/workflows/{id}", get(workflows::show))
+        .route("/ops/workflows/{id}/cancel", post(workflows::cancel))
         .route("/ops/realtime", get(system::realtime))
         .route("/ops/cache", get(system::cache).post(system::cache_action))
         .route("/ops/db", get(system::database))

@@ -1121,3 +1121,68 @@ async fn a_chord_whose_worker_process_is_killed_mid_chord_runs_its_callback_once
         "members the killed process was running ran again after their leases expired"
     );
 }
+
+#[tokio::test]
+async fn the_ops_workflow_page_draws_steps_with_states_and_cancels_for_admins_only() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let flow =
+        Chain::new(Add { n: 1 }).then(Chord::new(Group::of([Add { n: 2 }, Add { n: 3 }]), Sum {}));
+    let handle = Workflow::new(flow, 0).enqueue(&app.pool).await.unwrap();
+    let page = format!("/ops/workflows/{}", handle.id);
+    let cancel = format!("{page}/cancel");
+
+    for path in ["/ops/workflows", page.as_str()] {
+        assert_eq!(
+            ada.get(path).await.status(),
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        ada.post_form(&cancel, &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let list = root.get("/ops/workflows").await.text().await.unwrap();
+    assert!(list.contains(&page), "{list}");
+    let html = root.get(&page).await.text().await.unwrap();
+    // chain → [wf_add, chain → [group ⇉ [wf_add, wf_add], wf_sum]]
+    for needle in [
+        "step 1",
+        "step 2",
+        "member 1",
+        "member 2",
+        "wf_add",
+        "wf_sum",
+        "state-running",
+        "state-pending",
+    ] {
+        assert!(html.contains(needle), "{needle} missing from the page");
+    }
+    assert_eq!(html.matches("data-node=").count(), 7, "every node is drawn");
+
+    let response = root.post_form(&cancel, &[]).await;
+    assert_eq!(response.headers()["location"], page);
+    assert!(matches!(
+        handle.outcome(&app.pool).await.unwrap(),
+        Some(Finished::Cancelled(_))
+    ));
+    let html = root.get(&page).await.text().await.unwrap();
+    assert!(html.contains("state-not_run") && html.contains("state-cancelled"));
+    let audited: Vec<String> = sqlx::query_scalar("SELECT action FROM ops_audit")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, ["workflow.cancel"]);
+    assert_eq!(
+        root.get("/ops/workflows/987654").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
