@@ -1,4 +1,5 @@
--- Workflows (issue #33): chains, groups and chords of jobs, and waiting on a job's outcome.
+-- Workflows (issue #33): chains, groups and chords of jobs, waiting on a job's outcome, and
+-- rate limits per job kind (at the end).
 --
 -- A workflow is a tree of nodes. A leaf is one job (a typed step); a `chain` runs its children
 -- one after the other, each getting the previous one's result as its input; a `group` runs its
@@ -129,3 +130,16 @@ UNION ALL
 SELECT id, kind, queue, args, state, attempt, max_attempts, errors, result, progress_percent,
        progress_message, tags, created_at, NULL, finished_at, owner_id, workflow_id
   FROM jobs_done;
+
+-- Rate limits per job kind (`hearth::jobs::kind_limits`), beside the per-queue ones (0005): at
+-- most `rate_limit` jobs of the kind start per window of `rate_period_s`, across all instances.
+-- A fetch takes each limited kind's jobs under a transaction-scoped advisory lock of the kind
+-- and reads the window afresh, so the limit holds exactly; without any row here the fetch is
+-- the plain one.
+CREATE TABLE job_kind_limits (
+    kind          text             PRIMARY KEY,
+    rate_limit    integer          NOT NULL CHECK (rate_limit > 0),
+    rate_period_s double precision NOT NULL CHECK (rate_period_s > 0),
+    window_start  timestamptz      NOT NULL DEFAULT now(),
+    window_count  integer          NOT NULL DEFAULT 0
+);

@@ -11,6 +11,7 @@
 //! * [`maintenance`]: lost-worker rescue, pruning and schedules, one instance at a time;
 //! * [`schedule`]: cron and interval schedules, each occurrence enqueued once;
 //! * [`control`]: status, cancel, retry, pause, resume;
+//! * [`kind_limits`]: rate limits per job kind (`10/m`), across instances;
 //! * [`metrics`]: in-process counters and latency histograms;
 //! * [`testing`]: helpers for tests of code that enqueues jobs;
 //! * [`workflow`]: chains, groups and chords of typed steps, moved on by the transaction that
@@ -25,6 +26,7 @@ pub mod builtin;
 pub mod control;
 pub mod enqueue;
 pub mod job;
+pub mod kind_limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod registry;

@@ -34,7 +34,7 @@ use tracing::Instrument;
 use super::{
     enqueue::QueueName,
     job::{JobContext, Outcome},
-    maintenance,
+    kind_limits, maintenance,
     metrics::METRICS,
     registry::{Registry, RunError},
     schedule::Schedule,
@@ -270,7 +270,7 @@ impl Workers {
 async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let local = wake::local(queue.as_str());
-    let mut limited = false;
+    let mut limits = Limits::default();
     let mut limits_checked: Option<std::time::Instant> = None;
     loop {
         // Registered before fetching, so a wake-up that arrives during the fetch is not lost.
@@ -296,16 +296,16 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
         }
         // Limits change rarely; re-read whether there are any at most once per poll interval.
         if limits_checked.is_none_or(|at| at.elapsed() >= shared.config.poll_interval) {
-            match has_limits(&shared.pool, &queue).await {
-                Ok(found) => limited = found,
-                Err(e) => tracing::warn!(error = %e, "cannot read queue limits"),
+            match Limits::read(&shared.pool, &queue).await {
+                Ok(found) => limits = found,
+                Err(e) => tracing::warn!(error = %e, "cannot read queue and kind limits"),
             }
             limits_checked = Some(std::time::Instant::now());
         }
         let free = slots.available_permits().min(MAX_BATCH);
         let mut more = false;
         if free > 0 {
-            match fetch(&shared, &queue, free, limited).await {
+            match fetch(&shared, &queue, free, &limits).await {
                 Ok(jobs) => {
                     more = jobs.len() == free;
                     for job in jobs {
@@ -337,19 +337,85 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
     }
 }
 
+/// The limits a runner obeys, re-read once per poll interval.
+#[derive(Debug, Default)]
+struct Limits {
+    /// The queue has a global or rate limit (`job_queue_limits`).
+    queue: bool,
+    /// Kinds with a rate limit (`job_kind_limits`, see [`kind_limits`]), by name.
+    kinds: Vec<String>,
+}
+
+impl Limits {
+    async fn read(pool: &PgPool, queue: &QueueName) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            queue: has_limits(pool, queue).await?,
+            kinds: sqlx::query_scalar("SELECT kind FROM job_kind_limits ORDER BY kind")
+                .fetch_all(pool)
+                .await?,
+        })
+    }
+}
+
 /// Leases up to `limit` due jobs of `queue`. A queue with limits (global concurrency or rate,
-/// see `job_queue_limits`) takes the serialised path so the limits hold exactly.
+/// see `job_queue_limits`), or any kind with a rate limit, takes the serialised path so the
+/// limits hold exactly.
 async fn fetch(
     shared: &Shared,
     queue: &QueueName,
     limit: usize,
-    limited: bool,
+    limits: &Limits,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
-    if !limited {
+    if !limits.queue && limits.kinds.is_empty() {
         let mut conn = shared.pool.acquire().await?;
-        return lease(&mut conn, shared, queue, limit as i64).await;
+        return lease(&mut conn, shared, queue, limit as i64, None, None).await;
     }
     let mut tx = shared.pool.begin().await?;
+    let jobs = if limits.queue {
+        fetch_queue_limited(&mut tx, shared, queue, limit, &limits.kinds).await?
+    } else {
+        take(&mut tx, shared, queue, limit as i64, &limits.kinds).await?
+    };
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// Leases up to `allowed` jobs, at most what each limited kind's window has left: the other
+/// kinds first, then each limited kind in name order under its own lock.
+async fn take(
+    tx: &mut sqlx::PgConnection,
+    shared: &Shared,
+    queue: &QueueName,
+    allowed: i64,
+    kinds: &[String],
+) -> Result<Vec<Fetched>, sqlx::Error> {
+    if kinds.is_empty() {
+        return lease(tx, shared, queue, allowed, None, None).await;
+    }
+    let mut jobs = lease(tx, shared, queue, allowed, Some(kinds), None).await?;
+    for kind in kinds {
+        let left = allowed - jobs.len() as i64;
+        if left <= 0 {
+            break;
+        }
+        let room = kind_limits::allowance(tx, kind).await?.min(left);
+        if room > 0 {
+            let taken = lease(tx, shared, queue, room, None, Some(kind)).await?;
+            kind_limits::took(tx, kind, taken.len()).await?;
+            jobs.extend(taken);
+        }
+    }
+    Ok(jobs)
+}
+
+/// The queue-limited fetch (global concurrency and rate of `job_queue_limits`), in `tx`.
+async fn fetch_queue_limited(
+    tx: &mut sqlx::PgConnection,
+    shared: &Shared,
+    queue: &QueueName,
+    limit: usize,
+    kinds: &[String],
+) -> Result<Vec<Fetched>, sqlx::Error> {
     // Taken in its own statement: the counts below must be read after the lock is held,
     // and a statement's snapshot is taken when it starts.
     sqlx::query_scalar!(
@@ -376,7 +442,7 @@ async fn fetch(
     .await?
     .unwrap_or(limit as i64);
     let jobs = if allowed > 0 {
-        lease(&mut tx, shared, queue, allowed).await?
+        take(&mut *tx, shared, queue, allowed, kinds).await?
     } else {
         Vec::new()
     };
@@ -390,7 +456,6 @@ async fn fetch(
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(jobs)
 }
 
@@ -406,11 +471,16 @@ async fn has_limits(pool: &PgPool, queue: &QueueName) -> Result<bool, sqlx::Erro
 
 /// The fetch statement: the next due jobs by priority and time, skipping rows other workers
 /// hold, leased to this instance.
+///
+/// `except` leaves out jobs of these kinds, `only` takes jobs of this kind alone (the kind rate
+/// limits of [`take`]); both `None` on the plain path.
 async fn lease(
     conn: &mut sqlx::PgConnection,
     shared: &Shared,
     queue: &QueueName,
     limit: i64,
+    except: Option<&[String]>,
+    only: Option<&str>,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
     // Runtime-checked (the `.sqlx` cache is not regenerated for #33's change, which added
     // `workflow_id` to the returned columns).
@@ -423,6 +493,7 @@ async fn lease(
             SELECT id FROM jobs
              WHERE state = 'available' AND queue = $1 AND run_at <= now()
                AND NOT EXISTS (SELECT 1 FROM job_queues_paused p WHERE p.queue = $1)
+               AND ($5::text[] IS NULL OR kind <> ALL ($5)) AND ($6::text IS NULL OR kind = $6)
              ORDER BY priority, run_at, id
              LIMIT $2
              FOR UPDATE SKIP LOCKED
@@ -443,6 +514,8 @@ async fn lease(
     .bind(limit)
     .bind(shared.config.lease.as_secs_f64())
     .bind(&shared.config.instance)
+    .bind(except)
+    .bind(only)
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
@@ -1007,8 +1080,8 @@ pub async fn run_one(
         ..WorkerConfig::new(Vec::new())
     };
     let (shared, mut finished_rx) = Shared::new(pool.clone(), registry.clone(), config);
-    let limited = has_limits(pool, queue).await?;
-    let Some(job) = fetch(&shared, queue, 1, limited).await?.pop() else {
+    let limits = Limits::read(pool, queue).await?;
+    let Some(job) = fetch(&shared, queue, 1, &limits).await?.pop() else {
         return Ok(None);
     };
     let id = job.id;

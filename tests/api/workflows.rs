@@ -1186,3 +1186,83 @@ async fn the_ops_workflow_page_draws_steps_with_states_and_cancels_for_admins_on
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_kind_rate_limit_holds_across_worker_pools_and_bad_rates_are_refused() {
+    use hearth::jobs::{
+        builtin::Noop,
+        kind_limits::{self, KindLimitError, Rate, RateError},
+    };
+    let pool = pool().await;
+    assert_eq!("0/s".parse::<Rate>(), Err(RateError::Zero));
+    assert!(matches!(
+        "10/fortnight".parse::<Rate>(),
+        Err(RateError::UnknownUnit(_))
+    ));
+    assert!(matches!(
+        kind_limits::set(&pool, "", Some("1/s".parse().unwrap())).await,
+        Err(KindLimitError::Invalid(RateError::InvalidKind))
+    ));
+    let rate: Rate = "3/h".parse().unwrap();
+    kind_limits::set(&pool, "noop", Some(rate)).await.unwrap();
+    assert_eq!(
+        kind_limits::list(&pool).await.unwrap(),
+        [("noop".to_owned(), rate)]
+    );
+    let mut jobs = Vec::new();
+    for _ in 0..10 {
+        jobs.push(Enqueue::new(&Noop {}).unwrap());
+    }
+    for _ in 0..5 {
+        jobs.push(Enqueue::new(&Sleep { ms: 1 }).unwrap());
+    }
+    hearth::jobs::enqueue_many(&pool, jobs).await.unwrap();
+
+    // Two pools fetch at once; together they start 3 noops this hour, and every other job.
+    let first = workers(&pool, "pool-a", 4);
+    let second = workers(&pool, "pool-b", 4);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (sleeps, noops): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE kind = 'sleep'), count(*) FILTER (WHERE kind = 'noop')
+               FROM jobs_done WHERE state = 'completed'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if sleeps == 5 && noops >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sleeps} sleeps and {noops} noops ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM jobs_done WHERE kind = 'noop'").await,
+        3
+    );
+    // The window is used up for every instance: a fetch now starts nothing.
+    let registry = registry("inline");
+    assert_eq!(
+        testing::run_one(&pool, &registry, "default").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM jobs WHERE kind = 'noop' AND state = 'available'"
+        )
+        .await,
+        7
+    );
+    // Lifted: the rest runs.
+    kind_limits::set(&pool, "noop", None).await.unwrap();
+    assert_eq!(
+        testing::drain(&pool, &registry, "default").await.unwrap(),
+        7
+    );
+}
