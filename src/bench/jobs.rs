@@ -14,7 +14,8 @@
 //! * `sustained`: jobs inserted one per transaction at `--rate` per second for `--seconds`,
 //!   while workers drain; p50/p99 of the wait;
 //! * `churn`: N jobs pushed through, with `EXPLAIN (ANALYZE, BUFFERS)` of the fetch query
-//!   before and after, to show the hot path does not bloat.
+//!   before and after, to show the hot path does not bloat;
+//! * `workflows`: chords of N members and chains (issue #33, see [`super::workflows`]).
 //!
 //! Run it against a scratch database (`HEARTH_DATA_DIR=/tmp/bench hearth bench jobs ...`):
 //! it deletes the `bench` queue's jobs between runs.
@@ -51,6 +52,8 @@ pub enum Mode {
     Latency,
     Sustained,
     Churn,
+    /// Workflows (#33): chord callback latency and chain steps/s (see `bench::workflows`).
+    Workflows,
 }
 
 /// Benchmark settings from the command line.
@@ -118,7 +121,11 @@ pub async fn run(invocation: &Invocation, args: BenchArgs) -> anyhow::Result<()>
     let keep_completed = invocation.config.jobs.job_keep_completed;
     invocation
         .with_database(true, |pool| async move {
-            run_on(&pool, &args, keep_completed).await
+            if args.mode == Mode::Workflows {
+                super::workflows::run_on(&pool, &args).await
+            } else {
+                run_on(&pool, &args, keep_completed).await
+            }
         })
         .await
 }

@@ -1,6 +1,7 @@
 //! The benchmark suite's side in the binary: the workloads of the benchmark protocol.
 //!
-//! * [`jobs`]: `hearth bench jobs`, the job-queue benchmark (W4);
+//! * [`jobs`]: `hearth bench jobs`, the job-queue benchmark (W4), and
+//!   [`workflows`] (`hearth bench jobs workflows`): chord callback latency, chain steps/s;
 //! * [`cache`]: `hearth bench cache`, get/set round trips per cache tier;
 //! * [`docs`]: `hearth bench docs`, collaborative editing: update fan-out latency with many
 //!   editors on one document, and memory per open document;
@@ -23,6 +24,7 @@ pub mod jobs;
 pub mod routes;
 pub mod soak;
 pub mod sse;
+pub mod workflows;
 pub mod ws;
 
 use std::fmt;
@@ -107,7 +109,17 @@ pub enum BenchCommand {
 
 async fn run(command: BenchCommand, invocation: Invocation) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Jobs(args) => jobs::run(&invocation, args).await,
+        // On a runtime of its own: the workflow benchmark's future is not `Send` for every
+        // lifetime the command's signature asks for, and it measures this process alone anyway.
+        BenchCommand::Jobs(args) => {
+            tokio::task::spawn_blocking(move || {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(jobs::run(&invocation, args))
+            })
+            .await?
+        }
         BenchCommand::Ws(args) => ws::run(args).await,
         BenchCommand::WsFloor(args) => floor::run(args).await,
         BenchCommand::Sse(args) => sse::run(args).await,

@@ -272,6 +272,12 @@ impl ChannelLayer {
         &self.inner.config
     }
 
+    /// The pool the layer runs on (the app's), for code that waits on the layer and reads
+    /// what it was woken for (`jobs::workflow::wait`).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
     /// A new channel for one connection, registered in this instance. Dropping the
     /// subscription leaves every group it joined.
     pub fn subscribe(&self) -> Subscription {

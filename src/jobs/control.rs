@@ -6,7 +6,7 @@
 //! `cancel_requested` flag the heartbeat reads, in case a notification is missed).
 
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 
 use super::enqueue::QueueName;
@@ -209,26 +209,66 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
 
 /// Moves a waiting job to the finished jobs as `state` (`cancelled` or `discarded`), and
 /// releases its unique key unless the key holds in that state. False if it was not waiting.
+/// A workflow step moves its workflow on as a failed step would (its chain stops, its group
+/// counts it as failed), in the same transaction; someone waiting on the job is woken.
 async fn finish_waiting(pool: &PgPool, id: i64, state: &str) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query_scalar!(
+    let mut tx = pool.begin().await?;
+    // Runtime-checked: #33 added the workflow columns and the waiters' message.
+    let moved = sqlx::query(
         r#"
         WITH gone AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
         released AS (
             DELETE FROM job_unique_keys k USING gone g WHERE k.job_id = g.id AND NOT ($2::text = ANY (k.holds_in))
+        ),
+        moved AS (
+            INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
+                                   errors, progress_percent, progress_message, created_at, attempted_at, owner_id,
+                                   workflow_id, workflow_node)
+            SELECT id, kind, queue, args, priority, $2::text, attempt, max_attempts, unique_key, tags,
+                   errors, progress_percent, progress_message, created_at, attempted_at, owner_id,
+                   workflow_id, workflow_node
+              FROM gone
+        ),
+        announced AS (
+            INSERT INTO channel_messages (target, is_group, payload)
+            SELECT 'job.' || id, true, json_build_object('type', 'job.finished', 'id', id, 'state', $2::text)::text
+              FROM gone WHERE notify_done
+            RETURNING 1
         )
-        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
-                               errors, progress_percent, progress_message, created_at, attempted_at, owner_id)
-        SELECT id, kind, queue, args, priority, $2::text, attempt, max_attempts, unique_key, tags,
-               errors, progress_percent, progress_message, created_at, attempted_at, owner_id
-          FROM gone
-        RETURNING id
+        SELECT g.workflow_id, g.workflow_node,
+               (SELECT count(*) FROM (SELECT pg_notify('hearth_channels', '') FROM announced LIMIT 1) n) AS notified
+          FROM gone g
         "#,
-        id,
-        state
     )
-    .fetch_optional(pool)
+    .bind(id)
+    .bind(state)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(moved.is_some())
+    let Some(moved) = moved else {
+        return Ok(false);
+    };
+    let step: (Option<i64>, Option<i32>) = (
+        moved.try_get("workflow_id")?,
+        moved.try_get("workflow_node")?,
+    );
+    let effects = if let (Some(workflow), Some(node)) = step {
+        let event = super::workflow::engine::Event {
+            workflow,
+            node,
+            ended: super::workflow::engine::Ended::from_job_state(state),
+            result: None,
+            error: Some(format!("{state} by an operator before it ran")),
+            lazy: false,
+        };
+        Some(super::workflow::engine::advance(&mut tx, vec![event]).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    if let Some(effects) = effects {
+        effects.wake();
+    }
+    Ok(true)
 }
 
 /// Makes a waiting job (scheduled for later, or backing off before a retry) due now and

@@ -79,6 +79,10 @@ pub async fn tick(
         if pruned > 0 {
             tracing::info!(pruned, "finished jobs pruned");
         }
+        let workflows = super::workflow::prune(&mut tx, retention).await?;
+        if workflows > 0 {
+            tracing::info!(workflows, "finished workflows pruned");
+        }
     }
     for schedule in schedules {
         enqueue_due(&mut tx, schedule).await?;

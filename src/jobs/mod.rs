@@ -11,8 +11,11 @@
 //! * [`maintenance`]: lost-worker rescue, pruning and schedules, one instance at a time;
 //! * [`schedule`]: cron and interval schedules, each occurrence enqueued once;
 //! * [`control`]: status, cancel, retry, pause, resume;
+//! * [`kind_limits`]: rate limits per job kind (`10/m`), across instances;
 //! * [`metrics`]: in-process counters and latency histograms;
-//! * [`testing`]: helpers for tests of code that enqueues jobs.
+//! * [`testing`]: helpers for tests of code that enqueues jobs;
+//! * [`workflow`]: chains, groups and chords of typed steps, moved on by the transaction that
+//!   records each step's outcome, and waiting on a job's or a workflow's outcome.
 //!
 //! Execution is at least once: a worker that dies after finishing the work but before
 //! recording it makes the job run again. Jobs make themselves idempotent with a unique key (no
@@ -23,6 +26,7 @@ pub mod builtin;
 pub mod control;
 pub mod enqueue;
 pub mod job;
+pub mod kind_limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod registry;
@@ -30,6 +34,7 @@ pub mod schedule;
 pub mod testing;
 mod wake;
 pub mod worker;
+pub mod workflow;
 
 pub use enqueue::{
     Enqueue, EnqueueError, Enqueued, FinishedState, QueueName, Unique, enqueue_many,
@@ -38,6 +43,10 @@ pub use job::{Defaults, Job, JobContext, Outcome};
 pub use registry::Registry;
 pub use schedule::{Every, Schedule, ScheduleError};
 pub use worker::{WorkerConfig, Workers};
+pub use workflow::{
+    Chain, Chord, Finished, Flow, Group, GroupHandle, JobHandle, Member, Step, StepJob, Task,
+    WaitError, Workflow, WorkflowError, WorkflowHandle,
+};
 
 /// Parses a queue spec such as `default:10,mail:2` (a queue without `:N` gets 10 slots).
 pub fn parse_queues(spec: &str) -> Result<Vec<(QueueName, usize)>, String> {

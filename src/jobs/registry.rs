@@ -34,7 +34,8 @@ pub(crate) struct Entry {
     pub backoff: fn(i32) -> Duration,
 }
 
-/// The job kinds a worker can run. `Registry::new()` includes the built-in `noop` and `sleep`.
+/// The job kinds a worker can run. `Registry::new()` includes the built-in `noop` and `sleep`
+/// jobs and the `step_sleep` and `step_gather` workflow steps.
 #[derive(Clone)]
 pub struct Registry {
     kinds: HashMap<&'static str, Entry>,
@@ -53,6 +54,8 @@ impl Registry {
         }
         .register::<builtin::Noop>()
         .register::<builtin::Sleep>()
+        .register_step::<super::workflow::builtin::SleepStep>()
+        .register_step::<super::workflow::builtin::Gather>()
     }
 
     /// Adds a job kind that needs nothing but its arguments.
@@ -71,9 +74,13 @@ impl Registry {
                 let job: J = serde_json::from_value(args).map_err(|e| {
                     RunError::Permanent(format!("the args do not fit kind `{}`: {e}", J::KIND))
                 })?;
-                job.perform(ctx.with_deps(deps))
-                    .await
-                    .map_err(RunError::Failed)
+                job.perform(ctx.with_deps(deps)).await.map_err(|e| {
+                    // A step whose input cannot fit its type: retrying cannot help.
+                    match e.downcast::<super::workflow::Permanent>() {
+                        Ok(permanent) => RunError::Permanent(permanent.0),
+                        Err(e) => RunError::Failed(e),
+                    }
+                })
             })
         });
         let previous = self.kinds.insert(

@@ -25,7 +25,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{PgPool, Row, postgres::PgListener};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -34,11 +34,12 @@ use tracing::Instrument;
 use super::{
     enqueue::QueueName,
     job::{JobContext, Outcome},
-    maintenance,
+    kind_limits, maintenance,
     metrics::METRICS,
     registry::{Registry, RunError},
     schedule::Schedule,
     wake,
+    workflow::engine::{self, Ended, Event},
 };
 
 /// Most jobs fetched in one statement.
@@ -113,6 +114,8 @@ struct Fetched {
     timeout_ms: Option<i32>,
     expires_at: Option<OffsetDateTime>,
     waited_s: f64,
+    /// A workflow step: its outcome moves the workflow on (see [`record_batch`]).
+    step: bool,
 }
 
 /// A final outcome waiting to be written by the completer.
@@ -122,6 +125,7 @@ struct Finish {
     state: &'static str,
     result: Option<serde_json::Value>,
     error: Option<String>,
+    step: bool,
 }
 
 #[derive(Clone)]
@@ -266,7 +270,7 @@ impl Workers {
 async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let local = wake::local(queue.as_str());
-    let mut limited = false;
+    let mut limits = Limits::default();
     let mut limits_checked: Option<std::time::Instant> = None;
     loop {
         // Registered before fetching, so a wake-up that arrives during the fetch is not lost.
@@ -292,16 +296,16 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
         }
         // Limits change rarely; re-read whether there are any at most once per poll interval.
         if limits_checked.is_none_or(|at| at.elapsed() >= shared.config.poll_interval) {
-            match has_limits(&shared.pool, &queue).await {
-                Ok(found) => limited = found,
-                Err(e) => tracing::warn!(error = %e, "cannot read queue limits"),
+            match Limits::read(&shared.pool, &queue).await {
+                Ok(found) => limits = found,
+                Err(e) => tracing::warn!(error = %e, "cannot read queue and kind limits"),
             }
             limits_checked = Some(std::time::Instant::now());
         }
         let free = slots.available_permits().min(MAX_BATCH);
         let mut more = false;
         if free > 0 {
-            match fetch(&shared, &queue, free, limited).await {
+            match fetch(&shared, &queue, free, &limits).await {
                 Ok(jobs) => {
                     more = jobs.len() == free;
                     for job in jobs {
@@ -333,19 +337,85 @@ async fn run_queue(shared: Arc<Shared>, queue: QueueName, concurrency: usize) {
     }
 }
 
+/// The limits a runner obeys, re-read once per poll interval.
+#[derive(Debug, Default)]
+struct Limits {
+    /// The queue has a global or rate limit (`job_queue_limits`).
+    queue: bool,
+    /// Kinds with a rate limit (`job_kind_limits`, see [`kind_limits`]), by name.
+    kinds: Vec<String>,
+}
+
+impl Limits {
+    async fn read(pool: &PgPool, queue: &QueueName) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            queue: has_limits(pool, queue).await?,
+            kinds: sqlx::query_scalar("SELECT kind FROM job_kind_limits ORDER BY kind")
+                .fetch_all(pool)
+                .await?,
+        })
+    }
+}
+
 /// Leases up to `limit` due jobs of `queue`. A queue with limits (global concurrency or rate,
-/// see `job_queue_limits`) takes the serialised path so the limits hold exactly.
+/// see `job_queue_limits`), or any kind with a rate limit, takes the serialised path so the
+/// limits hold exactly.
 async fn fetch(
     shared: &Shared,
     queue: &QueueName,
     limit: usize,
-    limited: bool,
+    limits: &Limits,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
-    if !limited {
+    if !limits.queue && limits.kinds.is_empty() {
         let mut conn = shared.pool.acquire().await?;
-        return lease(&mut conn, shared, queue, limit as i64).await;
+        return lease(&mut conn, shared, queue, limit as i64, None, None).await;
     }
     let mut tx = shared.pool.begin().await?;
+    let jobs = if limits.queue {
+        fetch_queue_limited(&mut tx, shared, queue, limit, &limits.kinds).await?
+    } else {
+        take(&mut tx, shared, queue, limit as i64, &limits.kinds).await?
+    };
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// Leases up to `allowed` jobs, at most what each limited kind's window has left: the other
+/// kinds first, then each limited kind in name order under its own lock.
+async fn take(
+    tx: &mut sqlx::PgConnection,
+    shared: &Shared,
+    queue: &QueueName,
+    allowed: i64,
+    kinds: &[String],
+) -> Result<Vec<Fetched>, sqlx::Error> {
+    if kinds.is_empty() {
+        return lease(tx, shared, queue, allowed, None, None).await;
+    }
+    let mut jobs = lease(tx, shared, queue, allowed, Some(kinds), None).await?;
+    for kind in kinds {
+        let left = allowed - jobs.len() as i64;
+        if left <= 0 {
+            break;
+        }
+        let room = kind_limits::allowance(tx, kind).await?.min(left);
+        if room > 0 {
+            let taken = lease(tx, shared, queue, room, None, Some(kind)).await?;
+            kind_limits::took(tx, kind, taken.len()).await?;
+            jobs.extend(taken);
+        }
+    }
+    Ok(jobs)
+}
+
+/// The queue-limited fetch (global concurrency and rate of `job_queue_limits`), in `tx`.
+async fn fetch_queue_limited(
+    tx: &mut sqlx::PgConnection,
+    shared: &Shared,
+    queue: &QueueName,
+    limit: usize,
+    kinds: &[String],
+) -> Result<Vec<Fetched>, sqlx::Error> {
     // Taken in its own statement: the counts below must be read after the lock is held,
     // and a statement's snapshot is taken when it starts.
     sqlx::query_scalar!(
@@ -372,7 +442,7 @@ async fn fetch(
     .await?
     .unwrap_or(limit as i64);
     let jobs = if allowed > 0 {
-        lease(&mut tx, shared, queue, allowed).await?
+        take(&mut *tx, shared, queue, allowed, kinds).await?
     } else {
         Vec::new()
     };
@@ -386,7 +456,6 @@ async fn fetch(
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(jobs)
 }
 
@@ -402,13 +471,20 @@ async fn has_limits(pool: &PgPool, queue: &QueueName) -> Result<bool, sqlx::Erro
 
 /// The fetch statement: the next due jobs by priority and time, skipping rows other workers
 /// hold, leased to this instance.
+///
+/// `except` leaves out jobs of these kinds, `only` takes jobs of this kind alone (the kind rate
+/// limits of [`take`]); both `None` on the plain path.
 async fn lease(
     conn: &mut sqlx::PgConnection,
     shared: &Shared,
     queue: &QueueName,
     limit: i64,
+    except: Option<&[String]>,
+    only: Option<&str>,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
-    let rows = sqlx::query!(
+    // Runtime-checked (the `.sqlx` cache is not regenerated for #33's change, which added
+    // `workflow_id` to the returned columns).
+    let rows = sqlx::query(
         r#"
         -- Leasing need not wait for the WAL flush: if a crash loses the lease, the job is
         -- simply available again. This saves an fsync on every pickup.
@@ -417,6 +493,7 @@ async fn lease(
             SELECT id FROM jobs
              WHERE state = 'available' AND queue = $1 AND run_at <= now()
                AND NOT EXISTS (SELECT 1 FROM job_queues_paused p WHERE p.queue = $1)
+               AND ($5::text[] IS NULL OR kind <> ALL ($5)) AND ($6::text IS NULL OR kind = $6)
              ORDER BY priority, run_at, id
              LIMIT $2
              FOR UPDATE SKIP LOCKED
@@ -429,29 +506,34 @@ async fn lease(
          -- a queue table) the planner walked all of `jobs` once per fetched row.
          WHERE j.id = ANY (ARRAY(SELECT id FROM next))
         RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.timeout_ms, j.expires_at,
-                  extract(epoch FROM now() - j.run_at)::float8 AS "waited_s!"
+                  extract(epoch FROM now() - j.run_at)::float8 AS waited_s,
+                  j.workflow_id IS NOT NULL AS step
         "#,
-        queue.as_str(),
-        limit,
-        shared.config.lease.as_secs_f64(),
-        shared.config.instance,
     )
+    .bind(queue.as_str())
+    .bind(limit)
+    .bind(shared.config.lease.as_secs_f64())
+    .bind(&shared.config.instance)
+    .bind(except)
+    .bind(only)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Fetched {
-            id: r.id,
-            kind: r.kind,
-            queue: r.queue,
-            args: r.args,
-            attempt: r.attempt,
-            max_attempts: r.max_attempts,
-            timeout_ms: r.timeout_ms,
-            expires_at: r.expires_at,
-            waited_s: r.waited_s,
+    rows.into_iter()
+        .map(|r| {
+            Ok(Fetched {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                queue: r.try_get("queue")?,
+                args: r.try_get("args")?,
+                attempt: r.try_get("attempt")?,
+                max_attempts: r.try_get("max_attempts")?,
+                timeout_ms: r.try_get("timeout_ms")?,
+                expires_at: r.try_get("expires_at")?,
+                waited_s: r.try_get("waited_s")?,
+                step: r.try_get("step")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What to do with a job after an attempt.
@@ -595,6 +677,7 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
                 state,
                 result,
                 error,
+                step: job.step,
             };
             lock(&shared.finishing).insert(job.id, job.attempt);
             // The completer outlives every job task, so the channel is open.
@@ -676,7 +759,7 @@ async fn complete(
         batch.sort_unstable_by_key(|f: &Finish| f.id);
         let mut wait = Duration::from_millis(20);
         for attempt in 1..=6 {
-            match finish_batch(&pool, &instance, keep_completed, &batch).await {
+            match record_batch(&pool, &instance, keep_completed, &batch).await {
                 Ok(()) => break,
                 Err(e) if attempt < 6 => {
                     tracing::warn!(error = %e, jobs = batch.len(), "cannot record finished jobs yet; retrying");
@@ -698,22 +781,53 @@ async fn complete(
     }
 }
 
-/// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
-/// releases their unique keys unless the key holds in the final state. With `keep_completed`
-/// off, completed jobs are deleted instead of moved, and a key held in `completed` lasts only
-/// for its period: without one, nothing would be left to say when it was taken.
-async fn finish_batch(
+/// Records a batch of outcomes. A batch without workflow steps is one statement on its own
+/// ([`finish_batch`]); one with steps runs that statement and the workflows' moves
+/// ([`engine::advance`]) in one transaction, so a step's outcome and what follows from it (the
+/// next step enqueued, a group counted down, a chord's callback enqueued) commit together or
+/// not at all. Single jobs thus pay nothing for workflows.
+async fn record_batch(
     pool: &PgPool,
     instance: &str,
     keep_completed: bool,
     batch: &[Finish],
 ) -> Result<(), sqlx::Error> {
+    if !batch.iter().any(|f| f.step) {
+        let mut conn = pool.acquire().await?;
+        finish_batch(&mut conn, instance, keep_completed, batch).await?;
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let steps = finish_batch(&mut tx, instance, keep_completed, batch).await?;
+    let effects = engine::advance(&mut tx, steps).await?;
+    tx.commit().await?;
+    effects.wake();
+    Ok(())
+}
+
+/// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
+/// releases their unique keys unless the key holds in the final state. With `keep_completed`
+/// off, completed jobs are deleted instead of moved, and a key held in `completed` lasts only
+/// for its period: without one, nothing would be left to say when it was taken. Workflow steps
+/// and jobs someone waits on are always kept (their results are read afterwards).
+///
+/// Returns the outcomes of the workflow steps it recorded, for [`engine::advance`]; and sends
+/// `job.finished` to the channel-layer group `job.<id>` of each job someone waits on
+/// (`notify_done`, see `workflow::wait`).
+async fn finish_batch(
+    conn: &mut sqlx::PgConnection,
+    instance: &str,
+    keep_completed: bool,
+    batch: &[Finish],
+) -> Result<Vec<Event>, sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
     let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
     let results: Vec<Option<serde_json::Value>> = batch.iter().map(|f| f.result.clone()).collect();
     let errors: Vec<Option<String>> = batch.iter().map(|f| f.error.clone()).collect();
-    sqlx::query!(
+    // Runtime-checked: #33 added the workflow columns and the waiters' messages, and the
+    // `.sqlx` cache is not regenerated for it.
+    let rows = sqlx::query(
         r#"
         -- Recording need not wait for the WAL flush either: an outcome a crash loses leaves
         -- the job `running` under a lease that expires, and it runs again (at-least-once, as
@@ -736,7 +850,8 @@ async fn finish_batch(
                    LATERAL (SELECT j.id, j.kind, j.queue, j.args, j.priority, j.state, j.attempt,
                                    j.max_attempts, j.unique_key, j.tags, j.errors,
                                    j.progress_percent, j.progress_message, j.created_at,
-                                   j.attempted_at, j.owner_id
+                                   j.attempted_at, j.owner_id, j.workflow_id, j.workflow_node,
+                                   j.notify_done
                               FROM jobs j WHERE j.id = i.id OFFSET 0 FOR UPDATE) j
              WHERE j.attempt = i.attempt AND j.state = 'running'
         ),
@@ -754,29 +869,64 @@ async fn finish_batch(
                     AND (NOT (l.final_state = ANY (k.holds_in))
                          OR (l.final_state = 'completed' AND NOT $7 AND k.until IS NULL))
              ))
+        ),
+        kept AS (
+            INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
+                                   errors, result, progress_percent, progress_message, created_at, attempted_at,
+                                   owner_id, workflow_id, workflow_node)
+            SELECT id, kind, queue, args, priority, final_state, attempt, max_attempts, unique_key, tags,
+                   CASE WHEN final_error IS NULL THEN errors
+                        ELSE errors || jsonb_build_object('attempt', attempt, 'error', final_error, 'at', now(), 'instance', $6::text)
+                   END,
+                   final_result, progress_percent, progress_message, created_at, attempted_at, owner_id,
+                   workflow_id, workflow_node
+              FROM locked
+             WHERE $7 OR final_state <> 'completed' OR workflow_id IS NOT NULL OR notify_done
+        ),
+        -- Wakes whoever waits on these jobs (only jobs with a waiter pay for this).
+        announced AS (
+            INSERT INTO channel_messages (target, is_group, payload)
+            SELECT 'job.' || id, true,
+                   json_build_object('type', 'job.finished', 'id', id, 'state', final_state)::text
+              FROM locked WHERE notify_done
+            RETURNING 1
         )
-        INSERT INTO jobs_done (id, kind, queue, args, priority, state, attempt, max_attempts, unique_key, tags,
-                               errors, result, progress_percent, progress_message, created_at, attempted_at,
-                               owner_id)
-        SELECT id, kind, queue, args, priority, final_state, attempt, max_attempts, unique_key, tags,
-               CASE WHEN final_error IS NULL THEN errors
-                    ELSE errors || jsonb_build_object('attempt', attempt, 'error', final_error, 'at', now(), 'instance', $6::text)
-               END,
-               final_result, progress_percent, progress_message, created_at, attempted_at, owner_id
-          FROM locked
-         WHERE $7 OR final_state <> 'completed'
+        SELECT id, workflow_id, workflow_node, final_state, final_result, final_error
+          FROM locked WHERE workflow_id IS NOT NULL
+        UNION ALL
+        -- One NOTIFY for the readers if any message was written; a row of NULLs, skipped.
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL
+          FROM (SELECT pg_notify('hearth_channels', '') FROM announced LIMIT 1) AS notified
         "#,
-        &ids,
-        &attempts,
-        &states,
-        &results as &[Option<serde_json::Value>],
-        &errors as &[Option<String>],
-        instance,
-        keep_completed,
     )
-    .execute(pool)
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&results)
+    .bind(&errors)
+    .bind(instance)
+    .bind(keep_completed)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    let mut steps = Vec::new();
+    for row in rows {
+        let (Some(workflow), Some(node)) = (
+            row.try_get::<Option<i64>, _>("workflow_id")?,
+            row.try_get::<Option<i32>, _>("workflow_node")?,
+        ) else {
+            continue;
+        };
+        let state: String = row.try_get("final_state")?;
+        steps.push(Event {
+            workflow,
+            node,
+            ended: Ended::from_job_state(&state),
+            result: row.try_get("final_result")?,
+            error: row.try_get("final_error")?,
+            lazy: false,
+        });
+    }
+    Ok(steps)
 }
 
 /// Extends the leases of running jobs; cancels those whose cancellation was requested and
@@ -930,8 +1080,8 @@ pub async fn run_one(
         ..WorkerConfig::new(Vec::new())
     };
     let (shared, mut finished_rx) = Shared::new(pool.clone(), registry.clone(), config);
-    let limited = has_limits(pool, queue).await?;
-    let Some(job) = fetch(&shared, queue, 1, limited).await?.pop() else {
+    let limits = Limits::read(pool, queue).await?;
+    let Some(job) = fetch(&shared, queue, 1, &limits).await?.pop() else {
         return Ok(None);
     };
     let id = job.id;
@@ -940,7 +1090,7 @@ pub async fn run_one(
     let mut batch = Vec::new();
     finished_rx.recv_many(&mut batch, 10).await;
     if !batch.is_empty() {
-        finish_batch(pool, "inline", true, &batch).await?;
+        record_batch(pool, "inline", true, &batch).await?;
     }
     Ok(Some(id))
 }

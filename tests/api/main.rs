@@ -37,4 +37,5 @@ mod shell;
 mod slow_clients;
 mod soak;
 mod uploads;
+mod workflows;
 mod ws_http2;
