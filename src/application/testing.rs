@@ -151,13 +151,12 @@ impl TestDatabase {
         let template = template(cluster, sets).await?;
         let name = new_name();
         let mut conn = PgConnection::connect_with(&cluster.admin).await?;
-        // Both names are ours: `hearth_test_` and hex digits.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {name} TEMPLATE {template}"
-        )))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("cannot copy the template database {template}"))?;
+        // Identifiers cannot be bound; both names are made here: a prefix and hex digits.
+        let create = format!("CREATE DATABASE {name} TEMPLATE {template}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("cannot copy the template database {template}"))?;
         conn.close().await?;
         Ok(Self {
             options: cluster.admin.clone().database(&name),

@@ -1557,6 +1557,9 @@ const DYNAMIC_SQL: &[(&str, &str)] = &[
     ),
     // A literal: VACUUM cannot run in the transaction a prepared statement would open.
     ("src/jobs/maintenance.rs", "AssertSqlSafe(\"VACUUM jobs\")"),
+    // A test database copied from its template: both names are `hearth_test_`/`hearth_tpl_`
+    // and a UUID's hex digits, made just above (`CREATE DATABASE {name} TEMPLATE {template}`).
+    ("src/application/testing.rs", "AssertSqlSafe(create)"),
 ];
 
 /// Statements whose SQL is not a literal in the code but is compiled into the binary all the
