@@ -135,28 +135,33 @@ pub(super) async fn workflow_status(
 ) -> Result<Json<WorkflowStatus>, WebError> {
     let wait = query.duration(state.config.http.request_timeout)?;
     let readable = |w: &WorkflowStatus| login.user.is_admin || w.owner_id == Some(login.user.id);
-    let status = workflow::status(&state.db, id, MAX_NODES)
+    let mut status = workflow::status(&state.db, id, MAX_NODES)
         .await?
         .filter(readable)
         .ok_or(WebError::NotFound)?;
-    let Some(wait) = wait.filter(|_| status.state == "running") else {
-        return Ok(Json(status));
-    };
-    let Ok(_permit) = WAITERS.clone().try_acquire_owned() else {
-        return Ok(Json(status));
-    };
-    match WorkflowHandle::<serde_json::Value>::new(id)
-        .wait(&state.channels, wait)
-        .await
+    if let Some(wait) = wait.filter(|_| status.state == "running")
+        && let Ok(_permit) = WAITERS.clone().try_acquire_owned()
     {
-        Ok(_) | Err(workflow::WaitError::Result(_)) => {}
-        Err(e) => return Err(WebError::Internal(e.into())),
+        match WorkflowHandle::<serde_json::Value>::new(id)
+            .wait(&state.channels, wait)
+            .await
+        {
+            Ok(_) | Err(workflow::WaitError::Result(_)) => {}
+            Err(e) => return Err(WebError::Internal(e.into())),
+        }
+        if let Some(now) = workflow::status(&state.db, id, MAX_NODES).await? {
+            status = now;
+        }
     }
-    Ok(Json(
-        workflow::status(&state.db, id, MAX_NODES)
-            .await?
-            .unwrap_or(status),
-    ))
+    // As for a job: error messages can quote other people's data, so only administrators
+    // read them; the owner sees which steps failed, by their states.
+    if !login.user.is_admin {
+        status.error = None;
+        for node in &mut status.nodes {
+            node.error = None;
+        }
+    }
+    Ok(Json(status))
 }
 
 #[cfg(test)]

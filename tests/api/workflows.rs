@@ -975,6 +975,116 @@ async fn the_workflow_status_api_is_the_owners() {
         ada.get(&format!("{path}?wait=forever")).await.status(),
         StatusCode::BAD_REQUEST
     );
+
+    // A failed workflow: the owner sees which step failed, not its error message (which can
+    // quote other people's data), as for a job; an administrator sees both.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "CREATE TABLE step_runs (job_id bigint, kind text, worker text, input jsonb, at timestamptz DEFAULT clock_timestamp())",
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let failing = Workflow::new(Chain::new(Boom {}).then(Add { n: 1 }), 0)
+        .owner(ada.id)
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+    testing::drain(&app.pool, &registry("inline"), "default")
+        .await
+        .unwrap();
+    let path = format!("/api/workflows/{}?wait=5s", failing.id);
+    let body: Value = ada.get(&path).await.json().await.unwrap();
+    assert_eq!(body["state"], "failed");
+    assert_eq!(body["error"], Value::Null);
+    assert_eq!(body["nodes"][1]["state"], "failed");
+    assert_eq!(body["nodes"][1]["error"], Value::Null);
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(bob.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let body: Value = bob.get(&path).await.json().await.unwrap();
+    assert_eq!(body["nodes"][1]["error"], "the boom step always fails");
+}
+
+/// Outputs a string of `bytes` bytes.
+#[derive(Serialize, Deserialize)]
+struct Big {
+    bytes: usize,
+}
+
+impl Step for Big {
+    const KIND: &'static str = "wf_big";
+    type Input = i64;
+    type Output = String;
+
+    async fn run(self, _: i64, _ctx: JobContext) -> anyhow::Result<String> {
+        Ok("x".repeat(self.bytes))
+    }
+}
+
+/// Measures its input.
+#[derive(Serialize, Deserialize)]
+struct Measure {}
+
+impl Step for Measure {
+    const KIND: &'static str = "wf_measure";
+    type Input = String;
+    type Output = usize;
+
+    async fn run(self, input: String, _ctx: JobContext) -> anyhow::Result<usize> {
+        Ok(input.len())
+    }
+}
+
+#[tokio::test]
+async fn a_large_result_is_stored_once_and_the_next_steps_args_point_to_it() {
+    let pool = pool().await;
+    let registry = registry("inline")
+        .register_step::<Big>()
+        .register_step::<Measure>();
+    let small = Workflow::new(Chain::new(Big { bytes: 10 }).then(Measure {}), 0)
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    // 100 kB: over the 16 KiB copied into args; three members each get it.
+    let large = Workflow::new(
+        Chain::new(Big { bytes: 100_000 }).then(Group::of([Measure {}, Measure {}, Measure {}])),
+        0,
+    )
+    .enqueue(&pool)
+    .await
+    .unwrap();
+    testing::drain(&pool, &registry, "default").await.unwrap();
+
+    assert_eq!(
+        small.outcome(&pool).await.unwrap(),
+        Some(Finished::Completed(10))
+    );
+    assert_eq!(
+        large.outcome(&pool).await.unwrap(),
+        Some(Finished::Completed(vec![100_000, 100_000, 100_000]))
+    );
+    let args: Vec<Value> = sqlx::query_scalar(
+        "SELECT args FROM jobs_done WHERE kind = 'wf_measure' ORDER BY workflow_id, workflow_node",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        args[0]["input"],
+        "x".repeat(10),
+        "small inputs travel in args"
+    );
+    for member in &args[1..] {
+        // Stored once, on the group the input reached first.
+        assert_eq!(
+            member["input_at"],
+            serde_json::json!([large.id, 2]),
+            "{member}"
+        );
+        assert!(member.get("input").is_none());
+    }
 }
 
 #[tokio::test]
