@@ -198,6 +198,8 @@ struct Fixture<'a> {
     version: i64,
     upload: i64,
     job: i64,
+    /// A workflow the owner enqueued (not run: no workers here).
+    workflow: i64,
     notification: i64,
     mail: i64,
     member_id: i64,
@@ -268,6 +270,14 @@ impl<'a> Fixture<'a> {
             body["job_id"].as_i64().unwrap(),
         );
 
+        let sleep = hearth::jobs::workflow::builtin::SleepStep { ms: 0, value: 1 };
+        let workflow = hearth::jobs::Workflow::new(hearth::jobs::Chain::new(sleep), ())
+            .owner(owner.id)
+            .enqueue(&app.pool)
+            .await
+            .unwrap()
+            .id;
+
         let notification: i64 = sqlx::query_scalar(
             "INSERT INTO notifications (user_id, kind, title, url, dedupe_key)
              VALUES ($1, 'mention', 'You were mentioned', '/chat/lobby', 'security-test')
@@ -308,6 +318,7 @@ impl<'a> Fixture<'a> {
             version,
             upload,
             job,
+            workflow,
             notification,
             mail,
             member_id,
@@ -330,7 +341,7 @@ impl<'a> Fixture<'a> {
 /// answers of a later one; `/logout` last.
 fn cases(f: &Fixture<'_>) -> Vec<Case> {
     let (post_slug, draft, room) = (&f.published, &f.draft, &f.private_room);
-    let (doc, upload, job) = (f.doc, f.upload, f.job);
+    let (doc, upload, job, workflow) = (f.doc, f.upload, f.job, f.workflow);
     let doc_rights = |outcome| [Login, NOT_FOUND, outcome, outcome, NOT_FOUND, outcome];
     let doc_edit = |outcome| [Login, NOT_FOUND, FORBIDDEN, outcome, NOT_FOUND, outcome];
     let doc_owner = |outcome| [Login, NOT_FOUND, FORBIDDEN, FORBIDDEN, NOT_FOUND, outcome];
@@ -473,11 +484,22 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             format!("/api/jobs/{job}"),
             [UNAUTHORIZED, NOT_FOUND, NOT_FOUND, NOT_FOUND, Ok, Ok],
         ),
+        get(
+            "/api/workflows/{id}",
+            format!("/api/workflows/{workflow}"),
+            [UNAUTHORIZED, NOT_FOUND, NOT_FOUND, NOT_FOUND, Ok, Ok],
+        ),
         // The operations console.
         get("/ops", "/ops", admins(Ok)),
         get("/ops/api/counts", "/ops/api/counts", admins(Ok)),
         get("/ops/jobs", "/ops/jobs", admins(Ok)),
         get("/ops/jobs/{id}", format!("/ops/jobs/{job}"), admins(Ok)),
+        get("/ops/workflows", "/ops/workflows", admins(Ok)),
+        get(
+            "/ops/workflows/{id}",
+            format!("/ops/workflows/{workflow}"),
+            admins(Ok),
+        ),
         get("/ops/realtime", "/ops/realtime", admins(Ok)),
         get("/ops/cache", "/ops/cache", admins(Ok)),
         get("/ops/db", "/ops/db", admins(Ok)),
@@ -653,6 +675,12 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
         post(
             "/ops/jobs/{id}/{action}",
             format!("/ops/jobs/{job}/run-now"),
+            &[],
+            admins(Done),
+        ),
+        post(
+            "/ops/workflows/{id}/cancel",
+            format!("/ops/workflows/{workflow}/cancel"),
             &[],
             admins(Done),
         ),
