@@ -65,6 +65,27 @@ impl Invocation {
     }
 }
 
+/// What `serve` and `worker` do first: say what runs with which settings, check the
+/// composition, open the database (`attach`: to a running server's embedded cluster).
+async fn begin(
+    application: &Application,
+    config: &Config,
+    sections: &Sections,
+    role: &str,
+    attach: bool,
+) -> anyhow::Result<(super::Plan, Database)> {
+    tracing::info!(
+        "starting hearth {}{role}\n{config}{}",
+        env!("CARGO_PKG_VERSION"),
+        application.show_settings(sections)
+    );
+    let plan = application.plan(config, sections)?;
+    let db = Database::open(&config.db, attach)
+        .await
+        .context("cannot open the database")?;
+    Ok((plan, db))
+}
+
 /// `hearth serve`.
 pub async fn serve_command(
     application: Application,
@@ -72,15 +93,7 @@ pub async fn serve_command(
     sections: Sections,
     migrate: bool,
 ) -> anyhow::Result<()> {
-    tracing::info!(
-        "starting hearth {}\n{config}{}",
-        env!("CARGO_PKG_VERSION"),
-        application.show_settings(&sections)
-    );
-    let plan = application.plan(&config, &sections)?;
-    let db = Database::open(&config.db, false)
-        .await
-        .context("cannot open the database")?;
+    let (plan, db) = begin(&application, &config, &sections, "", false).await?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     if migrate {
@@ -196,16 +209,8 @@ pub async fn worker_command(
     config: Config,
     sections: Sections,
 ) -> anyhow::Result<()> {
-    tracing::info!(
-        "starting hearth {} (worker)\n{config}{}",
-        env!("CARGO_PKG_VERSION"),
-        application.show_settings(&sections)
-    );
-    let plan = application.plan(&config, &sections)?;
     // Beside a `hearth serve` on the same data dir, share its embedded cluster.
-    let db = Database::open(&config.db, true)
-        .await
-        .context("cannot open the database")?;
+    let (plan, db) = begin(&application, &config, &sections, " (worker)", true).await?;
     migrations::run(&db.pool, &plan.migrations)
         .await
         .context("cannot apply migrations")?;
