@@ -9,7 +9,7 @@
 # Every measurement gets a FRESH server process (started, health-checked, warmed up, measured,
 # stopped), so no measurement inherits sockets, caches or heap growth from the one before; both
 # sides run alone on the machine while measured (Postgres, Redis and the upstream stub are shared).
-# W4 runs with no server up: `hearth bench jobs` then each peer queue's command, once per round.
+# W4 runs with no server up: `hearth-bench bench jobs` then each peer queue's command, once per round.
 # `login` (issue #30) is Hearth only: per round, a flood of wrong logins against one account
 # (`login1`) then against random accounts (`loginrand`), each on a fresh server (VmHWM is the peak
 # since start). `latency` (issue #34) is Hearth only: per round, on a fresh idle server, requests one
@@ -26,9 +26,10 @@
 #   HEARTH_PORT=8100 PEER_PORT=8200 UPSTREAM_PORT=8081   UVICORN_WORKERS=2
 #   HEARTH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/hearth_bench
 #   BENCH_PEER_PG_DSN=postgresql://postgres@127.0.0.1:5432/bench_peer?sslmode=disable   BENCH_REDIS_URL=redis://127.0.0.1:6379
-#   OUTDIR=bench/results/<UTC timestamp>   SKIP_BUILD=1 (use the existing target/release/hearth)
+#   OUTDIR=bench/results/<UTC timestamp>   SKIP_BUILD=1 (use the existing target/release/hearth-bench)
 #   NO_REPORT=1 (do not regenerate BENCHMARKS.md / ratios.svg)
-#   FLOOR=1 (the default: w5rust also measures `hearth bench ws-floor`, the least a server can do, as a third side)
+#   FLOOR=1 (the default: w1, w2, w3, w3c256 and w5rust also measure a floor server, the least a server can do on this
+#     machine, as a third side: `hearth-bench bench http-floor` for W1-W3, `hearth-bench bench ws-floor` for W5)
 #   LOGIN_CONCURRENCY=500 LOGIN_ADDRESSES=256 LOGIN_USERS=1000 (flood0..flood999)
 #   LOGIN_HASH_CONCURRENCY=4 LOGIN_HASH_QUEUE=16 (HEARTH_PASSWORD_HASH_CONCURRENCY / _QUEUE of the login server)
 #   LAT_REQUESTS=20000 LAT_WARMUP=2000 (latency: measured and warm-up requests of each kind, per round)
@@ -69,7 +70,7 @@ export BENCH_PEER_PG_DSN="${BENCH_PEER_PG_DSN:-postgresql://postgres@127.0.0.1:5
 export BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT"
 BENCH_VENV="${BENCH_VENV:-$BENCH/.venv}"; PY="$BENCH_VENV/bin/python"
-HEARTH="$ROOT/target/release/hearth"
+HEARTH="$ROOT/target/release/hearth-bench"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUTDIR="${OUTDIR:-$BENCH/results/$STAMP}"
 mkdir -p "$OUTDIR/logs"
@@ -103,9 +104,9 @@ note_cmd() { grep -qxF -- "$*" "$OUTDIR/commands.txt" 2>/dev/null || printf '%s\
 
 # ---- build, setup, facts ------------------------------------------------------------------
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  say "cargo build --release"
-  note_cmd "cargo build --release"
-  cargo build --release >"$OUTDIR/logs/cargo.log" 2>&1 || { say "cargo build failed (see $OUTDIR/logs/cargo.log)"; exit 1; }
+  say "cargo build --release -p hearth-bench"
+  note_cmd "cargo build --release -p hearth-bench"
+  cargo build --release -p hearth-bench >"$OUTDIR/logs/cargo.log" 2>&1 || { say "cargo build failed (see $OUTDIR/logs/cargo.log)"; exit 1; }
 fi
 [ -x "$HEARTH" ] || { say "no $HEARTH"; exit 1; }
 psql_h() { psql -v ON_ERROR_STOP=1 -qtAX "$HEARTH_DATABASE_URL" "$@"; }
@@ -175,18 +176,22 @@ HEARTH_EXTRA_ENV=()  # VAR=value pairs added to Hearth's environment for one wor
 HEARTH_SCHEME=http   # https when HEARTH_EXTRA_ENV gives it a certificate
 start_server() { # side
   if [ "$1" = floor ]; then
-    # W5's floor: a server that only writes each message to every socket (see src/bench/floor.rs).
-    note_cmd "target/release/hearth bench ws-floor --listen 127.0.0.1:$HEARTH_PORT"
-    setsid "$HEARTH" bench ws-floor --listen "127.0.0.1:$HEARTH_PORT" >>"$OUTDIR/logs/floor.log" 2>&1 </dev/null &
+    # The floors (bench/src/ws_floor.rs, bench/src/http_floor.rs): W5's writes each message to every
+    # socket and nothing else; W1-W3's is a bare hyper server (one pipelined database connection,
+    # stored bytes, three upstream calls).
+    local kind=ws-floor; [ "$W" = w5rust ] || kind=http-floor
+    note_cmd "DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL target/release/hearth-bench bench $kind --listen 127.0.0.1:$HEARTH_PORT"
+    env DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" \
+      setsid "$HEARTH" bench "$kind" --listen "127.0.0.1:$HEARTH_PORT" >>"$OUTDIR/logs/floor.log" 2>&1 </dev/null &
     SERVER_PID=$!; STARTED+=("$SERVER_PID"); BASE="http://127.0.0.1:$HEARTH_PORT"; WS="ws://${BASE#http://}"
     for _ in $(seq 1 50); do listening "$HEARTH_PORT" && return 0; sleep 0.1; done
     say "the floor server did not listen (see $OUTDIR/logs/floor.log)"; return 1
   elif [ "$1" = hearth ]; then
-    local cmd="HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} ${PRIO[*]:+${PRIO[*]} }target/release/hearth serve"
+    local cmd="HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND=127.0.0.1:$HEARTH_PORT HEARTH_BENCH_UPSTREAM_URL=$UPSTREAM_URL DATABASE_URL=$HEARTH_DATABASE_URL HEARTH_DATA_DIR=$OUTDIR/hearth-data RUST_LOG=warn ${HEARTH_EXTRA_ENV[*]/#HEARTH_METRICS_TOKEN=*/HEARTH_METRICS_TOKEN=<token>} ${PRIO[*]:+${PRIO[*]} }target/release/hearth-bench serve"
     note_cmd "${cmd//  / }"
     # env and setsid exec in turn (no fork: a background job of a non-interactive shell is no group
     # leader), so $! is the hearth process itself, whose /proc/PID/status the login client reads.
-    env HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
+    env HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$HEARTH_PORT" HEARTH_BENCH_UPSTREAM_URL="$UPSTREAM_URL" \
       DATABASE_URL="$HEARTH_DATABASE_URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data" RUST_LOG=warn "${HEARTH_EXTRA_ENV[@]}" \
       setsid "${PRIO[@]}" "$HEARTH" serve >>"$OUTDIR/logs/hearth.log" 2>&1 </dev/null &
     SERVER_PID=$!; BASE="$HEARTH_SCHEME://127.0.0.1:$HEARTH_PORT"
@@ -239,7 +244,7 @@ measure() { # workload side -> prints the client's JSON line
       out=$(timeout 300 node "$BENCH/clients/ws_load.js" --mode chat --url "$WS/ws/chat/bench/" --clients "$WS_CLIENTS" \
             --messages "$WS_MESSAGES" --rate "$WS_RATE" 2>>"$OUTDIR/logs/clients.log");;
     w5rust)
-      note_cmd "target/release/hearth bench ws chat --url <ws>/ws/chat/bench/ --clients $WS_CLIENTS --messages $WS_MESSAGES --rate $WS_RATE"
+      note_cmd "target/release/hearth-bench bench ws chat --url <ws>/ws/chat/bench/ --clients $WS_CLIENTS --messages $WS_MESSAGES --rate $WS_RATE"
       out=$(timeout 300 "$HEARTH" bench ws chat --url "$WS/ws/chat/bench/" --clients "$WS_CLIENTS" \
             --messages "$WS_MESSAGES" --rate "$WS_RATE" 2>>"$OUTDIR/logs/clients.log");;
     w6)
@@ -247,7 +252,7 @@ measure() { # workload side -> prints the client's JSON line
       out=$(timeout 240 node "$BENCH/clients/sse_load.js" --base "$BASE" --clients "$SSE_CLIENTS" \
             --messages "$SSE_MESSAGES" --rate "$SSE_RATE" 2>>"$OUTDIR/logs/clients.log");;
     w6rust)
-      note_cmd "target/release/hearth bench sse --base <base> --clients $SSE_CLIENTS --messages $SSE_MESSAGES --rate $SSE_RATE"
+      note_cmd "target/release/hearth-bench bench sse --base <base> --clients $SSE_CLIENTS --messages $SSE_MESSAGES --rate $SSE_RATE"
       out=$(timeout 240 "$HEARTH" bench sse --base "$BASE" --clients "$SSE_CLIENTS" \
             --messages "$SSE_MESSAGES" --rate "$SSE_RATE" 2>>"$OUTDIR/logs/clients.log");;
   esac
@@ -257,8 +262,9 @@ measure() { # workload side -> prints the client's JSON line
 ORDER=(w1 w2 w3 w3c256 w5 w5rust w6 w6rust)
 SERVER_WLS=(); for w in "${ORDER[@]}"; do has "$w" && SERVER_WLS+=("$w"); done
 JOBQ_LIST=(); has w4 && JOBQ_LIST=(hearth $JOBQ_PEERS)
-# W5 with the Rust client is also measured against the floor server, in the same rounds.
-sides() { if [ "$1" = w5rust ] && [ "${FLOOR:-1}" = 1 ]; then echo hearth peer floor; else echo hearth peer; fi; }
+# W1-W3 and W5 with the Rust client are also measured against a floor server, in the same rounds.
+floored() { [ "${FLOOR:-1}" = 1 ] && [[ " w1 w2 w3 w3c256 w5rust " == *" $1 "* ]]; }
+sides() { if floored "$1"; then echo hearth peer floor; else echo hearth peer; fi; }
 # The login flood: one account, then a random one of LOGIN_USERS accounts per attempt.
 LOGIN_SCENARIOS=(); has login && LOGIN_SCENARIOS=(login1 loginrand)
 # Issue #34: one request at a time (latency), and W2 per protocol (w2proto).
@@ -266,7 +272,7 @@ LAT_RUNS=0; has latency && LAT_RUNS=1
 # shellcheck disable=SC2206
 W2PROTO=(); has w2proto && W2PROTO=($W2PROTO_SIDES)
 TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]} + ${#LOGIN_SCENARIOS[@]} + LAT_RUNS + ${#W2PROTO[@]}) * ROUNDS )); DONE=0
-has w5rust && [ "${FLOOR:-1}" = 1 ] && TOTAL=$((TOTAL + ROUNDS))
+for w in "${SERVER_WLS[@]}"; do floored "$w" && TOTAL=$((TOTAL + ROUNDS)); done
 if ((${#W2PROTO[@]})); then
   command -v h2load >/dev/null || { [ "$(id -u)" = 0 ] && say "installing h2load (nghttp2-client)" \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >>"$OUTDIR/logs/setup.log" 2>&1; }
@@ -280,6 +286,7 @@ for w in "${SERVER_WLS[@]}"; do
     for side in $(sides "$w"); do
       DONE=$((DONE + 1))
       printf '[%4ss] [%s round %d/%d] %s... (%d/%d) ' "$(( $(date +%s) - T0 ))" "$w" "$r" "$ROUNDS" "$side" "$DONE" "$TOTAL" | tee -a "$LOG" >&2
+      W="$w"
       if start_server "$side"; then
         line=$(measure "$w")
       else
@@ -296,7 +303,7 @@ done
 # migrates the database), then one INSERT ... SELECT copies its hash to the others; done once.
 login_users() {
   local n copy="INSERT INTO users (username, password_hash) SELECT 'flood' || g, u.password_hash FROM users u, generate_series(1, $((LOGIN_USERS - 1))) g WHERE u.username = 'flood0' ON CONFLICT DO NOTHING"
-  note_cmd "DATABASE_URL=$HEARTH_DATABASE_URL target/release/hearth createuser flood0 --password-stdin   # a random password; once (skipped when the users exist)"
+  note_cmd "DATABASE_URL=$HEARTH_DATABASE_URL target/release/hearth-bench createuser flood0 --password-stdin   # a random password; once (skipped when the users exist)"
   note_cmd "psql $HEARTH_DATABASE_URL -c \"$copy\"   # once"
   n=$(psql_h -c "SELECT count(*) FROM users WHERE username ~ '^flood[0-9]+$'" 2>/dev/null)
   [ "$n" = "$LOGIN_USERS" ] && return 0

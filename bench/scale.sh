@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Throughput of 1, 2 and 4 `hearth serve` instances on one database and one machine, and the
+# Throughput of 1, 2 and 4 `hearth-bench serve` instances on one database and one machine, and the
 # W5 fan-out with its receivers spread over two instances (a message sent on instance A reaching
 # sockets on instance B through the channel layer).
 #
@@ -17,10 +17,10 @@ cd "$(dirname "$0")/.."
 
 COUNTS="${COUNTS:-1 2 4}"; DURATION="${DURATION:-10}"; CONNS="${CONNS:-64}"; BASE_PORT="${BASE_PORT:-8300}"
 DATABASE_URL="${HEARTH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hearth_bench}"
-HEARTH=target/release/hearth
+HEARTH=target/release/hearth-bench
 OUT="bench/results/scale-$(date -u +%Y%m%dT%H%M%SZ).json"
 LOGS="$(mktemp -d)"
-[ -x "$HEARTH" ] || { echo "bench/scale.sh: build first: cargo build --release" >&2; exit 1; }
+[ -x "$HEARTH" ] || { echo "bench/scale.sh: build first: cargo build --release -p hearth-bench" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "bench/scale.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
 psql -qtAX "${DATABASE_URL%/*}/postgres" -c "SELECT 1 FROM pg_database WHERE datname = '${DATABASE_URL##*/}'" | grep -q 1 \
   || psql -qX "${DATABASE_URL%/*}/postgres" -c "CREATE DATABASE ${DATABASE_URL##*/}" >/dev/null
@@ -31,7 +31,7 @@ trap stop_all EXIT
 
 start() { # count
   for i in $(seq 0 $(($1 - 1))); do
-    HEARTH_BENCH_ROUTES=1 HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$((BASE_PORT + i))" \
+    HEARTH_WS_MAX_PER_ADDRESS=0 HEARTH_BIND="127.0.0.1:$((BASE_PORT + i))" \
       HEARTH_DB_MAX_CONNECTIONS=$((20 / $1 + 2)) DATABASE_URL="$DATABASE_URL" RUST_LOG=warn \
       setsid "$HEARTH" serve >>"$LOGS/hearth-$i.log" 2>&1 </dev/null &
     PIDS+=("$!")

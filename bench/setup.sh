@@ -8,7 +8,7 @@
 #     running or startable; Redis is started without persistence if it is not answering
 #   - databases: $BENCH_PEER_DB (bench_peer: the peer's data, procrastinate's and graphile-worker's
 #     schemas) and $HEARTH_BENCH_DB (hearth_bench: Hearth's own database; Hearth seeds bench_posts
-#     itself when started with HEARTH_BENCH_ROUTES=1)
+#     itself: `hearth-bench serve` and `hearth-bench bench http-floor` create and fill it)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BENCH_VENV="${BENCH_VENV:-$HERE/.venv}"

@@ -5,8 +5,8 @@
 //! the navigation: accounts first, since the other apps' tables refer to its mail settings.
 
 use crate::{
-    Application, accounts, bench, chat, dashboard, documents, gateway, home, mail, notifications,
-    ops, publishing, uploads,
+    Application, accounts, chat, dashboard, documents, gateway, home, mail, notifications, ops,
+    publishing, uploads,
     web::assets::{Dir, include_dir},
 };
 
@@ -28,5 +28,4 @@ pub fn application() -> Application {
         .app(mail::app())
         .app(notifications::app())
         .app(gateway::app())
-        .app(bench::app())
 }

@@ -34,14 +34,11 @@
 //! * [`uploads`]: CSV imports of posts, run as a job, with live progress.
 //! * [`gateway`]: `/api/aggregate`, concurrent calls to the configured upstream services.
 //!
-//! [`bench`] is `hearth bench jobs`, the job-queue benchmark.
-//!
 //! [`server`] wires the floors together into a running process with graceful shutdown, and
 //! [`cli`] is the `hearth` command line on top of it.
 
 pub mod accounts;
 pub mod application;
-pub mod bench;
 pub mod bundled;
 pub mod cache;
 pub mod channels;

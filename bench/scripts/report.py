@@ -27,9 +27,9 @@ TITLES = {
     "w3": "W3 gather (3 concurrent upstream GETs, 50 ms each), wrk c={conns}",
     "w3c256": "W3 gather, wrk c=256",
     "w5": "W5 WebSocket chat, Node `ws` client: {wsc} receivers, {wsm} msgs at {wsr}/s",
-    "w5rust": "W5 WebSocket chat, Rust client (`hearth bench ws`): {wsc} receivers, {wsm} msgs at {wsr}/s",
+    "w5rust": "W5 WebSocket chat, Rust client (`hearth-bench bench ws`): {wsc} receivers, {wsm} msgs at {wsr}/s",
     "w6": "W6 server-sent events, Node client: {ssec} streams, {ssem} msgs at {sser}/s",
-    "w6rust": "W6 server-sent events, Rust client (`hearth bench sse`): {ssec} streams, {ssem} msgs at {sser}/s",
+    "w6rust": "W6 server-sent events, Rust client (`hearth-bench bench sse`): {ssec} streams, {ssem} msgs at {sser}/s",
     "w4tp": "W4 jobs, throughput: {jobs} no-op jobs bulk-enqueued, first enqueue to last job start",
     "w4lat": "W4 jobs, pickup latency: {latn} jobs one at a time, 20 ms apart",
     "login1": "one account (flood0)",
@@ -49,8 +49,19 @@ W2PROTO = (
     ("h1tls", "HTTP/1.1 over TLS"),
     ("h2tls", "HTTP/2 over TLS (ALPN h2)"),
 )
-FLOOR_LABEL = "floor (`hearth bench ws-floor`)"
+FLOOR_LABEL = "floor (`hearth-bench bench ws-floor`)"
+HTTP_FLOOR_LABEL = "floor (`hearth-bench bench http-floor`)"
 HTTP = ("w1", "w2", "w3", "w3c256")
+# What the HTTP floor server (bench/src/http_floor.rs) does for each workload: a bare hyper server.
+FLOOR_WHAT = {
+    "w1": "a bare hyper server that runs the same query over one pipelined connection and writes the page "
+          "rendered once at start, with no router, middleware, session, template or pool.",
+    "w2": "a bare hyper server that writes the same stored bytes, with no router, middleware, cache lookup or "
+          "revalidation.",
+    "w3": "a bare hyper server that makes the three upstream calls at once on one keep-alive client and writes "
+          "their bodies unparsed.",
+}
+FLOOR_WHAT["w3c256"] = FLOOR_WHAT["w3"]
 WS = ("w5", "w5rust", "w6", "w6rust")
 
 
@@ -196,15 +207,20 @@ def report(outdir, md_path, svg_path, extras=()):
             continue
         out += [f"## {TITLES[w].format(**fmtargs)}", "",
                 "| | req/s | p50 ms | p99 ms | errors (non-2xx, timeouts, socket) | runs |", "|---|---|---|---|---|---|"]
-        for side in ("hearth", "peer"):
+        sides = ("hearth", "peer", "floor") if by.get((w, "floor")) else ("hearth", "peer")
+        for side in sides:
             rs = [r for r in by.get((w, side), []) if r]
-            out.append(f"| {side} | {cell(col(w, side, 'rps'))} | {cell(col(w, side, 'p50_ms'), 2)} | "
+            out.append(f"| {HTTP_FLOOR_LABEL if side == 'floor' else side} | {cell(col(w, side, 'rps'))} | {cell(col(w, side, 'p50_ms'), 2)} | "
                        f"{cell(col(w, side, 'p99_ms'), 2)} | {cell([errors(r) for r in rs], 0)} | {len(rs)} |")
         h, p = med(col(w, "hearth", "rps")), med(col(w, "peer", "rps"))
         hp50, hp99 = med(col(w, "hearth", "p50_ms")), med(col(w, "hearth", "p99_ms"))
         rr = ratio(h, p)
         out += ["", f"Hearth/peer requests/s: **{fx(rr)}**; p99 peer/Hearth: "
                     f"{fx(ratio(med(col(w, 'peer', 'p99_ms')), hp99))}.", ""]
+        f = med(col(w, "floor", "rps"))
+        if f:
+            out += [f"Hearth reaches **{num(100 * h / f if h else None)} %** of the floor's requests/s "
+                    f"({num(f)} req/s): {FLOOR_WHAT[w]}", ""]
         target = None
         if w == "w1":
             target = 40
@@ -253,7 +269,7 @@ def report(outdir, md_path, svg_path, extras=()):
         out += ["", f"Hearth/peer deliveries/s: **{fx(ratio(hd, pd))}**; p99 peer/Hearth: **{fx(ratio(pp99, hp99))}**.", ""]
         fp50 = med(col(w, "floor", "p50_ms"))
         if fp50 is not None and hp50 is not None:
-            out += [f"The floor server (`hearth bench ws-floor`) does no work of its own: no database, no channel layer, "
+            out += [f"The floor server (`hearth-bench bench ws-floor`) does no work of its own: no database, no channel layer, "
                     "one nonblocking write per socket straight from the task that read the message. Its latency is what "
                     "the kernel's loopback TCP and the load client cost on the same two cores. Its p50 is "
                     f"**{num(fp50, 2)} ms**; Hearth's median is {hp50 - fp50:+.2f} ms from it, a difference that includes "
@@ -280,7 +296,7 @@ def report(outdir, md_path, svg_path, extras=()):
     tools += sorted({s for (w, s) in by if w in ("w4tp", "w4lat")} - set(tools))
     if tools:
         out += [f"## W4 background jobs", "", f"{TITLES['w4tp'].format(**fmtargs)}; {TITLES['w4lat'].format(**fmtargs)}. "
-                "No HTTP server runs during W4; each queue starts its own workers (Hearth: in the `hearth bench jobs` "
+                "No HTTP server runs during W4; each queue starts its own workers (Hearth: in the `hearth-bench bench jobs` "
                 "process). Per round: Hearth, then each peer queue.", "",
                 "| queue | jobs/s | bulk enqueue s | pickup p50 ms | pickup p99 ms | pickup max ms | Hearth/queue jobs/s | runs |",
                 "|---|---|---|---|---|---|---|---|"]

@@ -1,5 +1,5 @@
 //! The command line of a composed application: `serve` (the default), `migrate`, `worker`,
-//! `createuser`, `jobs ...`, `cache ...`, and the commands its apps add (`bench ...`).
+//! `createuser`, `jobs ...`, `cache ...`, and the commands its apps add (`hearth-bench bench ...`).
 //!
 //! [`main`] is a program's whole `main`: the `hearth` binary calls it with the bundled apps,
 //! a team's binary with its own.

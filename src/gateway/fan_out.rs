@@ -22,7 +22,7 @@ pub const MAX_BODY: usize = 1 << 20;
 static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
 
 /// The shared client, built on first use.
-pub(super) fn client() -> Result<&'static reqwest::Client, reqwest::Error> {
+pub fn client() -> Result<&'static reqwest::Client, reqwest::Error> {
     if let Some(client) = CLIENT.get() {
         return Ok(client);
     }

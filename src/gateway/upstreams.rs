@@ -100,10 +100,6 @@ impl Upstreams {
     pub fn as_slice(&self) -> &[Upstream] {
         &self.0
     }
-
-    pub(super) fn from_vec(upstreams: Vec<Upstream>) -> Self {
-        Self(upstreams)
-    }
 }
 
 fn parse_entry(entry: &str) -> Result<Upstream, UpstreamsError> {

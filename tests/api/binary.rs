@@ -296,45 +296,66 @@ fn schedules_from_config_are_listed_and_unknown_kinds_refused() {
 
 #[tokio::test]
 async fn two_servers_on_one_database_deliver_each_others_messages() {
-    use hearth::web::testing::WsClient;
-    let (name, _) = crate::helpers::migrated_database().await;
+    use hearth::web::{
+        auth::{NewPassword, Username, create_user},
+        hashing::Hasher,
+        session,
+        testing::WsClient,
+    };
+    let (name, options) = crate::helpers::migrated_database().await;
     let url = crate::helpers::database_url(&name);
+    // Two members of the lobby, signed in (their sessions are rows both servers read).
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    let slot = Hasher::new(1, 0).enter().unwrap();
+    let password = NewPassword::parse("two servers, one database").unwrap();
+    let mut cookies = Vec::new();
+    for who in ["ada", "bob"] {
+        let user = create_user(
+            &pool,
+            &slot,
+            &Username::parse(who).unwrap(),
+            &password,
+            false,
+        )
+        .await
+        .unwrap();
+        let token = session::create(&pool, user.id, std::time::Duration::from_secs(600), None)
+            .await
+            .unwrap();
+        cookies.push(format!("{}={token}", session::COOKIE));
+    }
     let start = |dir: &Path| {
         let mut command = hearth(dir);
-        command
-            .env("DATABASE_URL", &url)
-            .env("HEARTH_BENCH_ROUTES", "1")
-            .env(
-                "HEARTH_SECRET_KEY",
-                "a shared secret key that is long enough",
-            );
+        command.env("DATABASE_URL", &url).env(
+            "HEARTH_SECRET_KEY",
+            "a shared secret key that is long enough",
+        );
         serve_with(command)
     };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut a, address_a, _log_a) = start(dir_a.path());
     let (mut b, address_b, _log_b) = start(dir_b.path());
+    let lobby = |address: &str, cookie: &str| {
+        let url = format!(
+            "ws://{}/ws/rooms/lobby",
+            address.trim_start_matches("http://")
+        );
+        WsClient::build(url).cookie(cookie.to_owned()).connect()
+    };
+    let mut on_a = lobby(&address_a, &cookies[0]).await.unwrap();
+    let mut on_b = lobby(&address_b, &cookies[1]).await.unwrap();
+    on_a.recv_type("hello").await.unwrap();
+    on_b.recv_type("hello").await.unwrap();
 
-    let mut on_a = WsClient::connect(format!(
-        "ws://{}/ws/chat/x/",
-        address_a.trim_start_matches("http://")
-    ))
-    .await
-    .unwrap();
-    let mut on_b = WsClient::connect(format!(
-        "ws://{}/ws/chat/x/",
-        address_b.trim_start_matches("http://")
-    ))
-    .await
-    .unwrap();
-    on_b.send_json(&serde_json::json!({"message": "from B"}))
-        .await
-        .unwrap();
-    assert_eq!(on_a.recv_json().await.unwrap()["message"], "from B");
-    assert_eq!(on_b.recv_json().await.unwrap()["message"], "from B");
-    on_a.send_json(&serde_json::json!({"message": "from A"}))
-        .await
-        .unwrap();
-    assert_eq!(on_b.recv_json().await.unwrap()["message"], "from A");
+    let say = |body: &str| serde_json::json!({"type": "send", "body": body});
+    on_b.send_json(&say("from B")).await.unwrap();
+    for socket in [&mut on_a, &mut on_b] {
+        let heard = socket.recv_type("chat.message").await.unwrap();
+        assert_eq!(heard["message"]["body"], "from B");
+    }
+    on_a.send_json(&say("from A")).await.unwrap();
+    let heard = on_b.recv_type("chat.message").await.unwrap();
+    assert_eq!(heard["message"]["body"], "from A");
 
     // SIGTERM closes A's sockets with "going away" and A exits cleanly.
     kill(Pid::from_raw(a.id() as i32), Signal::SIGTERM).unwrap();

@@ -48,10 +48,6 @@ pub(crate) fn write_pair(
     (cert_path, key_path)
 }
 
-fn bench_routes(c: &mut hearth::bench::BenchSettings) {
-    c.bench_routes = true;
-}
-
 fn app_config(c: &mut hearth::config::Config) {
     c.http.header_read_timeout = Duration::from_secs(1);
     c.http.request_timeout = Duration::from_secs(1);
@@ -61,7 +57,7 @@ fn app_config(c: &mut hearth::config::Config) {
 async fn plain_app() -> TestApp {
     TestApp::builder()
         .config(app_config)
-        .settings(bench_routes)
+        .routes(crate::echo::routes())
         .spawn()
         .await
 }
@@ -69,7 +65,7 @@ async fn plain_app() -> TestApp {
 pub(crate) async fn tls_app(tls: Tls) -> TestApp {
     TestApp::builder()
         .config(app_config)
-        .settings(bench_routes)
+        .routes(crate::echo::routes())
         .tls(tls)
         .spawn()
         .await
@@ -177,7 +173,7 @@ async fn a_websocket_upgrades_over_https() {
     // A WebSocket on an HTTP/1.1 connection of its own, as a browser opens one when the
     // page's connection is HTTP/1.1 (over HTTP/2 see ws_http2.rs).
     let stream = tls_connect(&app, &pair.0, &[b"http/1.1"]).await;
-    let url = format!("wss://localhost:{}/ws/chat/tls/", port(&app));
+    let url = format!("wss://localhost:{}/ws/echo/tls/", port(&app));
     let (mut socket, response) = tokio_tungstenite::client_async(url, stream)
         .await
         .expect("the WebSocket handshake succeeds over TLS");

@@ -2,7 +2,6 @@
 //! One binary (rather than one per file) so that one embedded cluster serves the whole run.
 
 mod accounts;
-mod bench_routes;
 mod binary;
 mod browser;
 mod cache;
@@ -12,6 +11,7 @@ mod channels;
 mod chat;
 mod conditional;
 mod documents;
+mod echo;
 mod email_verification;
 mod embedded;
 mod faults;
@@ -35,7 +35,6 @@ mod request_fuzz;
 mod security;
 mod shell;
 mod slow_clients;
-mod soak;
 mod uploads;
 mod workflows;
 mod ws_http2;

@@ -114,8 +114,6 @@ struct Case {
     form: Vec<(&'static str, String)>,
     /// One outcome per entry of [`ACTORS`].
     expect: [Outcome; 6],
-    /// Served only with `HEARTH_BENCH_ROUTES` (off here: 404 for everyone).
-    bench: bool,
 }
 
 fn case(
@@ -130,7 +128,6 @@ fn case(
         path: path.into(),
         form: Vec::new(),
         expect,
-        bench: false,
     }
 }
 
@@ -147,13 +144,6 @@ fn post(
     Case {
         form: form.iter().map(|(k, v)| (*k, v.to_string())).collect(),
         ..case(Method::Post, route, path, expect)
-    }
-}
-
-fn bench(method: Method, route: &'static str, expect: Outcome) -> Case {
-    Case {
-        bench: true,
-        ..case(method, route, route.replace("{room}", "lobby"), [expect; 6])
     }
 }
 
@@ -504,13 +494,6 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
         get("/ops/cache", "/ops/cache", admins(Ok)),
         get("/ops/db", "/ops/db", admins(Ok)),
         get("/ops/audit", "/ops/audit", admins(Ok)),
-        // Benchmark routes: not served unless HEARTH_BENCH_ROUTES is on.
-        bench(Method::Get, "/bench/page", NOT_FOUND),
-        bench(Method::Get, "/bench/cached", NOT_FOUND),
-        bench(Method::Get, "/bench/events", NOT_FOUND),
-        bench(Method::Get, "/bench/gather", NOT_FOUND),
-        bench(Method::Post, "/bench/publish", NOT_FOUND),
-        bench(Method::Ws, "/ws/chat/{room}/", Refused(404)),
         // State-changing requests, with a valid CSRF token.
         post(
             "/signup",
@@ -1022,7 +1005,7 @@ async fn every_state_changing_route_refuses_a_missing_or_wrong_csrf_token_and_wr
     let f = Fixture::new(&app).await;
     let cases: Vec<Case> = cases(&f)
         .into_iter()
-        .filter(|c| c.method.changes_state() && !c.bench)
+        .filter(|c| c.method.changes_state())
         .collect();
     // Each browser has its CSRF cookie, so only the submitted token is missing or wrong.
     for actor in 0..ACTORS.len() {
@@ -1115,10 +1098,7 @@ async fn every_state_changing_route_refuses_a_missing_or_wrong_csrf_token_and_wr
 
 #[tokio::test]
 async fn every_socket_route_refuses_a_foreign_origin_before_the_upgrade() {
-    let app = TestApp::builder()
-        .settings(|c: &mut hearth::bench::BenchSettings| c.bench_routes = true)
-        .spawn()
-        .await;
+    let app = TestApp::spawn().await;
     let f = Fixture::new(&app).await;
     let owner = f.cookie(ACTORS.len() - 1).unwrap().to_owned();
     let mut sockets: Vec<String> = cases(&f)
@@ -1131,7 +1111,7 @@ async fn every_socket_route_refuses_a_foreign_origin_before_the_upgrade() {
         .into_iter()
         .filter(|(method, _)| method == "WS")
         .count();
-    assert!(declared >= 3 && sockets.len() >= declared);
+    assert!(declared >= 2 && sockets.len() >= declared);
 
     // On HTTP/2 the host the origin must name is `:authority` (the client sends no Host).
     for (path, http2) in sockets.iter().flat_map(|p| [(p, false), (p, true)]) {
@@ -1151,10 +1131,7 @@ async fn every_socket_route_refuses_a_foreign_origin_before_the_upgrade() {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("{path} (HTTP/2: {http2}) from its own origin: {e}"));
-        if !path.starts_with("/ws/chat/") {
-            // The benchmark room says nothing on join; the apps' sockets say hello.
-            socket.recv_type("hello").await.unwrap();
-        }
+        socket.recv_type("hello").await.unwrap();
     }
 }
 

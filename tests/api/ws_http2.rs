@@ -131,7 +131,7 @@ async fn sockets_and_page_loads_share_one_http2_connection() {
     }
 }
 
-/// The next frame of the benchmark chat room whose message is `text` (earlier ones skipped).
+/// The next frame of the echo room whose message is `text` (earlier ones skipped).
 async fn heard<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, text: &str)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -168,7 +168,7 @@ async fn a_websocket_opens_over_https_with_http2_negotiated_by_alpn() {
     let (cert, key) = write_pair(dir.path(), &pair);
     let app = tls_app(Tls::load(&cert, &key).unwrap()).await;
     let authority = format!("localhost:{}", port(&app));
-    let room = format!("wss://{authority}/ws/chat/h2-over-tls/");
+    let room = format!("wss://{authority}/ws/echo/h2-over-tls/");
 
     let tls = tls_connect(&app, &pair.0, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -464,10 +464,10 @@ async fn a_message_larger_than_the_http2_flow_control_window_arrives_intact() {
     // 768 KiB each way: many times HTTP/2's initial 64 KiB stream window, so it only gets
     // through if both sides give the window back as the socket's frames are read.
     let app = TestApp::builder()
-        .settings(|c: &mut hearth::bench::BenchSettings| c.bench_routes = true)
+        .routes(crate::echo::routes())
         .spawn()
         .await;
-    let mut socket = WsClient::build(app.ws_url("/ws/chat/window/"))
+    let mut socket = WsClient::build(app.ws_url("/ws/echo/window/"))
         .http2()
         .connect()
         .await

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::{
+use hearth::{
     application::Invocation,
     jobs::{
         Enqueue, Job, JobContext, Outcome, QueueName, Registry, WorkerConfig, Workers, enqueue_many,
@@ -122,7 +122,7 @@ pub async fn run(invocation: &Invocation, args: BenchArgs) -> anyhow::Result<()>
     invocation
         .with_database(true, |pool| async move {
             if args.mode == Mode::Workflows {
-                super::workflows::run_on(&pool, &args).await
+                crate::workflows::run_on(&pool, &args).await
             } else {
                 run_on(&pool, &args, keep_completed).await
             }
@@ -226,10 +226,12 @@ async fn reset(pool: &PgPool, workers: &Workers, record: &Path) -> anyhow::Resul
 
 /// Deletes the bench queue's jobs and empties the record file.
 async fn clear(pool: &PgPool, record: &Path) -> anyhow::Result<()> {
-    sqlx::query!("DELETE FROM jobs WHERE queue = $1", QUEUE)
+    sqlx::query("DELETE FROM jobs WHERE queue = $1")
+        .bind(QUEUE)
         .execute(pool)
         .await?;
-    sqlx::query!("DELETE FROM jobs_done WHERE queue = $1", QUEUE)
+    sqlx::query("DELETE FROM jobs_done WHERE queue = $1")
+        .bind(QUEUE)
         .execute(pool)
         .await?;
     fs::OpenOptions::new()

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::jobs::BenchArgs;
-use crate::{
+use crate::jobs::BenchArgs;
+use hearth::{
     channels::{ChannelConfig, ChannelLayer},
     jobs::{
         Chain, Chord, Finished, Group, JobContext, QueueName, Registry, Step, WorkerConfig,

@@ -35,7 +35,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
+use hearth::{
     application::Invocation,
     documents::crdt::State,
     server,
@@ -94,10 +94,8 @@ pub async fn run(invocation: &Invocation, pool: PgPool, args: DocsArgs) -> anyho
         let doc = document(&pool, &cookies, "fan-out").await?;
         fan_out(&address.to_string(), doc, &cookies, &args).await?;
         // Where lost deliveries went, if any: edits not stored, or messages not delivered.
-        let stored = sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM document_updates WHERE document_id = $1"#,
-            doc
-        )
+        let stored = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM document_updates WHERE document_id = $1")
+            .bind(doc)
         .fetch_one(&pool)
         .await?;
         let layer = state.channels.stats().await;
@@ -115,7 +113,8 @@ pub async fn run(invocation: &Invocation, pool: PgPool, args: DocsArgs) -> anyho
         anyhow::Ok(())
     }
     .await;
-    sqlx::query!("DELETE FROM users WHERE username LIKE $1 || '%'", prefix)
+    sqlx::query("DELETE FROM users WHERE username LIKE $1 || '%'")
+        .bind(&prefix)
         .execute(&pool)
         .await
         .context("cannot delete the benchmark's users")?;
@@ -148,20 +147,20 @@ pub(super) async fn users(
 /// A document owned by the first user, with every other user an editor.
 async fn document(pool: &PgPool, users: &[(i64, String)], title: &str) -> anyhow::Result<i64> {
     let owner = users[0].0;
-    let id = sqlx::query_scalar!(
+    let id = sqlx::query_scalar::<_, i64>(
         "INSERT INTO documents (title, owner_id) VALUES ($1, $2) RETURNING id",
-        title,
-        owner
     )
+    .bind(title)
+    .bind(owner)
     .fetch_one(pool)
     .await?;
     let others: Vec<i64> = users[1..].iter().map(|(id, _)| *id).collect();
-    sqlx::query!(
+    sqlx::query(
         "INSERT INTO document_members (document_id, user_id, can_edit)
          SELECT $1, unnest($2::bigint[]), true",
-        id,
-        &others
     )
+    .bind(id)
+    .bind(&others)
     .execute(pool)
     .await?;
     Ok(id)
@@ -323,7 +322,7 @@ async fn memory(
     }
     let pid = std::process::id();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = super::ws::rss_kib(pid);
+    let before = crate::ws::rss_kib(pid);
     let bar = ProgressBar::new(n as u64).with_style(
         ProgressStyle::with_template("memory  {bar:40} {pos}/{len} documents open")
             .expect("a valid template"),
@@ -343,7 +342,7 @@ async fn memory(
     }
     bar.finish_and_clear();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = super::ws::rss_kib(pid);
+    let after = crate::ws::rss_kib(pid);
     println!(
         "{}",
         json!({

@@ -1,33 +1,38 @@
-//! The benchmark protocol's routes (`HEARTH_BENCH_ROUTES=1`): W1, W2, W5 and W6.
+//! The benchmark protocol's routes (W1, W2, W3, W5 and W6) served by `hearth-bench`, the load
+//! clients against them, and the floors.
 
-use hearth::web::testing::WsClient;
+use hearth::{Application, application::testing::TestServer, web::testing::WsClient};
 use serde_json::json;
 
-use crate::helpers::TestApp;
+/// What `hearth-bench` serves: every bundled app and the bench app.
+fn application() -> Application {
+    hearth::bundled::application().app(hearth_bench::app())
+}
 
-async fn spawn() -> TestApp {
-    let app = TestApp::builder()
-        .settings(|c: &mut hearth::bench::BenchSettings| c.bench_routes = true)
-        .spawn()
-        .await;
-    hearth::bench::routes::seed(&app.pool).await.unwrap();
+async fn spawn() -> TestServer {
+    let app = TestServer::start(application()).await.unwrap();
+    hearth_bench::routes::seed(app.pool()).await.unwrap();
     app
+}
+
+async fn get(app: &TestServer, path: &str) -> reqwest::Response {
+    reqwest::get(app.url(path)).await.unwrap()
 }
 
 #[tokio::test]
 async fn the_page_lists_the_20_latest_posts_and_the_cached_page_hits() {
     let app = spawn().await;
 
-    let page = app.get("/bench/page").await;
+    let page = get(&app, "/bench/page").await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert_eq!(html.matches("<article").count(), 20);
     assert!(html.contains("id=\"post-10000\""), "newest first");
     assert!(html.contains("<time datetime=\""));
 
-    let first = app.get("/bench/cached").await;
+    let first = get(&app, "/bench/cached").await;
     assert_eq!(first.headers()["x-cache"], "MISS");
-    let second = app.get("/bench/cached").await;
+    let second = get(&app, "/bench/cached").await;
     assert_eq!(second.headers()["x-cache"], "HIT");
     assert_eq!(second.text().await.unwrap(), html);
 }
@@ -56,7 +61,7 @@ async fn the_chat_room_echoes_to_every_member_and_rejects_bad_rooms() {
 #[tokio::test]
 async fn published_messages_reach_the_event_stream() {
     let app = spawn().await;
-    let mut stream = app.get("/bench/events").await;
+    let mut stream = get(&app, "/bench/events").await;
     let first = stream.chunk().await.unwrap().unwrap();
     assert!(
         std::str::from_utf8(&first)
@@ -64,8 +69,7 @@ async fn published_messages_reach_the_event_stream() {
             .starts_with(": connected")
     );
 
-    let published = app
-        .client
+    let published = reqwest::Client::new()
         .post(app.url("/bench/publish"))
         .json(&json!({"message": "hi"}))
         .send()
@@ -81,12 +85,6 @@ async fn published_messages_reach_the_event_stream() {
     );
 }
 
-#[tokio::test]
-async fn without_the_flag_the_routes_do_not_exist() {
-    let app = TestApp::spawn().await;
-    assert_eq!(app.get("/bench/page").await.status(), 404);
-}
-
 /// W3 against a stub of `upstream/stub.js`: the three bodies in order, or 502 if one fails.
 #[tokio::test]
 async fn gather_returns_the_three_upstream_bodies_or_502() {
@@ -96,13 +94,14 @@ async fn gather_returns_the_three_upstream_bodies_or_502() {
     };
 
     use axum::{
-        Json, Router, extract::Path, http::StatusCode, response::IntoResponse, routing::get,
+        Json, Router, extract::Path, http::StatusCode, response::IntoResponse,
+        routing::get as route_get,
     };
 
     let failing = Arc::new(AtomicBool::new(false));
     let stub = Router::new().route(
         "/upstream/{n}",
-        get({
+        route_get({
             let failing = failing.clone();
             move |Path(n): Path<String>| async move {
                 if n == "2" && failing.load(Ordering::SeqCst) {
@@ -115,15 +114,15 @@ async fn gather_returns_the_three_upstream_bodies_or_502() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, stub).await.unwrap() });
-    let app = TestApp::builder()
-        .settings(|c: &mut hearth::bench::BenchSettings| {
-            c.bench_routes = true;
-            c.bench_upstream_url = base.parse().unwrap();
+    let app = TestServer::builder(application())
+        .settings(|c: &mut hearth_bench::BenchSettings| {
+            c.bench_upstream_url = base.parse().unwrap()
         })
-        .spawn()
-        .await;
+        .start()
+        .await
+        .unwrap();
 
-    let response = app.get("/bench/gather").await;
+    let response = get(&app, "/bench/gather").await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     let sources: Vec<_> = body["results"]
@@ -140,7 +139,7 @@ async fn gather_returns_the_three_upstream_bodies_or_502() {
     );
 
     failing.store(true, Ordering::SeqCst);
-    let response = app.get("/bench/gather").await;
+    let response = get(&app, "/bench/gather").await;
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
@@ -153,12 +152,12 @@ async fn gather_returns_the_three_upstream_bodies_or_502() {
 /// and the figures they report add up.
 #[tokio::test]
 async fn the_rust_load_clients_count_every_delivery() {
-    use hearth::bench::{sse::SseArgs, ws::WsArgs};
+    use hearth_bench::{sse::SseArgs, ws::WsArgs};
 
     let app = spawn().await;
 
-    let chat = hearth::bench::ws::measure_chat(WsArgs {
-        mode: hearth::bench::ws::WsMode::Chat,
+    let chat = hearth_bench::ws::measure_chat(WsArgs {
+        mode: hearth_bench::ws::WsMode::Chat,
         url: app.ws_url("/ws/chat/load/"),
         clients: 20,
         messages: 10,
@@ -170,7 +169,7 @@ async fn the_rust_load_clients_count_every_delivery() {
     })
     .await
     .unwrap();
-    let events = hearth::bench::sse::measure(SseArgs {
+    let events = hearth_bench::sse::measure(SseArgs {
         base: app.url(""),
         clients: 20,
         messages: 10,
@@ -202,7 +201,7 @@ async fn the_rust_load_clients_count_every_delivery() {
 async fn the_floor_server_writes_each_message_to_every_socket_and_forgets_closed_ones() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ws/chat/bench/", listener.local_addr().unwrap());
-    let floor = hearth::bench::floor::Floor::default();
+    let floor = hearth_bench::ws_floor::Floor::default();
     let server = tokio::spawn({
         let floor = floor.clone();
         async move { floor.serve(listener).await }
@@ -227,5 +226,51 @@ async fn the_floor_server_writes_each_message_to_every_socket_and_forgets_closed
         assert_eq!(client.recv_json().await.unwrap()["message"], "8");
     }
     assert_eq!(floor.counts(), (4, 0), "two messages to two open sockets");
+    server.abort();
+}
+
+/// The HTTP floor serves what Hearth serves for W1 and W2 (the same bytes), and W3's three
+/// upstream bodies in order.
+#[tokio::test]
+async fn the_http_floor_serves_the_same_page_and_gathers_the_three_upstreams() {
+    use std::sync::Arc;
+
+    use axum::{Json, Router, extract::Path, routing::get as route_get};
+
+    let stub = Router::new().route(
+        "/upstream/{n}",
+        route_get(|Path(n): Path<String>| async move { Json(json!({"source": n})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream: url::Url = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, stub).await.unwrap() });
+    let app = spawn().await;
+    let floor = hearth_bench::http_floor::HttpFloor::connect(&app.database.url(), &upstream)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(Arc::new(floor).serve(listener));
+
+    let hearth = get(&app, "/bench/page").await.text().await.unwrap();
+    for path in ["/bench/page", "/bench/cached"] {
+        let floor = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(floor.status(), 200);
+        assert_eq!(floor.text().await.unwrap(), hearth, "{path}");
+    }
+    let gathered: serde_json::Value = reqwest::get(format!("{base}/bench/gather"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        gathered,
+        json!({"count": 3, "results": [{"source": "1"}, {"source": "2"}, {"source": "3"}]})
+    );
+    let missing = reqwest::get(format!("{base}/elsewhere")).await.unwrap();
+    assert_eq!(missing.status(), 404);
     server.abort();
 }

@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Latencies, cpu_pct, cpu_time, on_own_runtime, per_s};
+use crate::client::{Latencies, cpu_pct, cpu_time, on_own_runtime, per_s};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SseArgs {

@@ -108,7 +108,7 @@ async fn connect_many(url: &str, n: usize, concurrency: usize) -> (Vec<Socket>, 
 
 /// Runs the client on a runtime of its own and prints its JSON line.
 pub async fn run(args: WsArgs) -> anyhow::Result<()> {
-    super::client::on_own_runtime(move || async move {
+    crate::client::on_own_runtime(move || async move {
         let result = match args.mode {
             WsMode::Chat => chat(args).await?,
             WsMode::Idle => idle(args).await?,
@@ -197,7 +197,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
         ProgressStyle::with_template("sending {bar:40} {pos}/{len} ({msg} delivered)")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let cpu0 = super::client::cpu_time();
+    let cpu0 = crate::client::cpu_time();
     let wall0 = Instant::now();
     let first_send = now_us();
     for seq in 0..m {
@@ -219,7 +219,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu = super::client::cpu_time() - cpu0;
+    let cpu = crate::client::cpu_time() - cpu0;
     let wall = wall0.elapsed().as_secs_f64();
     stop.cancel();
     let mut latencies = Vec::with_capacity(expected as usize);
@@ -232,7 +232,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
         last = last.max(got.last_at_us);
     }
     let got = latencies.len() as u64;
-    let summary = super::client::Latencies::new(latencies);
+    let summary = crate::client::Latencies::new(latencies);
     let span_s = (last.saturating_sub(first_send)) as f64 / 1e6;
     Ok(serde_json::json!({
         "workload": "ws_chat", "client": "hearth bench ws",
@@ -241,10 +241,10 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
         "connect_s": (connect_s * 100.0).round() / 100.0,
         "messages": m, "rate": args.rate, "expected": expected, "delivered": got,
         "lost": expected - got, "duplicates": duplicates, "malformed": malformed,
-        "deliveries_per_s": super::client::per_s(got, span_s),
+        "deliveries_per_s": crate::client::per_s(got, span_s),
         "offered_per_s": connected as u64 * u64::from(args.rate),
         "p50_ms": summary.percentile_ms(50.0), "p99_ms": summary.percentile_ms(99.0), "max_ms": summary.max_ms(),
-        "client_cpu_pct": super::client::cpu_pct(cpu, wall),
+        "client_cpu_pct": crate::client::cpu_pct(cpu, wall),
     }))
 }
 

@@ -44,7 +44,7 @@ use tokio_tungstenite::{
     },
 };
 
-use super::routes::{ChatMessage, Message as Sent};
+use crate::routes::{ChatMessage, Message as Sent};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FloorArgs {

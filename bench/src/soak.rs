@@ -59,7 +59,7 @@ use tokio_tungstenite::tungstenite::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
+use hearth::{
     config::Config,
     db::Database,
     jobs::control,
@@ -164,7 +164,8 @@ pub async fn soak(config: &Config, args: &SoakArgs) -> anyhow::Result<Report> {
         .context("cannot open the database")?;
     let prefix = format!("sk{}", hex::encode(rand::random::<[u8; 3]>()));
     let outcome = drive(&server, &db.pool, &prefix, args).await;
-    let cleanup = sqlx::query!("DELETE FROM users WHERE username LIKE $1 || '%'", prefix)
+    let cleanup = sqlx::query("DELETE FROM users WHERE username LIKE $1 || '%'")
+        .bind(&prefix)
         .execute(&db.pool)
         .await
         .context("cannot delete the soak's users");
@@ -202,7 +203,6 @@ impl Server {
         command
             .arg("serve")
             .env("HEARTH_BIND", "127.0.0.1:0")
-            .env("HEARTH_BENCH_ROUTES", "1")
             .env("HEARTH_DATA_DIR", &config.db.data_dir)
             .env("RUST_LOG", "warn,hearth=info")
             .env_remove("HEARTH_LOG_JSON")
@@ -322,7 +322,7 @@ fn probe(pid: u32) -> (u64, u64, u64) {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    (super::ws::rss_kib(pid), fds, threads)
+    (crate::ws::rss_kib(pid), fds, threads)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,7 +511,7 @@ async fn drive(
     // Users: one for signed-in pages (it also creates the rooms), two importers, the chatters.
     const JOB_USERS: usize = 2;
     let chatters = args.rooms * args.chatters;
-    let sessions = super::docs::users(pool, prefix, 1 + JOB_USERS + chatters).await?;
+    let sessions = crate::docs::users(pool, prefix, 1 + JOB_USERS + chatters).await?;
     let mut visitors = Vec::with_capacity(sessions.len());
     for (_, session) in &sessions {
         visitors.push(sign_in(&ctx, session).await?);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use sqlx::PgPool;
 
-use crate::{
+use hearth::{
     cache::{Cache, CacheConfig, Timeout},
     channels::ChannelLayer,
     config::Config,

@@ -1,9 +1,10 @@
 //! The benchmark protocol's endpoints, on the same platform pieces the apps use.
 //!
 //! * W1, `GET /bench/page`: the 20 latest posts, one query, an askama page extending a layout;
+//!   the query goes through the pool, as the product's own pages read ([`page`] says why);
 //! * W2, `GET /bench/cached`: the same page behind `cache_page(60s)` (the two-tier cache);
-//! * W3, `GET /bench/gather`: three concurrent calls to the upstream stub, served by the
-//!   gateway app's fan-out (`crate::gateway::bench_routes`);
+//! * W3, `GET /bench/gather`: three concurrent calls to the upstream stub, through the gateway
+//!   app's fan-out and shared client, as `/api/aggregate` makes them;
 //! * W5, `GET /ws/chat/{room}/`: a WebSocket consumer; on connect the socket joins the room's
 //!   group, and every `{"message": "..."}` a member sends is `group_send` to the room and
 //!   forwarded to every member (the sender included) as `{"type":"chat.message","message":...}`.
@@ -18,11 +19,15 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use axum::response::{IntoResponse, Response};
+use hearth::gateway::{self, Upstreams, fan_out};
+use url::Url;
 
 use askama::Template;
 
-use crate::{
+use hearth::{
     cache::page::cache_page,
     channels::GroupName,
     web::{
@@ -33,9 +38,11 @@ use crate::{
 };
 
 /// The routes, served outside the CSRF layer (the load clients have no session).
-pub fn routes(state: &AppState) -> crate::Routes {
-    crate::Routes::new()
+pub fn routes(state: &AppState, upstream: &Url) -> hearth::Routes {
+    let upstreams = Arc::new(w3_upstreams(upstream));
+    hearth::Routes::new()
         .route("/bench/page", get(page))
+        .route("/bench/gather", get(move || gather(Arc::clone(&upstreams))))
         .route(
             "/bench/cached",
             get(page).layer(cache_page(&state.cache, Duration::from_secs(60))),
@@ -45,18 +52,55 @@ pub fn routes(state: &AppState) -> crate::Routes {
         .route("/bench/publish", post(publish))
 }
 
-/// A W5 client's frame (also read by the floor server, [`super::floor`]).
+/// The protocol's `/upstream/1`, `/2` and `/3` under `base`, with the Django peer's 10 s client
+/// timeout, in the gateway's own `HEARTH_UPSTREAMS` syntax.
+fn w3_upstreams(base: &Url) -> Upstreams {
+    let base = base.as_str().trim_end_matches('/');
+    let spec = format!("1={base}/upstream/1@10s,2={base}/upstream/2@10s,3={base}/upstream/3@10s");
+    Upstreams::parse(&spec).expect("an http(s) base URL makes three valid upstreams")
+}
+
+#[derive(Serialize)]
+struct Gathered {
+    count: usize,
+    results: Vec<serde_json::Value>,
+}
+
+/// W3: the three bodies in order, or `502` naming the first upstream that failed (the peer
+/// answers 500 there; either way the load client counts a non-2xx answer).
+#[tracing::instrument(skip_all)]
+async fn gather(upstreams: Arc<Upstreams>) -> Result<Response, WebError> {
+    let client = gateway::client().map_err(|e| WebError::Internal(e.into()))?;
+    let mut results = Vec::with_capacity(upstreams.as_slice().len());
+    for fetched in fan_out(client, upstreams.as_slice()).await {
+        match fetched.outcome {
+            Ok(data) => results.push(data),
+            Err(e) => {
+                let message = format!("upstream {}: {e}", fetched.name);
+                let body = serde_json::json!({ "error": { "status": 502, "message": message } });
+                return Ok((StatusCode::BAD_GATEWAY, Json(body)).into_response());
+            }
+        }
+    }
+    let answer = Gathered {
+        count: results.len(),
+        results,
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// A W5 client's frame (also read by the floor server, [`crate::ws_floor`]).
 #[derive(Deserialize)]
-pub(super) struct Message {
-    pub(super) message: String,
+pub(crate) struct Message {
+    pub(crate) message: String,
 }
 
 /// What W5 forwards to every member of the room.
 #[derive(Serialize)]
-pub(super) struct ChatMessage<'a> {
+pub(crate) struct ChatMessage<'a> {
     #[serde(rename = "type")]
-    pub(super) kind: &'static str,
-    pub(super) message: &'a str,
+    pub(crate) kind: &'static str,
+    pub(crate) message: &'a str,
 }
 
 /// W5's chat room consumer.
@@ -136,11 +180,12 @@ async fn publish(
 
 #[derive(Template)]
 #[template(path = "bench/page.html")]
-struct Page {
-    posts: Vec<PostView>,
+struct Page<'a> {
+    posts: &'a [PostView],
 }
 
-struct PostView {
+/// One post of the page, as it is shown.
+pub struct PostView {
     id: i32,
     title: String,
     author_name: String,
@@ -149,35 +194,49 @@ struct PostView {
     date: String,
 }
 
-/// W1: one query, one template. The query goes through the pipelined read connections: 64
-/// concurrent pages share one connection instead of taking turns on the pool's.
+impl PostView {
+    /// A row of [`PAGE_QUERY`]: the excerpt is the body's first 100 characters.
+    pub fn new(
+        id: i32,
+        title: String,
+        author_name: String,
+        body: String,
+        published_at: time::OffsetDateTime,
+    ) -> Self {
+        let iso = time::format_description::well_known::Rfc3339;
+        let date = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+        Self {
+            id,
+            title,
+            author_name,
+            excerpt: first_chars(body, 100),
+            iso: published_at.format(&iso).unwrap_or_default(),
+            date: published_at.format(&date).unwrap_or_default(),
+        }
+    }
+}
+
+/// W1's one query: the 20 latest posts.
+pub const PAGE_QUERY: &str = "SELECT id, title, author_name, body, published_at FROM bench_posts
+     ORDER BY published_at DESC LIMIT 20";
+
+/// The page of `posts` (the floor server renders it once, from the same rows).
+pub fn render_page(posts: &[PostView]) -> Result<String, askama::Error> {
+    Page { posts }.render()
+}
+
+/// W1: one query, one template. The query goes through the pool, as the product's pages read
+/// (`/posts`, a post, the home page); `db::Pipeline`, which shares one connection between
+/// concurrent reads, is the platform's faster path for short reads, but no page of the product
+/// takes it, and W1 measures what the product does.
 async fn page(State(state): State<AppState>) -> Result<axum::response::Html<String>, WebError> {
-    let rows = state
-        .reads
-        .query(
-            "SELECT id, title, author_name, body, published_at FROM bench_posts
-             ORDER BY published_at DESC LIMIT 20",
-            &[],
-        )
-        .await?;
-    let iso = time::format_description::well_known::Rfc3339;
-    let date = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
-    let posts = rows
-        .iter()
-        .map(|row| {
-            let published_at: time::OffsetDateTime = row.try_get("published_at")?;
-            Ok(PostView {
-                id: row.try_get("id")?,
-                title: row.try_get("title")?,
-                author_name: row.try_get("author_name")?,
-                excerpt: first_chars(row.try_get("body")?, 100),
-                iso: published_at.format(&iso).unwrap_or_default(),
-                date: published_at.format(&date).unwrap_or_default(),
-            })
-        })
-        .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(|e| WebError::Internal(e.into()))?;
-    render(&Page { posts })
+    let rows: Vec<(i32, String, String, String, time::OffsetDateTime)> =
+        sqlx::query_as(PAGE_QUERY).fetch_all(&state.db).await?;
+    let posts: Vec<PostView> = rows
+        .into_iter()
+        .map(|(id, title, author, body, at)| PostView::new(id, title, author, body, at))
+        .collect();
+    render(&Page { posts: &posts })
 }
 
 /// The first `n` characters of `text`, cut in place (collecting `chars()` into a new String was
@@ -193,17 +252,17 @@ fn first_chars(mut text: String, n: usize) -> String {
 /// Every value is a function of the row id, as in the peers' `seed.sql`, so both sides serve
 /// byte-identical data.
 pub async fn seed(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    let count = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM bench_posts"#)
+    let count = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM bench_posts")
         .fetch_one(pool)
         .await?;
     if count == 10_000 {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    sqlx::query!("DELETE FROM bench_posts")
+    sqlx::query("DELETE FROM bench_posts")
         .execute(&mut *tx)
         .await?;
-    sqlx::query!(
+    sqlx::query(
         r#"WITH w AS (
              SELECT ARRAY['async','buffer','cache','daemon','engine','fiber','graph','heap','index','journal',
                           'kernel','lambda','mutex','node','object','packet','queue','router','socket','thread',
@@ -226,7 +285,7 @@ pub async fn seed(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    sqlx::query!("ANALYZE bench_posts").execute(pool).await?;
+    sqlx::query("ANALYZE bench_posts").execute(pool).await?;
     tracing::info!("seeded bench_posts with 10,000 posts");
     Ok(())
 }

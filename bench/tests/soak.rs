@@ -1,19 +1,23 @@
-//! The soak benchmark in its short mode: the same `hearth bench soak` run, for a few seconds at
+//! The soak benchmark in its short mode: the same `hearth-bench bench soak` run, for a few seconds at
 //! small rates, against the real binary as a child process on a fresh database. It proves the
 //! mix works end to end — nothing errs, every chat message, stream event, job and notification
 //! arrives, the server's memory and descriptors are sampled. Growth is not judged here (too
-//! short to mean anything): the long mode reports it (`hearth bench soak --duration 10m`).
+//! short to mean anything): the long mode reports it (`hearth-bench bench soak --duration 10m`).
 
 use std::time::Duration;
 
-use hearth::bench::soak::{self, SoakArgs};
+use hearth::application::testing::{self, TestDatabase};
+use hearth_bench::soak::{self, SoakArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_loses_nothing_errs_nowhere_and_samples_the_server() {
-    let (name, _) = crate::helpers::migrated_database().await;
+    let application = hearth::bundled::application().app(hearth_bench::app());
+    let mut config = testing::config();
+    let sections = application.sections_from_env().unwrap();
+    let plan = application.plan(&config, &sections).unwrap();
+    let database = TestDatabase::migrated(&plan.migrations).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::helpers::test_config();
-    config.db.database_url = Some(crate::helpers::database_url(&name));
+    config.db.database_url = Some(database.url());
     config.db.data_dir = dir.path().to_owned();
     let args = SoakArgs {
         duration: Duration::from_secs(15),
@@ -30,7 +34,7 @@ async fn a_short_soak_loses_nothing_errs_nowhere_and_samples_the_server() {
         sample_every: Duration::from_secs(1),
         warmup: Duration::from_secs(3),
         drain: Duration::from_secs(20),
-        server: Some(env!("CARGO_BIN_EXE_hearth").into()),
+        server: Some(env!("CARGO_BIN_EXE_hearth-bench").into()),
         out: dir.path().join("results"),
     };
 
