@@ -11,6 +11,7 @@ mod cache_headers;
 mod channels;
 mod chat;
 mod conditional;
+mod copied_binary;
 mod documents;
 mod email_verification;
 mod embedded;
