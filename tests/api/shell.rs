@@ -250,6 +250,42 @@ async fn static_files_are_cached_and_compressed() {
     assert_eq!(response.headers()["content-encoding"], "gzip");
 }
 
+/// A static file served as it is (a tiny one, or for a client accepting neither of its copies)
+/// carries `assets::Encoded`: the compression layer must not compress it per request under the
+/// file's one `ETag`.
+#[tokio::test]
+async fn the_compression_layer_leaves_a_response_marked_encoded_alone() {
+    use axum::{http::header, response::IntoResponse};
+    let css = "p { color: red }\n".repeat(64);
+    let body = css.clone();
+    let marked = move || {
+        let body = body.clone();
+        async move {
+            let mut response = ([(header::CONTENT_TYPE, "text/css")], body).into_response();
+            response
+                .extensions_mut()
+                .insert(hearth::web::assets::Encoded);
+            response
+        }
+    };
+    let app = TestApp::builder()
+        .routes(Router::new().route("/marked.css", get(marked)))
+        .spawn()
+        .await;
+
+    let response = app
+        .client
+        .get(app.url("/marked.css"))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("content-encoding"));
+    assert_eq!(response.text().await.unwrap(), css);
+}
+
 #[tokio::test]
 async fn every_response_carries_a_request_id() {
     let app = TestApp::spawn().await;
