@@ -250,6 +250,36 @@ async fn static_files_are_cached_and_compressed() {
     assert_eq!(response.headers()["content-encoding"], "gzip");
 }
 
+/// `HEARTH_STATIC_DIR` serves the folder on disk: pages link plain URLs, each load revalidates,
+/// and the compression layer compresses per request (docs/assets.md).
+#[tokio::test]
+async fn a_static_folder_on_disk_is_served_by_plain_urls_revalidated() {
+    let folder = tempfile::tempdir().unwrap();
+    let css = "body { color: rebeccapurple }\n".repeat(20);
+    std::fs::write(folder.path().join("app.css"), &css).unwrap();
+    let app = TestApp::builder()
+        .config(|config| config.http.static_dir = Some(folder.path().to_owned()))
+        .spawn()
+        .await;
+
+    let home = app.get("/").await.text().await.unwrap();
+    assert!(home.contains("href=\"/static/app.css\""), "{home}");
+    let plain = app.get("/static/app.css").await;
+    assert_eq!(plain.headers()["cache-control"], "public, no-cache");
+    assert!(plain.headers().contains_key("last-modified"));
+    assert_eq!(plain.text().await.unwrap(), css);
+    let compressed = app
+        .client
+        .get(app.url("/static/app.css"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compressed.headers()["content-encoding"], "gzip");
+    // The embedded files are not served beside the folder.
+    assert_eq!(app.get("/static/js/chat.js").await.status(), 404);
+}
+
 /// A static file served as it is (a tiny one, or for a client accepting neither of its copies)
 /// carries `assets::Encoded`: the compression layer must not compress it per request under the
 /// file's one `ETag`.
