@@ -260,7 +260,9 @@ impl App {
     }
 
     /// The app's static files, served under `/static/` at their path in the folder:
-    /// `static ASSETS: Dir = include_dir!("$CARGO_MANIFEST_DIR/static/shop")`.
+    /// `static ASSETS: Dir = include_dir!("$CARGO_MANIFEST_DIR/static/shop")`. Pages link them
+    /// with `{{ layout.asset("shop/shop.css") }}` (a content-hash URL cached for a year); their
+    /// brotli and gzip copies are made once, when the application is composed (docs/assets.md).
     pub fn assets(mut self, folder: &'static Dir<'static>) -> Self {
         self.assets = Some(folder);
         self

@@ -154,7 +154,8 @@ impl Application {
     }
 
     /// The composition's own static files (the site's stylesheet and layout scripts, as
-    /// Django's `STATICFILES_DIRS`), served under `/static/` beside the apps' own.
+    /// Django's `STATICFILES_DIRS`), served under `/static/` beside the apps' own, as
+    /// [`App::assets`] says.
     pub fn assets(mut self, folder: &'static Dir<'static>) -> Self {
         self.assets.push(folder);
         self

@@ -7,7 +7,8 @@
 //! asked for without compression. The page cache instead keeps one stored copy per coding
 //! (`br`, `gzip` or none), compressed once when it is stored, at a higher level than a
 //! per-request compressor could afford; the compression layer leaves a response that already has
-//! a `Content-Encoding` alone.
+//! a `Content-Encoding` alone. The static files' handler (`web/assets.rs`) negotiates its
+//! precompressed copies with the same [`Coding::negotiate`].
 
 use std::io::{self, Write};
 
@@ -15,7 +16,7 @@ use axum::http::{HeaderMap, header};
 
 /// The codings pages are stored in, and the one each request gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Coding {
+pub(crate) enum Coding {
     Brotli,
     Gzip,
     Identity,
@@ -27,7 +28,7 @@ const MIN_BODY: usize = 32;
 impl Coding {
     /// The best coding the request's `Accept-Encoding` allows: the one with the highest `q`,
     /// brotli before gzip at equal weight, and no compression when neither is acceptable.
-    pub(super) fn negotiate(headers: &HeaderMap) -> Self {
+    pub(crate) fn negotiate(headers: &HeaderMap) -> Self {
         let (mut brotli, mut gzip, mut any) = (None, None, None);
         for item in headers
             .get_all(header::ACCEPT_ENCODING)
@@ -60,7 +61,7 @@ impl Coding {
     }
 
     /// The `Content-Encoding` token.
-    pub(super) fn token(self) -> &'static str {
+    pub(crate) fn token(self) -> &'static str {
         match self {
             Self::Brotli => "br",
             Self::Gzip => "gzip",
@@ -126,7 +127,7 @@ pub(super) fn compressible(headers: &HeaderMap, len: usize) -> bool {
 
 /// `etag` marked as the representation in `coding` (`"abc"` → `"abc-br"`): a compressed page is
 /// a different representation and needs a different strong validator.
-pub(super) fn etag_for(etag: &str, coding: Coding) -> String {
+pub(crate) fn etag_for(etag: &str, coding: Coding) -> String {
     match etag.strip_suffix('"') {
         Some(open) if coding != Coding::Identity => format!("{open}-{}\"", coding.token()),
         _ => etag.to_owned(),

@@ -20,7 +20,7 @@
 //! Every key is stored as `<prefix>:<version>:<key>`, as Django does, so a version bump or a
 //! prefix separates whole sets of keys.
 
-mod coding;
+pub(crate) mod coding;
 pub mod fragment;
 pub mod headers;
 mod key;

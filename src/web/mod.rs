@@ -49,7 +49,10 @@ use axum::{
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
-    compression::CompressionLayer,
+    compression::{
+        CompressionLayer,
+        predicate::{DefaultPredicate, Predicate},
+    },
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     timeout::TimeoutLayer,
@@ -107,13 +110,7 @@ pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) ->
             "/metrics",
             axum::routing::get(metrics::endpoint).with_state(state.clone()),
         )
-        .nest(
-            "/static",
-            state
-                .composed
-                .assets
-                .router(config.http.static_dir.as_ref()),
-        )
+        .nest("/static", state.composed.assets.router())
         .fallback(error::not_found)
         // The hard limit below admits an app's larger bodies (an upload); every other route
         // keeps the body limit (an inner DefaultBodyLimit wins: such a route sets its own).
@@ -151,7 +148,7 @@ pub fn layers(
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .map_response(security_headers)
         .layer(middleware::from_fn(metrics::track))
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(not_encoded)))
         .layer(middleware::from_fn(error::error_pages))
         .layer(CatchPanicLayer::new())
         .layer(TimeoutLayer::with_status_code(
@@ -245,6 +242,17 @@ fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
         .collect::<Vec<_>>()
         .join("/")
         .into()
+}
+
+/// The compression layer's test beside its defaults: a static file's response is final as it is
+/// (its precompressed copy, or a file not worth compressing; see `web::assets`).
+fn not_encoded(
+    _: StatusCode,
+    _: axum::http::Version,
+    _: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> bool {
+    extensions.get::<assets::Encoded>().is_none()
 }
 
 /// Adds the security headers a handler did not set itself. One plain function rather than a

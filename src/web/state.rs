@@ -26,8 +26,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Signs the CSRF and flash cookies.
     pub cookie_key: Key,
-    /// Short hash of the files in `static/`, appended to asset URLs for cache busting.
-    pub static_version: Arc<str>,
     /// This instance's channel layer (WebSockets, server-sent events, presence).
     pub channels: ChannelLayer,
     /// The cache (Postgres shared tier, in-process tier).
@@ -71,7 +69,6 @@ impl AppState {
         let cache = Cache::start(db.clone(), channels.clone(), cache_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
-        let static_version = composed.assets.version().into();
         let reads = Pipeline::new(
             &db,
             config.db.database_url.as_deref(),
@@ -79,12 +76,16 @@ impl AppState {
             config.db.db_acquire_timeout,
         );
         let hasher = Hasher::from_config(&config);
+        // `HEARTH_STATIC_DIR` changes how assets are served and the URLs pages get for them.
+        let composed = Composed {
+            assets: composed.assets.from_disk(config.http.static_dir.clone()),
+            ..composed
+        };
         Ok(Self {
             db,
             reads,
             config: Arc::new(config),
             cookie_key,
-            static_version,
             channels,
             cache,
             sockets: Arc::default(),

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// What `base.html` shows on every page: the signed-in user, a flash message, the CSRF token
-/// for forms and the static asset version.
+/// for forms and the URLs of static files ([`Layout::asset`]).
 ///
 /// A layout with a user or a flash message marks its request [`Personal`] as it is built, and
 /// one whose CSRF token is rendered ([`Layout::csrf_token`]) marks it then: the page cache
@@ -26,7 +26,6 @@ pub struct Layout {
     pub flash: Option<String>,
     csrf_token: String,
     personal: Personal,
-    pub static_version: Arc<str>,
     composed: Arc<super::state::Composed>,
 }
 
@@ -75,7 +74,6 @@ impl FromRequestParts<AppState> for Layout {
             flash,
             csrf_token,
             personal,
-            static_version: state.static_version.clone(),
             composed: state.composed.clone(),
         })
     }
@@ -106,6 +104,12 @@ impl Layout {
                 Show::SignedIn => signed_in,
                 Show::Admins => admin,
             })
+    }
+
+    /// The URL of the static file at `path` (`{{ layout.asset("js/chat.js") }}`): one with a
+    /// hash of the file's content, cached for a year (see `web::assets`).
+    pub fn asset(&self, path: &str) -> String {
+        self.composed.assets.url(path)
     }
 
     /// The CSRF token for the page's forms and scripts. Rendering it marks the page personal:

@@ -34,9 +34,11 @@
 //   over it (same font, padding, wrapping and scroll) with a caret mark and a selection
 //   highlight inserted at the positions resolved from their relative positions.
 
-// Static files are served as `immutable`: ask for the bundle with this module's own ?v= (a hash
-// of every static file, the bundle included), so that a new bundle is never hidden by a cache.
-const Y = await import(`/static/vendor/yjs.mjs${new URL(import.meta.url).search}`);
+// The page names the bundle's content-hashed URL (cached for a year) on this script's tag; the
+// plain URL, revalidated on every use, is the fallback for a page that does not.
+const Y = await import(
+  document.querySelector('script[data-yjs]')?.dataset.yjs ?? '/static/vendor/yjs.mjs'
+);
 
 const LOCAL = 'local';
 const REMOTE = 'remote';

@@ -24,7 +24,7 @@ fn hearth(data_dir: &Path) -> Command {
 
 /// Starts `hearth serve` and returns it with the address it announced.
 /// A server's log lines: those before it announced its address, and a stream of the rest.
-struct Log {
+pub(crate) struct Log {
     startup: Vec<String>,
     rest: mpsc::Receiver<String>,
 }
@@ -41,7 +41,7 @@ fn serve(data_dir: &Path) -> (Child, String, Log) {
 }
 
 /// Starts `command serve` and returns it with the address it announced and its log lines.
-fn serve_with(mut command: Command) -> (Child, String, Log) {
+pub(crate) fn serve_with(mut command: Command) -> (Child, String, Log) {
     let mut child = command.arg("serve").stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();

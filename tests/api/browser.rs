@@ -88,6 +88,11 @@ fn collect(mut pipe: impl AsyncRead + Unpin + Send + 'static) -> JoinHandle<Stri
 /// `<target dir>/browser-shots/<script name>/` and `env` added to its environment; panics with
 /// the script's output unless it exits 0 within [`SCRIPT_TIMEOUT`].
 pub(crate) async fn run_script(app: &TestApp, script: &str, env: &[(&str, &str)]) {
+    run_script_at(app.url("").trim_end_matches('/'), script, env).await;
+}
+
+/// [`run_script`] against the server at `base` (`http://127.0.0.1:1234`): a `hearth` process.
+pub(crate) async fn run_script_at(base: &str, script: &str, env: &[(&str, &str)]) {
     check_prerequisites();
     let _browser = ONE_BROWSER
         .acquire()
@@ -100,7 +105,7 @@ pub(crate) async fn run_script(app: &TestApp, script: &str, env: &[(&str, &str)]
     command
         .arg(Path::new("tests/browser").join(script))
         .current_dir(manifest_dir())
-        .env("HEARTH_URL", app.url("").trim_end_matches('/'))
+        .env("HEARTH_URL", base)
         .env("SHOTS", &shots)
         .env("CHROMIUM", chromium())
         .env(

@@ -10,6 +10,7 @@ mod cache_headers;
 mod channels;
 mod chat;
 mod conditional;
+mod copied_binary;
 mod documents;
 mod echo;
 mod email_verification;

@@ -227,28 +227,93 @@ async fn an_exhausted_pool_fails_fast_with_503() {
 #[tokio::test]
 async fn static_files_are_cached_and_compressed() {
     let app = TestApp::spawn().await;
+    let home = app.get("/").await.text().await.unwrap();
+    let css = app.state.composed.assets.url("app.css");
+    assert!(
+        home.contains(&css),
+        "pages link assets by their content-hash URLs"
+    );
 
     let response = app
         .client
-        .get(app.url("/static/app.css"))
+        .get(app.url(&css))
         .header("accept-encoding", "gzip")
         .send()
         .await
         .unwrap();
 
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["cache-control"]
-            .to_str()
-            .unwrap()
-            .contains("max-age=31536000")
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
     );
     assert_eq!(response.headers()["content-encoding"], "gzip");
+}
+
+/// `HEARTH_STATIC_DIR` serves the folder on disk: pages link plain URLs, each load revalidates,
+/// and the compression layer compresses per request (docs/assets.md).
+#[tokio::test]
+async fn a_static_folder_on_disk_is_served_by_plain_urls_revalidated() {
+    let folder = tempfile::tempdir().unwrap();
+    let css = "body { color: rebeccapurple }\n".repeat(20);
+    std::fs::write(folder.path().join("app.css"), &css).unwrap();
+    let app = TestApp::builder()
+        .config(|config| config.http.static_dir = Some(folder.path().to_owned()))
+        .spawn()
+        .await;
+
     let home = app.get("/").await.text().await.unwrap();
-    assert!(
-        home.contains("/static/app.css?v="),
-        "assets are versioned for cache busting"
-    );
+    assert!(home.contains("href=\"/static/app.css\""), "{home}");
+    let plain = app.get("/static/app.css").await;
+    assert_eq!(plain.headers()["cache-control"], "public, no-cache");
+    assert!(plain.headers().contains_key("last-modified"));
+    assert_eq!(plain.text().await.unwrap(), css);
+    let compressed = app
+        .client
+        .get(app.url("/static/app.css"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compressed.headers()["content-encoding"], "gzip");
+    // The embedded files are not served beside the folder.
+    assert_eq!(app.get("/static/js/chat.js").await.status(), 404);
+}
+
+/// A static file served as it is (a tiny one, or for a client accepting neither of its copies)
+/// carries `assets::Encoded`: the compression layer must not compress it per request under the
+/// file's one `ETag`.
+#[tokio::test]
+async fn the_compression_layer_leaves_a_response_marked_encoded_alone() {
+    use axum::{http::header, response::IntoResponse};
+    let css = "p { color: red }\n".repeat(64);
+    let body = css.clone();
+    let marked = move || {
+        let body = body.clone();
+        async move {
+            let mut response = ([(header::CONTENT_TYPE, "text/css")], body).into_response();
+            response
+                .extensions_mut()
+                .insert(hearth::web::assets::Encoded);
+            response
+        }
+    };
+    let app = TestApp::builder()
+        .routes(Router::new().route("/marked.css", get(marked)))
+        .spawn()
+        .await;
+
+    let response = app
+        .client
+        .get(app.url("/marked.css"))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("content-encoding"));
+    assert_eq!(response.text().await.unwrap(), css);
 }
 
 #[tokio::test]
