@@ -1,5 +1,5 @@
 //! The command line of a composed application: `serve` (the default), `migrate`, `worker`,
-//! `createuser`, `jobs ...`, `cache ...`, and the commands its apps add (`bench ...`).
+//! `createuser`, `jobs ...`, `schedules ...`, `cache ...`, and the commands its apps add (`bench ...`).
 //!
 //! [`main`] is a program's whole `main`: the `hearth` binary calls it with the bundled apps,
 //! a team's binary with its own.
@@ -56,6 +56,11 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Periodic jobs: list them; add, change, pause, resume, remove and run them at run time.
+    Schedules {
+        #[command(subcommand)]
+        action: SchedulesCommand,
+    },
     /// Inspect and clear the cache.
     Cache {
         #[command(subcommand)]
@@ -105,6 +110,91 @@ pub enum JobsCommand {
     },
     /// Periodic jobs with their last and next run.
     Schedules,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Every schedule (declared in code or added at run time) with its last and next run.
+    List,
+    /// Add a schedule kept in the database; the running instances fire it within a second.
+    /// E.g. `hearth schedules add nightly --cron '0 3 * * *' --tz Europe/Paris --kind digest`.
+    Add {
+        name: String,
+        #[command(flatten)]
+        def: ScheduleArgs,
+    },
+    /// Change a schedule added at run time: only what is given changes. A new `--cron` or
+    /// `--every` starts counting from now.
+    Set {
+        name: String,
+        #[command(flatten)]
+        def: ScheduleArgs,
+    },
+    /// Stop a schedule from firing (on every instance) until resumed.
+    Pause { name: String },
+    /// Let a paused schedule fire again; occurrences skipped while paused are not caught up.
+    Resume { name: String },
+    /// Remove a schedule added at run time (jobs it enqueued stay).
+    Remove { name: String },
+    /// Enqueue a schedule's job now, outside its timetable.
+    Run { name: String },
+}
+
+/// A run-time schedule's definition on the command line.
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// A cron expression (5 fields, or 6 with seconds; `@daily` and friends).
+    #[arg(long, conflicts_with = "every")]
+    cron: Option<String>,
+    /// The cron expression's IANA time zone (default UTC).
+    #[arg(long, requires = "cron")]
+    tz: Option<String>,
+    /// A fixed interval instead of a cron expression: `10m`, `1h`, at least `1s`.
+    #[arg(long)]
+    every: Option<String>,
+    /// The job kind to enqueue.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The job's args, as JSON (default `{}`).
+    #[arg(long)]
+    args: Option<String>,
+    /// Options of the enqueued jobs (default: the kind's).
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i16>,
+    #[arg(long)]
+    max_attempts: Option<i32>,
+    /// Occurrences missed while no instance ran: `all` (at most the latest 100), `latest`
+    /// (the default) or `none`.
+    #[arg(long)]
+    catch_up: Option<String>,
+}
+
+impl ScheduleArgs {
+    /// The changes these flags describe; bad JSON or an unknown catch-up rule is an error.
+    pub fn changes(self) -> Result<crate::jobs::schedule_store::Changes, anyhow::Error> {
+        use crate::jobs::schedule_store::{Changes, When};
+        Ok(Changes {
+            when: When::from_parts(
+                self.cron.as_deref(),
+                self.tz.as_deref(),
+                self.every.as_deref(),
+            )?,
+            kind: self.kind,
+            args: self
+                .args
+                .map(|a| serde_json::from_str(&a))
+                .transpose()
+                .map_err(|e| {
+                    crate::jobs::schedule_store::StoreError::ArgsNotJson(e.to_string())
+                })?,
+            queue: self.queue,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            catch_up: self.catch_up.map(|c| c.parse()).transpose()?,
+        })
+    }
 }
 
 /// `100/1m` → 100 per minute.
@@ -203,6 +293,14 @@ async fn run(command: Command, invocation: Invocation) -> anyhow::Result<()> {
                 })
                 .await
         }
+        Command::Schedules { action } => {
+            let inner = invocation.clone();
+            invocation
+                .with_database(true, |pool| async move {
+                    schedules_action(&inner, &pool, action).await
+                })
+                .await
+        }
         Command::Cache { action } => cache(&invocation, action).await,
         Command::Createuser {
             name,
@@ -290,7 +388,7 @@ async fn jobs_action(
     pool: &sqlx::PgPool,
     action: JobsCommand,
 ) -> anyhow::Result<()> {
-    use crate::jobs::{QueueName, control, maintenance};
+    use crate::jobs::{QueueName, control};
     match action {
         JobsCommand::List { state, limit } => {
             let jobs = control::list(pool, state.as_deref(), limit).await?;
@@ -351,25 +449,68 @@ async fn jobs_action(
             }
         }
         JobsCommand::Schedules => {
-            let plan = invocation
-                .application
-                .plan(&invocation.config, &invocation.sections)?;
-            let schedules = maintenance::schedule_status(pool, &plan.schedules).await?;
+            schedules_action(invocation, pool, SchedulesCommand::List).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn schedules_action(
+    invocation: &Invocation,
+    pool: &sqlx::PgPool,
+    action: SchedulesCommand,
+) -> anyhow::Result<()> {
+    use crate::jobs::schedule_store;
+    let plan = invocation
+        .application
+        .plan(&invocation.config, &invocation.sections)?;
+    let code = &plan.schedules;
+    match action {
+        SchedulesCommand::List => {
+            let schedules = schedule_store::list(pool, code).await?;
             if schedules.is_empty() {
-                println!("no schedules are declared");
+                println!("no schedules");
             }
+            let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_string(), |t| t.to_rfc3339())
+            };
             for s in schedules {
-                let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                    t.map_or("-".to_string(), |t| t.to_rfc3339())
-                };
                 println!(
-                    "{:<24}  {:<32}  last {}  next {}",
+                    "{:<24}  {:<7}  {:<32}  {:<20}  catch-up {:<6}  {}last {}  next {}",
                     s.name,
+                    if s.runtime { "runtime" } else { "code" },
                     s.every,
+                    s.kind,
+                    s.catch_up,
+                    if s.paused { "PAUSED  " } else { "" },
                     show(s.last),
                     show(s.next)
                 );
             }
+        }
+        SchedulesCommand::Add { name, def } => {
+            schedule_store::add(pool, &plan.kinds, code, &name, def.changes()?).await?;
+            println!("schedule {name} added");
+        }
+        SchedulesCommand::Set { name, def } => {
+            schedule_store::change(pool, &plan.kinds, code, &name, def.changes()?).await?;
+            println!("schedule {name} changed");
+        }
+        SchedulesCommand::Pause { name } => {
+            schedule_store::set_paused(pool, code, &name, true).await?;
+            println!("schedule {name} paused on every instance");
+        }
+        SchedulesCommand::Resume { name } => {
+            schedule_store::set_paused(pool, code, &name, false).await?;
+            println!("schedule {name} resumed");
+        }
+        SchedulesCommand::Remove { name } => {
+            schedule_store::remove(pool, code, &name).await?;
+            println!("schedule {name} removed");
+        }
+        SchedulesCommand::Run { name } => {
+            let job = schedule_store::run_now(pool, code, &name).await?;
+            println!("schedule {name} enqueued job {}", job.id);
         }
     }
     Ok(())
@@ -435,6 +576,9 @@ mod tests {
             "hearth migrate --status",
             "hearth worker",
             "hearth jobs list",
+            "hearth schedules list",
+            "hearth schedules add x --every 10m --kind noop --priority -1",
+            "hearth schedules set x --cron @daily --tz UTC --catch-up all",
             "hearth cache stats",
             "hearth createuser alice",
         ] {

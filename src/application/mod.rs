@@ -36,7 +36,7 @@ use sqlx::PgPool;
 use crate::{
     config::{Config, Sections},
     db::migrations::{self, MigrationSet},
-    jobs::{Registry, Schedule},
+    jobs::{Registry, Schedule, registry::Kinds},
     web::{
         self, AppState,
         assets::{Assets, Dir, DuplicateAsset},
@@ -132,6 +132,8 @@ pub struct Plan {
     pub migrations: Vec<MigrationSet>,
     /// Every app's schedules and `HEARTH_SCHEDULES`, checked against the registered kinds.
     pub schedules: Vec<Schedule>,
+    /// Every job kind of the application (schedules added at run time are checked with it).
+    pub kinds: Kinds,
     pub nav: Vec<NavLink>,
     /// The hard limit on request bodies: the body limit or an app's larger one.
     pub body_limit: usize,
@@ -278,6 +280,7 @@ impl Application {
         Ok(Plan {
             migrations,
             schedules: check_schedules(schedules, &kinds)?,
+            kinds: self.catalog(),
             nav,
             body_limit,
             assets: self.static_files()?,
@@ -345,6 +348,15 @@ impl Application {
             }
         }
         Ok(kinds)
+    }
+
+    /// Every job kind with its args check and defaults (names are checked unique by [`Self::kinds`]).
+    fn catalog(&self) -> Kinds {
+        let mut catalog = Registry::new().catalog();
+        for kind in self.apps.iter().flat_map(|app| &app.jobs) {
+            catalog.insert(kind.kind, kind.info);
+        }
+        catalog
     }
 
     /// The platform's state for this application: services started, plan applied.
@@ -454,6 +466,7 @@ impl From<Plan> for web::state::Composed {
         Self {
             migrations: plan.migrations,
             schedules: plan.schedules,
+            kinds: plan.kinds,
             nav: plan.nav,
             body_limit: plan.body_limit,
             assets: plan.assets,

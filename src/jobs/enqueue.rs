@@ -160,6 +160,23 @@ impl Enqueue {
         &self.kind
     }
 
+    /// The job's args.
+    pub fn args(&self) -> &serde_json::Value {
+        &self.args
+    }
+
+    pub(crate) fn queue_name(&self) -> &str {
+        self.queue.as_str()
+    }
+
+    pub(crate) fn priority_value(&self) -> i16 {
+        self.priority
+    }
+
+    pub(crate) fn max_attempts_value(&self) -> i32 {
+        self.max_attempts
+    }
+
     /// A job with its kind's defaults.
     pub fn new<J: Job>(job: &J) -> Result<Self, EnqueueError> {
         let args = serde_json::to_value(job).map_err(|source| EnqueueError::Serialize {

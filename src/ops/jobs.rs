@@ -17,7 +17,7 @@ use crate::{
     jobs::{
         QueueName,
         control::{self, Cancelled, Count, Filter, JobStatus},
-        maintenance::{self, ScheduleStatus},
+        schedule_store::{self, ScheduleStatus},
     },
     web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render},
 };
@@ -121,7 +121,7 @@ pub(super) async fn overview(
             (q, is_paused)
         })
         .collect();
-    let schedules = maintenance::schedule_status(&state.db, &state.composed.schedules).await?;
+    let schedules = schedule_store::list(&state.db, &state.composed.schedules).await?;
     let audit = audit::recent(&state.db, 10).await?;
     Ok(render(&OverviewPage {
         layout,
@@ -445,40 +445,4 @@ pub(super) async fn queue(
     )
     .await?;
     Ok((flash::set(jar, message), Redirect::to("/ops")).into_response())
-}
-
-/// `POST /ops/schedules/{name}/run`: enqueues the schedule's job now, outside its timetable.
-#[tracing::instrument(skip(state, admin, jar))]
-pub(super) async fn run_schedule(
-    State(state): State<AppState>,
-    RequireAdmin(admin): RequireAdmin,
-    jar: SignedCookieJar,
-    Path(name): Path<String>,
-) -> Result<Response, WebError> {
-    let schedule = state
-        .composed
-        .schedules
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or(WebError::NotFound)?;
-    let enqueued = schedule
-        .job
-        .clone()
-        .enqueue(&state.db)
-        .await
-        .map_err(|e| WebError::Internal(e.into()))?;
-    audit::record(
-        &state.db,
-        &admin,
-        "schedule.run",
-        &name,
-        json!({ "job_id": enqueued.id }),
-    )
-    .await?;
-    let message = format!("Schedule {name} enqueued job {}.", enqueued.id);
-    Ok((
-        flash::set(jar, message),
-        Redirect::to(&format!("/ops/jobs/{}", enqueued.id)),
-    )
-        .into_response())
 }

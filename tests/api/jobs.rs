@@ -863,7 +863,7 @@ async fn a_schedule_under_two_instances_enqueues_each_occurrence_once() {
         enqueued, 1,
         "six missed occurrences run once, by one instance"
     );
-    let status = maintenance::schedule_status(&pool, &schedules)
+    let status = hearth::jobs::schedule_store::list(&pool, &schedules)
         .await
         .unwrap();
     assert!(status[0].next.unwrap() > chrono::Utc::now());
