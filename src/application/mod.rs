@@ -103,6 +103,8 @@ pub enum ComposeError {
         first: &'static str,
         second: &'static str,
     },
+    #[error("{0}")]
+    SoftTimeLimit(String),
     #[error("{first} and {second} both declare the schedule {name:?}")]
     DuplicateSchedule {
         name: String,
@@ -277,10 +279,14 @@ impl Application {
                 schedules.push(("HEARTH_SCHEDULES".into(), schedule));
             }
         }
+        let catalog = self.catalog();
+        catalog
+            .check_limits()
+            .map_err(ComposeError::SoftTimeLimit)?;
         Ok(Plan {
             migrations,
             schedules: check_schedules(schedules, &kinds)?,
-            kinds: self.catalog(),
+            kinds: catalog,
             nav,
             body_limit,
             assets: self.static_files()?,

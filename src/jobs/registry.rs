@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     pub handler: Handler,
     pub backoff: fn(i32) -> Duration,
     pub info: KindInfo,
+    /// The kind's soft time limit (`Defaults::soft_timeout`), read once at registration.
+    pub soft_timeout: Option<Duration>,
 }
 
 /// What is known of a kind without running it: whether JSON args fit its type, and its
@@ -80,6 +82,13 @@ impl Kinds {
         self.0.contains_key(kind)
     }
 
+    /// `Err` naming the first kind whose soft time limit is not below its hard limit.
+    pub fn check_limits(&self) -> Result<(), String> {
+        self.0
+            .iter()
+            .try_for_each(|(kind, info)| (info.defaults)().check_limits(kind))
+    }
+
     /// `kind`'s defaults, after checking that `args` fit it: `Err` with a message when
     /// `kind` is unknown or its args do not fit.
     pub fn check(&self, kind: &str, args: &serde_json::Value) -> Result<Defaults, String> {
@@ -124,10 +133,15 @@ impl Registry {
         self.register_with::<J>(())
     }
 
-    /// Adds a job kind with what its runs need. Registering the same kind twice is a
-    /// programming error and panics at start-up rather than silently running the wrong code
-    /// (an application checks its apps' kinds before it gets here, and names both apps).
+    /// Adds a job kind with what its runs need. Registering the same kind twice, or a kind
+    /// whose soft time limit is not below its hard one, is a programming error and panics at
+    /// start-up rather than silently running the wrong code (an application checks its apps'
+    /// kinds before it gets here, and names the apps).
     pub fn register_with<J: Job>(mut self, deps: J::Deps) -> Self {
+        let defaults = J::defaults();
+        if let Err(e) = defaults.check_limits(J::KIND) {
+            panic!("{e}");
+        }
         let deps = Arc::new(deps);
         let handler: Handler = Arc::new(move |args, ctx| {
             let deps = deps.clone();
@@ -150,6 +164,7 @@ impl Registry {
                 handler,
                 backoff: J::backoff,
                 info: kind_info::<J>(),
+                soft_timeout: defaults.soft_timeout,
             },
         );
         assert!(
