@@ -108,8 +108,31 @@ pub enum JobsCommand {
         #[arg(long, value_parser = parse_rate)]
         rate: Option<(i32, std::time::Duration)>,
     },
-    /// Periodic jobs with their last and next run.
+    /// Limit how many jobs of a kind start, on all instances together: `10/m` (units s, m, h,
+    /// d), or `off` to lift the limit. Beside the per-queue limits of `limit`.
+    KindLimit {
+        kind: String,
+        #[arg(value_parser = parse_kind_rate)]
+        rate: KindRate,
+    },
+    /// The rate limits per job kind.
+    KindLimits,
+    /// Periodic jobs with their last and next run (see also `hearth schedules`).
     Schedules,
+}
+
+/// A kind's rate on the command line: a rate, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct KindRate(Option<crate::jobs::kind_limits::Rate>);
+
+/// `10/m` → at most 10 per minute; `off` → no limit.
+fn parse_kind_rate(spec: &str) -> Result<KindRate, String> {
+    if spec.trim() == "off" {
+        return Ok(KindRate(None));
+    }
+    spec.parse()
+        .map(|rate| KindRate(Some(rate)))
+        .map_err(|e: crate::jobs::kind_limits::RateError| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,9 +209,7 @@ impl ScheduleArgs {
                 .args
                 .map(|a| serde_json::from_str(&a))
                 .transpose()
-                .map_err(|e| {
-                    crate::jobs::schedule_store::StoreError::ArgsNotJson(e.to_string())
-                })?,
+                .map_err(|e| crate::jobs::schedule_store::StoreError::ArgsNotJson(e.to_string()))?,
             queue: self.queue,
             priority: self.priority,
             max_attempts: self.max_attempts,
@@ -448,6 +469,29 @@ async fn jobs_action(
                 _ => println!("queue {queue} limited: {limits:?}"),
             }
         }
+        JobsCommand::KindLimit { kind, rate } => {
+            if rate.0.is_some() {
+                let plan = invocation
+                    .application
+                    .plan(&invocation.config, &invocation.sections)?;
+                // A limit on a kind nothing runs is a typo; lifting one is always allowed.
+                plan.kinds.require(&kind).map_err(anyhow::Error::msg)?;
+            }
+            crate::jobs::kind_limits::set(pool, &kind, rate.0).await?;
+            match rate.0 {
+                Some(rate) => println!("kind {kind} limited to {rate} on all instances"),
+                None => println!("kind {kind} has no rate limit now"),
+            }
+        }
+        JobsCommand::KindLimits => {
+            let limits = crate::jobs::kind_limits::list(pool).await?;
+            if limits.is_empty() {
+                println!("no job kind has a rate limit");
+            }
+            for (kind, rate) in limits {
+                println!("{kind:<32}  {rate}");
+            }
+        }
         JobsCommand::Schedules => {
             schedules_action(invocation, pool, SchedulesCommand::List).await?;
         }
@@ -577,6 +621,8 @@ mod tests {
             "hearth worker",
             "hearth jobs list",
             "hearth schedules list",
+            "hearth jobs kind-limit send_sms 10/m",
+            "hearth jobs kind-limit send_sms off",
             "hearth schedules add x --every 10m --kind noop --priority -1",
             "hearth schedules set x --cron @daily --tz UTC --catch-up all",
             "hearth cache stats",
@@ -585,6 +631,22 @@ mod tests {
             let parsed = Cli::try_parse_from(line.split(' '));
             assert!(parsed.is_ok(), "{line}: {}", parsed.unwrap_err());
         }
+    }
+
+    #[test]
+    fn kind_rates_parse_or_explain() {
+        assert!(super::parse_kind_rate("off").unwrap().0.is_none());
+        assert_eq!(super::parse_kind_rate("10/m").unwrap().0.unwrap().limit, 10);
+        assert!(
+            super::parse_kind_rate("0/s")
+                .unwrap_err()
+                .contains("never run")
+        );
+        assert!(
+            super::parse_kind_rate("3/fortnight")
+                .unwrap_err()
+                .contains("not a unit")
+        );
     }
 
     #[test]

@@ -78,10 +78,6 @@ impl Kinds {
         self.0.keys().copied()
     }
 
-    pub fn knows(&self, kind: &str) -> bool {
-        self.0.contains_key(kind)
-    }
-
     /// `Err` naming the first kind whose soft time limit is not below its hard limit.
     pub fn check_limits(&self) -> Result<(), String> {
         self.0
@@ -89,16 +85,21 @@ impl Kinds {
             .try_for_each(|(kind, info)| (info.defaults)().check_limits(kind))
     }
 
-    /// `kind`'s defaults, after checking that `args` fit it: `Err` with a message when
-    /// `kind` is unknown or its args do not fit.
-    pub fn check(&self, kind: &str, args: &serde_json::Value) -> Result<Defaults, String> {
-        let info = self.0.get(kind).ok_or_else(|| {
+    /// `Err` with a message naming the known kinds when `kind` is not one of them.
+    pub fn require(&self, kind: &str) -> Result<&KindInfo, String> {
+        self.0.get(kind).ok_or_else(|| {
             format!(
                 "unknown job kind {:?}; the kinds are: {}",
                 kind.chars().take(80).collect::<String>(),
                 self.names().collect::<Vec<_>>().join(", ")
             )
-        })?;
+        })
+    }
+
+    /// `kind`'s defaults, after checking that `args` fit it: `Err` with a message when
+    /// `kind` is unknown or its args do not fit.
+    pub fn check(&self, kind: &str, args: &serde_json::Value) -> Result<Defaults, String> {
+        let info = self.require(kind)?;
         (info.check)(args)?;
         Ok((info.defaults)())
     }

@@ -2,7 +2,7 @@
 //!
 //! * `jobs`: counts by state and queue (updated live), the searchable job list with bulk
 //!   actions, a job's page with its errors and the actions retry, cancel, discard and run
-//!   now; queues (pause, resume).
+//!   now; queues (pause, resume); rate limits per job kind (set, lift).
 //! * `schedules`: every schedule with its last and next run; add, change, pause, resume,
 //!   remove and run now (schedules kept in the database, managed at run time).
 //! * `workflows`: the latest workflows, a workflow's steps as an outline of its chains and
@@ -52,6 +52,7 @@ fn routes() -> Routes {
         .route("/ops/jobs/{id}", get(jobs::show))
         .route("/ops/jobs/{id}/{action}", post(jobs::act))
         .route("/ops/queues/{queue}/{action}", post(jobs::queue))
+        .route("/ops/kind-limits", post(jobs::kind_limit))
         .route("/ops/schedules", get(schedules::list).post(schedules::add))
         .route(
             "/ops/schedules/{name}",

@@ -697,6 +697,12 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             admins(Done),
         ),
         post(
+            "/ops/kind-limits",
+            "/ops/kind-limits",
+            &[("kind", "noop"), ("rate", "10/m")],
+            admins(Done),
+        ),
+        post(
             "/ops/schedules/{name}/{action}",
             "/ops/schedules/daily-digest/run",
             &[],
