@@ -5,8 +5,8 @@
 //!   now; queues (pause, resume); rate limits per job kind (set, lift).
 //! * `schedules`: every schedule with its last and next run; add, change, pause, resume,
 //!   remove and run now (schedules kept in the database, managed at run time).
-//! * `workflows`: the latest workflows, a workflow's steps as an outline of its chains and
-//!   groups with their states (updated live), cancel.
+//! * `workflows`: the latest workflows, a workflow's steps drawn as a graph (inline SVG) and
+//!   as an outline of its chains and groups, with their states (updated live), cancel.
 //! * `system`: the channel layer (instances, connections, groups, presence, counters), the
 //!   cache (stats, clear by prefix or tag) and the database health these depend on (table
 //!   sizes, dead tuples, the oldest open transaction).
@@ -22,6 +22,7 @@ mod job_api;
 mod jobs;
 mod schedules;
 mod system;
+mod workflow_graph;
 mod workflows;
 
 use axum::routing::{get, post};

@@ -1280,7 +1280,30 @@ async fn the_ops_workflow_page_draws_steps_with_states_and_cancels_for_admins_on
     ] {
         assert!(html.contains(needle), "{needle} missing from the page");
     }
-    assert_eq!(html.matches("data-node=").count(), 7, "every node is drawn");
+    assert_eq!(
+        html.matches("<li class=\"wf-node").count(),
+        7,
+        "every node is outlined"
+    );
+    // And drawn: a box per step (the running one linked to its job), a frame per group, an
+    // arrow between each two steps of a chain (two chains of two: 2 arrows).
+    assert!(html.contains("data-testid=\"workflow-svg\""), "no graph");
+    assert_eq!(html.matches("<g class=\"wf-box state-").count(), 4);
+    assert_eq!(
+        html.matches("<rect class=\"wf-frame state-pending\"")
+            .count(),
+        1
+    );
+    assert_eq!(html.matches("marker-end=").count(), 2);
+    assert!(html.contains("<g class=\"wf-box state-running\""));
+    let first: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE workflow_id = $1")
+        .bind(handle.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(html.contains(&format!(
+        "<a href=\"/ops/jobs/{first}\"><title>wf_add</title>"
+    )));
 
     let response = root.post_form(&cancel, &[]).await;
     assert_eq!(response.headers()["location"], page);
@@ -1290,6 +1313,10 @@ async fn the_ops_workflow_page_draws_steps_with_states_and_cancels_for_admins_on
     ));
     let html = root.get(&page).await.text().await.unwrap();
     assert!(html.contains("state-not_run") && html.contains("state-cancelled"));
+    assert!(
+        html.contains("<g class=\"wf-box state-not_run\""),
+        "the graph shows it too"
+    );
     let audited: Vec<String> = sqlx::query_scalar("SELECT action FROM ops_audit")
         .fetch_all(&app.pool)
         .await
@@ -1456,10 +1483,12 @@ async fn a_chain_survives_a_postgres_restart_between_two_steps() {
     };
     assert_eq!(count(&pool, "SELECT count(*) FROM step_runs").await, 1);
 
+    let before = pg.pid();
     tokio::task::spawn_blocking(move || pg.stop().expect("fast shutdown"))
         .await
         .unwrap();
     let pg = start(dir.path().to_owned()).await.unwrap();
+    assert_ne!(pg.pid(), before, "a new server process");
 
     // The pool reconnects; resuming the queue lets the runtime (which lost every connection)
     // take the second step.
@@ -1475,9 +1504,17 @@ async fn a_chain_survives_a_postgres_restart_between_two_steps() {
         .await
         .unwrap();
     let inputs: Vec<&Value> = runs.iter().map(|(_, input)| input).collect();
-    assert_eq!(inputs, [&Value::from(0), &Value::from(1), &Value::from(11)], "each step ran once");
+    assert_eq!(
+        inputs,
+        [&Value::from(0), &Value::from(1), &Value::from(11)],
+        "each step ran once"
+    );
     assert_eq!(runs[1].0, second);
-    let jobs = count(&pool, "SELECT count(*) FROM job_statuses WHERE state = 'completed'").await;
+    let jobs = count(
+        &pool,
+        "SELECT count(*) FROM job_statuses WHERE state = 'completed'",
+    )
+    .await;
     assert_eq!(jobs, 3, "one job per step");
     pool.close().await;
     tokio::task::spawn_blocking(move || pg.stop().unwrap())
