@@ -61,6 +61,7 @@ pub(super) struct SettingsSection {
 #[derive(Clone)]
 pub(super) struct JobKind {
     pub kind: &'static str,
+    pub info: crate::jobs::registry::KindInfo,
     pub register: RegisterFn,
 }
 
@@ -175,6 +176,7 @@ impl App {
     ) -> Self {
         self.jobs.push(JobKind {
             kind: J::KIND,
+            info: crate::jobs::registry::kind_info::<J>(),
             register: Arc::new(move |registry, context| {
                 Ok(registry.register_with::<J>(deps(context)?))
             }),

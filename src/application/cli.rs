@@ -1,5 +1,6 @@
 //! The command line of a composed application: `serve` (the default), `migrate`, `worker`,
-//! `createuser`, `jobs ...`, `cache ...`, and the commands its apps add (`hearth-bench bench ...`).
+//! `createuser`, `jobs ...`, `schedules ...`, `cache ...`, and the commands its apps add
+//! (`hearth-bench bench ...`).
 //!
 //! [`main`] is a program's whole `main`: the `hearth` binary calls it with the bundled apps,
 //! a team's binary with its own.
@@ -56,6 +57,11 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Periodic jobs: list them; add, change, pause, resume, remove and run them at run time.
+    Schedules {
+        #[command(subcommand)]
+        action: SchedulesCommand,
+    },
     /// Inspect and clear the cache.
     Cache {
         #[command(subcommand)]
@@ -103,8 +109,114 @@ pub enum JobsCommand {
         #[arg(long, value_parser = parse_rate)]
         rate: Option<(i32, std::time::Duration)>,
     },
-    /// Periodic jobs with their last and next run.
+    /// Limit how many jobs of a kind start, on all instances together: `10/m` (units s, m, h,
+    /// d), or `off` to lift the limit. Beside the per-queue limits of `limit`.
+    KindLimit {
+        kind: String,
+        #[arg(value_parser = parse_kind_rate)]
+        rate: KindRate,
+    },
+    /// The rate limits per job kind.
+    KindLimits,
+    /// Periodic jobs with their last and next run (see also `hearth schedules`).
     Schedules,
+}
+
+/// A kind's rate on the command line: a rate, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct KindRate(Option<crate::jobs::kind_limits::Rate>);
+
+/// `10/m` → at most 10 per minute; `off` → no limit.
+fn parse_kind_rate(spec: &str) -> Result<KindRate, String> {
+    if spec.trim() == "off" {
+        return Ok(KindRate(None));
+    }
+    spec.parse()
+        .map(|rate| KindRate(Some(rate)))
+        .map_err(|e: crate::jobs::kind_limits::RateError| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Every schedule (declared in code or added at run time) with its last and next run.
+    List,
+    /// Add a schedule kept in the database; the running instances fire it within a second.
+    /// E.g. `hearth schedules add nightly --cron '0 3 * * *' --tz Europe/Paris --kind digest`.
+    Add {
+        name: String,
+        #[command(flatten)]
+        def: ScheduleArgs,
+    },
+    /// Change a schedule added at run time: only what is given changes. A new `--cron` or
+    /// `--every` starts counting from now.
+    Set {
+        name: String,
+        #[command(flatten)]
+        def: ScheduleArgs,
+    },
+    /// Stop a schedule from firing (on every instance) until resumed.
+    Pause { name: String },
+    /// Let a paused schedule fire again; occurrences skipped while paused are not caught up.
+    Resume { name: String },
+    /// Remove a schedule added at run time (jobs it enqueued stay).
+    Remove { name: String },
+    /// Enqueue a schedule's job now, outside its timetable.
+    Run { name: String },
+}
+
+/// A run-time schedule's definition on the command line.
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// A cron expression (5 fields, or 6 with seconds; `@daily` and friends).
+    #[arg(long, conflicts_with = "every")]
+    cron: Option<String>,
+    /// The cron expression's IANA time zone (default UTC).
+    #[arg(long, requires = "cron")]
+    tz: Option<String>,
+    /// A fixed interval instead of a cron expression: `10m`, `1h`, at least `1s`.
+    #[arg(long)]
+    every: Option<String>,
+    /// The job kind to enqueue.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The job's args, as JSON (default `{}`).
+    #[arg(long)]
+    args: Option<String>,
+    /// Options of the enqueued jobs (default: the kind's).
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i16>,
+    #[arg(long)]
+    max_attempts: Option<i32>,
+    /// Occurrences missed while no instance ran: `all` (at most the latest 100), `latest`
+    /// (the default) or `none`.
+    #[arg(long)]
+    catch_up: Option<String>,
+}
+
+impl ScheduleArgs {
+    /// The changes these flags describe; bad JSON or an unknown catch-up rule is an error.
+    pub fn changes(self) -> Result<crate::jobs::schedule_store::Changes, anyhow::Error> {
+        use crate::jobs::schedule_store::{Changes, When};
+        Ok(Changes {
+            when: When::from_parts(
+                self.cron.as_deref(),
+                self.tz.as_deref(),
+                self.every.as_deref(),
+            )?,
+            kind: self.kind,
+            args: self
+                .args
+                .map(|a| serde_json::from_str(&a))
+                .transpose()
+                .map_err(|e| crate::jobs::schedule_store::StoreError::ArgsNotJson(e.to_string()))?,
+            queue: self.queue,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            catch_up: self.catch_up.map(|c| c.parse()).transpose()?,
+        })
+    }
 }
 
 /// `100/1m` → 100 per minute.
@@ -203,6 +315,14 @@ async fn run(command: Command, invocation: Invocation) -> anyhow::Result<()> {
                 })
                 .await
         }
+        Command::Schedules { action } => {
+            let inner = invocation.clone();
+            invocation
+                .with_database(true, |pool| async move {
+                    schedules_action(&inner, &pool, action).await
+                })
+                .await
+        }
         Command::Cache { action } => cache(&invocation, action).await,
         Command::Createuser {
             name,
@@ -290,7 +410,7 @@ async fn jobs_action(
     pool: &sqlx::PgPool,
     action: JobsCommand,
 ) -> anyhow::Result<()> {
-    use crate::jobs::{QueueName, control, maintenance};
+    use crate::jobs::{QueueName, control};
     match action {
         JobsCommand::List { state, limit } => {
             let jobs = control::list(pool, state.as_deref(), limit).await?;
@@ -350,26 +470,92 @@ async fn jobs_action(
                 _ => println!("queue {queue} limited: {limits:?}"),
             }
         }
-        JobsCommand::Schedules => {
-            let plan = invocation
-                .application
-                .plan(&invocation.config, &invocation.sections)?;
-            let schedules = maintenance::schedule_status(pool, &plan.schedules).await?;
-            if schedules.is_empty() {
-                println!("no schedules are declared");
+        JobsCommand::KindLimit { kind, rate } => {
+            if rate.0.is_some() {
+                let plan = invocation
+                    .application
+                    .plan(&invocation.config, &invocation.sections)?;
+                // A limit on a kind nothing runs is a typo; lifting one is always allowed.
+                plan.kinds.require(&kind).map_err(anyhow::Error::msg)?;
             }
+            crate::jobs::kind_limits::set(pool, &kind, rate.0).await?;
+            match rate.0 {
+                Some(rate) => println!("kind {kind} limited to {rate} on all instances"),
+                None => println!("kind {kind} has no rate limit now"),
+            }
+        }
+        JobsCommand::KindLimits => {
+            let limits = crate::jobs::kind_limits::list(pool).await?;
+            if limits.is_empty() {
+                println!("no job kind has a rate limit");
+            }
+            for (kind, rate) in limits {
+                println!("{kind:<32}  {rate}");
+            }
+        }
+        JobsCommand::Schedules => {
+            schedules_action(invocation, pool, SchedulesCommand::List).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn schedules_action(
+    invocation: &Invocation,
+    pool: &sqlx::PgPool,
+    action: SchedulesCommand,
+) -> anyhow::Result<()> {
+    use crate::jobs::schedule_store;
+    let plan = invocation
+        .application
+        .plan(&invocation.config, &invocation.sections)?;
+    let code = &plan.schedules;
+    match action {
+        SchedulesCommand::List => {
+            let schedules = schedule_store::list(pool, code).await?;
+            if schedules.is_empty() {
+                println!("no schedules");
+            }
+            let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_string(), |t| t.to_rfc3339())
+            };
             for s in schedules {
-                let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                    t.map_or("-".to_string(), |t| t.to_rfc3339())
-                };
                 println!(
-                    "{:<24}  {:<32}  last {}  next {}",
+                    "{:<24}  {:<7}  {:<32}  {:<20}  catch-up {:<6}  {}last {}  next {}",
                     s.name,
+                    if s.runtime { "runtime" } else { "code" },
                     s.every,
+                    s.kind,
+                    s.catch_up,
+                    if s.paused { "PAUSED  " } else { "" },
                     show(s.last),
                     show(s.next)
                 );
             }
+        }
+        SchedulesCommand::Add { name, def } => {
+            schedule_store::add(pool, &plan.kinds, code, &name, def.changes()?).await?;
+            println!("schedule {name} added");
+        }
+        SchedulesCommand::Set { name, def } => {
+            schedule_store::change(pool, &plan.kinds, code, &name, def.changes()?).await?;
+            println!("schedule {name} changed");
+        }
+        SchedulesCommand::Pause { name } => {
+            schedule_store::set_paused(pool, code, &name, true).await?;
+            println!("schedule {name} paused on every instance");
+        }
+        SchedulesCommand::Resume { name } => {
+            schedule_store::set_paused(pool, code, &name, false).await?;
+            println!("schedule {name} resumed");
+        }
+        SchedulesCommand::Remove { name } => {
+            schedule_store::remove(pool, code, &name).await?;
+            println!("schedule {name} removed");
+        }
+        SchedulesCommand::Run { name } => {
+            let job = schedule_store::run_now(pool, code, &name).await?;
+            println!("schedule {name} enqueued job {}", job.id);
         }
     }
     Ok(())
@@ -435,12 +621,33 @@ mod tests {
             "hearth migrate --status",
             "hearth worker",
             "hearth jobs list",
+            "hearth schedules list",
+            "hearth jobs kind-limit send_sms 10/m",
+            "hearth jobs kind-limit send_sms off",
+            "hearth schedules add x --every 10m --kind noop --priority -1",
+            "hearth schedules set x --cron @daily --tz UTC --catch-up all",
             "hearth cache stats",
             "hearth createuser alice",
         ] {
             let parsed = Cli::try_parse_from(line.split(' '));
             assert!(parsed.is_ok(), "{line}: {}", parsed.unwrap_err());
         }
+    }
+
+    #[test]
+    fn kind_rates_parse_or_explain() {
+        assert!(super::parse_kind_rate("off").unwrap().0.is_none());
+        assert_eq!(super::parse_kind_rate("10/m").unwrap().0.unwrap().limit, 10);
+        assert!(
+            super::parse_kind_rate("0/s")
+                .unwrap_err()
+                .contains("never run")
+        );
+        assert!(
+            super::parse_kind_rate("3/fortnight")
+                .unwrap_err()
+                .contains("not a unit")
+        );
     }
 
     #[test]

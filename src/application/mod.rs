@@ -36,7 +36,7 @@ use sqlx::PgPool;
 use crate::{
     config::{Config, Sections},
     db::migrations::{self, MigrationSet},
-    jobs::{Registry, Schedule},
+    jobs::{Registry, Schedule, registry::Kinds},
     web::{
         self, AppState,
         assets::{Assets, Dir, DuplicateAsset},
@@ -103,6 +103,8 @@ pub enum ComposeError {
         first: &'static str,
         second: &'static str,
     },
+    #[error("{0}")]
+    SoftTimeLimit(String),
     #[error("{first} and {second} both declare the schedule {name:?}")]
     DuplicateSchedule {
         name: String,
@@ -132,6 +134,8 @@ pub struct Plan {
     pub migrations: Vec<MigrationSet>,
     /// Every app's schedules and `HEARTH_SCHEDULES`, checked against the registered kinds.
     pub schedules: Vec<Schedule>,
+    /// Every job kind of the application (schedules added at run time are checked with it).
+    pub kinds: Kinds,
     pub nav: Vec<NavLink>,
     /// The hard limit on request bodies: the body limit or an app's larger one.
     pub body_limit: usize,
@@ -276,9 +280,14 @@ impl Application {
                 schedules.push(("HEARTH_SCHEDULES".into(), schedule));
             }
         }
+        let catalog = self.catalog();
+        catalog
+            .check_limits()
+            .map_err(ComposeError::SoftTimeLimit)?;
         Ok(Plan {
             migrations,
             schedules: check_schedules(schedules, &kinds)?,
+            kinds: catalog,
             nav,
             body_limit,
             assets: self.static_files()?,
@@ -346,6 +355,15 @@ impl Application {
             }
         }
         Ok(kinds)
+    }
+
+    /// Every job kind with its args check and defaults (names are checked unique by [`Self::kinds`]).
+    fn catalog(&self) -> Kinds {
+        let mut catalog = Registry::new().catalog();
+        for kind in self.apps.iter().flat_map(|app| &app.jobs) {
+            catalog.insert(kind.kind, kind.info);
+        }
+        catalog
     }
 
     /// The platform's state for this application: services started, plan applied.
@@ -455,6 +473,7 @@ impl From<Plan> for web::state::Composed {
         Self {
             migrations: plan.migrations,
             schedules: plan.schedules,
+            kinds: plan.kinds,
             nav: plan.nav,
             body_limit: plan.body_limit,
             assets: plan.assets,

@@ -46,6 +46,8 @@ pub enum EnqueueError {
     InvalidMaxAttempts(i32),
     #[error("the timeout must be between 1 ms and 24 days, not {0:?}")]
     InvalidTimeout(Duration),
+    #[error("{0}")]
+    SoftLimit(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -140,6 +142,9 @@ pub struct Enqueue {
     delay: Option<Duration>,
     max_attempts: i32,
     timeout: Option<Duration>,
+    /// The kind's soft time limit, known here only to refuse a hard limit below it (the
+    /// worker takes the soft limit from the registry).
+    soft_timeout: Option<Duration>,
     unique: Option<Unique>,
     tags: Vec<String>,
     expires_at: Option<OffsetDateTime>,
@@ -158,6 +163,23 @@ impl Enqueue {
     /// The job's kind.
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+
+    /// The job's args.
+    pub fn args(&self) -> &serde_json::Value {
+        &self.args
+    }
+
+    pub(crate) fn queue_name(&self) -> &str {
+        self.queue.as_str()
+    }
+
+    pub(crate) fn priority_value(&self) -> i16 {
+        self.priority
+    }
+
+    pub(crate) fn max_attempts_value(&self) -> i32 {
+        self.max_attempts
     }
 
     /// A job with its kind's defaults.
@@ -182,6 +204,9 @@ impl Enqueue {
                 bytes,
             });
         }
+        defaults
+            .check_limits(kind)
+            .map_err(EnqueueError::SoftLimit)?;
         Ok(Self {
             kind: kind.into(),
             args,
@@ -191,6 +216,7 @@ impl Enqueue {
             delay: None,
             max_attempts: defaults.max_attempts,
             timeout: defaults.timeout,
+            soft_timeout: defaults.soft_timeout,
             unique: None,
             tags: Vec::new(),
             expires_at: None,
@@ -228,10 +254,17 @@ impl Enqueue {
         Ok(self)
     }
 
-    /// An attempt running longer than this fails.
+    /// An attempt running longer than this fails. It must stay above the kind's soft time
+    /// limit, if it has one (`Defaults::soft_timeout`).
     pub fn timeout(mut self, timeout: Duration) -> Result<Self, EnqueueError> {
         if timeout.is_zero() || timeout.as_millis() > i32::MAX as u128 {
             return Err(EnqueueError::InvalidTimeout(timeout));
+        }
+        if let Some(soft) = self.soft_timeout.filter(|soft| *soft >= timeout) {
+            return Err(EnqueueError::SoftLimit(format!(
+                "a hard time limit of {timeout:?} for `{}` is not above its kind's soft limit ({soft:?})",
+                self.kind
+            )));
         }
         self.timeout = Some(timeout);
         Ok(self)

@@ -58,7 +58,13 @@ pub struct Defaults {
     pub queue: &'static str,
     pub priority: i16,
     pub max_attempts: i32,
+    /// The hard limit: an attempt running longer fails (and is retried if attempts are left).
     pub timeout: Option<Duration>,
+    /// The soft limit, below the hard one: when an attempt has run this long, the job is told
+    /// ([`JobContext::soft_limit`]) and has until the hard limit to clean up and return. A
+    /// soft limit at or above the hard one is refused when the kind is registered
+    /// (and by `Enqueue::timeout`).
+    pub soft_timeout: Option<Duration>,
 }
 
 impl Default for Defaults {
@@ -68,6 +74,22 @@ impl Default for Defaults {
             priority: 0,
             max_attempts: 20,
             timeout: None,
+            soft_timeout: None,
+        }
+    }
+}
+
+impl Defaults {
+    /// `Err` with a message when the soft limit is zero or not below the hard limit.
+    pub fn check_limits(&self, kind: &str) -> Result<(), String> {
+        match (self.soft_timeout, self.timeout) {
+            (Some(soft), _) if soft.is_zero() => Err(format!(
+                "the soft time limit of `{kind}` must be longer than zero"
+            )),
+            (Some(soft), Some(hard)) if soft >= hard => Err(format!(
+                "the soft time limit of `{kind}` ({soft:?}) must be below its hard limit ({hard:?})"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -114,6 +136,8 @@ pub struct JobContext<D = ()> {
     /// The kind's dependencies, given when it was registered.
     pub deps: Arc<D>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) soft: CancellationToken,
+    pub(crate) soft_deadline: Option<tokio::time::Instant>,
 }
 
 impl<D> Clone for JobContext<D> {
@@ -127,6 +151,8 @@ impl<D> Clone for JobContext<D> {
             pool: self.pool.clone(),
             deps: self.deps.clone(),
             cancel: self.cancel.clone(),
+            soft: self.soft.clone(),
+            soft_deadline: self.soft_deadline,
         }
     }
 }
@@ -143,6 +169,8 @@ impl JobContext {
             pool: self.pool,
             deps,
             cancel: self.cancel,
+            soft: self.soft,
+            soft_deadline: self.soft_deadline,
         }
     }
 }
@@ -152,6 +180,24 @@ impl<D> JobContext<D> {
     /// jobs only need this to stop early between steps of their own.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Fires when this attempt reaches its kind's soft time limit ([`Defaults::soft_timeout`]);
+    /// never without one. The attempt then has until its hard limit to clean up and return:
+    ///
+    /// ```text
+    /// tokio::select! {
+    ///     done = work() => done,
+    ///     () = ctx.soft_limit().cancelled() => { save_checkpoint().await?; Ok(Outcome::Snooze(..)) }
+    /// }
+    /// ```
+    pub fn soft_limit(&self) -> &CancellationToken {
+        &self.soft
+    }
+
+    /// When the soft limit is reached, if this attempt has one.
+    pub fn soft_deadline(&self) -> Option<tokio::time::Instant> {
+        self.soft_deadline
     }
 
     /// Records progress, readable through `GET /api/jobs/{id}` and `hearth jobs show`.

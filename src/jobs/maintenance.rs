@@ -1,5 +1,6 @@
 //! Work one instance does at a time: rescuing jobs of lost workers, pruning finished jobs,
-//! freeing expired unique keys and enqueuing due schedule occurrences.
+//! freeing expired unique keys and enqueuing due schedule occurrences (of the schedules declared
+//! in code and of those kept in the database, see [`schedule_store`](super::schedule_store)).
 //!
 //! Every second each instance opens a transaction and tries `pg_try_advisory_xact_lock`; the
 //! one that gets it does the work and the lock ends with its transaction. No leader election
@@ -12,7 +13,10 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{metrics::METRICS, schedule::Schedule};
+use super::{
+    metrics::METRICS,
+    schedule::{CATCH_UP_ALL_LIMIT, CatchUp, Schedule},
+};
 
 /// Prune every this many ticks (a minute).
 const PRUNE_EVERY: u64 = 60;
@@ -84,7 +88,8 @@ pub async fn tick(
             tracing::info!(workflows, "finished workflows pruned");
         }
     }
-    for schedule in schedules {
+    let stored = super::schedule_store::active(&mut tx, schedules).await?;
+    for schedule in schedules.iter().chain(&stored) {
         enqueue_due(&mut tx, schedule).await?;
     }
     tx.commit().await?;
@@ -175,7 +180,7 @@ pub async fn prune(conn: &mut PgConnection, retention: Duration) -> Result<u64, 
     Ok(done.rows_affected())
 }
 
-fn to_chrono(at: OffsetDateTime) -> DateTime<Utc> {
+pub(crate) fn to_chrono(at: OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(at.unix_timestamp(), at.nanosecond()).unwrap_or_default()
 }
 
@@ -186,7 +191,8 @@ fn to_time(at: DateTime<Utc>) -> OffsetDateTime {
     .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Enqueues the schedule's latest due occurrence, if any, under a lock on its row.
+/// Enqueues the schedule's due occurrences (as its catch-up rule says) under a lock on its
+/// row, unless it is paused.
 async fn enqueue_due(tx: &mut PgConnection, schedule: &Schedule) -> Result<(), sqlx::Error> {
     // A new schedule starts counting now: it does not fire for occurrences before it existed.
     sqlx::query!(
@@ -195,67 +201,53 @@ async fn enqueue_due(tx: &mut PgConnection, schedule: &Schedule) -> Result<(), s
     )
     .execute(&mut *tx)
     .await?;
-    let row = sqlx::query!(
-        r#"SELECT last_occurrence, now() AS "now!" FROM job_schedules WHERE name = $1 FOR UPDATE"#,
-        schedule.name
+    let (last, paused, now): (OffsetDateTime, bool, OffsetDateTime) = sqlx::query_as(
+        "SELECT last_occurrence, paused, now() FROM job_schedules WHERE name = $1 FOR UPDATE",
     )
+    .bind(&schedule.name)
     .fetch_one(&mut *tx)
     .await?;
-    let Some(due) = schedule
-        .every
-        .due(to_chrono(row.last_occurrence), to_chrono(row.now))
-    else {
+    if paused {
         return Ok(());
-    };
-    let enqueued = super::enqueue::insert(&mut *tx, vec![schedule.occurrence(due)])
-        .await
-        .map_err(|e| match e {
-            super::EnqueueError::Database(e) => e,
-            other => sqlx::Error::Protocol(other.to_string()),
-        })?;
-    let enqueued = enqueued.first().copied().ok_or(sqlx::Error::RowNotFound)?;
-    sqlx::query!(
-        "UPDATE job_schedules SET last_occurrence = $2 WHERE name = $1",
-        schedule.name,
-        to_time(due)
-    )
-    .execute(&mut *tx)
-    .await?;
-    tracing::info!(schedule = %schedule.name, occurrence = %due, job_id = enqueued.id, duplicate = enqueued.duplicate, "schedule fired");
-    Ok(())
-}
-
-/// A schedule with its last and next occurrences, for `hearth jobs schedules`.
-#[derive(Debug, Clone)]
-pub struct ScheduleStatus {
-    pub name: String,
-    pub every: String,
-    pub last: Option<DateTime<Utc>>,
-    pub next: Option<DateTime<Utc>>,
-}
-
-pub async fn schedule_status(
-    pool: &PgPool,
-    schedules: &[Schedule],
-) -> Result<Vec<ScheduleStatus>, sqlx::Error> {
-    let mut out = Vec::with_capacity(schedules.len());
-    for schedule in schedules {
-        let last = sqlx::query_scalar!(
-            "SELECT last_occurrence FROM job_schedules WHERE name = $1",
-            schedule.name
-        )
-        .fetch_optional(pool)
-        .await?
-        .map(to_chrono);
-        let next = schedule
-            .every
-            .next_after(last.unwrap_or_else(Utc::now).max(Utc::now()));
-        out.push(ScheduleStatus {
-            name: schedule.name.clone(),
-            every: schedule.every.to_string(),
-            last,
-            next,
-        });
     }
-    Ok(out)
+    let last = to_chrono(last);
+    let due = schedule.due(last, to_chrono(now));
+    if let Some(first) = due
+        .run
+        .first()
+        .filter(|_| schedule.catch_up == CatchUp::All)
+    {
+        // More missed than the bound: say how far back the catch-up went.
+        if schedule
+            .every
+            .due(last, *first - chrono::Duration::seconds(1))
+            .is_some()
+        {
+            tracing::warn!(schedule = %schedule.name, from = %first, "more than {CATCH_UP_ALL_LIMIT} occurrences were missed; only the latest {CATCH_UP_ALL_LIMIT} run");
+        }
+    }
+    for at in &due.run {
+        let enqueued = super::enqueue::insert(&mut *tx, vec![schedule.occurrence(*at)])
+            .await
+            .map_err(|e| match e {
+                super::EnqueueError::Database(e) => e,
+                other => sqlx::Error::Protocol(other.to_string()),
+            })?;
+        let enqueued = enqueued.first().copied().ok_or(sqlx::Error::RowNotFound)?;
+        super::schedule_store::fired(tx, &schedule.name, enqueued.id).await?;
+        tracing::info!(schedule = %schedule.name, occurrence = %at, job_id = enqueued.id, duplicate = enqueued.duplicate, "schedule fired");
+    }
+    if let Some(skipped) = due.skip_to {
+        tracing::info!(schedule = %schedule.name, occurrence = %skipped, "missed occurrence not run (catch-up: none)");
+    }
+    if let Some(latest) = due.run.last().copied().or(due.skip_to) {
+        sqlx::query!(
+            "UPDATE job_schedules SET last_occurrence = $2 WHERE name = $1",
+            schedule.name,
+            to_time(latest)
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }

@@ -9,7 +9,9 @@
 //! * [`registry`]: the kinds a process can run;
 //! * [`worker`]: the runtime every `hearth serve` / `hearth worker` runs ([`Workers`]);
 //! * [`maintenance`]: lost-worker rescue, pruning and schedules, one instance at a time;
-//! * [`schedule`]: cron and interval schedules, each occurrence enqueued once;
+//! * [`schedule`]: cron and interval schedules, each occurrence enqueued once, with a catch-up
+//!   rule for occurrences missed while no instance ran;
+//! * [`schedule_store`]: schedules kept in the database, managed at run time (`/ops`, CLI);
 //! * [`control`]: status, cancel, retry, pause, resume;
 //! * [`kind_limits`]: rate limits per job kind (`10/m`), across instances;
 //! * [`metrics`]: in-process counters and latency histograms;
@@ -31,6 +33,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod registry;
 pub mod schedule;
+pub mod schedule_store;
 pub mod testing;
 mod wake;
 pub mod worker;
@@ -41,7 +44,7 @@ pub use enqueue::{
 };
 pub use job::{Defaults, Job, JobContext, Outcome};
 pub use registry::Registry;
-pub use schedule::{Every, Schedule, ScheduleError};
+pub use schedule::{CatchUp, Every, Schedule, ScheduleError};
 pub use worker::{WorkerConfig, Workers};
 pub use workflow::{
     Chain, Chord, Finished, Flow, Group, GroupHandle, JobHandle, Member, Step, StepJob, Task,

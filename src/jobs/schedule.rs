@@ -3,8 +3,10 @@
 //! A schedule names a job to enqueue on a cron expression (in a time zone, UTC by default) or
 //! at a fixed interval. Every instance declares the same schedules; the maintenance leader
 //! enqueues each due occurrence inside a transaction that locks the schedule's row and records
-//! the occurrence, and the job carries a unique key per occurrence besides. After downtime only
-//! the latest missed occurrence runs, once.
+//! the occurrence, and the job carries a unique key per occurrence besides. What runs of the
+//! occurrences missed while no instance ran is each schedule's [`CatchUp`] rule (by default the
+//! latest one only, once). Schedules can also be kept in the database and managed at run time:
+//! see [`schedule_store`](super::schedule_store).
 
 use std::{str::FromStr, time::Duration};
 
@@ -25,6 +27,8 @@ pub enum ScheduleError {
     IntervalTooShort,
     #[error("invalid schedule name {0:?}: use 1-64 characters of a-z, 0-9, `_`, `-` and `.`")]
     InvalidName(String),
+    #[error("{0:?} is not a catch-up rule: use all, latest or none")]
+    InvalidCatchUp(String),
     #[error("schedule entry {entry:?} in HEARTH_SCHEDULES: {reason}")]
     InvalidEntry { entry: String, reason: String },
     #[error(transparent)]
@@ -104,6 +108,48 @@ impl Every {
         (latest > last).then_some(latest)
     }
 
+    /// The occurrences after `last` and at or before `now`, oldest first: the latest `max`
+    /// of them, so a long downtime costs at most `max` steps of the search.
+    pub fn missed(
+        &self,
+        last: DateTime<Utc>,
+        now: DateTime<Utc>,
+        max: usize,
+    ) -> Vec<DateTime<Utc>> {
+        let mut found = Vec::new();
+        match self {
+            Self::Cron { cron, tz, .. } => {
+                let mut from = now.with_timezone(tz);
+                let mut inclusive = true;
+                while found.len() < max {
+                    let Ok(at) = cron.find_previous_occurrence(&from, inclusive) else {
+                        break;
+                    };
+                    if at.with_timezone(&Utc) <= last {
+                        break;
+                    }
+                    found.push(at.with_timezone(&Utc));
+                    from = at;
+                    inclusive = false;
+                }
+            }
+            Self::Interval(every) => {
+                let Some(mut at) = self.due(last, now) else {
+                    return found;
+                };
+                let Ok(every) = chrono::Duration::from_std(*every) else {
+                    return found;
+                };
+                while at > last && found.len() < max {
+                    found.push(at);
+                    at -= every;
+                }
+            }
+        }
+        found.reverse();
+        found
+    }
+
     /// The first occurrence after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
@@ -125,12 +171,69 @@ impl std::fmt::Display for Every {
     }
 }
 
+/// At most this many missed occurrences run under [`CatchUp::All`]: the latest ones; older
+/// ones are skipped with a warning (a schedule every second down for a day would otherwise
+/// enqueue 86,400 jobs at once).
+pub const CATCH_UP_ALL_LIMIT: usize = 100;
+
+/// Under [`CatchUp::None`], an occurrence found due at most this late still runs: the
+/// maintenance tick that finds it may come a few seconds after it (a slow transaction, a busy
+/// machine); an occurrence found later than this was missed while no instance ran.
+pub const ON_TIME: Duration = Duration::from_secs(60);
+
+/// What runs of the occurrences a schedule missed while no instance ran (or while the
+/// maintenance leader could not reach the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Every missed occurrence, oldest first, at most the latest [`CATCH_UP_ALL_LIMIT`].
+    All,
+    /// The latest missed occurrence only, once (the default).
+    #[default]
+    Latest,
+    /// None of them: the schedule waits for its next occurrence. An occurrence found due
+    /// within [`ON_TIME`] still runs.
+    None,
+}
+
+impl CatchUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Latest => "latest",
+            Self::None => "none",
+        }
+    }
+}
+
+impl FromStr for CatchUp {
+    type Err = ScheduleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => Ok(Self::All),
+            "latest" => Ok(Self::Latest),
+            "none" => Ok(Self::None),
+            other => Err(ScheduleError::InvalidCatchUp(
+                other.chars().take(40).collect(),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A periodic job.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub name: String,
     pub every: Every,
     pub job: Enqueue,
+    pub catch_up: CatchUp,
 }
 
 impl Schedule {
@@ -146,7 +249,49 @@ impl Schedule {
             name: name.to_owned(),
             every,
             job,
+            catch_up: CatchUp::default(),
         })
+    }
+
+    /// What runs of the occurrences missed while no instance ran (see [`CatchUp`]).
+    pub fn catch_up(mut self, rule: CatchUp) -> Self {
+        self.catch_up = rule;
+        self
+    }
+
+    /// The occurrences to enqueue now, oldest first, given the last one enqueued: the last of
+    /// them becomes the schedule's last occurrence. Under [`CatchUp::None`] a late occurrence
+    /// is returned as skipped (`Due::skip_to`) so that the clock moves past it.
+    pub(crate) fn due(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Due {
+        let on_time = |at: DateTime<Utc>| {
+            now.signed_duration_since(at)
+                .to_std()
+                .map_or(true, |late| late <= ON_TIME)
+        };
+        match self.catch_up {
+            CatchUp::Latest => Due {
+                run: self.every.due(last, now).into_iter().collect(),
+                skip_to: None,
+            },
+            CatchUp::None => match self.every.due(last, now) {
+                Some(at) if on_time(at) => Due {
+                    run: vec![at],
+                    skip_to: None,
+                },
+                latest => Due {
+                    run: Vec::new(),
+                    skip_to: latest,
+                },
+            },
+            CatchUp::All => {
+                let run = self.every.missed(last, now, CATCH_UP_ALL_LIMIT + 1);
+                let skipped = run.len() > CATCH_UP_ALL_LIMIT;
+                Due {
+                    run: run[usize::from(skipped)..].to_vec(),
+                    skip_to: None,
+                }
+            }
+        }
     }
 
     /// The job for one occurrence, unique per (schedule, occurrence) for a day.
@@ -162,6 +307,15 @@ impl Schedule {
                 .for_period(Duration::from_secs(86_400)),
         )
     }
+}
+
+/// What a schedule enqueues on one maintenance tick.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// Occurrences to enqueue, oldest first.
+    pub run: Vec<DateTime<Utc>>,
+    /// An occurrence not run that the schedule's clock moves to.
+    pub skip_to: Option<DateTime<Utc>>,
 }
 
 /// Schedules declared in configuration (`HEARTH_SCHEDULES`): entries separated by `;`, each
@@ -279,6 +433,56 @@ mod tests {
             daily.due(last, utc(2026, 1, 5, 12, 0)),
             Some(utc(2026, 1, 5, 3, 0))
         );
+    }
+
+    #[test]
+    fn catch_up_rules_choose_the_missed_occurrences() {
+        let hourly = Every::cron("0 * * * *", "UTC").unwrap();
+        let (last, now) = (utc(2026, 1, 1, 0, 0), utc(2026, 1, 1, 5, 30));
+        let hours = |hs: &[u32]| {
+            hs.iter()
+                .map(|&h| utc(2026, 1, 1, h, 0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hourly.missed(last, now, 100), hours(&[1, 2, 3, 4, 5]));
+        assert_eq!(hourly.missed(last, now, 3), hours(&[3, 4, 5]));
+        let every = Every::interval(Duration::from_secs(3_600)).unwrap();
+        assert_eq!(every.missed(last, now, 2), hours(&[4, 5]));
+
+        let schedule = |rule| {
+            Schedule::new(
+                "s",
+                hourly.clone(),
+                Enqueue::raw("noop", serde_json::json!({}), Default::default()).unwrap(),
+            )
+            .unwrap()
+            .catch_up(rule)
+        };
+        assert_eq!(
+            schedule(CatchUp::All).due(last, now).run,
+            hours(&[1, 2, 3, 4, 5])
+        );
+        assert_eq!(schedule(CatchUp::Latest).due(last, now).run, hours(&[5]));
+        let none = schedule(CatchUp::None).due(last, now);
+        assert_eq!(
+            (none.run, none.skip_to),
+            (vec![], Some(utc(2026, 1, 1, 5, 0)))
+        );
+        // Found on time (within ON_TIME), `none` still runs it.
+        let on_time =
+            schedule(CatchUp::None).due(last, utc(2026, 1, 1, 5, 0) + chrono::Duration::seconds(3));
+        assert_eq!(on_time.run, hours(&[5]));
+        // A day of a schedule every second: the latest CATCH_UP_ALL_LIMIT.
+        let often = Schedule::new(
+            "o",
+            Every::interval(Duration::from_secs(1)).unwrap(),
+            schedule(CatchUp::All).job,
+        )
+        .unwrap()
+        .catch_up(CatchUp::All);
+        let due = often.due(utc(2026, 1, 1, 0, 0), utc(2026, 1, 2, 0, 0));
+        assert_eq!(due.run.len(), CATCH_UP_ALL_LIMIT);
+        assert_eq!(due.run.last(), Some(&utc(2026, 1, 2, 0, 0)));
     }
 
     #[test]

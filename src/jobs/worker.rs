@@ -590,6 +590,8 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
         lease_lost: CancellationToken::new(),
     };
     lock(&shared.running).insert(job.id, running.clone());
+    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+    let soft = soft_limit(job, entry.soft_timeout, timeout);
     let ctx = JobContext {
         id: job.id,
         kind: job.kind.clone(),
@@ -599,9 +601,10 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
         pool: shared.pool.clone(),
         deps: NO_DEPS.clone(),
         cancel: running.cancel.clone(),
+        soft: soft.token.clone(),
+        soft_deadline: soft.deadline,
     };
     let attempt = AssertUnwindSafe((entry.handler)(job.args.clone(), ctx)).catch_unwind();
-    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
     let timed = async {
         match timeout {
             Some(limit) => tokio::time::timeout(limit, attempt)
@@ -643,6 +646,41 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
         Some(Ok(Ok(Ok(Outcome::Cancel(reason))))) => {
             Decision::Finish("cancelled", None, Some(reason))
         }
+    }
+}
+
+/// An attempt's soft time limit: the token its job is told by, and the timer that fires it
+/// (stopped when the attempt ends, however it ends).
+struct SoftLimit {
+    token: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+    _timer: Option<tokio_util::task::AbortOnDropHandle<()>>,
+}
+
+/// Arms the kind's soft limit for this attempt. A hard limit at or below it (a job enqueued
+/// by name with a shorter timeout, or a workflow step given one) leaves only the hard limit.
+fn soft_limit(job: &Fetched, soft: Option<Duration>, hard: Option<Duration>) -> SoftLimit {
+    let token = CancellationToken::new();
+    let Some(soft) = soft.filter(|soft| hard.is_none_or(|hard| *soft < hard)) else {
+        if soft.is_some() {
+            tracing::warn!(job_id = job.id, kind = %job.kind, ?hard, "the job's hard time limit is not above its kind's soft limit; only the hard limit applies");
+        }
+        return SoftLimit {
+            token,
+            deadline: None,
+            _timer: None,
+        };
+    };
+    let deadline = tokio::time::Instant::now() + soft;
+    let fire = token.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        fire.cancel();
+    });
+    SoftLimit {
+        token,
+        deadline: Some(deadline),
+        _timer: Some(tokio_util::task::AbortOnDropHandle::new(timer)),
     }
 }
 

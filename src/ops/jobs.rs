@@ -17,7 +17,8 @@ use crate::{
     jobs::{
         QueueName,
         control::{self, Cancelled, Count, Filter, JobStatus},
-        maintenance::{self, ScheduleStatus},
+        kind_limits::{self, Rate},
+        schedule_store::{self, ScheduleStatus},
     },
     web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render},
 };
@@ -72,6 +73,9 @@ struct OverviewPage {
     counts: CountTable,
     queues: Vec<(String, bool)>,
     schedules: Vec<ScheduleStatus>,
+    /// Rate limits per job kind, and the kinds a limit can be set on.
+    kind_limits: Vec<(String, String)>,
+    kinds: Vec<&'static str>,
     audit: Vec<audit::Entry>,
 }
 
@@ -121,8 +125,13 @@ pub(super) async fn overview(
             (q, is_paused)
         })
         .collect();
-    let schedules = maintenance::schedule_status(&state.db, &state.composed.schedules).await?;
+    let schedules = schedule_store::list(&state.db, &state.composed.schedules).await?;
     let audit = audit::recent(&state.db, 10).await?;
+    let kind_limits = kind_limits::list(&state.db)
+        .await?
+        .into_iter()
+        .map(|(kind, rate)| (kind, rate.to_string()))
+        .collect();
     Ok(render(&OverviewPage {
         layout,
         health: control::health(&state.db).await?,
@@ -130,6 +139,8 @@ pub(super) async fn overview(
         counts: count_table(&counts),
         queues,
         schedules,
+        kind_limits,
+        kinds: state.composed.kinds.names().collect(),
         audit,
     })?
     .into_response())
@@ -447,38 +458,55 @@ pub(super) async fn queue(
     Ok((flash::set(jar, message), Redirect::to("/ops")).into_response())
 }
 
-/// `POST /ops/schedules/{name}/run`: enqueues the schedule's job now, outside its timetable.
-#[tracing::instrument(skip(state, admin, jar))]
-pub(super) async fn run_schedule(
+#[derive(Deserialize)]
+pub(super) struct KindLimitForm {
+    kind: String,
+    /// `10/m`, or `off` (or empty) to lift the limit.
+    #[serde(default)]
+    rate: String,
+}
+
+/// `POST /ops/kind-limits`: sets or lifts the rate limit of a job kind, on every instance.
+#[tracing::instrument(skip(state, admin, jar, form), fields(kind = %form.kind, rate = %form.rate))]
+pub(super) async fn kind_limit(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,
     jar: SignedCookieJar,
-    Path(name): Path<String>,
+    Form(form): Form<KindLimitForm>,
 ) -> Result<Response, WebError> {
-    let schedule = state
-        .composed
-        .schedules
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or(WebError::NotFound)?;
-    let enqueued = schedule
-        .job
-        .clone()
-        .enqueue(&state.db)
+    let kind = form.kind.trim();
+    let rate = match form.rate.trim() {
+        "" | "off" => None,
+        spec => {
+            // A limit on a kind nothing runs is a typo; lifting one is always allowed.
+            state
+                .composed
+                .kinds
+                .require(kind)
+                .map_err(WebError::BadRequest)?;
+            Some(
+                spec.parse::<Rate>()
+                    .map_err(|e| WebError::BadRequest(e.to_string()))?,
+            )
+        }
+    };
+    kind_limits::set(&state.db, kind, rate)
         .await
-        .map_err(|e| WebError::Internal(e.into()))?;
+        .map_err(|e| match e {
+            kind_limits::KindLimitError::Invalid(e) => WebError::BadRequest(e.to_string()),
+            kind_limits::KindLimitError::Database(e) => e.into(),
+        })?;
+    let message = match rate {
+        Some(rate) => format!("Kind {kind} starts at most {rate} on all instances together."),
+        None => format!("Kind {kind} has no rate limit now."),
+    };
     audit::record(
         &state.db,
         &admin,
-        "schedule.run",
-        &name,
-        json!({ "job_id": enqueued.id }),
+        "kind.limit",
+        kind,
+        json!({ "rate": rate.map(|r| r.to_string()) }),
     )
     .await?;
-    let message = format!("Schedule {name} enqueued job {}.", enqueued.id);
-    Ok((
-        flash::set(jar, message),
-        Redirect::to(&format!("/ops/jobs/{}", enqueued.id)),
-    )
-        .into_response())
+    Ok((flash::set(jar, message), Redirect::to("/ops")).into_response())
 }

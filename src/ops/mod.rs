@@ -2,9 +2,11 @@
 //!
 //! * `jobs`: counts by state and queue (updated live), the searchable job list with bulk
 //!   actions, a job's page with its errors and the actions retry, cancel, discard and run
-//!   now; queues (pause, resume) and schedules (run now).
-//! * `workflows`: the latest workflows, a workflow's steps as an outline of its chains and
-//!   groups with their states (updated live), cancel.
+//!   now; queues (pause, resume); rate limits per job kind (set, lift).
+//! * `schedules`: every schedule with its last and next run; add, change, pause, resume,
+//!   remove and run now (schedules kept in the database, managed at run time).
+//! * `workflows`: the latest workflows, a workflow's steps drawn as a graph (inline SVG) and
+//!   as an outline of its chains and groups, with their states (updated live), cancel.
 //! * `system`: the channel layer (instances, connections, groups, presence, counters), the
 //!   cache (stats, clear by prefix or tag) and the database health these depend on (table
 //!   sizes, dead tuples, the oldest open transaction).
@@ -18,7 +20,9 @@
 pub mod audit;
 mod job_api;
 mod jobs;
+mod schedules;
 mod system;
+mod workflow_graph;
 mod workflows;
 
 use axum::routing::{get, post};
@@ -49,7 +53,13 @@ fn routes() -> Routes {
         .route("/ops/jobs/{id}", get(jobs::show))
         .route("/ops/jobs/{id}/{action}", post(jobs::act))
         .route("/ops/queues/{queue}/{action}", post(jobs::queue))
-        .route("/ops/schedules/{name}/run", post(jobs::run_schedule))
+        .route("/ops/kind-limits", post(jobs::kind_limit))
+        .route("/ops/schedules", get(schedules::list).post(schedules::add))
+        .route(
+            "/ops/schedules/{name}",
+            get(schedules::show).post(schedules::change),
+        )
+        .route("/ops/schedules/{name}/{action}", post(schedules::act))
         .route("/ops/workflows", get(workflows::list))
         .route("/ops/workflows/{id}", get(workflows::show))
         .route("/ops/workflows/{id}/cancel", post(workflows::cancel))

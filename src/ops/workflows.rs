@@ -1,5 +1,6 @@
-//! The console's workflow pages: the latest workflows, and one workflow's steps as a graph (an
-//! outline of its chains and groups, each step with its state, updated live), with cancel.
+//! The console's workflow pages: the latest workflows, and one workflow's steps drawn as a
+//! graph (an inline SVG laid out in [`super::workflow_graph`]) above an outline of its chains
+//! and groups, each step with its state, both updated live, with cancel.
 
 use askama::Template;
 use axum::{
@@ -78,6 +79,7 @@ struct Line {
 struct WorkflowPage {
     layout: Layout,
     workflow: WorkflowStatus,
+    graph: Option<super::workflow_graph::Graph>,
     lines: Vec<Line>,
     counts: Vec<(String, i64)>,
     result: String,
@@ -145,8 +147,13 @@ pub(super) async fn show(
         .as_ref()
         .map(|r| serde_json::to_string_pretty(r).unwrap_or_default())
         .unwrap_or_default();
+    // Only a whole tree can be drawn.
+    let graph = (hidden == 0)
+        .then(|| super::workflow_graph::draw(&nodes))
+        .flatten();
     Ok(render(&WorkflowPage {
         layout,
+        graph,
         lines: outline(nodes),
         counts,
         result,

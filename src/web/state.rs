@@ -47,6 +47,8 @@ pub struct Composed {
     pub migrations: Vec<MigrationSet>,
     /// Every periodic job, parsed and checked once (`/ops` lists them).
     pub schedules: Vec<Schedule>,
+    /// Every job kind, with its args check (schedules added at run time are checked with it).
+    pub kinds: crate::jobs::registry::Kinds,
     /// The links of the site's navigation.
     pub nav: Vec<NavLink>,
     /// The hard limit on request bodies.

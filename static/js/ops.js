@@ -52,9 +52,25 @@ if (state) {
 
 const workflow = document.getElementById('workflow-state');
 if (workflow) {
-  const lines = new Map(
-    [...document.querySelectorAll('#workflow-graph [data-node]')].map((li) => [li.dataset.node, li.querySelector('[data-node-state]')]),
-  );
+  // Each node's views: its line in the outline and, when drawn, its box or frame in the SVG.
+  const views = new Map();
+  const view = (node, show) => views.set(node, [...(views.get(node) ?? []), show]);
+  for (const li of document.querySelectorAll('#workflow-graph [data-node]')) {
+    const tag = li.querySelector('[data-node-state]');
+    view(li.dataset.node, (state) => {
+      tag.textContent = state;
+      tag.className = `tag state-${state}`;
+    });
+  }
+  for (const shape of document.querySelectorAll('#workflow-svg [data-node]')) {
+    const base = shape.getAttribute('class').replace(/\s*state-\S+/, '');
+    const text = shape.querySelector('[data-node-state]');
+    view(shape.dataset.node, (state) => {
+      shape.setAttribute('class', `${base} state-${state}`);
+      if (text) text.textContent = state;
+    });
+  }
+  const shown = new Map();
   const counts = document.getElementById('workflow-counts');
   every(1000, async () => {
     if (workflow.textContent !== 'running') return;
@@ -63,11 +79,18 @@ if (workflow) {
     const status = await response.json();
     workflow.textContent = status.state;
     workflow.className = `tag state-${status.state}`;
+    if (status.state !== 'running') {
+      // Finished: nothing left to cancel; show when (as the server does, to the second).
+      document.getElementById('workflow-actions')?.remove();
+      if (status.finished_at) {
+        document.getElementById('workflow-finished').textContent = `${status.finished_at.slice(0, 19).replace('T', ' ')} UTC`;
+      }
+    }
     for (const node of status.nodes) {
-      const tag = lines.get(String(node.node));
-      if (!tag || tag.textContent === node.state) continue;
-      tag.textContent = node.state;
-      tag.className = `tag state-${node.state}`;
+      const key = String(node.node);
+      if (shown.get(key) === node.state) continue;
+      shown.set(key, node.state);
+      for (const show of views.get(key) ?? []) show(node.state);
     }
     counts.replaceChildren(
       ...Object.entries(status.counts).flatMap(([state, n]) => {

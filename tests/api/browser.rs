@@ -261,6 +261,42 @@ async fn an_admin_retries_a_discarded_job_and_sees_it_complete_live() {
 }
 
 #[tokio::test]
+async fn an_admin_watches_a_workflow_graph_turn_completed_live() {
+    use hearth::jobs::{
+        Chord, Group, QueueName, Workflow, control,
+        workflow::builtin::{Gather, SleepStep},
+    };
+
+    let app = TestApp::builder().with_workers().spawn().await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The steps wait in a paused queue until the script resumes it from /ops.
+    control::pause(&app.pool, &QueueName::parse("default").unwrap())
+        .await
+        .unwrap();
+    let members = Group::of((1..=3).map(|value| SleepStep { ms: 0, value }));
+    let handle = Workflow::new(Chord::new(members, Gather {}), ())
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+
+    run_script(
+        &app,
+        "workflow.mjs",
+        &[
+            ("ADMIN_USER", "root"),
+            ("ADMIN_PASSWORD", "correct horse battery"),
+            ("WORKFLOW_ID", &handle.id.to_string()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn an_upload_shows_its_progress_bar_moving_to_done() {
     use hearth::jobs::{QueueName, control};
 

@@ -305,6 +305,145 @@ async fn an_attempt_over_its_timeout_fails() {
     assert_eq!(dead.errors[0]["error"], "timed out after 50ms");
 }
 
+/// Works until told its soft time limit is reached, then cleans up and says so.
+#[derive(Serialize, Deserialize)]
+struct Tidy {}
+
+impl Job for Tidy {
+    const KIND: &'static str = "test_tidy";
+    type Deps = ();
+
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        assert!(ctx.soft_deadline().is_some());
+        tokio::select! {
+            // Longer than any test: only the soft limit ends this.
+            () = tokio::time::sleep(Duration::from_secs(600)) => Outcome::with_result("finished"),
+            () = ctx.soft_limit().cancelled() => {
+                sqlx::query("INSERT INTO job_runs (job_id, attempt, worker) VALUES ($1, $2, 'cleaned up')")
+                    .bind(ctx.id)
+                    .bind(ctx.attempt)
+                    .execute(&ctx.pool)
+                    .await?;
+                Outcome::with_result("stopped at the soft limit")
+            }
+        }
+    }
+
+    fn defaults() -> hearth::jobs::Defaults {
+        hearth::jobs::Defaults {
+            timeout: Some(Duration::from_secs(300)),
+            soft_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        }
+    }
+}
+
+/// Ignores its soft limit: the hard one ends it.
+#[derive(Serialize, Deserialize)]
+struct Stubborn {}
+
+impl Job for Stubborn {
+    const KIND: &'static str = "test_stubborn";
+    type Deps = ();
+
+    async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok(Outcome::done())
+    }
+
+    fn defaults() -> hearth::jobs::Defaults {
+        hearth::jobs::Defaults {
+            max_attempts: 1,
+            timeout: Some(Duration::from_millis(300)),
+            soft_timeout: Some(Duration::from_millis(50)),
+            ..Default::default()
+        }
+    }
+}
+
+/// A soft limit above its hard one: refused.
+#[derive(Serialize, Deserialize)]
+struct Backwards {}
+
+impl Job for Backwards {
+    const KIND: &'static str = "test_backwards";
+    type Deps = ();
+
+    async fn perform(self, _ctx: JobContext) -> anyhow::Result<Outcome> {
+        Ok(Outcome::done())
+    }
+
+    fn defaults() -> hearth::jobs::Defaults {
+        hearth::jobs::Defaults {
+            timeout: Some(Duration::from_secs(1)),
+            soft_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_told_at_its_soft_limit_and_cleans_up_before_the_hard_one() {
+    let (_, pool) = pool().await;
+    let registry = registry().register::<Tidy>().register::<Stubborn>();
+    let tidy = Enqueue::new(&Tidy {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let stubborn = Enqueue::new(&Stubborn {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+
+    testing::drain(&pool, &registry, "default").await.unwrap();
+
+    let done = status(&pool, tidy.id).await;
+    assert_eq!(done.state, "completed");
+    assert_eq!(done.result, Some(json!("stopped at the soft limit")));
+    let cleaned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_runs WHERE job_id = $1 AND worker = 'cleaned up'",
+    )
+    .bind(tidy.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(cleaned, 1);
+    let dead = status(&pool, stubborn.id).await;
+    assert_eq!(dead.state, "discarded");
+    assert_eq!(dead.errors[0]["error"], "timed out after 300ms");
+}
+
+#[test]
+fn a_soft_limit_not_below_the_hard_one_is_refused() {
+    let enqueued = Enqueue::new(&Backwards {}).unwrap_err().to_string();
+    assert!(
+        enqueued
+            .contains("soft time limit of `test_backwards` (2s) must be below its hard limit (1s)"),
+        "{enqueued}"
+    );
+    let shortened = Enqueue::new(&Tidy {})
+        .unwrap()
+        .timeout(Duration::from_millis(100))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shortened.contains("not above its kind's soft limit"),
+        "{shortened}"
+    );
+    let registered = std::panic::catch_unwind(|| Registry::new().register::<Backwards>());
+    assert!(registered.is_err());
+    let composed = hearth::Application::new()
+        .app(hearth::App::new("tidy").job::<Backwards>())
+        .plan(&helpers::test_config(), &helpers::test_sections());
+    let composed = composed.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        composed.contains("must be below its hard limit"),
+        "{composed}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_kinds_and_bad_args_are_discarded_not_retried() {
     let (_, pool) = pool().await;
@@ -863,7 +1002,7 @@ async fn a_schedule_under_two_instances_enqueues_each_occurrence_once() {
         enqueued, 1,
         "six missed occurrences run once, by one instance"
     );
-    let status = maintenance::schedule_status(&pool, &schedules)
+    let status = hearth::jobs::schedule_store::list(&pool, &schedules)
         .await
         .unwrap();
     assert!(status[0].next.unwrap() > chrono::Utc::now());

@@ -33,6 +33,7 @@ mod platform;
 mod publishing;
 mod relay_limits;
 mod request_fuzz;
+mod schedules;
 mod security;
 mod shell;
 mod slow_clients;

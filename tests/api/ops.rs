@@ -405,6 +405,82 @@ async fn queues_pause_and_resume_and_schedules_run_now() {
 }
 
 #[tokio::test]
+async fn kind_rate_limits_are_set_and_lifted_from_ops_and_the_cli() {
+    use hearth::jobs::kind_limits;
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    let limits = || async { kind_limits::list(&app.pool).await.unwrap() };
+
+    for (fields, expected) in [
+        (vec![("kind", "noop"), ("rate", "0/s")], "would never run"),
+        (
+            vec![("kind", "noop"), ("rate", "3/fortnight")],
+            "not a unit of rate",
+        ),
+        (
+            vec![("kind", "noop"), ("rate", "ten a minute")],
+            "is not a rate",
+        ),
+        (
+            vec![("kind", "no_such_kind"), ("rate", "10/m")],
+            "unknown job kind",
+        ),
+    ] {
+        let response = root.post_form("/ops/kind-limits", &fields).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{fields:?}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(expected), "{fields:?}: {body}");
+    }
+    assert!(limits().await.is_empty(), "nothing was written");
+
+    let response = root
+        .post_form("/ops/kind-limits", &[("kind", "noop"), ("rate", "10/m")])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(limits().await[0].1.to_string(), "10/m");
+    let overview = root.get("/ops").await.text().await.unwrap();
+    assert!(overview.contains("10/m"), "{overview}");
+    root.post_form("/ops/kind-limits", &[("kind", "noop"), ("rate", "off")])
+        .await;
+    assert!(limits().await.is_empty());
+
+    let database = app.db_options.get_database().unwrap().to_owned();
+    let hearth = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(args)
+            .env("DATABASE_URL", crate::helpers::database_url(&database))
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    for (args, expected) in [
+        (["jobs", "kind-limit", "noop", "0/s"], "would never run"),
+        (
+            ["jobs", "kind-limit", "noop", "5/week"],
+            "not a unit of rate",
+        ),
+        (["jobs", "kind-limit", "nope", "5/s"], "unknown job kind"),
+    ] {
+        let (ok, text) = hearth(&args);
+        assert!(!ok && text.contains(expected), "{args:?}: {text}");
+    }
+    assert!(limits().await.is_empty());
+    let (ok, text) = hearth(&["jobs", "kind-limit", "sleep", "100/h"]);
+    assert!(ok, "{text}");
+    let (ok, text) = hearth(&["jobs", "kind-limits"]);
+    assert!(
+        ok && text.contains("sleep") && text.contains("100/h"),
+        "{text}"
+    );
+    let (ok, text) = hearth(&["jobs", "kind-limit", "sleep", "off"]);
+    assert!(ok, "{text}");
+    assert!(limits().await.is_empty());
+}
+
+#[tokio::test]
 async fn the_cache_page_shows_stats_and_clears_by_prefix_or_tag() {
     use hearth::cache::Timeout;
     let app = TestApp::spawn().await;

@@ -490,6 +490,12 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             format!("/ops/workflows/{workflow}"),
             admins(Ok),
         ),
+        get("/ops/schedules", "/ops/schedules", admins(Ok)),
+        get(
+            "/ops/schedules/{name}",
+            "/ops/schedules/daily-digest",
+            admins(Ok),
+        ),
         get("/ops/realtime", "/ops/realtime", admins(Ok)),
         get("/ops/cache", "/ops/cache", admins(Ok)),
         get("/ops/db", "/ops/db", admins(Ok)),
@@ -674,9 +680,27 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             admins(Done),
         ),
         post(
-            "/ops/schedules/{name}/run",
+            "/ops/kind-limits",
+            "/ops/kind-limits",
+            &[("kind", "noop"), ("rate", "10/m")],
+            admins(Done),
+        ),
+        post(
+            "/ops/schedules/{name}/{action}",
             "/ops/schedules/daily-digest/run",
             &[],
+            admins(Done),
+        ),
+        post(
+            "/ops/schedules",
+            "/ops/schedules",
+            &[("name", "matrix"), ("every", "1h"), ("kind", "noop")],
+            admins(Done),
+        ),
+        post(
+            "/ops/schedules/{name}",
+            "/ops/schedules/matrix",
+            &[("every", "2h")],
             admins(Done),
         ),
         post(

@@ -1280,7 +1280,30 @@ async fn the_ops_workflow_page_draws_steps_with_states_and_cancels_for_admins_on
     ] {
         assert!(html.contains(needle), "{needle} missing from the page");
     }
-    assert_eq!(html.matches("data-node=").count(), 7, "every node is drawn");
+    assert_eq!(
+        html.matches("<li class=\"wf-node").count(),
+        7,
+        "every node is outlined"
+    );
+    // And drawn: a box per step (the running one linked to its job), a frame per group, an
+    // arrow between each two steps of a chain (two chains of two: 2 arrows).
+    assert!(html.contains("data-testid=\"workflow-svg\""), "no graph");
+    assert_eq!(html.matches("<g class=\"wf-box state-").count(), 4);
+    assert_eq!(
+        html.matches("<rect class=\"wf-frame state-pending\"")
+            .count(),
+        1
+    );
+    assert_eq!(html.matches("marker-end=").count(), 2);
+    assert!(html.contains("<g class=\"wf-box state-running\""));
+    let first: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE workflow_id = $1")
+        .bind(handle.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(html.contains(&format!(
+        "<a href=\"/ops/jobs/{first}\"><title>wf_add</title>"
+    )));
 
     let response = root.post_form(&cancel, &[]).await;
     assert_eq!(response.headers()["location"], page);
@@ -1290,6 +1313,10 @@ async fn the_ops_workflow_page_draws_steps_with_states_and_cancels_for_admins_on
     ));
     let html = root.get(&page).await.text().await.unwrap();
     assert!(html.contains("state-not_run") && html.contains("state-cancelled"));
+    assert!(
+        html.contains("<g class=\"wf-box state-not_run\""),
+        "the graph shows it too"
+    );
     let audited: Vec<String> = sqlx::query_scalar("SELECT action FROM ops_audit")
         .fetch_all(&app.pool)
         .await
@@ -1379,4 +1406,118 @@ async fn a_kind_rate_limit_holds_across_worker_pools_and_bad_rates_are_refused()
         testing::drain(&pool, &registry, "default").await.unwrap(),
         7
     );
+}
+
+/// Issue #33's proof that a chain survives a restart of PostgreSQL between two steps. The
+/// tests' shared server must not be restarted, so this starts a private cluster from the
+/// machine's binaries (as `hearth` does without `DATABASE_URL`), runs the chain's first step
+/// with the worker runtime up, stops the cluster with a fast shutdown and starts it again on
+/// the same data (what `pg_ctl restart -m fast` does) while the runtime keeps running, and
+/// checks that the chain finishes with each step run exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_survives_a_postgres_restart_between_two_steps() {
+    use hearth::{
+        db::embedded::{EmbeddedOptions, EmbeddedPostgres},
+        jobs::QueueName,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("hearth-restart-")
+        .tempdir()
+        .unwrap();
+    let start = |dir: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            let options = EmbeddedOptions {
+                durable: false,
+                ..Default::default()
+            };
+            EmbeddedPostgres::start(&dir, &options).expect("the private cluster starts")
+        })
+    };
+    let pg = start(dir.path().to_owned()).await.unwrap();
+    let admin = pg.connect_options();
+    hearth::db::create_database_if_missing(&admin, "chain")
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(admin.clone().database("chain"))
+        .await
+        .unwrap();
+    hearth::db::migrations::run(&pool, &helpers::migration_sets())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "CREATE TABLE step_runs (job_id bigint, kind text, worker text, input jsonb, at timestamptz DEFAULT clock_timestamp())",
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The steps after the first wait in a paused queue: the restart falls between two steps.
+    let after = QueueName::parse("after").unwrap();
+    control::pause(&pool, &after).await.unwrap();
+    let flow = Chain::new(Add { n: 1 })
+        .then(Task::new(Add { n: 10 }).queue("after").unwrap())
+        .then(Task::new(Add { n: 100 }).queue("after").unwrap());
+    let handle = Workflow::new(flow, 0).enqueue(&pool).await.unwrap();
+    let config = WorkerConfig {
+        poll_interval: Duration::from_millis(200),
+        lease: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(5),
+        instance: "restart".into(),
+        ..WorkerConfig::new(hearth::jobs::parse_queues("default:2,after:2").unwrap())
+    };
+    let runtime = Workers::start(pool.clone(), registry("restart"), config);
+    // The first step's outcome enqueued the second (in the transaction that recorded it).
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let second = loop {
+        tick.tick().await;
+        let waiting: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE queue = 'after' AND state = 'available'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if let Some(id) = waiting {
+            break id;
+        }
+    };
+    assert_eq!(count(&pool, "SELECT count(*) FROM step_runs").await, 1);
+
+    let before = pg.pid();
+    tokio::task::spawn_blocking(move || pg.stop().expect("fast shutdown"))
+        .await
+        .unwrap();
+    let pg = start(dir.path().to_owned()).await.unwrap();
+    assert_ne!(pg.pid(), before, "a new server process");
+
+    // The pool reconnects; resuming the queue lets the runtime (which lost every connection)
+    // take the second step.
+    control::resume(&pool, &after).await.unwrap();
+    let layer = channels(&pool).await;
+    let outcome = handle.wait(&layer, Duration::from_secs(60)).await.unwrap();
+    runtime.shutdown().await;
+    layer.shutdown().await;
+
+    assert_eq!(outcome, Some(Finished::Completed(111)));
+    let runs: Vec<(i64, Value)> = sqlx::query_as("SELECT job_id, input FROM step_runs ORDER BY at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let inputs: Vec<&Value> = runs.iter().map(|(_, input)| input).collect();
+    assert_eq!(
+        inputs,
+        [&Value::from(0), &Value::from(1), &Value::from(11)],
+        "each step ran once"
+    );
+    assert_eq!(runs[1].0, second);
+    let jobs = count(
+        &pool,
+        "SELECT count(*) FROM job_statuses WHERE state = 'completed'",
+    )
+    .await;
+    assert_eq!(jobs, 3, "one job per step");
+    pool.close().await;
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
 }
