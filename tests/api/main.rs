@@ -11,6 +11,7 @@ mod channels;
 mod chat;
 mod conditional;
 mod copied_binary;
+mod docs;
 mod documents;
 mod echo;
 mod email_verification;
