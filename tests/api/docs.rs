@@ -117,7 +117,12 @@ fn link_targets(prose: &str) -> Vec<String> {
         });
         let inner = &after[..end.map_or(after.len(), |(i, _)| i)];
         let target = inner.split_whitespace().next().unwrap_or("");
-        targets.push(target.trim_start_matches('<').trim_end_matches('>').to_string());
+        targets.push(
+            target
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string(),
+        );
         rest = after;
     }
     for line in prose.lines() {
@@ -278,7 +283,10 @@ fn every_relative_link_resolves() {
             }
         }
     }
-    assert!(checked > 20, "the docs link to each other: found only {checked} links");
+    assert!(
+        checked > 20,
+        "the docs link to each other: found only {checked} links"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
@@ -286,7 +294,10 @@ fn every_relative_link_resolves() {
 fn the_link_checker_sees_what_is_broken() {
     let root = root();
     let readme = Path::new("README.md");
-    assert_eq!(check_link(&root, readme, "docs/configuration.md#commands"), None);
+    assert_eq!(
+        check_link(&root, readme, "docs/configuration.md#commands"),
+        None
+    );
     assert_eq!(check_link(&root, readme, "https://example.com/x"), None);
     assert!(check_link(&root, readme, "docs/nothing-here.md").is_some());
     assert!(check_link(&root, readme, "docs/configuration.md#no-such-heading").is_some());
@@ -335,7 +346,8 @@ fn names_flag(line: &str, flag: &str) -> bool {
     words_starting(line, "--").contains(flag)
 }
 
-/// What the reference must say about one command: its line, with each of its arguments.
+/// What the reference must say about one command: a table row naming it, with each of its
+/// arguments.
 fn check_command(
     command: &clap::Command,
     path: &str,
@@ -358,13 +370,16 @@ fn check_command(
     }
     if subcommands.is_empty() {
         let start = format!("`{path}");
-        let line = doc.lines().find(|line| {
-            line.match_indices(&start).any(|(at, _)| {
-                matches!(line[at + start.len()..].chars().next(), Some(' ' | '`'))
-            })
-        });
+        let line = doc
+            .lines()
+            .filter(|line| line.starts_with('|'))
+            .find(|line| {
+                line.match_indices(&start).any(|(at, _)| {
+                    matches!(line[at + start.len()..].chars().next(), Some(' ' | '`'))
+                })
+            });
         let Some(line) = line else {
-            missing.push(format!("the command `{path}` has no line"));
+            missing.push(format!("the command `{path}` has no row"));
             return;
         };
         for arg in args {
@@ -373,7 +388,10 @@ fn check_command(
                 None => line.contains(&arg.get_id().as_str().to_uppercase()),
             };
             if !named {
-                missing.push(format!("`{path}`'s line lacks its argument {}", arg.get_id()));
+                missing.push(format!(
+                    "`{path}`'s row lacks its argument {}",
+                    arg.get_id()
+                ));
             }
         }
     }
@@ -418,7 +436,9 @@ fn the_configuration_reference_matches_the_command_line() {
     check_command(&command, "hearth", &doc, &mut flags, &mut missing);
     for variable in words_starting(&doc, "HEARTH_") {
         if !variables.contains(&variable) {
-            missing.push(format!("{variable} is documented but the binary has no such setting"));
+            missing.push(format!(
+                "{variable} is documented but the binary has no such setting"
+            ));
         }
     }
     let rows = doc
@@ -428,7 +448,9 @@ fn the_configuration_reference_matches_the_command_line() {
         .join("\n");
     for flag in words_starting(&rows, "--") {
         if !flags.contains(&flag) {
-            missing.push(format!("{flag} is documented but the binary has no such flag"));
+            missing.push(format!(
+                "{flag} is documented but the binary has no such flag"
+            ));
         }
     }
     assert!(
