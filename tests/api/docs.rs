@@ -3,6 +3,7 @@
 //! * every relative link in `README.md`, `docs/*.md` and `bench/*.md` names a file or folder
 //!   of the repository, and a link to `#a-heading` of a Markdown file names a heading it has
 //!   (GitHub's anchors); none leads outside the repository;
+//! * the README stays an entrance of at most 200 lines;
 //! * `docs/configuration.md` lists every flag and environment variable of the `hearth`
 //!   binary's command line, and every command with its arguments, and names no `HEARTH_*`
 //!   variable, nor any `--flag` in its tables, that the binary lacks.
@@ -288,6 +289,20 @@ fn every_relative_link_resolves() {
         "the docs link to each other: found only {checked} links"
     );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The README is the entrance (issue #31): what Hearth is, the two commands, the map and its
+/// rules, and links. What grows goes into a guide in `docs/`.
+#[test]
+fn the_readme_stays_an_entrance() {
+    let lines = fs::read_to_string(root().join("README.md"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        lines <= 200,
+        "README.md has {lines} lines: move what is not the entrance into a guide in docs/"
+    );
 }
 
 #[test]
