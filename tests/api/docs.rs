@@ -5,8 +5,8 @@
 //!   (GitHub's anchors); none leads outside the repository;
 //! * the README stays an entrance of at most 200 lines;
 //! * `docs/configuration.md` lists every flag and environment variable of the `hearth`
-//!   binary's command line, and every command with its arguments, and names no `HEARTH_*`
-//!   variable, nor any `--flag` in its tables, that the binary lacks.
+//!   binary's command line with its default, and every command with its arguments, and names
+//!   no `HEARTH_*` variable, nor any `--flag` in its tables, that the binary lacks.
 //!
 //! The link check uses only the standard library, like `house.rs`, so that it reads the files
 //! as they are on disk, with no Markdown crate's opinion in between.
@@ -329,6 +329,45 @@ fn the_link_checker_sees_what_is_broken() {
     );
 }
 
+/// The cells of a table row, `\|` inside a cell kept as part of it.
+fn cells(row: &str) -> Vec<String> {
+    let mut cells = vec![String::new()];
+    let mut chars = row.trim().trim_start_matches('|').chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cells.last_mut().unwrap().push('|');
+                chars.next();
+            }
+            '|' => cells.push(String::new()),
+            c => cells.last_mut().unwrap().push(c),
+        }
+    }
+    cells
+        .into_iter()
+        .map(|cell| cell.trim().to_string())
+        .collect()
+}
+
+/// What is wrong with the default a setting's row gives (its third column), if anything: a
+/// default the binary has must be there in code (`30s`); a switch that is off reads "off".
+fn default_differs(arg: &clap::Arg, row: &str) -> Option<String> {
+    let defaults: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|value| value.to_string_lossy().into_owned())
+        .filter(|value| !value.is_empty())
+        .collect();
+    let documented = cells(row).get(2).cloned().unwrap_or_default();
+    let expected = match defaults.as_slice() {
+        [] => return None,
+        [off] if off == "false" => "off".to_string(),
+        values => format!("`{}`", values.join(",")),
+    };
+    (!documented.contains(&expected))
+        .then(|| format!("the binary's default is {expected}, the row says {documented:?}"))
+}
+
 /// The benchmark's settings and commands are leaving the product binary for the `hearth-bench`
 /// package; until they have, the reference neither lists nor misses them.
 fn is_bench(name: &str) -> bool {
@@ -419,7 +458,9 @@ fn check_command(
 #[test]
 fn the_configuration_reference_matches_the_command_line() {
     let doc = fs::read_to_string(root().join("docs/configuration.md")).unwrap();
-    let command = hearth::application::cli::command(&hearth::bundled::application());
+    let mut command = hearth::application::cli::command(&hearth::bundled::application());
+    // Built, so that clap fills in what it derives (a switch's `false` default, say).
+    command.build();
     let mut missing = Vec::new();
     let mut variables = BTreeSet::new();
     let mut flags = BTreeSet::from(["--help".to_string(), "--version".to_string()]);
@@ -434,17 +475,23 @@ fn the_configuration_reference_matches_the_command_line() {
         {
             continue;
         }
-        let documented = doc.lines().any(|line| {
-            line.contains(&format!("`{flag}`"))
+        let row = doc.lines().find(|line| {
+            line.starts_with('|')
+                && line.contains(&format!("`{flag}`"))
                 && env
                     .as_ref()
                     .is_none_or(|env| line.contains(&format!("`{env}`")))
         });
-        if !documented {
-            missing.push(format!(
+        match row {
+            None => missing.push(format!(
                 "the setting `{flag}` ({}) has no row naming both",
                 env.as_deref().unwrap_or("no environment variable")
-            ));
+            )),
+            Some(row) => {
+                if let Some(problem) = default_differs(arg, row) {
+                    missing.push(format!("the setting `{flag}`: {problem}"));
+                }
+            }
         }
         variables.extend(env);
     }
