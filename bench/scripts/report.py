@@ -200,6 +200,7 @@ def report(outdir, md_path, svg_path, extras=()):
                 + (f" Note on that run: {m['note'].rstrip('.')}." if m.get("note") else "")
                 + machine_diff(meta["machine"], m["machine"]), ""]
     chart = []  # (label, ratio, target)
+    floors = []  # (label, hearth, peer, floor, hearth/peer, hearth as % of floor)
     verdicts = []
 
     for w in ("w1", "w2", "w3", "w3c256"):
@@ -221,6 +222,8 @@ def report(outdir, md_path, svg_path, extras=()):
         if f:
             out += [f"Hearth reaches **{num(100 * h / f if h else None)} %** of the floor's requests/s "
                     f"({num(f)} req/s): {FLOOR_WHAT[w]}", ""]
+            floors.append((w.upper().replace("C256", " c=256") + " req/s", num(h), num(p), num(f), fx(rr),
+                           100 * h / f if h else None))
         target = None
         if w == "w1":
             target = 40
@@ -269,6 +272,8 @@ def report(outdir, md_path, svg_path, extras=()):
         out += ["", f"Hearth/peer deliveries/s: **{fx(ratio(hd, pd))}**; p99 peer/Hearth: **{fx(ratio(pp99, hp99))}**.", ""]
         fp50 = med(col(w, "floor", "p50_ms"))
         if fp50 is not None and hp50 is not None:
+            floors.append((f"{w.upper()} p50 latency (ms)", num(hp50, 2), num(med(col(w, "peer", "p50_ms")), 2),
+                           num(fp50, 2), fx(ratio(med(col(w, "peer", "p50_ms")), hp50)), 100 * fp50 / hp50 if hp50 else None))
             out += [f"The floor server (`hearth-bench bench ws-floor`) does no work of its own: no database, no channel layer, "
                     "one nonblocking write per socket straight from the task that read the message. Its latency is what "
                     "the kernel's loopback TCP and the load client cost on the same two cores. Its p50 is "
@@ -329,6 +334,15 @@ def report(outdir, md_path, svg_path, extras=()):
     if any(by.get((w, "hearth")) for w in LOGIN):
         out += login_section(by, col, *source.get("login1", source.get("loginrand", (outdir, meta))), md_dir)
 
+    if floors:
+        out += ["## Hearth beside the peer and the floor", "",
+                "Each floor is the least a server can do for that workload on this machine, measured in the same "
+                "rounds (see each workload's section). For throughput, Hearth's figure as a percentage of the floor's; "
+                "for latency, the floor's p50 as a percentage of Hearth's (100 % = as fast as the floor).", "",
+                "| workload | Hearth | peer | floor | Hearth ÷ peer | Hearth as % of floor |", "|---|---|---|---|---|---|"]
+        out += [f"| {l} | {h} | {p} | {fl} | {r} | {num(pct)} % |" for l, h, p, fl, r, pct in floors]
+        out += ["", "![Hearth as a percentage of each floor](bench/floors.svg)", ""]
+
     if verdicts:
         out += ["## Targets (issue 8, and the jobs, real-time and HTTP issues)", "", "| target | Hearth in this run | met |", "|---|---|---|"]
         out += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, ok, v in verdicts]
@@ -368,6 +382,8 @@ def report(outdir, md_path, svg_path, extras=()):
     open(md_path, "w").write("\n".join(out))
     if svg_path:
         write_svg(svg_path, chart, smoke)
+        if floors:
+            write_floor_svg(os.path.join(os.path.dirname(svg_path), "floors.svg"), floors, smoke)
 
 
 def relative_bench(line):
@@ -572,6 +588,35 @@ def write_svg(path, chart, smoke):
         if tgt:
             xt = x(tgt)
             s.append(f'<line x1="{xt:.1f}" y1="{y + 1}" x2="{xt:.1f}" y2="{y + rowh - 3}" stroke="#111" stroke-width="3"/>')
+    s.append("</svg>")
+    open(path, "w").write("\n".join(s) + "\n")
+
+
+def write_floor_svg(path, floors, smoke):
+    """Hearth as a percentage of each floor: one bar per workload on a linear 0-100 % scale."""
+    rows = [(label, pct) for label, _, _, _, _, pct in floors if pct is not None]
+    W, left, right, rowh, top = 860, 260, 60, 34, 56
+    H = top + rowh * len(rows) + 50
+    span = W - left - right
+
+    def x(v):
+        return left + min(v, 100) / 100 * span
+
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+         'font-family="system-ui, sans-serif" font-size="12">',
+         f'<rect width="{W}" height="{H}" fill="#fff"/>',
+         f'<text x="{left}" y="22" font-size="15" font-weight="600">Hearth as a percentage of each floor</text>',
+         f'<text x="{left}" y="40" fill="{"#c00" if smoke else "#555"}">'
+         f'{"SMOKE RUN, not the real figures. " if smoke else ""}100 % = what a bare server does on this machine</text>']
+    for v in range(0, 101, 20):
+        xx = x(v)
+        s.append(f'<line x1="{xx:.1f}" y1="{top - 6}" x2="{xx:.1f}" y2="{H - 40}" stroke="{"#ccc" if v in (0, 100) else "#eee"}"/>')
+        s.append(f'<text x="{xx:.1f}" y="{H - 24}" text-anchor="middle" fill="#555">{v} %</text>')
+    for i, (label, pct) in enumerate(rows):
+        y = top + i * rowh
+        s.append(f'<text x="{left - 8}" y="{y + 17}" text-anchor="end">{escape(label)}</text>')
+        s.append(f'<rect x="{left}" y="{y + 5}" width="{max(1, x(pct) - left):.1f}" height="{rowh - 12}" fill="#3b7dd8"/>')
+        s.append(f'<text x="{x(pct) + 6:.1f}" y="{y + 17}">{num(pct)} %</text>')
     s.append("</svg>")
     open(path, "w").write("\n".join(s) + "\n")
 

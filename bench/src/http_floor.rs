@@ -91,16 +91,8 @@ impl HttpFloor {
         );
         let posts = rows
             .iter()
-            .map(|row| {
-                Ok(PostView::new(
-                    row.try_get("id")?,
-                    row.try_get("title")?,
-                    row.try_get("author_name")?,
-                    row.try_get("body")?,
-                    row.try_get("published_at")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+            .map(PostView::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let page = Bytes::from(render_page(&posts)?);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

@@ -2,6 +2,7 @@
 //!
 //! * W1, `GET /bench/page`: the 20 latest posts, one query, an askama page extending a layout;
 //!   the query goes through the pool, as the product's own pages read ([`page`] says why);
+//!   `GET /bench/page-pipelined` is the same page read through `db::Pipeline`, for comparison;
 //! * W2, `GET /bench/cached`: the same page behind `cache_page(60s)` (the two-tier cache);
 //! * W3, `GET /bench/gather`: three concurrent calls to the upstream stub, through the gateway
 //!   app's fan-out and shared client, as `/api/aggregate` makes them;
@@ -42,6 +43,7 @@ pub fn routes(state: &AppState, upstream: &Url) -> hearth::Routes {
     let upstreams = Arc::new(w3_upstreams(upstream));
     hearth::Routes::new()
         .route("/bench/page", get(page))
+        .route("/bench/page-pipelined", get(page_pipelined))
         .route("/bench/gather", get(move || gather(Arc::clone(&upstreams))))
         .route(
             "/bench/cached",
@@ -216,6 +218,19 @@ impl PostView {
     }
 }
 
+impl PostView {
+    /// A row of [`PAGE_QUERY`] read by tokio-postgres (the pipelined path and the floor).
+    pub fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self::new(
+            row.try_get("id")?,
+            row.try_get("title")?,
+            row.try_get("author_name")?,
+            row.try_get("body")?,
+            row.try_get("published_at")?,
+        ))
+    }
+}
+
 /// W1's one query: the 20 latest posts.
 pub const PAGE_QUERY: &str = "SELECT id, title, author_name, body, published_at FROM bench_posts
      ORDER BY published_at DESC LIMIT 20";
@@ -236,6 +251,20 @@ async fn page(State(state): State<AppState>) -> Result<axum::response::Html<Stri
         .into_iter()
         .map(|(id, title, author, body, at)| PostView::new(id, title, author, body, at))
         .collect();
+    render(&Page { posts: &posts })
+}
+
+/// W1's page read through `db::Pipeline` instead of the pool: not a protocol workload, but the
+/// figure beside W1 that says what the product's pages would gain on the pipelined path.
+async fn page_pipelined(
+    State(state): State<AppState>,
+) -> Result<axum::response::Html<String>, WebError> {
+    let rows = state.reads.query(PAGE_QUERY, &[]).await?;
+    let posts = rows
+        .iter()
+        .map(PostView::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WebError::Internal(e.into()))?;
     render(&Page { posts: &posts })
 }
 

@@ -30,6 +30,13 @@ async fn the_page_lists_the_20_latest_posts_and_the_cached_page_hits() {
     assert!(html.contains("id=\"post-10000\""), "newest first");
     assert!(html.contains("<time datetime=\""));
 
+    let pipelined = get(&app, "/bench/page-pipelined")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(pipelined, html, "both read paths render the same page");
+
     let first = get(&app, "/bench/cached").await;
     assert_eq!(first.headers()["x-cache"], "MISS");
     let second = get(&app, "/bench/cached").await;
