@@ -368,12 +368,6 @@ fn default_differs(arg: &clap::Arg, row: &str) -> Option<String> {
         .then(|| format!("the binary's default is {expected}, the row says {documented:?}"))
 }
 
-/// The benchmark's settings and commands are leaving the product binary for the `hearth-bench`
-/// package; until they have, the reference neither lists nor misses them.
-fn is_bench(name: &str) -> bool {
-    name.starts_with("HEARTH_BENCH_") || name.starts_with("--bench-") || name == "bench"
-}
-
 /// Every `word` of `text` that starts with `prefix` and runs on in `[A-Za-z0-9_-]`.
 fn words_starting(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
@@ -415,7 +409,7 @@ fn check_command(
         .collect();
     let subcommands: Vec<&clap::Command> = command
         .get_subcommands()
-        .filter(|sub| sub.get_name() != "help" && !is_bench(sub.get_name()))
+        .filter(|sub| sub.get_name() != "help")
         .collect();
     for arg in &args {
         if let Some(long) = arg.get_long() {
@@ -469,10 +463,7 @@ fn the_configuration_reference_matches_the_command_line() {
         let flag = format!("--{long}");
         let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
         flags.insert(flag.clone());
-        if ["help", "version"].contains(&arg.get_id().as_str())
-            || is_bench(&flag)
-            || env.as_deref().is_some_and(is_bench)
-        {
+        if ["help", "version"].contains(&arg.get_id().as_str()) {
             continue;
         }
         let row = doc.lines().find(|line| {
