@@ -112,6 +112,10 @@ pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) ->
         )
         .nest("/static", state.composed.assets.router())
         .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            error::site_error_pages,
+        ))
         // The hard limit below admits an app's larger bodies (an upload); every other route
         // keeps the body limit (an inner DefaultBodyLimit wins: such a route sets its own).
         .layer(DefaultBodyLimit::max(config.http.body_limit));

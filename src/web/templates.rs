@@ -130,10 +130,22 @@ pub fn render(template: &impl Template) -> Result<Html<String>, WebError> {
         .map_err(|e| WebError::Internal(anyhow::Error::new(e).context("rendering a template")))
 }
 
-/// The page for every error status (see [`super::error::error_pages`]).
+/// The page for an error status of the site's routes, inside the layout (see
+/// [`super::error::site_error_pages`]).
 #[derive(Template)]
 #[template(path = "error.html")]
 pub struct ErrorPage {
+    pub layout: Layout,
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The page for an error outside the routes (a timeout, a caught panic), which needs nothing
+/// but the status: see [`super::error::error_pages`].
+#[derive(Template)]
+#[template(path = "bare_error.html")]
+pub struct BareErrorPage {
     pub status: u16,
     pub reason: &'static str,
     pub message: String,

@@ -39,5 +39,6 @@ mod security;
 mod shell;
 mod slow_clients;
 mod uploads;
+mod web_pages;
 mod workflows;
 mod ws_http2;

@@ -100,7 +100,7 @@ async fn malformed_forms_get_a_clear_422() {
             .text()
             .await
             .unwrap()
-            .contains("missing field `password`")
+            .contains("The form was sent without “password”.")
     );
 }
 

@@ -1,0 +1,106 @@
+//! The site's pages as a visitor meets them (#32): error pages inside the layout, input the
+//! pages cannot read answered in the site's words (never the parser's), forms that say every
+//! problem at once, by its field.
+
+use reqwest::StatusCode;
+
+use crate::helpers::TestApp;
+
+/// Texts of axum's extractor rejections and of serde: parser output no page may show.
+const PARSER_TEXT: &[&str] = &[
+    "Failed to deserialize",
+    "invalid digit",
+    "missing field `",
+    "Cannot parse",
+    "Invalid URL",
+    "Form requests must have",
+];
+
+fn assert_no_parser_text(body: &str, what: &str) {
+    for text in PARSER_TEXT {
+        assert!(!body.contains(text), "{what} shows {text:?}:\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn error_pages_keep_the_navigation_and_the_signed_in_user() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+
+    for (path, status) in [
+        ("/no/such/page", StatusCode::NOT_FOUND),
+        ("/posts/no-such-post", StatusCode::NOT_FOUND),
+        ("/ops", StatusCode::FORBIDDEN),
+        ("/notifications?before=abc", StatusCode::BAD_REQUEST),
+    ] {
+        let response = ada.get(path).await;
+        assert_eq!(response.status(), status, "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(
+            body.contains(r#"data-testid="signed-in-user">ada"#),
+            "{path}: the error page does not say who is signed in:\n{body}"
+        );
+        assert!(body.contains(r#"href="/posts""#), "{path}: no navigation");
+        assert!(body.contains("Log out"), "{path}: no log-out");
+    }
+
+    let anonymous = app.get("/no/such/page").await;
+    assert_eq!(anonymous.status(), StatusCode::NOT_FOUND);
+    let body = anonymous.text().await.unwrap();
+    assert!(
+        body.contains(r#"href="/login""#),
+        "no navigation for visitors"
+    );
+    assert!(body.contains("There is no page at this address."));
+}
+
+#[tokio::test]
+async fn input_a_page_cannot_read_is_answered_in_the_sites_words() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+
+    let response = ada.get("/notifications?before=abc").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.text().await.unwrap();
+    assert_no_parser_text(&body, "/notifications?before=abc");
+    assert!(
+        body.contains("This address has a value for “before” that this page cannot use."),
+        "{body}"
+    );
+
+    // A form without a field it needs, and one of the wrong type.
+    let response = app.post_form("/login", &[("username", "ada")]).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = response.text().await.unwrap();
+    assert_no_parser_text(&body, "a form without its password");
+    assert!(
+        body.contains("The form was sent without “password”."),
+        "{body}"
+    );
+
+    // A path parameter of the wrong type, and the same under /api/ (JSON, same words).
+    let response = ada.get("/docs/not-a-number").await;
+    assert!(response.status().is_client_error());
+    assert_no_parser_text(&response.text().await.unwrap(), "/docs/not-a-number");
+    let response = ada.get("/api/jobs/not-a-number").await;
+    assert!(response.status().is_client_error());
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with(r#"{"error""#), "{body}");
+    assert_no_parser_text(&body, "/api/jobs/not-a-number");
+}
+
+#[tokio::test]
+async fn metrics_asks_for_a_login_in_the_sites_voice() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("You need to log in to see this."), "{body}");
+}
