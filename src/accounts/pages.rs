@@ -31,7 +31,45 @@ struct SignupPage {
     layout: Layout,
     username: String,
     email: String,
+    /// A problem with the whole form (the server is busy).
     error: Option<String>,
+    /// What is wrong with each field, all shown at once beside their fields.
+    fields: SignupErrors,
+}
+
+/// The sign-up form's problems, field by field.
+#[derive(Debug, Default)]
+struct SignupErrors {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    password_confirm: Option<String>,
+}
+
+impl SignupErrors {
+    /// Every problem of the form that can be told without the database.
+    fn of(form: &SignupForm) -> Self {
+        let confirm = (form.password != form.password_confirm)
+            .then(|| "The two passwords differ.".to_string());
+        Self {
+            username: Username::parse(&form.username).err(),
+            email: Email::parse_optional(&form.email).err(),
+            password: NewPassword::parse(&form.password).err(),
+            password_confirm: confirm,
+        }
+    }
+
+    fn count(&self) -> usize {
+        [
+            &self.username,
+            &self.email,
+            &self.password,
+            &self.password_confirm,
+        ]
+        .iter()
+        .filter(|e| e.is_some())
+        .count()
+    }
 }
 
 #[derive(Template)]
@@ -89,6 +127,7 @@ pub(super) async fn signup_form(layout: Layout) -> Result<impl IntoResponse, Web
         username: String::new(),
         email: String::new(),
         error: None,
+        fields: SignupErrors::default(),
     })
 }
 
@@ -102,43 +141,25 @@ pub(super) async fn signup(
     headers: HeaderMap,
     Form(form): Form<SignupForm>,
 ) -> Result<Response, WebError> {
-    let invalid = |status, error: String, layout| {
-        form_error(
-            status,
-            &SignupPage {
-                layout,
-                username: form.username.clone(),
-                email: form.email.clone(),
-                error: Some(error),
-            },
-        )
+    let page = |layout, error: Option<String>, fields| SignupPage {
+        layout,
+        username: form.username.clone(),
+        email: form.email.clone(),
+        error,
+        fields,
     };
-    let username = match Username::parse(&form.username) {
-        Ok(username) => username,
-        Err(e) => return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, e, layout)),
+    let fields = SignupErrors::of(&form);
+    let (Ok(username), Ok(password), Ok(email), 0) = (
+        Username::parse(&form.username),
+        NewPassword::parse(&form.password),
+        Email::parse_optional(&form.email),
+        fields.count(),
+    ) else {
+        let page = page(layout, None, fields);
+        return Ok(form_error(StatusCode::UNPROCESSABLE_ENTITY, &page));
     };
-    let password = match NewPassword::parse(&form.password) {
-        Ok(password) => password,
-        Err(e) => return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, e, layout)),
-    };
-    let email = match Email::parse_optional(&form.email) {
-        Ok(email) => email,
-        Err(e) => return Ok(invalid(StatusCode::UNPROCESSABLE_ENTITY, e, layout)),
-    };
-    if form.password != form.password_confirm {
-        return Ok(invalid(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The two passwords differ.".into(),
-            layout,
-        ));
-    }
     let busy = |layout| {
-        let page = SignupPage {
-            layout,
-            username: form.username.clone(),
-            email: form.email.clone(),
-            error: Some(BUSY.into()),
-        };
+        let page = page(layout, Some(BUSY.into()), SignupErrors::default());
         Ok(retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             &page,
@@ -151,10 +172,13 @@ pub(super) async fn signup(
     let user = match auth::create_user(&state.db, &slot, &username, &password, false).await {
         Ok(user) => user,
         Err(CreateUserError::UsernameTaken(_)) => {
-            return Ok(invalid(
+            let fields = SignupErrors {
+                username: Some("That username is taken.".into()),
+                ..SignupErrors::default()
+            };
+            return Ok(form_error(
                 StatusCode::CONFLICT,
-                "That username is taken.".into(),
-                layout,
+                &page(layout, None, fields),
             ));
         }
         Err(CreateUserError::Database(e)) => return Err(e.into()),

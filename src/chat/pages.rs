@@ -176,6 +176,9 @@ struct RoomPage {
     layout: Layout,
     room: Room,
     max_message: usize,
+    /// The invite form again, with what was typed and why it was refused.
+    invite: String,
+    invite_error: Option<String>,
 }
 
 /// The room if the user may open it; otherwise 404, the same for a private room of others as
@@ -198,6 +201,8 @@ pub(super) async fn room(
         layout,
         room,
         max_message: MAX_MESSAGE,
+        invite: String::new(),
+        invite_error: None,
     })?
     .into_response())
 }
@@ -212,6 +217,7 @@ pub(super) struct Invite {
 pub(super) async fn invite(
     State(state): State<AppState>,
     login: RequireLogin,
+    layout: Layout,
     jar: SignedCookieJar,
     Path(slug): Path<String>,
     Form(form): Form<Invite>,
@@ -243,10 +249,18 @@ pub(super) async fn invite(
             .fetch_one(&state.db)
             .await?;
             if !exists {
-                return Err(WebError::Unprocessable(format!(
-                    "There is no user called {:?}.",
-                    form.username.trim()
-                )));
+                // Said on the room's page, by the form, with what was typed kept.
+                let page = RoomPage {
+                    layout,
+                    invite_error: Some(format!(
+                        "There is no user called “{}”. Check the spelling.",
+                        form.username.trim()
+                    )),
+                    invite: form.username,
+                    room,
+                    max_message: MAX_MESSAGE,
+                };
+                return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
             }
             format!("{} is already a member.", form.username.trim())
         }

@@ -245,6 +245,9 @@ struct EditPage {
     access: Access,
     members: Vec<MemberRow>,
     versions: Vec<VersionRow>,
+    /// The "add a person" form again, with what was typed and why it was refused.
+    adding: String,
+    add_error: Option<String>,
 }
 
 /// The editor; the text, carets and editors come over the document's socket.
@@ -254,7 +257,18 @@ pub(super) async fn edit(
     layout: Layout,
     Path(id): Path<i64>,
 ) -> Result<Response, WebError> {
-    let (doc, access) = open(&state, id, &login).await?;
+    let page = edit_page(&state, &login, layout, id).await?;
+    Ok(render(&page)?.into_response())
+}
+
+/// The editor page of document `id` for `login`, its forms empty.
+async fn edit_page(
+    state: &AppState,
+    login: &RequireLogin,
+    layout: Layout,
+    id: i64,
+) -> Result<EditPage, WebError> {
+    let (doc, access) = open(state, id, login).await?;
     let owner = sqlx::query_scalar!("SELECT username FROM users WHERE id = $1", doc.owner_id)
         .fetch_one(&state.db)
         .await?;
@@ -277,15 +291,16 @@ pub(super) async fn edit(
     )
     .fetch_all(&state.db)
     .await?;
-    Ok(render(&EditPage {
+    Ok(EditPage {
         layout,
         doc,
         owner,
         access,
         members,
         versions,
-    })?
-    .into_response())
+        adding: String::new(),
+        add_error: None,
+    })
 }
 
 /// The body as plain text, for export.
@@ -344,47 +359,61 @@ pub(super) struct MemberForm {
 pub(super) async fn add_member(
     State(state): State<AppState>,
     login: RequireLogin,
+    layout: Layout,
     jar: SignedCookieJar,
     Path(id): Path<i64>,
     Form(form): Form<MemberForm>,
 ) -> Result<Response, WebError> {
     let doc = open_as_owner(&state, id, &login).await?;
+    let username = form.username.trim();
+    // A refusal is said on the document's page, by the form, with what was typed kept.
+    let refuse = |error: String| async {
+        let page = EditPage {
+            adding: username.to_owned(),
+            add_error: Some(error),
+            ..edit_page(&state, &login, layout, id).await?
+        };
+        Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response())
+    };
     let can_edit = match form.role.as_str() {
         "edit" => true,
         "read" => false,
         other => {
-            return Err(WebError::Unprocessable(format!(
-                "The role must be \"edit\" or \"read\", not {other:?}."
-            )));
+            return refuse(format!(
+                "The rights must be “edit” or “read”, not “{other}”."
+            ))
+            .await;
         }
     };
-    let username = form.username.trim();
-    let mut tx = state.db.begin().await?;
-    let member = sqlx::query!(
+    let member = sqlx::query_scalar!(
         "SELECT id FROM users WHERE lower(username) = lower($1)",
         username
     )
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| WebError::Unprocessable(format!("There is no user called {username:?}.")))?;
-    if member.id == doc.owner_id {
-        return Err(WebError::Unprocessable(
-            "The owner can always edit their document.".into(),
-        ));
+    .fetch_optional(&state.db)
+    .await?;
+    let Some(member_id) = member else {
+        return refuse(format!(
+            "There is no user called “{username}”. Check the spelling."
+        ))
+        .await;
+    };
+    if member_id == doc.owner_id {
+        return refuse("The owner can always edit their document.".into()).await;
     }
+    let mut tx = state.db.begin().await?;
     sqlx::query!(
         "INSERT INTO document_members (document_id, user_id, can_edit, added_by)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (document_id, user_id) DO UPDATE SET can_edit = EXCLUDED.can_edit",
         id,
-        member.id,
+        member_id,
         can_edit,
         login.user.id
     )
     .execute(&mut *tx)
     .await?;
     let access = Broadcast::Access {
-        user_id: Some(member.id),
+        user_id: Some(member_id),
     };
     broadcast(&state, &mut tx, id, &access).await?;
     tx.commit().await?;

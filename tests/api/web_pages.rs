@@ -104,3 +104,78 @@ async fn metrics_asks_for_a_login_in_the_sites_voice() {
     let body = response.text().await.unwrap();
     assert!(body.contains("You need to log in to see this."), "{body}");
 }
+
+#[tokio::test]
+async fn sign_up_shows_every_problem_at_once_by_its_field() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post_form(
+            "/signup",
+            &[
+                ("username", "a b"),
+                ("email", "not-an-address"),
+                ("password", "short"),
+                ("password_confirm", "other"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = response.text().await.unwrap();
+    for field in ["username", "email", "password", "password_confirm"] {
+        assert!(
+            body.contains(&format!(r#"data-testid="error-{field}""#)),
+            "no error by {field}:\n{body}"
+        );
+        assert!(
+            body.contains(&format!(r#"aria-describedby="{field}-error""#)),
+            "{field} is not marked invalid"
+        );
+    }
+    assert!(body.contains("4 things need fixing below."), "{body}");
+    assert!(
+        body.contains(r#"value="a b""#),
+        "the username typed is lost"
+    );
+    assert!(
+        body.contains(r#"value="not-an-address""#),
+        "the address typed is lost"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_person_is_refused_by_the_form_on_the_same_page() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+
+    let created = ada
+        .post_form("/chat", &[("name", "Inner circle"), ("private", "on")])
+        .await;
+    let room = created.headers()["location"].to_str().unwrap().to_owned();
+    let response = ada
+        .post_form(&format!("{room}/invite"), &[("username", "nobody")])
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = response.text().await.unwrap();
+    assert!(body.contains(r#"data-testid="invite-error""#), "{body}");
+    assert!(body.contains("There is no user called “nobody”."), "{body}");
+    assert!(body.contains(r#"value="nobody""#), "what was typed is lost");
+    assert!(body.contains(r#"id="composer""#), "not the room's page");
+    assert!(body.contains(r#"data-testid="signed-in-user">ada"#));
+
+    let doc = crate::documents::create_doc(&ada, "Plans").await;
+    let response = ada
+        .post_form(
+            &format!("/docs/{doc}/members"),
+            &[("username", "nobody"), ("role", "edit")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = response.text().await.unwrap();
+    assert!(body.contains(r#"data-testid="add-error""#), "{body}");
+    assert!(body.contains("There is no user called “nobody”."), "{body}");
+    assert!(body.contains(r#"value="nobody""#), "what was typed is lost");
+    assert!(
+        body.contains(r#"id="doc-editor""#),
+        "not the document's page"
+    );
+}
