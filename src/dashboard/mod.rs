@@ -1,6 +1,7 @@
 //! Dashboard app: `/dashboard`, live charts of this instance — requests per second, latency
 //! p50/p99, open WebSockets and event streams, jobs completed and failed per second, queue
-//! depth, cache hit ratio.
+//! depth, cache hit ratio. For administrators only: it shows the server's internals (load,
+//! latency, queues), which tell an attacker when and how hard to push.
 //!
 //! A sampler task reads the counters once a second (the same ones `/metrics` exports; no
 //! query but the queue depth) and keeps the last 15 minutes in memory. It starts with the
@@ -23,7 +24,7 @@ use axum::{
 use futures::{StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::web::{AppState, Layout, WebError, auth::RequireLogin, render, sse::StreamSlot};
+use crate::web::{AppState, Layout, WebError, auth::RequireAdmin, render, sse::StreamSlot};
 
 pub use sampler::Sample;
 
@@ -36,7 +37,7 @@ use crate::{
 pub fn app() -> App {
     App::new("dashboard")
         .routes(|_| Ok(routes()))
-        .nav(|_| Ok(NavLink::new("Dashboard", "/dashboard", Show::SignedIn)))
+        .nav(|_| Ok(NavLink::new("Dashboard", "/dashboard", Show::Admins).tool()))
 }
 
 fn routes() -> Routes {
@@ -54,7 +55,7 @@ struct Page {
 
 async fn page(
     State(state): State<AppState>,
-    _login: RequireLogin,
+    _admin: RequireAdmin,
     layout: Layout,
 ) -> Result<Response, WebError> {
     sampler::get_or_start(&state);
@@ -66,7 +67,7 @@ async fn page(
 }
 
 /// `history` (the samples kept so far) first, then a `sample` event every second.
-async fn events(State(state): State<AppState>, _login: RequireLogin, slot: StreamSlot) -> Response {
+async fn events(State(state): State<AppState>, _admin: RequireAdmin, slot: StreamSlot) -> Response {
     let sampler = sampler::get_or_start(&state);
     let (history, live) = sampler.subscribe();
     let first = Event::default()

@@ -53,7 +53,7 @@ pub fn app() -> App {
                 .smtp_url
                 .is_none();
             let show = if dev { Show::SignedIn } else { Show::Admins };
-            Ok(NavLink::new("Mailbox", "/mailbox", show))
+            Ok(NavLink::new("Mailbox", "/mailbox", show).tool())
         })
         .every(
             "past mail quotas",

@@ -39,7 +39,7 @@ pub fn app() -> App {
     App::new("ops")
         .migrations(&MIGRATIONS)
         .routes(|_| Ok(routes()))
-        .nav(|_| Ok(NavLink::new("Ops", "/ops", Show::Admins)))
+        .nav(|_| Ok(NavLink::new("Ops", "/ops", Show::Admins).tool()))
 }
 
 fn routes() -> Routes {

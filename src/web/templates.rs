@@ -35,6 +35,9 @@ pub struct NavLink {
     pub label: &'static str,
     pub href: &'static str,
     pub show: Show,
+    /// A tool for running the site (`/ops`, the dashboard, the mailbox) rather than a part of
+    /// it: the layout lists those apart, in a "Tools" menu, so members' navigation stays short.
+    pub tool: bool,
 }
 
 /// Who sees a navigation link.
@@ -47,7 +50,17 @@ pub enum Show {
 
 impl NavLink {
     pub fn new(label: &'static str, href: &'static str, show: Show) -> Self {
-        Self { label, href, show }
+        Self {
+            label,
+            href,
+            show,
+            tool: false,
+        }
+    }
+
+    /// Lists the link among the tools (see [`NavLink::tool`]).
+    pub fn tool(self) -> Self {
+        Self { tool: true, ..self }
     }
 }
 
@@ -104,6 +117,21 @@ impl Layout {
                 Show::SignedIn => signed_in,
                 Show::Admins => admin,
             })
+    }
+
+    /// The site's own links this visitor may see: the main navigation.
+    pub fn nav_main(&self) -> impl Iterator<Item = &NavLink> {
+        self.nav().filter(|link| !link.tool)
+    }
+
+    /// The tools this visitor may use (see [`NavLink::tool`]), listed apart from the rest.
+    pub fn nav_tools(&self) -> impl Iterator<Item = &NavLink> {
+        self.nav().filter(|link| link.tool)
+    }
+
+    /// Whether this visitor has any tool to list.
+    pub fn has_tools(&self) -> bool {
+        self.nav_tools().next().is_some()
     }
 
     /// The URL of the static file at `path` (`{{ layout.asset("js/chat.js") }}`): one with a

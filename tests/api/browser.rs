@@ -351,3 +351,39 @@ async fn two_people_type_in_one_document_and_converge_even_after_going_offline()
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_layout_fits_a_phone_and_a_laptop_with_menus_apart() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let long = "Supercalifragilisticexpialidocious".repeat(4);
+    let slug = ada.write(&long, &format!("{long} {long}"), true).await;
+    ada.write("A short one", "With a body.", true).await;
+    sqlx::query(
+        "INSERT INTO notifications (user_id, kind, title, url, dedupe_key)
+         SELECT $1, 'mention', 'Mentioned ' || n, '/chat/lobby', 'test:' || n
+           FROM generate_series(1, 12) n",
+    )
+    .bind(ada.id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    run_script(
+        &app,
+        "layout.mjs",
+        &[
+            ("MEMBER_USER", "ada"),
+            ("ADMIN_USER", "root"),
+            ("PASSWORD", "correct horse battery"),
+            ("LONG_SLUG", &slug),
+        ],
+    )
+    .await;
+}

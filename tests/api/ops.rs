@@ -146,7 +146,19 @@ async fn metrics_are_valid_prometheus_text_for_admins_and_token_holders_only() {
 async fn the_dashboard_streams_its_history_then_a_sample_a_second() {
     let app = TestApp::spawn().await;
     let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(ada.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     assert!(app.get("/dashboard").await.status().is_redirection());
+    // The server's internals are for administrators.
+    assert_eq!(bob.get("/dashboard").await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        bob.get("/dashboard/stream").await.status(),
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(ada.get("/dashboard").await.status(), StatusCode::OK);
 
     let mut stream = ada

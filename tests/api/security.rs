@@ -439,9 +439,9 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             format!("/ws/docs/{doc}"),
             [Close(4401), Close(4404), Open, Open, Close(4404), Open],
         ),
-        // The dashboard and the gateway.
-        get("/dashboard", "/dashboard", signed_in(Ok)),
-        get("/dashboard/stream", "/dashboard/stream", signed_in(Ok)),
+        // The dashboard (the server's internals: administrators only) and the gateway.
+        get("/dashboard", "/dashboard", admins(Ok)),
+        get("/dashboard/stream", "/dashboard/stream", admins(Ok)),
         get("/api/aggregate", "/api/aggregate", api(Ok)),
         // The mailbox (no SMTP server here: everyone reads their own).
         get("/mailbox", "/mailbox", signed_in(Ok)),
@@ -1687,7 +1687,7 @@ async fn event_streams_share_the_per_user_and_per_address_limits_with_sockets() 
     let _socket = ada.socket("/ws/rooms/lobby").await;
     let stream = ada.get("/notifications/stream").await;
     assert_eq!(stream.status(), 200);
-    let refused = ada.get("/dashboard/stream").await;
+    let refused = ada.get("/notifications/stream").await;
 
     // Assert: her third connection is refused, whichever kind it is; bob gets the address's
     // third place and no fourth.
@@ -1696,7 +1696,7 @@ async fn event_streams_share_the_per_user_and_per_address_limits_with_sockets() 
     assert_eq!(app.state.sockets.of_user(ada.id), 2);
     let bobs = bob.get("/notifications/stream").await;
     assert_eq!(bobs.status(), 200);
-    assert_eq!(bob.get("/dashboard/stream").await.status(), 429);
+    assert_eq!(bob.get("/notifications/stream").await.status(), 429);
 
     // A stream that ends gives its place back.
     drop(stream);
@@ -1708,5 +1708,5 @@ async fn event_streams_share_the_per_user_and_per_address_limits_with_sockets() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(ada.get("/dashboard/stream").await.status(), 200);
+    assert_eq!(ada.get("/notifications/stream").await.status(), 200);
 }

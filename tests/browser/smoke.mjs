@@ -55,6 +55,8 @@ await run(async ({ page }) => {
   });
 
   await step('c. log out: "You are signed out." and a "Log in" link', async () => {
+    // "Log out" is in the account menu, under the signed-in user's name.
+    await nav.locator('[data-testid=user-menu] > summary').click();
     await clickAndWait(page, nav.getByRole('button', { name: 'Log out' }));
     await expectText(page, 'You are signed out.');
     if ((await nav.getByRole('link', { name: 'Log in' }).count()) !== 1) fail('no "Log in" link in the nav after logging out');
