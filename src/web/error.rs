@@ -35,6 +35,9 @@ use crate::db::PipelineError;
 pub enum WebError {
     #[error("There is no page at this address.")]
     NotFound,
+    /// A 404 that can say more than "no page here" (a list's page past its last).
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("You need to log in to see this.")]
@@ -56,7 +59,7 @@ pub enum WebError {
 impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -159,12 +162,17 @@ async fn unrendered(response: Response) -> Result<(axum::http::response::Parts, 
         Some(PublicMessage(message)) => message.clone(),
         None => match known_message(status) {
             Some(message) => message.to_string(),
-            // An extractor rejection's plain text names what was wrong with the client's input,
-            // in the parser's words; it is read only to say the same in ours.
+            // A plain-text client error is a message for the client: the platform's own ("The
+            // page has changed since you loaded it") is shown as it is; an extractor rejection's
+            // is in the parser's words, and is said again in ours.
             None if status.is_client_error() && content_type.starts_with("text/plain") => {
                 let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-                rejection_message(&String::from_utf8_lossy(&bytes))
-                    .unwrap_or_else(|| generic_message(status))
+                let text = String::from_utf8_lossy(&bytes).trim().to_string();
+                match rejection_message(&text) {
+                    Some(message) => message,
+                    None if text.is_empty() => generic_message(status),
+                    None => text,
+                }
             }
             None => generic_message(status),
         },
@@ -334,11 +342,26 @@ pub fn rejection_message(text: &str) -> Option<String> {
     if text.starts_with("Form requests must have") || text.starts_with("Expected request with") {
         return Some("This page expects a form, and the request was not one.".into());
     }
-    if text.starts_with("Failed to parse the request body as JSON")
-        || text.starts_with("Failed to deserialize the JSON body")
-        || text.starts_with("Failed to buffer the request body")
-    {
+    const UNREADABLE: &[&str] = &[
+        "Failed to parse the request body as JSON",
+        "Failed to deserialize the JSON body",
+        "Failed to buffer the request body",
+        "Request body didn't contain valid UTF-8",
+        "Invalid UTF-8",
+    ];
+    if UNREADABLE.iter().any(|prefix| text.starts_with(prefix)) {
         return Some("The request body could not be read.".into());
+    }
+    // The server's own mistakes in wiring a route, not the client's: nothing to tell them.
+    const WIRING: &[&str] = &[
+        "Missing request extension",
+        "No paths parameters found",
+        "No matched path found",
+        "The matched route is not nested",
+        "Unsupported type",
+    ];
+    if WIRING.iter().any(|prefix| text.starts_with(prefix)) {
+        return Some("This request could not be handled.".into());
     }
     None
 }
@@ -371,5 +394,37 @@ fn generic_message(status: StatusCode) -> String {
             .canonical_reason()
             .unwrap_or("The request could not be handled.")
             .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rejection_message;
+
+    #[test]
+    fn rejections_are_said_in_the_sites_words() {
+        let said = |text: &str| rejection_message(text).unwrap();
+        assert_eq!(
+            said("Failed to deserialize query string: before: invalid digit found in string"),
+            "This address has a value for “before” that this page cannot use."
+        );
+        assert_eq!(
+            said("Failed to deserialize form body: missing field `password`"),
+            "The form was sent without “password”. Fill it in and try again."
+        );
+        assert_eq!(
+            said("Invalid URL: Cannot parse `abc` to a `i64`"),
+            "There is no page at this address."
+        );
+        // A path the parser makes up is not echoed.
+        assert_eq!(
+            said("Failed to deserialize query string: <script>: nope"),
+            "This address has a value that this page cannot use."
+        );
+        // The platform's own plain-text messages are not rejections.
+        assert_eq!(
+            rejection_message("The page has changed since you loaded it."),
+            None
+        );
     }
 }
