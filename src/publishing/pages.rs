@@ -35,6 +35,7 @@ use crate::{
 const LIST_PAGE: i64 = 20;
 
 /// A post as pages show it.
+#[derive(sqlx::FromRow)]
 pub(super) struct PostView {
     id: i64,
     slug: String,
@@ -144,6 +145,15 @@ fn page_number(raw: Option<&str>) -> Option<i64> {
         .filter(|page| (1..=MAX_PAGE).contains(page))
 }
 
+/// What a list's page past its last answers: a 404 that says so (a page of a list that is
+/// shorter than that, not "nothing published"), with the way back.
+fn past_the_end(page: i64) -> WebError {
+    WebError::Missing(format!(
+        "This list has fewer than {page} pages: there is nothing on this one. Its first page is \
+         the place to start."
+    ))
+}
+
 /// The version of a page of the list: which posts it shows, and when each last changed (from
 /// the published-posts index and 21 rows, without their bodies). A page past the last is a 404
 /// here already, so that no precondition (`If-None-Match: *`) turns it into a `304`.
@@ -159,7 +169,7 @@ async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
     .fetch_all(&state.db)
     .await?;
     if rows.is_empty() && page > 1 {
-        return Err(WebError::NotFound);
+        return Err(past_the_end(page));
     }
     let mut version = format!("posts page {page}:");
     for row in rows {
@@ -200,7 +210,7 @@ pub(super) async fn list(
     .fetch_all(&state.db)
     .await?;
     if posts.is_empty() && page > 1 {
-        return Err(WebError::NotFound);
+        return Err(past_the_end(page));
     }
     let more = posts.len() as i64 > LIST_PAGE;
     posts.truncate(LIST_PAGE as usize);
@@ -589,26 +599,44 @@ pub(super) async fn preview(
 struct MinePage {
     layout: Layout,
     posts: Vec<PostView>,
+    page: i64,
+    more: bool,
 }
 
-/// The signed-in author's posts, drafts included.
+/// The signed-in author's posts, drafts included, last edited first, 20 to a page. A page
+/// past the last is a 404 that says so.
 pub(super) async fn mine(
     State(state): State<AppState>,
     login: RequireLogin,
     layout: Layout,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, WebError> {
-    let posts = sqlx::query_as!(
-        PostView,
+    let page = page_number(query.page.as_deref()).ok_or(WebError::NotFound)?;
+    let mut posts = sqlx::query_as(
         "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
                 p.published_at, p.updated_at
            FROM posts p JOIN users u ON u.id = p.author_id
           WHERE p.author_id = $1
-          ORDER BY p.updated_at DESC LIMIT 200",
-        login.user.id
+          ORDER BY p.updated_at DESC, p.id DESC
+          LIMIT $2 OFFSET $3",
     )
+    .bind(login.user.id)
+    .bind(LIST_PAGE + 1)
+    .bind((page - 1) * LIST_PAGE)
     .fetch_all(&state.db)
     .await?;
-    Ok(render(&MinePage { layout, posts })?.into_response())
+    if posts.is_empty() && page > 1 {
+        return Err(past_the_end(page));
+    }
+    let more = posts.len() as i64 > LIST_PAGE;
+    posts.truncate(LIST_PAGE as usize);
+    Ok(render(&MinePage {
+        layout,
+        posts,
+        page,
+        more,
+    })?
+    .into_response())
 }
 
 #[derive(Template)]
@@ -620,6 +648,8 @@ struct AuthorPage {
     subscribed: bool,
     subscribers: i64,
     posts: Vec<PostView>,
+    page: i64,
+    more: bool,
 }
 
 async fn author_id(state: &AppState, username: &str) -> Result<(i64, String), WebError> {
@@ -667,28 +697,38 @@ pub(super) async fn author(
     conditional: Conditional,
     layout: Layout,
     Path(username): Path<String>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, WebError> {
+    let page = page_number(query.page.as_deref()).ok_or(WebError::NotFound)?;
     let (id, author) = author_id(&state, &username).await?;
     if author != username {
         // One URL per author (`/authors/ADA` is Ada's page too): each spelling would be
         // another page-cache entry. A username needs no escaping in a path.
         return Ok(Redirect::permanent(&format!("/authors/{author}")).into_response());
     }
-    let conditional = conditional.etag(author_version(&state, id, viewer.as_ref()).await?);
+    let version = author_version(&state, id, viewer.as_ref()).await?;
+    let conditional = conditional.etag(format!("{version} page {page}"));
     if let Some(answer) = conditional.precondition() {
         return Ok(answer);
     }
-    let posts = sqlx::query_as!(
-        PostView,
+    let mut posts = sqlx::query_as(
         "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
                 p.published_at, p.updated_at
            FROM posts p JOIN users u ON u.id = p.author_id
           WHERE p.author_id = $1 AND p.published_at IS NOT NULL
-          ORDER BY p.published_at DESC LIMIT 100",
-        id
+          ORDER BY p.published_at DESC, p.id DESC
+          LIMIT $2 OFFSET $3",
     )
+    .bind(id)
+    .bind(LIST_PAGE + 1)
+    .bind((page - 1) * LIST_PAGE)
     .fetch_all(&state.db)
     .await?;
+    if posts.is_empty() && page > 1 {
+        return Err(past_the_end(page));
+    }
+    let more = posts.len() as i64 > LIST_PAGE;
+    posts.truncate(LIST_PAGE as usize);
     let subscribers = sqlx::query_scalar!(
         r#"SELECT count(*) AS "n!" FROM subscriptions WHERE author_id = $1"#,
         id
@@ -706,6 +746,8 @@ pub(super) async fn author(
         subscribed,
         subscribers,
         posts,
+        page,
+        more,
     })?;
     Ok(conditional.stamp(with_tags(html, &[author_tag(id)])))
 }

@@ -179,3 +179,53 @@ async fn an_unknown_person_is_refused_by_the_form_on_the_same_page() {
         "not the document's page"
     );
 }
+
+/// How many post titles of `prefix` a page lists.
+fn titles(body: &str, prefix: &str) -> usize {
+    body.matches(&format!(">{prefix} ")).count()
+}
+
+#[tokio::test]
+async fn your_posts_and_an_authors_page_are_paged_and_say_when_a_page_is_past_the_end() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    for n in 1..=21 {
+        ada.write(&format!("Entry {n:02}"), "text", true).await;
+    }
+
+    for base in ["/me/posts", "/authors/ada", "/posts"] {
+        let first = ada.get(base).await.text().await.unwrap();
+        assert_eq!(titles(&first, "Entry"), 20, "{base}");
+        assert!(first.contains("Entry 21"), "{base}: newest first");
+        assert!(
+            first.contains(&format!(r#"href="{base}?page=2" rel="next""#)),
+            "{base}: no link to the next page"
+        );
+        let second = ada.get(&format!("{base}?page=2")).await;
+        assert_eq!(second.status(), StatusCode::OK);
+        let second = second.text().await.unwrap();
+        assert_eq!(titles(&second, "Entry"), 1, "{base}?page=2");
+        assert!(second.contains("Entry 01"), "{base}?page=2");
+        assert!(
+            second.contains(&format!(r#"href="{base}" rel="prev""#)),
+            "{base}?page=2: no link back"
+        );
+        assert!(
+            !second.contains(r#"rel="next""#),
+            "{base}?page=2 is the last"
+        );
+
+        let past = ada.get(&format!("{base}?page=9999")).await;
+        assert_eq!(past.status(), StatusCode::NOT_FOUND, "{base}?page=9999");
+        let past = past.text().await.unwrap();
+        assert!(
+            past.contains("This list has fewer than 9999 pages"),
+            "{past}"
+        );
+        assert!(!past.contains("Nothing published yet"), "{past}");
+        assert!(past.contains(r#"data-testid="signed-in-user">ada"#));
+    }
+    // Anonymous readers get the same pages (and the list stays cacheable for them).
+    let past = app.get("/posts?page=9999").await;
+    assert_eq!(past.status(), StatusCode::NOT_FOUND);
+}
