@@ -121,14 +121,19 @@ pub(super) struct SignupForm {
     password_confirm: String,
 }
 
-pub(super) async fn signup_form(layout: Layout) -> Result<impl IntoResponse, WebError> {
-    render(&SignupPage {
+/// The sign-up form; someone already signed in is sent home (there is nothing to do here).
+pub(super) async fn signup_form(layout: Layout) -> Result<Response, WebError> {
+    if layout.user.is_some() {
+        return Ok(Redirect::to("/").into_response());
+    }
+    Ok(render(&SignupPage {
         layout,
         username: String::new(),
         email: String::new(),
         error: None,
         fields: SignupErrors::default(),
-    })
+    })?
+    .into_response())
 }
 
 #[tracing::instrument(skip_all, fields(username = %form.username))]
@@ -228,16 +233,22 @@ pub(super) struct NextParam {
     next: Option<String>,
 }
 
+/// The login form; someone already signed in goes straight where the login would have led.
 pub(super) async fn login_form(
     layout: Layout,
     Query(query): Query<NextParam>,
-) -> Result<impl IntoResponse, WebError> {
-    render(&LoginPage {
+) -> Result<Response, WebError> {
+    let next = safe_next(query.next.as_deref());
+    if layout.user.is_some() {
+        return Ok(Redirect::to(&next).into_response());
+    }
+    Ok(render(&LoginPage {
         layout,
         username: String::new(),
-        next: safe_next(query.next.as_deref()),
+        next,
         error: None,
-    })
+    })?
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,10 @@
 // nothing shows twice. After a drop the page reconnects with backoff and ?last_id= of the
 // newest message it has, and the server sends what was missed. Text is always set with
 // textContent: nothing a user types is ever parsed as HTML.
+//
+// A message typed stays in the input until the server has accepted it (its broadcast comes
+// back with the nonce it was sent with): a refusal (too fast, too long) leaves the text there
+// to send again, and says why right above the input, where the eyes are.
 const root = document.getElementById('chat');
 const slug = root.dataset.slug;
 const list = document.getElementById('messages');
@@ -15,6 +19,7 @@ const status = document.getElementById('status');
 const form = document.getElementById('composer');
 const input = document.getElementById('body');
 const errorLine = document.getElementById('chat-error');
+const empty = document.getElementById('empty');
 
 const messages = new Map(); // id -> element
 const present = new Map(); // channel -> username
@@ -24,6 +29,8 @@ let lastId = 0;
 let socket = null;
 let attempt = 0;
 let lastTyping = 0;
+// The message sent and not yet accepted: { nonce, body }.
+let pending = null;
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 
@@ -37,6 +44,17 @@ function el(tag, className, text) {
 function showError(text) {
   errorLine.textContent = text;
   errorLine.hidden = !text;
+  if (text) {
+    input.setAttribute('aria-invalid', 'true');
+    errorLine.scrollIntoView({ block: 'nearest' });
+  } else {
+    input.removeAttribute('aria-invalid');
+  }
+}
+
+/** The empty room's note, shown while there is no message. */
+function showEmpty() {
+  if (empty) empty.hidden = messages.size > 0;
 }
 
 function setStatus(online) {
@@ -124,6 +142,7 @@ function upsert(message) {
   }
   messages.set(message.id, node);
   lastId = Math.max(lastId, message.id);
+  showEmpty();
 }
 
 function oldestId() {
@@ -165,6 +184,7 @@ function handle(frame) {
       renderPresence();
       for (const message of frame.messages) upsert(message);
       if (messages.size === frame.messages.length) older.hidden = !frame.more;
+      showEmpty();
       if (stick) list.scrollTop = list.scrollHeight;
       break;
     }
@@ -177,6 +197,12 @@ function handle(frame) {
     }
     case 'chat.message': {
       const stick = nearBottom() || frame.message.author_id === me?.id;
+      if (pending && frame.nonce === pending.nonce) {
+        // Accepted: now the text may go (unless more was typed since).
+        if (input.value.trim() === pending.body) input.value = '';
+        pending = null;
+        showError('');
+      }
       upsert(frame.message);
       typers.delete(frame.message.author_id);
       renderTyping();
@@ -199,6 +225,8 @@ function handle(frame) {
       renderPresence();
       break;
     case 'error':
+      // A refused send leaves its text in the input, to be sent again.
+      pending = null;
       showError(frame.message);
       break;
   }
@@ -231,10 +259,8 @@ form.addEventListener('submit', (event) => {
   event.preventDefault();
   const body = input.value.trim();
   if (!body) return;
-  if (send({ type: 'send', body, nonce: crypto.randomUUID?.() ?? String(Math.random()) })) {
-    input.value = '';
-    showError('');
-  }
+  const nonce = crypto.randomUUID?.() ?? String(Math.random()).slice(2);
+  if (send({ type: 'send', body, nonce })) pending = { nonce, body };
 });
 
 input.addEventListener('input', () => {

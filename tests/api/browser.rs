@@ -387,3 +387,9 @@ async fn the_layout_fits_a_phone_and_a_laptop_with_menus_apart() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_new_room_says_it_is_empty_and_a_refused_message_keeps_its_text() {
+    let app = TestApp::spawn().await;
+    run_script(&app, "chat_refused.mjs", &[]).await;
+}

@@ -577,7 +577,13 @@ impl Browser<'_> {
 
     /// The CSRF token the pages of this browser carry (from the layout's meta tag).
     pub async fn csrf_token(&self) -> String {
-        let page = self.get("/login").await.text().await.unwrap();
+        // The login page for a visitor; someone signed in is sent on from it, so their
+        // settings page, which every account has.
+        let mut page = self.get("/login").await;
+        if page.status().is_redirection() {
+            page = self.get("/account/settings").await;
+        }
+        let page = page.text().await.unwrap();
         let start = page
             .find(r#"name="csrf-token" content=""#)
             .expect("csrf meta tag")

@@ -354,8 +354,9 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
         get("/{*path}", "/static/js/chat.js", anyone(Ok)),
         // Home and accounts.
         get("/", "/", anyone(Ok)),
-        get("/signup", "/signup", anyone(Ok)),
-        get("/login", "/login", anyone(Ok)),
+        // Someone signed in is sent on: home, or where the login would have led.
+        get("/signup", "/signup", [Ok, Done, Done, Done, Done, Done]),
+        get("/login", "/login", [Ok, Done, Done, Done, Done, Done]),
         get("/login/link", "/login/link", anyone(Ok)),
         // Mail links: a made-up token is no link, whoever follows it.
         get(
@@ -1198,14 +1199,17 @@ async fn login_in(app: &TestApp, jar: &Arc<reqwest::cookie::Jar>, username: &str
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = client
-        .get(app.url("/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // A browser holding a (planted) session is sent on from the login page: the form's token
+    // is on any page it opens, its settings for one.
+    let mut page = client.get(app.url("/login")).send().await.unwrap();
+    if page.status().is_redirection() {
+        page = client
+            .get(app.url("/account/settings"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let page = page.text().await.unwrap();
     let at = page.find(r#"name="csrf-token" content=""#).unwrap() + 27;
     let token = &page[at..at + 64];
     let response = client

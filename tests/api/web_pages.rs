@@ -229,3 +229,15 @@ async fn your_posts_and_an_authors_page_are_paged_and_say_when_a_page_is_past_th
     let past = app.get("/posts?page=9999").await;
     assert_eq!(past.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn someone_signed_in_is_sent_on_from_login_and_sign_up() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    crate::helpers::assert_redirect(&ada.get("/signup").await, "/");
+    crate::helpers::assert_redirect(&ada.get("/login").await, "/");
+    crate::helpers::assert_redirect(&ada.get("/login?next=/chat").await, "/chat");
+    crate::helpers::assert_redirect(&ada.get("/login?next=//evil.example").await, "/");
+    assert_eq!(app.get("/login").await.status(), StatusCode::OK);
+    assert_eq!(app.get("/signup").await.status(), StatusCode::OK);
+}
