@@ -1,8 +1,9 @@
 //! Home app: the front page, rendered from the database.
 //!
-//! It shows what the site is (members, posts), never what it runs on: the PostgreSQL version
-//! and other server internals help an attacker pick exploits and are for administrators
-//! (`/ops/db`).
+//! It shows what the site has to read and where people talk: the latest posts for everyone,
+//! the active public rooms for members. Never what it runs on (the PostgreSQL version is on
+//! `/ops/db`), nor who its members are: the member count and the newest usernames are for
+//! administrators, whose front page shows them.
 //!
 //! The latest posts are a cached fragment ([`crate::cache::fragment`]): the same for every
 //! visitor, signed in or not, so the page around it stays personal while the query and the
@@ -39,9 +40,31 @@ fn routes() -> Routes {
 #[template(path = "home.html")]
 struct HomePage {
     layout: Layout,
-    members: i64,
-    newest: Vec<String>,
     latest: Fragment,
+    /// The public rooms with the latest messages (for members: the chat is theirs).
+    rooms: Vec<ActiveRoom>,
+    /// For administrators only: how many members, and the newest.
+    members: Option<Members>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ActiveRoom {
+    slug: String,
+    name: String,
+    last_message_at: Option<time::OffsetDateTime>,
+}
+
+impl ActiveRoom {
+    fn active(&self) -> String {
+        self.last_message_at
+            .map(crate::web::templates::ago)
+            .unwrap_or_else(|| "no messages yet".into())
+    }
+}
+
+struct Members {
+    count: i64,
+    newest: Vec<String>,
 }
 
 /// The latest posts: a fragment shared by every visitor, so nothing of one visitor in it.
@@ -63,13 +86,6 @@ async fn home(
     State(state): State<AppState>,
     layout: Layout,
 ) -> Result<impl IntoResponse, WebError> {
-    let members = sqlx::query_scalar!(r#"SELECT count(*) AS "members!" FROM users"#)
-        .fetch_one(&state.db)
-        .await?;
-    let newest =
-        sqlx::query_scalar!("SELECT username FROM users ORDER BY created_at DESC, id DESC LIMIT 5")
-            .fetch_all(&state.db)
-            .await?;
     let latest = state
         .cache
         .fragment("home-latest-posts", LATEST_TTL)
@@ -87,11 +103,61 @@ async fn home(
             Ok(LatestPosts { posts })
         })
         .await
-        .map_err(anyhow::Error::new)?;
+        .map_err(fragment_failed)?;
+    let rooms = match &layout.user {
+        Some(_) => active_rooms(&state).await?,
+        None => Vec::new(),
+    };
+    let members = match &layout.user {
+        Some(user) if user.is_admin => Some(members(&state).await?),
+        _ => None,
+    };
     render(&HomePage {
         latest,
         layout,
+        rooms,
         members,
-        newest,
     })
+}
+
+/// A failed fragment as the page's error: the database out of reach (the cache's tier, or the
+/// query behind the list) is a 503 like any page's, anything else an internal error.
+fn fragment_failed(e: crate::cache::CacheError) -> WebError {
+    use crate::cache::CacheError;
+    let database = match &e {
+        CacheError::Database(db) => Some(&**db),
+        CacheError::Compute { source, .. } => source.downcast_ref::<sqlx::Error>(),
+        _ => None,
+    };
+    match database {
+        Some(
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_),
+        ) => WebError::Unavailable(e.into()),
+        _ => WebError::Internal(anyhow::Error::new(e)),
+    }
+}
+
+/// The five public rooms with the most recent messages.
+async fn active_rooms(state: &AppState) -> Result<Vec<ActiveRoom>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT slug, name, last_message_at FROM chat_rooms
+          WHERE NOT is_private
+          ORDER BY last_message_at DESC NULLS LAST, name LIMIT 5",
+    )
+    .fetch_all(&state.db)
+    .await
+}
+
+async fn members(state: &AppState) -> Result<Members, sqlx::Error> {
+    let count = sqlx::query_scalar!(r#"SELECT count(*) AS "members!" FROM users"#)
+        .fetch_one(&state.db)
+        .await?;
+    let newest =
+        sqlx::query_scalar!("SELECT username FROM users ORDER BY created_at DESC, id DESC LIMIT 5")
+            .fetch_all(&state.db)
+            .await?;
+    Ok(Members { count, newest })
 }

@@ -336,16 +336,38 @@ async fn every_response_carries_a_request_id() {
 }
 
 #[tokio::test]
-async fn the_home_page_is_rendered_from_the_database() {
+async fn the_home_page_shows_what_there_is_to_read_and_members_only_to_admins() {
     let app = TestApp::spawn().await;
-    app.signup("ada", "correct horse").await;
-    app.other_browser().signup("grace", "correct horse").await;
+    let ada = app.user("ada").await;
+    let grace = app.user("grace").await;
+    ada.write("Notes from the hearth", "Warm.", true).await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(ada.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
+    // Anonymous visitors: the latest posts, nothing about who the members are.
     let home = app.other_browser().home().await;
-
-    assert!(home.contains(r#"data-testid="member-count">2<"#));
+    assert!(home.contains("Notes from the hearth"), "{home}");
+    assert!(!home.contains("member-count"), "{home}");
     assert!(
-        home.find("grace").unwrap() < home.find("ada").unwrap(),
+        !home.contains("grace"),
+        "a username on the anonymous home page"
+    );
+    assert!(!home.contains("PostgreSQL"), "{home}");
+
+    // Members: the active public rooms too; still no member list.
+    let home = grace.get("/").await.text().await.unwrap();
+    assert!(home.contains(r#"href="/chat/lobby""#), "{home}");
+    assert!(!home.contains("member-count"), "{home}");
+
+    // Administrators: the member count and the newest members, newest first.
+    let home = ada.get("/").await.text().await.unwrap();
+    assert!(home.contains(r#"data-testid="member-count">2<"#), "{home}");
+    let newest = &home[home.find("Newest members").unwrap()..];
+    assert!(
+        newest.find("grace").unwrap() < newest.find("ada").unwrap(),
         "newest first"
     );
 }
