@@ -9,7 +9,9 @@ function show(unread) {
   if (typeof unread !== 'number') return;
   badge.textContent = unread > 99 ? '99+' : String(unread);
   badge.hidden = unread === 0;
-  badge.closest('a')?.setAttribute('aria-label', `Notifications (${unread} unread)`);
+  // The link's name holds the count it shows ("12 unread notifications"), as screen readers
+  // and voice control expect of a name next to visible text.
+  badge.closest('a')?.setAttribute('aria-label', unread ? `${badge.textContent} unread notifications` : 'Notifications');
 }
 
 // Live events received so far: a fetched count only applies if no newer event came while it

@@ -365,6 +365,8 @@ async fn the_layout_fits_a_phone_and_a_laptop_with_menus_apart() {
     let long = "Supercalifragilisticexpialidocious".repeat(4);
     let slug = ada.write(&long, &format!("{long} {long}"), true).await;
     ada.write("A short one", "With a body.", true).await;
+    crate::documents::create_doc(&ada, &long).await;
+    crate::documents::create_doc(&ada, "Meeting notes").await;
     sqlx::query(
         "INSERT INTO notifications (user_id, kind, title, url, dedupe_key)
          SELECT $1, 'mention', 'Mentioned ' || n, '/chat/lobby', 'test:' || n
