@@ -8,7 +8,7 @@
 //! * [`site_error_pages`], around the site's routes, renders `error.html` inside the full
 //!   layout (navigation, the signed-in user), so an error is a page of the site, not a dead end;
 //! * [`error_pages`], the outermost, renders what is left (a timeout, a caught panic, a refused
-//!   body: all happen outside the routes) as the bare `bare_error.html`.
+//!   body: all happen outside the routes) as the bare `bare/error.html`.
 //!
 //! One mechanism, so no error path can leak a stack trace or SQL text to the client. axum's own
 //! rejection texts ("Failed to deserialize query string: …") are parser output: they are never

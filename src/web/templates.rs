@@ -172,7 +172,7 @@ pub struct ErrorPage {
 /// The page for an error outside the routes (a timeout, a caught panic), which needs nothing
 /// but the status: see [`super::error::error_pages`].
 #[derive(Template)]
-#[template(path = "bare_error.html")]
+#[template(path = "bare/error.html")]
 pub struct BareErrorPage {
     pub status: u16,
     pub reason: &'static str,
