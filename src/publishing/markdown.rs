@@ -1,8 +1,22 @@
 //! Markdown to safe HTML: pulldown-cmark renders, ammonia removes whatever could run script
 //! (raw `<script>`, `on*=` attributes, `javascript:` links) and adds `rel="noopener
 //! noreferrer nofollow"` to links. Rendered once when a post is saved, not on every view.
+//!
+//! Headings go one level down (`#` is an `<h2>`): the post's title is the page's one `<h1>`.
 
-use pulldown_cmark::{Options, Parser, html};
+use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd, html};
+
+/// The level a Markdown heading is rendered at: one below, as the title is the `<h1>`.
+fn demoted(level: HeadingLevel) -> HeadingLevel {
+    use HeadingLevel::*;
+    match level {
+        H1 => H2,
+        H2 => H3,
+        H3 => H4,
+        H4 => H5,
+        H5 | H6 => H6,
+    }
+}
 
 /// The sanitised HTML of `markdown`.
 pub fn render(markdown: &str) -> String {
@@ -10,8 +24,23 @@ pub fn render(markdown: &str) -> String {
         | Options::ENABLE_STRIKETHROUGH
         | Options::ENABLE_TASKLISTS
         | Options::ENABLE_FOOTNOTES;
+    let events = Parser::new_ext(markdown, options).map(|event| match event {
+        Event::Start(Tag::Heading {
+            level,
+            id,
+            classes,
+            attrs,
+        }) => Event::Start(Tag::Heading {
+            level: demoted(level),
+            id,
+            classes,
+            attrs,
+        }),
+        Event::End(TagEnd::Heading(level)) => Event::End(TagEnd::Heading(demoted(level))),
+        other => other,
+    });
     let mut unsafe_html = String::with_capacity(markdown.len() * 3 / 2);
-    html::push_html(&mut unsafe_html, Parser::new_ext(markdown, options));
+    html::push_html(&mut unsafe_html, events);
     ammonia::Builder::default()
         .link_rel(Some("noopener noreferrer nofollow"))
         .clean(&unsafe_html)
@@ -20,7 +49,6 @@ pub fn render(markdown: &str) -> String {
 
 /// The first words of `markdown` as plain text, for lists: at most `max` characters.
 pub fn excerpt(markdown: &str, max: usize) -> String {
-    use pulldown_cmark::{Event, Tag, TagEnd};
     let mut text = String::new();
     for event in Parser::new(markdown) {
         match event {
@@ -50,7 +78,9 @@ mod tests {
     fn markdown_is_rendered() {
         let html =
             render("# Title\n\nSome *emphasis* and `code`.\n\n| a | b |\n|---|---|\n| 1 | 2 |");
-        assert!(html.contains("<h1>Title</h1>"), "{html}");
+        // One level down: the post's title is the page's only <h1>.
+        assert!(html.contains("<h2>Title</h2>"), "{html}");
+        assert!(render("###### Six").contains("<h6>Six</h6>"));
         assert!(html.contains("<em>emphasis</em>"), "{html}");
         assert!(html.contains("<table>"), "{html}");
     }

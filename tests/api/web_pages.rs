@@ -241,3 +241,41 @@ async fn someone_signed_in_is_sent_on_from_login_and_sign_up() {
     assert_eq!(app.get("/login").await.status(), StatusCode::OK);
     assert_eq!(app.get("/signup").await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_editor_tells_the_truth_and_a_post_has_one_title_heading() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+
+    // A post not yet saved is no draft; its help says what happens to HTML.
+    let editor = ada.get("/posts/new").await.text().await.unwrap();
+    assert!(
+        !editor.contains(r#"class="tag draft""#),
+        "an unsaved post shows a draft tag"
+    );
+    assert!(!editor.contains("HTML is escaped"), "{editor}");
+    assert!(editor.contains("scripts, styles and event handlers are removed"));
+    let slug = ada
+        .write("Sections", "# Intro\n\nText.\n\n## Detail\n\nMore.", false)
+        .await;
+    let saved = ada
+        .get(&format!("/posts/{slug}/edit"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        saved.contains(r#"class="tag draft""#),
+        "a saved draft says so"
+    );
+
+    // A body starting with `#` does not make a second <h1>.
+    let page = ada
+        .get(&format!("/posts/{slug}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page.matches("<h1").count(), 1, "{page}");
+    assert!(page.contains("<h2>Intro</h2>") && page.contains("<h3>Detail</h3>"));
+}

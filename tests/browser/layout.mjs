@@ -10,6 +10,7 @@
 //   d. a two-digit unread count sits beside the bell, not over it
 //   e. the first Tab reaches "Skip to content", which moves focus to the page's content
 //   f. the favicon loads: no request of any page fails
+//   h. the editor's Write / Preview tabs follow the arrow keys
 //   g. axe-core finds no serious or critical accessibility violation on the main pages, at both
 //      widths, anonymous and signed in
 // Screenshots: <page>-390.png, <page>-1280.png, menu-open-390.png, user-menu-1280.png.
@@ -191,6 +192,21 @@ await run(async ({ browser, page }) => {
     await shot(adminPage, 'admin-menu-open-390.png');
     const found = await sideways(adminPage);
     if (found.scroll > found.width) fail(`/ops at 390 px is ${found.scroll} px wide (${found.wide.join(', ')})`);
+  });
+
+  await step("h. the editor's tabs follow the arrow keys", async () => {
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await page.goto(`${BASE}/posts/new`);
+    await page.locator('textarea[name=body]').fill('# A heading\n\nSome *text*.');
+    const write = page.getByRole('tab', { name: 'Write' });
+    await write.focus();
+    await page.keyboard.press('ArrowRight');
+    const preview = page.getByRole('tab', { name: 'Preview' });
+    if ((await preview.getAttribute('aria-selected')) !== 'true') fail('ArrowRight did not select Preview');
+    if (!(await preview.evaluate((el) => el === document.activeElement))) fail('the focus stayed on Write');
+    await page.locator('.preview h2', { hasText: 'A heading' }).waitFor();
+    await page.keyboard.press('Home');
+    if ((await write.getAttribute('aria-selected')) !== 'true') fail('Home did not select Write');
   });
 
   await step('g. axe-core: no serious or critical violation on the main pages', async () => {
