@@ -111,6 +111,22 @@ pub(super) async fn create(
         }
     };
     let private = form.private.is_some();
+    // Two public rooms of one name would be told apart by their addresses alone. (A private
+    // room's name is its members' business: it is neither checked nor revealed here.)
+    if !private && let Some(existing) = public_room_named(&state, name).await? {
+        let rooms = visible_rooms(&state, login.user.id).await?;
+        let page = RoomsPage {
+            layout,
+            rooms,
+            error: Some(format!(
+                "There is already a room called “{}”: open it from the list, or choose another \
+                 name.",
+                existing
+            )),
+            name: form.name,
+        };
+        return Ok((StatusCode::CONFLICT, render(&page)?).into_response());
+    }
     let mut tx = state.db.begin().await?;
     let mut created = None;
     for n in 1..=50 {
@@ -149,6 +165,16 @@ pub(super) async fn create(
         Redirect::to(&format!("/chat/{slug}")),
     )
         .into_response())
+}
+
+/// The name of the public room called `name` (whatever the case), if there is one.
+async fn public_room_named(state: &AppState, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT name FROM chat_rooms WHERE NOT is_private AND lower(name) = lower($1) LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(&state.db)
+    .await
 }
 
 /// The `n`th slug to try for a new room, at most 60 characters: the name's, then `-2`, `-3`…

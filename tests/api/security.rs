@@ -611,7 +611,13 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             &[],
             signed_in(Done),
         ),
-        post("/chat", "/chat", &[("name", "Open room")], signed_in(Done)),
+        // Private: every actor sends the same name, and a public room's name is taken once.
+        post(
+            "/chat",
+            "/chat",
+            &[("name", "Open room"), ("private", "on")],
+            signed_in(Done),
+        ),
         post(
             "/chat/{slug}/invite",
             format!("/chat/{room}/invite"),

@@ -279,3 +279,39 @@ async fn the_editor_tells_the_truth_and_a_post_has_one_title_heading() {
     assert_eq!(page.matches("<h1").count(), 1, "{page}");
     assert!(page.contains("<h2>Intro</h2>") && page.contains("<h3>Detail</h3>"));
 }
+
+#[tokio::test]
+async fn two_public_rooms_do_not_share_a_name() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let created = ada.post_form("/chat", &[("name", "Book club")]).await;
+    assert!(created.status().is_redirection());
+
+    let again = bob.post_form("/chat", &[("name", "book CLUB")]).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let body = again.text().await.unwrap();
+    assert!(
+        body.contains("There is already a room called “Book club”"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"value="book CLUB""#),
+        "what was typed is lost"
+    );
+
+    // A private room may take any name, and says nothing of other private rooms.
+    let private = bob
+        .post_form("/chat", &[("name", "Book club"), ("private", "on")])
+        .await;
+    assert!(private.status().is_redirection());
+    let again = ada
+        .post_form("/chat", &[("name", "Secret"), ("private", "on")])
+        .await;
+    assert!(again.status().is_redirection());
+    let public = bob.post_form("/chat", &[("name", "Secret")]).await;
+    assert!(
+        public.status().is_redirection(),
+        "a private room's name showed through"
+    );
+}
