@@ -101,6 +101,7 @@ fn media_type(path: &str) -> &'static str {
         "css" => "text/css; charset=utf-8",
         "js" | "mjs" => "text/javascript; charset=utf-8",
         "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
         other => panic!("no media type expected for .{other}: add it to this test"),
     }
 }

@@ -8,8 +8,8 @@
 import { BASE, expectText, fail, run, signup, step, uniqueName } from './lib.mjs';
 
 const password = 'correct horse battery';
-const hashed = /^\/static\/.+\.[0-9a-f]{8}\.(css|js|mjs)$/;
-const mediaTypes = { css: 'text/css', js: 'text/javascript', mjs: 'text/javascript' };
+const hashed = /^\/static\/.+\.[0-9a-f]{8}\.(css|js|mjs|svg)$/;
+const mediaTypes = { css: 'text/css', js: 'text/javascript', mjs: 'text/javascript', svg: 'image/svg+xml' };
 
 await run(async ({ page }) => {
   const assets = [];
