@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, TestUser, assert_redirect};
 
 /// The next frame of `kind`, skipping others (presence, typing...).
-async fn next(client: &mut WsClient, kind: &str) -> Value {
+pub(crate) async fn next(client: &mut WsClient, kind: &str) -> Value {
     client
         .recv_type(kind)
         .await
         .unwrap_or_else(|e| panic!("waiting for {kind}: {e:?}"))
 }
 
-async fn say(client: &mut WsClient, body: &str) {
+pub(crate) async fn say(client: &mut WsClient, body: &str) {
     client
         .send_json(&json!({"type": "send", "body": body}))
         .await

@@ -27,26 +27,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
+    chat::{next, say},
     helpers::{TestApp, TestUser},
     http2::{BOUND, port, tls_app, tls_connect, valid_certificate, write_pair},
 };
 
 const LOBBY: &str = "/ws/rooms/lobby";
-
-/// The next frame of `kind` (skipping presence and the like).
-async fn next(client: &mut WsClient, kind: &str) -> Value {
-    client
-        .recv_type(kind)
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {kind}: {e:?}"))
-}
-
-async fn say(client: &mut WsClient, body: &str) {
-    client
-        .send_json(&json!({"type": "send", "body": body}))
-        .await
-        .unwrap();
-}
 
 /// An h2c connection (prior knowledge) to `app`, as a proxy speaking HTTP/2 to it opens one.
 async fn h2c(app: &TestApp) -> Http2Connection {
