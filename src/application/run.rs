@@ -93,6 +93,7 @@ pub async fn serve_command(
     sections: Sections,
     migrate: bool,
 ) -> anyhow::Result<()> {
+    raise_open_files_limit(&config);
     let (plan, db) = begin(&application, &config, &sections, "", false).await?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -133,6 +134,44 @@ pub async fn serve_command(
         .context("cannot stop the database cleanly")?;
     tracing::info!("bye");
     Ok(())
+}
+
+/// Descriptors kept for what is not a client: the database's connections are counted apart,
+/// this is the rest (the embedded cluster's pipes, log and data files, the listener, timers).
+const OWN_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one, and says how many client connections
+/// fit. Every socket is a descriptor, and the usual soft default (1,024) would refuse clients
+/// long before memory or CPU run out; the hard limit is the most an unprivileged process may
+/// have. A refusal is logged and the server runs with the soft limit it has.
+fn raise_open_files_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => return tracing::warn!("cannot read the open-files limit: {e}"),
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let database = u64::from(config.db.db_max_connections + config.db.db_pipelines + 2);
+    let clients = limit.saturating_sub(database + OWN_DESCRIPTORS);
+    let raised = if limit > soft {
+        format!(", raised from {soft}")
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "open files: {limit} (hard limit {hard}{raised}): room for about {clients} client \
+         connections (WebSockets, event streams, HTTP) beside {database} to the database"
+    );
 }
 
 /// Takes the port, with the certificate when one is configured: a bad certificate stops the

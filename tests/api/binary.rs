@@ -36,13 +36,48 @@ impl Log {
     }
 }
 
-fn serve(data_dir: &Path) -> (Child, String, Log) {
+fn serve(data_dir: &Path) -> (Server, String, Log) {
     serve_with(hearth(data_dir))
 }
 
+/// A running `hearth serve`, stopped when dropped unless it has exited already, so a failing
+/// assertion never leaves a server behind (the harness would wait for its output forever):
+/// SIGTERM first, so an embedded cluster is stopped with it, then SIGKILL after ten seconds.
+pub(crate) struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        for _ in 0..100 {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `command serve` and returns it with the address it announced and its log lines.
-pub(crate) fn serve_with(mut command: Command) -> (Child, String, Log) {
-    let mut child = command.arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+pub(crate) fn serve_with(mut command: Command) -> (Server, String, Log) {
+    let mut child = Server(command.arg("serve").stderr(Stdio::piped()).spawn().unwrap());
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -466,11 +501,8 @@ async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
         serve_with(command)
     };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, address_a, _log_a) = start(dir_a.path());
-    let (b, address_b, _log_b) = start(dir_b.path());
-    // Killed when the test ends, passed or failed: a failing assertion must not leave a
-    // server behind (the test harness would wait for its output forever).
-    let (mut a, mut b) = (KillOnDrop(a), KillOnDrop(b));
+    let (mut a, address_a, _log_a) = start(dir_a.path());
+    let (mut b, address_b, _log_b) = start(dir_b.path());
     let ws = |address: &str, query: &str, cookie: &str| {
         WsClient::build(format!(
             "ws://{}/ws/rooms/lobby{query}",
@@ -528,8 +560,8 @@ async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
     }
 
     // Act: A dies without a word.
-    kill(Pid::from_raw(a.0.id() as i32), Signal::SIGKILL).unwrap();
-    a.0.wait().unwrap();
+    kill(Pid::from_raw(a.id() as i32), Signal::SIGKILL).unwrap();
+    a.wait().unwrap();
     bob.send_json(&serde_json::json!({"type": "send", "body": "while A was gone"}))
         .await
         .unwrap();
@@ -583,20 +615,8 @@ async fn a_killed_instance_s_jobs_presence_and_clients_move_to_the_survivor() {
             .unwrap();
     assert_eq!(rescued, 2, "A's two jobs ran again on B");
 
-    kill(Pid::from_raw(b.0.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(b.0.wait().unwrap().success());
-}
-
-/// A child process killed (SIGKILL) when dropped, unless it has exited already.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    kill(Pid::from_raw(b.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(b.wait().unwrap().success());
 }
 
 #[test]
@@ -705,4 +725,42 @@ fn a_full_disk_at_start_is_one_clear_error_and_space_freed_is_enough() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{status:?}");
+}
+
+/// Every socket is a descriptor: `serve` raises its soft limit on open files to the hard one
+/// and says how many clients fit, so a server started under the usual 1,024 holds more.
+#[tokio::test]
+async fn serve_raises_its_open_files_limit_to_the_hard_one_and_says_so() {
+    use std::os::unix::process::CommandExt;
+    let (name, _) = crate::helpers::migrated_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = hearth(dir.path());
+    command.env("DATABASE_URL", crate::helpers::database_url(&name));
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs in the forked child.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::sys::resource::{Resource, getrlimit, setrlimit};
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            setrlimit(Resource::RLIMIT_NOFILE, 512.min(hard), hard)?;
+            Ok(())
+        });
+    }
+
+    let (server, _address, log) = serve_with(command);
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3], open_files[4], "soft = hard: {limits}");
+    let said = log
+        .startup
+        .iter()
+        .find(|l| l.contains("open files:"))
+        .expect("the start says how many files it may open");
+    assert!(said.contains("raised from 512"), "{said}");
+    assert!(said.contains("client connections"), "{said}");
 }

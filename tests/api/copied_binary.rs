@@ -7,34 +7,24 @@ use std::{
     fs,
     io::Read,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use reqwest::{StatusCode, header};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::binary::serve_with;
+use crate::binary::{Server, serve_with};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// A `hearth serve` started from a copy of the binary; stopped (SIGTERM, then waited for) when
-/// dropped, a failed assertion included.
+/// A `hearth serve` started from a copy of the binary; stopped when dropped, a failed assertion
+/// included (see [`Server`]).
 struct CopiedServer {
-    child: Child,
+    /// Held for its drop, which stops the server.
+    _server: Server,
     address: String,
     _folder: TempDir,
-}
-
-impl Drop for CopiedServer {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
 }
 
 /// Copies the binary into a new empty folder outside the source tree and serves from there, on
@@ -56,9 +46,9 @@ async fn start_copy() -> CopiedServer {
         .env("DATABASE_URL", crate::helpers::database_url(&name))
         .env("HEARTH_BIND", "127.0.0.1:0")
         .env("RUST_LOG", "info");
-    let (child, address, _log) = serve_with(command);
+    let (server, address, _log) = serve_with(command);
     CopiedServer {
-        child,
+        _server: server,
         address,
         _folder: folder,
     }
