@@ -21,6 +21,8 @@ import statistics
 import sys
 from html import escape
 
+import delay_report
+
 TITLES = {
     "w1": "W1 page (one query, template), wrk c={conns}",
     "w2": "W2 cached page (framework page cache), wrk c={conns}",
@@ -348,6 +350,10 @@ def report(outdir, md_path, svg_path, extras=()):
         out += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, ok, v in verdicts]
         out += ["", "The chart plots each ratio on a log scale; the tick is the ratio the target implies in this run "
                 "(for absolute targets: the target value over the peer's figure, e.g. W6: peer p99 ÷ 20 ms).", ""]
+
+    # The database a network hop away (bench/delay.sh): its own runs, the newest one.
+    bench_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out += delay_report.section(bench_root, md_dir, os.path.join(bench_root, "delay.svg"))
 
     m = meta["machine"]
     out += ["## Machine", "", "| fact | value |", "|---|---|"]

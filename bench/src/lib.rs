@@ -15,11 +15,14 @@
 //! * [`sse`]: the same for W6's event streams ([`client`] holds what the two share);
 //! * [`http_floor`] and [`ws_floor`]: `bench http-floor` and `bench ws-floor`, servers that do
 //!   only the least a server must for W1-W3 and W5, measured beside Hearth in the same rounds;
+//! * [`db_delay`]: `bench db-delay`, a TCP proxy that puts PostgreSQL a network hop away (a
+//!   fixed delay each way) and counts round trips, and `bench db-rtt`, which measures the delay;
 //! * [`soak`]: `bench soak`, a long run of mixed traffic against a child server that reports its
 //!   memory and descriptors over time, errors, losses and latencies.
 
 pub mod cache;
 mod client;
+pub mod db_delay;
 pub mod docs;
 pub mod http_floor;
 pub mod jobs;
@@ -89,6 +92,11 @@ pub enum BenchCommand {
     /// connection, stored bytes, three upstream calls), to measure the machine's floor:
     /// `hearth-bench bench http-floor --listen 127.0.0.1:8200`.
     HttpFloor(http_floor::HttpFloorArgs),
+    /// A TCP proxy holding every chunk a fixed time each way, as a network hop to a cloud
+    /// database would, and counting round trips: `hearth-bench bench db-delay --delay 1ms`.
+    DbDelay(db_delay::DelayArgs),
+    /// Sequential `SELECT 1` round trips, to measure a delay: `hearth-bench bench db-rtt --url ...`.
+    DbRtt(db_delay::RttArgs),
     /// The W6 event-stream load client: `hearth-bench bench sse --base http://127.0.0.1:8000`.
     Sse(sse::SseArgs),
     /// Cache round trips per tier: `hearth-bench bench cache 10000`.
@@ -128,6 +136,11 @@ async fn run(command: BenchCommand, invocation: Invocation) -> anyhow::Result<()
                 .await
         }
         BenchCommand::Sse(args) => sse::run(args).await,
+        // Blocking threads of its own (see the module's note), never the runtime's workers.
+        BenchCommand::DbDelay(args) => {
+            tokio::task::spawn_blocking(move || db_delay::run(args)).await?
+        }
+        BenchCommand::DbRtt(args) => db_delay::rtt(args).await,
         BenchCommand::Cache(args) => {
             let config = invocation.config.clone();
             invocation
