@@ -22,6 +22,7 @@ import sys
 from html import escape
 
 import delay_report
+import sockets_report
 
 TITLES = {
     "w1": "W1 page (one query, template), wrk c={conns}",
@@ -354,6 +355,8 @@ def report(outdir, md_path, svg_path, extras=()):
     # The database a network hop away (bench/delay.sh): its own runs, the newest one.
     bench_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out += delay_report.section(bench_root, md_dir, os.path.join(bench_root, "delay.svg"))
+    # Sockets at the machine's limit (bench/sockets.sh): the newest run.
+    out += sockets_report.section(bench_root, md_dir, os.path.join(bench_root, "sockets.svg"))
 
     m = meta["machine"]
     out += ["## Machine", "", "| fact | value |", "|---|---|"]

@@ -173,6 +173,10 @@ async fn the_rust_load_clients_count_every_delivery() {
         drain_s: 5.0,
         rss_pid: None,
         connect_concurrency: 10,
+        role: hearth_bench::ws::Role::Both,
+        sources: Vec::new(),
+        wait_s: 10.0,
+        hold_s: 0.0,
     })
     .await
     .unwrap();
@@ -202,6 +206,49 @@ async fn the_rust_load_clients_count_every_delivery() {
         );
     }
     assert_eq!(events["publish_failed"], 0, "{events}");
+}
+
+/// The chat workload split over processes, as `bench/sockets.sh` runs it: receivers bound to
+/// other loopback addresses in one task, the sender in another, the latency read from the
+/// wall-clock stamp each message carries.
+#[tokio::test]
+async fn split_receivers_count_every_stamped_message_from_another_sender() {
+    use hearth_bench::ws::{Role, WsArgs, WsMode};
+    let app = spawn().await;
+    let args = |role, clients, settle| WsArgs {
+        mode: WsMode::Chat,
+        url: app.ws_url("/ws/chat/split/"),
+        clients,
+        messages: 10,
+        rate: 100,
+        settle,
+        drain_s: 5.0,
+        rss_pid: None,
+        connect_concurrency: 10,
+        role,
+        sources: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+        wait_s: 20.0,
+        hold_s: 0.0,
+    };
+
+    // The sender waits two seconds for the receivers to connect, as the script waits for their
+    // "ready" line.
+    let (received, sent) = tokio::join!(
+        hearth_bench::ws::measure_chat(args(Role::Receive, 20, 0.0)),
+        hearth_bench::ws::measure_chat(args(Role::Send, 0, 2.0)),
+    );
+    let (received, sent) = (received.unwrap(), sent.unwrap());
+
+    assert_eq!(sent["messages"], 10, "{sent}");
+    assert_eq!(received["connected"], 20, "{received}");
+    assert_eq!(received["delivered"], 200, "{received}");
+    assert_eq!(received["lost"], 0, "{received}");
+    assert_eq!(received["malformed"], 0, "{received}");
+    let p50 = received["p50_ms"].as_f64().unwrap();
+    assert!(
+        p50 > 0.0 && p50 < 5_000.0,
+        "a latency from the stamp: {received}"
+    );
 }
 
 #[tokio::test]
