@@ -14,6 +14,10 @@
 //! Every client field that reaches other members has a bound: the body (`MAX_MESSAGE`
 //! characters) and the `nonce` echoed in the broadcast (`MAX_NONCE` printable ASCII
 //! characters); typing notices carry nothing from the client.
+//!
+//! While the database cannot be reached, a message is refused with an error frame (`code`
+//! `unavailable`) on a socket that stays open, as a too-fast one is; it can be sent again once
+//! the database is back.
 
 use std::time::Duration;
 
@@ -24,7 +28,7 @@ use tokio::time::Instant;
 use super::room::{self, ChatMessage, Room};
 use crate::{
     channels::{ChannelLayer, Delivery, PresenceUser},
-    notifications::{self, Kind, NewNotification},
+    notifications::{self, Kind, NewNotification, NotifyError},
     web::{
         auth::User,
         ws::{Connection, Consumer, ConsumerError, close_code},
@@ -232,8 +236,7 @@ impl Consumer for ChatConsumer {
         };
         ctx.subscription()
             .join_with_presence(&group, Some(me), serde_json::json!({}))
-            .await
-            .map_err(|e| ConsumerError::Internal(e.into()))?;
+            .await?;
 
         // Joined first, read second: a message committed in between arrives live too, and
         // `shown_through` drops that copy.
@@ -262,8 +265,7 @@ impl Consumer for ChatConsumer {
         let presence = ctx
             .channels()
             .presence(&group)
-            .await
-            .map_err(|e| ConsumerError::Internal(e.into()))?
+            .await?
             .into_iter()
             .map(|p| Present {
                 channel: p.channel,
@@ -293,6 +295,46 @@ impl Consumer for ChatConsumer {
 
     #[tracing::instrument(skip_all, fields(room = %self.room.slug, user_id = self.user.id))]
     async fn receive(
+        &mut self,
+        ctx: &mut Connection,
+        message: Incoming,
+    ) -> Result<(), ConsumerError> {
+        match self.handle(ctx, message).await {
+            // The database is down or unreachable: this message is refused as a too-fast one
+            // is, in the chat's own words (static/js/chat.js shows them and keeps the text to
+            // send again), and the socket stays open for when it is back. Closing it instead
+            // (1011) sent every client into a reconnect loop through the whole outage.
+            Err(ConsumerError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "database unavailable; chat message refused");
+                error(
+                    ctx,
+                    "unavailable",
+                    "The chat cannot reach its database right now; try again in a moment.",
+                );
+                Ok(())
+            }
+            handled => handled,
+        }
+    }
+
+    async fn event(
+        &mut self,
+        ctx: &mut Connection,
+        event: Event,
+        delivery: &Delivery,
+    ) -> Result<(), ConsumerError> {
+        match event {
+            Event::Message { message } if message.id <= self.shown_through => {}
+            Event::Typing { user_id } if user_id == self.user.id => {}
+            _ => ctx.forward(delivery),
+        }
+        Ok(())
+    }
+}
+
+impl ChatConsumer {
+    /// One frame from the client ([`Consumer::receive`] turns an outage into a refusal).
+    async fn handle(
         &mut self,
         ctx: &mut Connection,
         message: Incoming,
@@ -329,20 +371,6 @@ impl Consumer for ChatConsumer {
                 Ok(())
             }
         }
-    }
-
-    async fn event(
-        &mut self,
-        ctx: &mut Connection,
-        event: Event,
-        delivery: &Delivery,
-    ) -> Result<(), ConsumerError> {
-        match event {
-            Event::Message { message } if message.id <= self.shown_through => {}
-            Event::Typing { user_id } if user_id == self.user.id => {}
-            _ => ctx.forward(delivery),
-        }
-        Ok(())
     }
 }
 
@@ -432,8 +460,7 @@ impl ChatConsumer {
         state
             .channels
             .group_send_in(&mut tx, &self.room.group(), &broadcast)
-            .await
-            .map_err(|e| ConsumerError::Internal(e.into()))?;
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -476,7 +503,10 @@ impl ChatConsumer {
             };
             notifications::notify(tx, channels, &notification)
                 .await
-                .map_err(|e| ConsumerError::Internal(e.into()))?;
+                .map_err(|e| match e {
+                    NotifyError::Database(e) => ConsumerError::from(e),
+                    NotifyError::Channel(e) => ConsumerError::from(e),
+                })?;
         }
         Ok(())
     }
@@ -562,8 +592,7 @@ impl ChatConsumer {
     ) -> Result<(), ConsumerError> {
         channels
             .group_send_in(tx, &self.room.group(), &Broadcast::Update { message })
-            .await
-            .map_err(|e| ConsumerError::Internal(e.into()))?;
+            .await?;
         Ok(())
     }
 }

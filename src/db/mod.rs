@@ -7,6 +7,7 @@
 //! `/readyz` says why.
 
 pub mod embedded;
+pub mod lost;
 pub mod migrations;
 pub mod pipeline;
 mod settings;
@@ -136,9 +137,12 @@ pub fn pool_options(config: &DbSettings) -> PgPoolOptions {
         .max_lifetime(Duration::from_secs(30 * 60))
         // No ping before every acquire: it costs a round trip on every query (two on a job's
         // path from enqueue to pickup). A connection broken by a server restart is found on
-        // its next use instead: that one query fails (a 503, or a job attempt that retries)
-        // and the pool replaces the connection — Django's default behaviour too.
+        // its next use instead: that query fails (a 503, or a job attempt that retries), and
+        // the error makes the pool ping the connections that were idle at that moment before
+        // lending them (`lost::check_idle`), so the other dead ones are replaced without
+        // failing a request each.
         .test_before_acquire(false)
+        .before_acquire(lost::check_idle)
 }
 
 /// `CREATE DATABASE name` unless it exists; `name` must be a plain identifier (`[A-Za-z0-9_]+`).

@@ -14,7 +14,8 @@
 //! it. Writes, transactions and anything that takes long use the pool.
 //!
 //! Connections are opened lazily (a server that is down does not stop `hearth serve` from
-//! starting) and reopened on the next query after one breaks, e.g. when PostgreSQL restarts.
+//! starting) and reopened on the next query after one breaks, e.g. when PostgreSQL restarts; a
+//! query that finds its (older) connection broken runs once more on a new one.
 //! Each connection prepares a statement once, on first use, and keeps it.
 
 use std::{
@@ -132,13 +133,22 @@ impl Pipeline {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, PipelineError> {
-        let connection = self.connection().await?;
-        let statement = connection.prepare(sql).await?;
-        connection
-            .client
-            .query(&statement, params)
-            .await
-            .map_err(classify)
+        let inner = &*self.inner;
+        let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
+        let (connection, opened) = self.connection(slot).await?;
+        match connection.query(sql, params).await {
+            // A connection that served earlier queries broke (the server restarted, or its
+            // backends were terminated) before its reader noticed. The reads here are
+            // idempotent, so the query runs once more on a fresh connection rather than fail a
+            // request for a cut that is already over; one that breaks when just opened fails.
+            Err(PipelineError::Unavailable(error)) if !opened => {
+                tracing::info!(%error, "a pipelined connection was lost; retrying the read on a new one");
+                slot.discard(&connection);
+                let (connection, _) = self.connection(slot).await?;
+                connection.query(sql, params).await
+            }
+            answered => answered,
+        }
     }
 
     /// Closes the open connections (each ends its server session once the queries already
@@ -150,26 +160,34 @@ impl Pipeline {
         }
     }
 
-    /// The next slot's connection, round robin, opened if it is not open.
-    async fn connection(&self) -> Result<Arc<Connection>, PipelineError> {
+    /// `slot`'s connection, opened if it is not open; and whether it was opened for this call.
+    async fn connection(&self, slot: &Slot) -> Result<(Arc<Connection>, bool), PipelineError> {
         let inner = &*self.inner;
-        let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
         if let Some(open) = slot.current() {
-            return Ok(open);
+            return Ok((open, false));
         }
         let _connecting = slot.connecting.lock().await;
         if let Some(open) = slot.current() {
-            return Ok(open);
+            return Ok((open, false));
         }
         let opened = tokio::time::timeout(inner.connect_timeout, inner.open())
             .await
             .map_err(|_| PipelineError::ConnectTimeout(inner.connect_timeout))??;
         *slot.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(opened.clone());
-        Ok(opened)
+        Ok((opened, true))
     }
 }
 
 impl Slot {
+    /// Forgets `broken` if it is still this slot's connection (another caller may have
+    /// replaced it already), so the next query opens a new one.
+    fn discard(&self, broken: &Arc<Connection>) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            open.take();
+        }
+    }
+
     fn current(&self) -> Option<Arc<Connection>> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.as_ref()
@@ -211,6 +229,18 @@ where
 }
 
 impl Connection {
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, PipelineError> {
+        let statement = self.prepare(sql).await?;
+        self.client
+            .query(&statement, params)
+            .await
+            .map_err(classify)
+    }
+
     async fn prepare(&self, sql: &'static str) -> Result<Statement, PipelineError> {
         let cached = self
             .statements

@@ -111,6 +111,9 @@ pub(crate) struct Metrics {
     pub cancelled: Counter,
     pub snoozed: Counter,
     pub rescued: Counter,
+    /// Outcomes this process reached but could not write: the job's lease was lost (this
+    /// worker stalled past it), and the job was rescued or taken by another worker.
+    pub fenced: Counter,
     pub queue_wait: Histogram,
     pub run_time: Histogram,
 }
@@ -135,6 +138,8 @@ pub struct MetricsSnapshot {
     pub cancelled: u64,
     pub snoozed: u64,
     pub rescued: u64,
+    /// Outcomes refused because this worker had lost the job's lease (see `docs/jobs.md`).
+    pub fenced: u64,
     pub queue_wait: HistogramSnapshot,
     pub run_time: HistogramSnapshot,
 }
@@ -151,6 +156,7 @@ pub fn snapshot() -> MetricsSnapshot {
         cancelled: m.cancelled.get(),
         snoozed: m.snoozed.get(),
         rescued: m.rescued.get(),
+        fenced: m.fenced.get(),
         queue_wait: m.queue_wait.snapshot(),
         run_time: m.run_time.snapshot(),
     }

@@ -121,6 +121,7 @@ struct Fetched {
 /// A final outcome waiting to be written by the completer.
 struct Finish {
     id: i64,
+    kind: String,
     attempt: i32,
     state: &'static str,
     result: Option<serde_json::Value>,
@@ -699,18 +700,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
-    let written = match decision {
+    let (written, counter) = match decision {
         Decision::Finish(state, result, error) => {
-            match state {
-                "completed" => METRICS.completed.add(1),
-                "cancelled" => METRICS.cancelled.add(1),
-                _ => METRICS.discarded.add(1),
-            }
+            // Counted by the completer once written: a write the fence refuses is no outcome.
             if let Some(error) = &error {
                 tracing::warn!(%state, %error, "job finished");
             }
             let finish = Finish {
                 id: job.id,
+                kind: job.kind.clone(),
                 attempt: job.attempt,
                 state,
                 result,
@@ -723,9 +721,8 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
             return;
         }
         Decision::Retry(wait, error) => {
-            METRICS.retried.add(1);
             tracing::warn!(%error, retry_in = ?wait, "attempt failed");
-            sqlx::query!(
+            let written = sqlx::query!(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         lease_until = NULL, locked_by = NULL,
@@ -738,11 +735,11 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
                 shared.config.instance,
             )
             .execute(&shared.pool)
-            .await
+            .await;
+            (written, Some(&METRICS.retried))
         }
         Decision::Snooze(wait) => {
-            METRICS.snoozed.add(1);
-            sqlx::query!(
+            let written = sqlx::query!(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         attempt = attempt - 1, lease_until = NULL, locked_by = NULL
@@ -752,17 +749,96 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
                 wait.as_secs_f64(),
             )
             .execute(&shared.pool)
-            .await
+            .await;
+            (written, Some(&METRICS.snoozed))
         }
-        Decision::HandBack => hand_back(&shared.pool, job.id, job.attempt).await,
-        Decision::Abandon => return,
+        Decision::HandBack => (hand_back(&shared.pool, job.id, job.attempt).await, None),
+        Decision::Abandon => {
+            // The heartbeat found the lease lost before the job ended; nothing is written.
+            METRICS.fenced.add(1);
+            return;
+        }
     };
-    if let Err(e) = written {
-        tracing::error!(error = %e, "cannot record the job's outcome; its lease will expire and it will run again");
+    match written {
+        Ok(done) if done.rows_affected() == 0 => {
+            let lost = [Lost {
+                id: job.id,
+                kind: &job.kind,
+                attempt: job.attempt,
+            }];
+            fenced(&shared.pool, &lost).await;
+        }
+        Ok(_) => {
+            if let Some(counter) = counter {
+                counter.add(1);
+            }
+        }
+        Err(e) => {
+            crate::db::lost::connection_lost(&e);
+            tracing::error!(error = %e, "cannot record the job's outcome; its lease will expire and it will run again");
+        }
     }
 }
 
-/// Returns a running job to the queue without using up its attempt.
+/// A job whose outcome this worker could not write: its lease was lost.
+struct Lost<'a> {
+    id: i64,
+    kind: &'a str,
+    attempt: i32,
+}
+
+/// Reports outcomes the fence refused: the worker lost the job's lease (it stalled past it, or
+/// the database was out for longer), and the job was rescued, or taken and perhaps finished by
+/// another worker. Counted as `fenced`, not as the outcome this worker reached, and each
+/// logged with why, as far as the job's row still tells (looked up only on this rare path).
+async fn fenced(pool: &PgPool, jobs: &[Lost<'_>]) {
+    METRICS.fenced.add(jobs.len() as u64);
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let now = sqlx::query!(
+        r#"SELECT i.id AS "id!", j.state AS "running_state?", j.attempt AS "running_attempt?",
+                  j.locked_by AS "locked_by?", d.state AS "done_state?", d.attempt AS "done_attempt?"
+             FROM unnest($1::bigint[]) AS i(id)
+             -- Primary-key lookups, never a join the planner picks (see `finish_batch`).
+             LEFT JOIN LATERAL (SELECT state, attempt, locked_by FROM jobs
+                                 WHERE id = i.id OFFSET 0) j ON true
+             LEFT JOIN LATERAL (SELECT state, attempt FROM jobs_done
+                                 WHERE id = i.id OFFSET 0) d ON true"#,
+        &ids
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    for job in jobs {
+        let row = now.iter().find(|r| r.id == job.id);
+        let why = match row {
+            Some(r) if r.done_state.is_some() => format!(
+                "attempt {} already finished it as {}",
+                r.done_attempt.unwrap_or_default(),
+                r.done_state.as_deref().unwrap_or_default()
+            ),
+            Some(r) if r.running_state.as_deref() == Some("running") => format!(
+                "attempt {} runs it now, on {}",
+                r.running_attempt.unwrap_or_default(),
+                r.locked_by.as_deref().unwrap_or("another worker")
+            ),
+            Some(r) if r.running_state.is_some() => {
+                "it was rescued and waits in the queue to run again".to_owned()
+            }
+            Some(_) => "it no longer exists".to_owned(),
+            None => "its current state could not be read".to_owned(),
+        };
+        tracing::warn!(
+            job_id = job.id,
+            kind = job.kind,
+            attempt = job.attempt,
+            %why,
+            "lease lost: this worker's outcome for the job was refused"
+        );
+    }
+}
+
+/// Returns a running job to the queue without using up its attempt. It keeps its `run_at`,
+/// as a rescued job does (`maintenance::rescue`): it was due before the jobs enqueued since.
 async fn hand_back(
     pool: &PgPool,
     id: i64,
@@ -771,7 +847,7 @@ async fn hand_back(
     tracing::info!("handing the job back to the queue");
     sqlx::query!(
         "UPDATE jobs
-            SET state = 'available', run_at = now(), attempt = attempt - 1, lease_until = NULL, locked_by = NULL
+            SET state = 'available', attempt = attempt - 1, lease_until = NULL, locked_by = NULL
           WHERE id = $1 AND attempt = $2 AND state = 'running'",
         id,
         attempt,
@@ -798,8 +874,12 @@ async fn complete(
         let mut wait = Duration::from_millis(20);
         for attempt in 1..=6 {
             match record_batch(&pool, &instance, keep_completed, &batch).await {
-                Ok(()) => break,
+                Ok(refused) => {
+                    tally(&pool, &batch, &refused).await;
+                    break;
+                }
                 Err(e) if attempt < 6 => {
+                    crate::db::lost::connection_lost(&e);
                     tracing::warn!(error = %e, jobs = batch.len(), "cannot record finished jobs yet; retrying");
                     tokio::time::sleep(wait).await;
                     wait *= 2;
@@ -819,7 +899,31 @@ async fn complete(
     }
 }
 
-/// Records a batch of outcomes. A batch without workflow steps is one statement on its own
+/// Counts a written batch's outcomes, those the fence `refused` apart (see [`fenced`]).
+async fn tally(pool: &PgPool, batch: &[Finish], refused: &[i64]) {
+    let mut lost = Vec::new();
+    for finish in batch {
+        if refused.contains(&finish.id) {
+            lost.push(Lost {
+                id: finish.id,
+                kind: &finish.kind,
+                attempt: finish.attempt,
+            });
+            continue;
+        }
+        match finish.state {
+            "completed" => METRICS.completed.add(1),
+            "cancelled" => METRICS.cancelled.add(1),
+            _ => METRICS.discarded.add(1),
+        }
+    }
+    if !lost.is_empty() {
+        fenced(pool, &lost).await;
+    }
+}
+
+/// Records a batch of outcomes; returns the ids whose write the fence refused (their lease
+/// was lost). A batch without workflow steps is one statement on its own
 /// ([`finish_batch`]); one with steps runs that statement and the workflows' moves
 /// ([`engine::advance`]) in one transaction, so a step's outcome and what follows from it (the
 /// next step enqueued, a group counted down, a chord's callback enqueued) commit together or
@@ -829,18 +933,18 @@ async fn record_batch(
     instance: &str,
     keep_completed: bool,
     batch: &[Finish],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     if !batch.iter().any(|f| f.step) {
         let mut conn = pool.acquire().await?;
-        finish_batch(&mut conn, instance, keep_completed, batch).await?;
-        return Ok(());
+        let (_, refused) = finish_batch(&mut conn, instance, keep_completed, batch).await?;
+        return Ok(refused);
     }
     let mut tx = pool.begin().await?;
-    let steps = finish_batch(&mut tx, instance, keep_completed, batch).await?;
+    let (steps, refused) = finish_batch(&mut tx, instance, keep_completed, batch).await?;
     let effects = engine::advance(&mut tx, steps).await?;
     tx.commit().await?;
     effects.wake();
-    Ok(())
+    Ok(refused)
 }
 
 /// Moves finished jobs from `jobs` to `jobs_done` in one statement, fenced by attempt, and
@@ -849,7 +953,8 @@ async fn record_batch(
 /// for its period: without one, nothing would be left to say when it was taken. Workflow steps
 /// and jobs someone waits on are always kept (their results are read afterwards).
 ///
-/// Returns the outcomes of the workflow steps it recorded, for [`engine::advance`]; and sends
+/// Returns the outcomes of the workflow steps it recorded, for [`engine::advance`], and the
+/// ids the fence refused (not `running` in the batch's attempt any more); and sends
 /// `job.finished` to the channel-layer group `job.<id>` of each job someone waits on
 /// (`notify_done`, see `workflow::wait`).
 async fn finish_batch(
@@ -857,7 +962,7 @@ async fn finish_batch(
     instance: &str,
     keep_completed: bool,
     batch: &[Finish],
-) -> Result<Vec<Event>, sqlx::Error> {
+) -> Result<(Vec<Event>, Vec<i64>), sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
     let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
@@ -929,12 +1034,19 @@ async fn finish_batch(
               FROM locked WHERE notify_done
             RETURNING 1
         )
-        SELECT id, workflow_id, workflow_node, final_state, final_result, final_error
+        SELECT id, workflow_id, workflow_node, final_state, final_result, final_error,
+               NULL::bigint[] AS refused
           FROM locked WHERE workflow_id IS NOT NULL
         UNION ALL
         -- One NOTIFY for the readers if any message was written; a row of NULLs, skipped.
-        SELECT NULL, NULL, NULL, NULL, NULL, NULL
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL
           FROM (SELECT pg_notify('hearth_channels', '') FROM announced LIMIT 1) AS notified
+        UNION ALL
+        -- The jobs the fence refused (a lost lease), in one row and only when there are any:
+        -- they are counted and reported apart, not as the outcome this worker reached.
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL, refused
+          FROM (SELECT ARRAY(SELECT unnest($1::bigint[]) EXCEPT SELECT id FROM locked) AS refused) r
+         WHERE cardinality(refused) > 0
         "#,
     )
     .bind(&ids)
@@ -947,7 +1059,12 @@ async fn finish_batch(
     .fetch_all(&mut *conn)
     .await?;
     let mut steps = Vec::new();
+    let mut refused = Vec::new();
     for row in rows {
+        if let Some(ids) = row.try_get::<Option<Vec<i64>>, _>("refused")? {
+            refused = ids;
+            continue;
+        }
         let (Some(workflow), Some(node)) = (
             row.try_get::<Option<i64>, _>("workflow_id")?,
             row.try_get::<Option<i32>, _>("workflow_node")?,
@@ -964,7 +1081,7 @@ async fn finish_batch(
             lazy: false,
         });
     }
-    Ok(steps)
+    Ok((steps, refused))
 }
 
 /// Extends the leases of running jobs; cancels those whose cancellation was requested and
@@ -1128,7 +1245,8 @@ pub async fn run_one(
     let mut batch = Vec::new();
     finished_rx.recv_many(&mut batch, 10).await;
     if !batch.is_empty() {
-        record_batch(pool, "inline", true, &batch).await?;
+        let refused = record_batch(pool, "inline", true, &batch).await?;
+        tally(pool, &batch, &refused).await;
     }
     Ok(Some(id))
 }

@@ -74,11 +74,13 @@ impl WebError {
 
 impl From<sqlx::Error> for WebError {
     fn from(e: sqlx::Error) -> Self {
+        // A lost connection (a broken socket, or the server ending the session as on a
+        // restart: `57P01`, a FATAL) is the database's unavailability too, not our bug; noting
+        // it makes the pool check its other idle connections (`db::lost`).
+        if crate::db::lost::unavailable(&e) {
+            return Self::Unavailable(e.into());
+        }
         match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(e.into()),
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict("that already exists".into())
             }

@@ -8,7 +8,7 @@ use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::db::migrations;
+use crate::db::{lost, migrations};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -22,7 +22,17 @@ async fn healthz() -> &'static str {
 
 #[tracing::instrument(skip(state))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match migrations::pending(&state.db, &state.composed.migrations).await {
+    let mut checked = migrations::pending(&state.db, &state.composed.migrations).await;
+    if let Err(e) = &checked
+        && lost::connection_lost(e)
+    {
+        // The connection this check was lent had been cut (a restart, a failover, terminated
+        // backends). Noting it made the pool ping the other idle ones before lending them, so
+        // a second try answers for the database rather than for one dead connection.
+        tracing::info!(error = %e, "readiness check: a pooled connection was lost; checking again");
+        checked = migrations::pending(&state.db, &state.composed.migrations).await;
+    }
+    match checked {
         Ok(0) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "database": "ok", "pending_migrations": 0 })),

@@ -245,6 +245,7 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         ("cancelled", jobs.cancelled),
         ("snoozed", jobs.snoozed),
         ("rescued", jobs.rescued),
+        ("fenced", jobs.fenced),
     ];
     let samples: Vec<(String, String)> = events
         .iter()

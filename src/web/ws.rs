@@ -25,7 +25,10 @@
 //!   1013 and counted, never buffered without bound;
 //! * resumption: a client that reconnects with `?last_id=N` can be given what it missed
 //!   ([`Connection::resume_from`] with [`Subscription::join_from`]);
-//! * a close with 1001 when the server shuts down.
+//! * a close with 1001 when the server shuts down;
+//! * an outage of the database that refuses a message, not the socket: a handler that fails
+//!   with [`ConsumerError::Unavailable`] (what a lost connection or an exhausted pool becomes)
+//!   gets an error frame sent, and the socket keeps working once the database is back.
 
 use std::{
     collections::HashMap,
@@ -71,7 +74,8 @@ pub mod close_code {
     /// A message over `HEARTH_WS_MAX_MESSAGE`.
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// The client did not read its messages fast enough (slow consumer).
+    /// The client did not read its messages fast enough (slow consumer), or the database was
+    /// unavailable when the socket opened.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The route needs a signed-in user.
     pub const UNAUTHORIZED: u16 = 4401;
@@ -92,7 +96,14 @@ pub enum ConsumerError {
     #[error("closing with {code}: {reason}")]
     Close { code: u16, reason: String },
     #[error(transparent)]
-    Channel(#[from] ChannelError),
+    Channel(ChannelError),
+    /// The database cannot be reached right now (a lost connection, an exhausted pool). From
+    /// `receive` or `event`: what the client asked is refused with an error frame and the
+    /// socket stays open, to work again once the database is back (a consumer may catch it
+    /// first to refuse in its own protocol's words, as the chat does). From `connect`: the
+    /// socket is closed with 1013, "try again later".
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Anything else: logged, and the socket is closed with 1011 and no detail.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -117,6 +128,9 @@ impl ConsumerError {
     fn frame(&self) -> CloseFrame {
         match self {
             Self::Close { code, reason } => close_frame(*code, reason),
+            Self::Unavailable(_) => {
+                close_frame(close_code::TRY_AGAIN_LATER, "the database is unavailable")
+            }
             Self::Channel(_) | Self::Internal(_) => {
                 close_frame(close_code::INTERNAL_ERROR, "internal error")
             }
@@ -126,7 +140,25 @@ impl ConsumerError {
 
 impl From<sqlx::Error> for ConsumerError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.into())
+        if crate::db::lost::unavailable(&e) {
+            Self::Unavailable(e.into())
+        } else {
+            Self::Internal(e.into())
+        }
+    }
+}
+
+impl From<ChannelError> for ConsumerError {
+    fn from(e: ChannelError) -> Self {
+        match &e {
+            ChannelError::Database(db) if crate::db::lost::unavailable(db) => {
+                Self::Unavailable(e.into())
+            }
+            ChannelError::Publish(db) if crate::db::lost::unavailable(db) => {
+                Self::Unavailable(e.into())
+            }
+            _ => Self::Channel(e),
+        }
     }
 }
 
@@ -529,8 +561,14 @@ async fn run<C: Consumer>(
     let mut consumer = match C::connect(&mut ctx, params).await {
         Ok(consumer) => consumer,
         Err(e) => {
-            if let ConsumerError::Channel(_) | ConsumerError::Internal(_) = &e {
-                tracing::error!(error = ?e, "consumer connect failed");
+            match &e {
+                ConsumerError::Channel(_) | ConsumerError::Internal(_) => {
+                    tracing::error!(error = ?e, "consumer connect failed");
+                }
+                ConsumerError::Unavailable(cause) => {
+                    tracing::warn!(error = %cause, "database unavailable; socket closed with 1013");
+                }
+                ConsumerError::Close { .. } => {}
             }
             REJECTED.fetch_add(1, Relaxed);
             let _ = flush(&mut socket, &mut ctx).await;
@@ -653,11 +691,22 @@ async fn run<C: Consumer>(
                 }
             }
         };
-        if let Err(e) = result {
-            if let ConsumerError::Channel(_) | ConsumerError::Internal(_) = &e {
-                tracing::error!(error = ?e, "consumer handler failed");
+        match result {
+            Ok(()) => {}
+            // Refused, not fatal: the socket outlives the outage (see `ConsumerError`).
+            Err(ConsumerError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "database unavailable; the client's message was refused");
+                ctx.send_json(&ErrorFrame {
+                    kind: "error",
+                    error: "the database is unavailable; try again shortly",
+                });
             }
-            break Some(e.frame());
+            Err(e) => {
+                if let ConsumerError::Channel(_) | ConsumerError::Internal(_) = &e {
+                    tracing::error!(error = ?e, "consumer handler failed");
+                }
+                break Some(e.frame());
+            }
         }
     };
     consumer.disconnect(&mut ctx).await;

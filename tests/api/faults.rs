@@ -304,6 +304,326 @@ async fn an_exhausted_request_pool_answers_503_while_jobs_and_messages_keep_flow
     assert_eq!(ada.get("/docs").await.status(), 200);
 }
 
+/// Log lines written while the guard lives, on this thread: a `#[tokio::test]` runs every task
+/// it spawns (workers, the server) on its one thread, so they are the test's own.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const METRICS_TOKEN: &str = "fault-metrics-token-0123456789";
+
+/// A counter's value from `/metrics` (0 when the server does not export it).
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A worker that stalls past its lease, as under SIGSTOP: while it runs, the job is rescued
+/// and leased by another worker (done here by hand, as the maintenance task and a fetch
+/// would), and then it finishes and tries to record its outcome.
+#[derive(Serialize, Deserialize)]
+struct Stalled {}
+
+impl Job for Stalled {
+    const KIND: &'static str = "test_fault_stalled";
+    type Deps = ();
+
+    async fn perform(self, ctx: JobContext) -> anyhow::Result<Outcome> {
+        sqlx::query(
+            "UPDATE jobs SET attempt = attempt + 1, locked_by = 'usurper',
+                             lease_until = now() + interval '1 hour'
+              WHERE id = $1",
+        )
+        .bind(ctx.id)
+        .execute(&ctx.pool)
+        .await?;
+        Ok(Outcome::done())
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_workers_refused_completion_is_logged_and_counted_as_fenced() {
+    let logs = Logs::default();
+    let _capture = logs.capture();
+    let app = TestApp::builder()
+        .config(|c| c.http.metrics_token = Some(METRICS_TOKEN.into()))
+        .spawn()
+        .await;
+    let fenced_before = metric(&app, "hearth_jobs_total{event=\"fenced\"}").await;
+    let workers = Workers::start(
+        app.pool.clone(),
+        Registry::new().register::<Stalled>(),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            ..WorkerConfig::new(hearth::jobs::parse_queues("default:1").unwrap())
+        },
+    );
+    let job = Enqueue::new(&Stalled {})
+        .unwrap()
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+
+    // The stalled worker's write is refused: the other attempt still holds the job.
+    let pool = app.pool.clone();
+    eventually(
+        Duration::from_secs(20),
+        "the stalled worker tries to record its outcome",
+        || async { workers.unrecorded() == 0 && logs.text().contains("lease lost") },
+    )
+    .await;
+    workers.shutdown().await;
+    let (state, attempt, locked_by): (String, i32, String) =
+        sqlx::query_as("SELECT state, attempt, locked_by FROM jobs WHERE id = $1")
+            .bind(job.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), attempt, locked_by.as_str()),
+        ("running", 2, "usurper")
+    );
+
+    // Its log says which job, which attempt and why...
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("lease lost") && l.contains(&format!("job_id={}", job.id)))
+        .unwrap_or_else(|| panic!("no warning about the refused completion in:\n{text}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("test_fault_stalled"), "{line}");
+    assert!(line.contains("attempt=1"), "{line}");
+    assert!(line.contains("attempt 2 runs it now, on usurper"), "{line}");
+    // ...and /metrics counts it apart from completions.
+    let fenced_after = metric(&app, "hearth_jobs_total{event=\"fenced\"}").await;
+    assert!(
+        fenced_after > fenced_before,
+        "fenced: {fenced_before} before, {fenced_after} after"
+    );
+}
+
+#[tokio::test]
+async fn a_rescued_job_is_taken_again_before_the_backlog_enqueued_after_it() {
+    use hearth::jobs::{builtin::Noop, maintenance, testing};
+
+    let (_, options) = crate::helpers::migrated_database().await;
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    let first = Enqueue::new(&Noop {})
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    // A worker leased it, then died: its lease ran out a moment ago.
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', attempt = 1, attempted_at = now(),
+                         locked_by = 'gone', lease_until = now() - interval '1 second'
+          WHERE id = $1",
+    )
+    .bind(first.id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A backlog enqueued while it ran.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..20 {
+        Enqueue::new(&Noop {})
+            .unwrap()
+            .enqueue(&pool)
+            .await
+            .unwrap();
+    }
+
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(maintenance::rescue(&mut conn).await.unwrap(), 1);
+    drop(conn);
+
+    let taken = testing::run_one(&pool, &Registry::new(), "default")
+        .await
+        .unwrap();
+    assert_eq!(taken, Some(first.id), "the rescued job was due first");
+    let status = control::status(&pool, first.id).await.unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.attempt), ("completed", 2));
+}
+
+/// A connection to the cluster's maintenance database, from which a test's database can be
+/// cut off (not from inside it: PostgreSQL refuses to disallow connections to the current one).
+async fn admin(app: &TestApp) -> (sqlx::PgConnection, String) {
+    use sqlx::Connection;
+    let database = app.db_options.get_database().unwrap().to_owned();
+    let admin = sqlx::PgConnection::connect_with(&app.db_options.clone().database("postgres"))
+        .await
+        .unwrap();
+    (admin, database)
+}
+
+/// Ends every session of `database` and waits until they are gone; returns how many.
+async fn cut(admin: &mut sqlx::PgConnection, database: &str) -> i64 {
+    // The sessions are chosen first, on their own: in one WHERE clause, PostgreSQL may call
+    // `pg_terminate_backend` before it checks the database, and end every session of the
+    // cluster (other tests' too, and this one's).
+    sqlx::query_scalar(
+        "WITH chosen AS MATERIALIZED (
+             SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+         )
+         SELECT count(*) FROM chosen WHERE pg_terminate_backend(pid, 5000)",
+    )
+    .bind(database)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn terminated_backends_cost_at_most_one_failed_request_not_one_per_pooled_connection() {
+    let app = TestApp::builder()
+        .config(|c| c.db.db_max_connections = 5)
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    let (mut admin, database) = admin(&app).await;
+
+    // The readiness probe, then a page that reads the database (a signed-in user's documents).
+    for path in ["/readyz", "/docs"] {
+        assert_eq!(ada.get(path).await.status(), 200);
+        // Fills the pool with idle connections, as a busy instance has.
+        let held = futures::future::join_all((0..5).map(|_| app.pool.acquire())).await;
+        drop(held);
+        eventually(
+            Duration::from_secs(5),
+            "the pool's five are idle",
+            || async { app.pool.num_idle() == 5 },
+        )
+        .await;
+        let idle = app.pool.num_idle();
+        let cut_off = cut(&mut admin, &database).await;
+        assert!(cut_off as usize >= idle, "{cut_off} sessions ended");
+
+        let mut failures = Vec::new();
+        for _ in 0..10 {
+            let status = ada.get(path).await.status();
+            if status != 200 {
+                failures.push(status);
+            }
+        }
+        assert!(
+            failures.len() <= 1,
+            "{path}: {failures:?} after one cut of {idle} idle connections"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_chat_message_sent_while_the_database_refuses_is_refused_on_a_socket_that_stays_open() {
+    let app = TestApp::builder()
+        .config(|c| c.db.db_acquire_timeout = Duration::from_secs(1))
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    let mut socket = ada.socket("/ws/rooms/lobby").await;
+    socket.recv_type("hello").await.unwrap();
+    say(&mut socket, "before").await;
+    let (mut admin, database) = admin(&app).await;
+
+    // Act: the database refuses connections and ends the ones it has.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    cut(&mut admin, &database).await;
+    for body in ["during 1", "during 2"] {
+        socket
+            .send_json(&json!({"type": "send", "body": body}))
+            .await
+            .unwrap();
+        // Assert: refused in the chat's words (what static/js/chat.js shows), not closed.
+        let refusal = socket
+            .recv_type_within("error", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(refusal["code"], "unavailable", "{refusal}");
+        assert!(
+            refusal["message"].as_str().unwrap().contains("try again"),
+            "{refusal}"
+        );
+    }
+
+    // Once the database is back, the same socket sends again.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        socket
+            .send_json(&json!({"type": "send", "body": "after"}))
+            .await
+            .unwrap();
+        let frame = loop {
+            // The sender's copy comes through the channel layer, whose listener reconnects.
+            let frame = socket
+                .recv_json_within(Duration::from_secs(30))
+                .await
+                .unwrap();
+            if frame["type"] == "chat.message" || frame["type"] == "error" {
+                break frame;
+            }
+        };
+        if frame["type"] == "chat.message" {
+            assert_eq!(frame["message"]["body"], "after");
+            break;
+        }
+        assert_eq!(frame["code"], "unavailable", "{frame}");
+        assert!(Instant::now() < deadline, "still refused after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored: Vec<String> = sqlx::query_scalar("SELECT body FROM chat_messages ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["before", "after"]);
+}
+
 /// Sends a chat message and waits for the sender's own copy, so that it is stored before the
 /// next step.
 async fn say(socket: &mut WsClient, body: &str) {
