@@ -114,6 +114,11 @@ fn cluster() -> &'static Cluster {
     })
 }
 
+/// Superuser options for the tests' server (`DATABASE_URL`'s, or the embedded cluster's).
+pub fn admin_options() -> PgConnectOptions {
+    cluster().admin.clone()
+}
+
 /// The application the tests serve: the `hearth` binary's.
 pub fn application() -> hearth::Application {
     hearth::bundled::application()
@@ -303,6 +308,7 @@ impl Builder {
         let workers = self.workers.then(|| {
             let config = hearth::jobs::WorkerConfig {
                 poll_interval: Duration::from_millis(100),
+                session: hearth::web::state::direct_options(&self.config),
                 ..hearth::jobs::WorkerConfig::new(
                     hearth::jobs::parse_queues("default:4,mail:2").unwrap(),
                 )
