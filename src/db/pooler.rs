@@ -23,6 +23,9 @@ use sqlx::{
 
 /// How long the probe may take before it is given up (the database may not answer yet).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections that hold a transaction while the probe looks for its first one's server
+/// process (PgBouncer lends it to the first or, in a race with its release, the second).
+const HOLDERS: usize = 3;
 
 /// A URL that cannot serve as Hearth needs it.
 #[derive(Debug, thiserror::Error)]
@@ -114,36 +117,53 @@ async fn probe_logged(pool: &PgPool, setting: &str) -> Option<Probe> {
     }
 }
 
-/// Probes one URL with two connections, `first` and `second`:
+/// Probes one URL:
 ///
-/// 1. `first` sets a session setting (a plain query: no prepared statement), then prepares a
-///    statement, under sqlx's first statement name, `sqlx_s_1`.
-/// 2. `second` opens a transaction. A pooler lends it an idle server connection: PgBouncer the
-///    most recently released one, `first`'s.
-/// 3. `second` prepares its first statement, also `sqlx_s_1`. On that same server connection
-///    the name is taken (42P05): the pooler does not keep clients' statements apart. (So is
-///    `first`'s, in step 1, on a server connection where an earlier client left one.)
-/// 4. `first` reads its setting back. Its server connection is held by `second`'s
-///    transaction, so through a transaction pooler it gets another one, without the setting.
-///
-/// Directly on PostgreSQL, or through a session-mode pool, each connection is its own session.
+/// 1. `first` sets a session setting and notes its server process (a plain query: no
+///    prepared statement), then prepares a statement under sqlx's first name, `sqlx_s_1`.
+/// 2. Other connections open a transaction each and keep it open, until one of them is on
+///    `first`'s server process: a transaction pooler lends `first`'s idle server connection to
+///    another client (PgBouncer the most recently released one, so the first or second
+///    holder). Directly on PostgreSQL, or through a session-mode pool, none is: after
+///    [`HOLDERS`] they stop.
+/// 3. Each holder prepares its first statement, also `sqlx_s_1`. On `first`'s server
+///    connection the name is taken (42P05): the pooler does not keep clients' statements
+///    apart. (So is `first`'s, in step 1, on a server connection where an earlier client left
+///    one.)
+/// 4. `first` reads its setting back. Through a transaction pooler its server connection is
+///    held by another client now, so it gets another one, without the setting.
 pub async fn probe(options: &PgConnectOptions) -> Result<Probe, sqlx::Error> {
     const PREPARED: &str = "SELECT $1::int4";
     let mut first = PgConnection::connect_with(options).await?;
-    let mut second = PgConnection::connect_with(options).await?;
-    sqlx::raw_sql("SELECT set_config('hearth.pooler_probe', 'on', false)")
-        .execute(&mut first)
-        .await?;
+    let process: i32 = sqlx::raw_sql(
+        "SELECT pg_backend_pid() FROM (SELECT set_config('hearth.pooler_probe', 'on', false)) s",
+    )
+    .fetch_one(&mut first)
+    .await?
+    .try_get(0)?;
     let mut collided = collides(sqlx::query(PREPARED).bind(1).execute(&mut first).await)?;
-    let mut held = second.begin().await?;
-    collided |= collides(sqlx::query(PREPARED).bind(1).execute(&mut *held).await)?;
+    let mut holders = Vec::with_capacity(HOLDERS);
+    while holders.len() < HOLDERS {
+        let mut holder = PgConnection::connect_with(options).await?;
+        let held: i32 = sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()")
+            .fetch_one(&mut holder)
+            .await?
+            .try_get(0)?;
+        collided |= collides(sqlx::query(PREPARED).bind(1).execute(&mut holder).await)?;
+        holders.push(holder);
+        if held == process {
+            break;
+        }
+    }
     let setting: Option<String> =
         sqlx::raw_sql("SELECT current_setting('hearth.pooler_probe', true)")
             .fetch_one(&mut first)
             .await?
             .try_get(0)?;
-    held.rollback().await?;
-    second.close().await?;
+    for mut holder in holders {
+        sqlx::raw_sql("ROLLBACK").execute(&mut holder).await?;
+        holder.close().await?;
+    }
     first.close().await?;
     Ok(Probe {
         session: setting.as_deref() == Some("on"),

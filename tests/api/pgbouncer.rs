@@ -1,12 +1,16 @@
-//! Hearth behind a real PgBouncer (Debian's `pgbouncer`; `scripts/test` installs it), started
-//! by each test on a free port in front of the tests' server (`DATABASE_URL`'s, or the embedded
-//! cluster's socket), in transaction or session mode.
+//! Hearth behind a real PgBouncer (Debian's `pgbouncer`; `scripts/test` installs it, or
+//! `HEARTH_TEST_PGBOUNCER` names a binary), started by each test on a free port in front of the
+//! tests' server (`DATABASE_URL`'s, or the embedded cluster's socket), in transaction or
+//! session mode.
 //!
 //! Debian bookworm's PgBouncer is 1.18: in transaction mode it does not keep clients'
 //! protocol-level prepared statements apart, so sqlx's queries cannot go through it at all
-//! (docs/scaling.md, "Behind a pooler"). What is tested here: the start-up probe tells it
-//! from PostgreSQL, Hearth refuses to start on it with the setting to change, and what needs a
-//! session goes over `HEARTH_DIRECT_DATABASE_URL`.
+//! (docs/scaling.md, "Behind a pooler"). What runs everywhere: the start-up probe tells it from
+//! PostgreSQL, Hearth refuses to start on it with the setting to change, and what needs a
+//! session goes over `HEARTH_DIRECT_DATABASE_URL`. The channel, job and cache scenarios through
+//! a transaction pooler need PgBouncer 1.21 or later (`max_prepared_statements`), so they are
+//! `#[ignore]`d: run them with `HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer cargo test --test api
+//! pgbouncer:: -- --ignored`.
 
 use std::{
     io::Write as _,
@@ -40,8 +44,32 @@ impl Drop for PgBouncer {
 
 impl PgBouncer {
     /// Starts PgBouncer in `pool_mode` (`transaction` or `session`) in front of the tests'
-    /// server, every database by its own name, trusting the server's superuser.
+    /// server, every database by its own name, trusting the server's superuser. Clients'
+    /// prepared statements are not kept apart (as in 1.18; `max_prepared_statements = 0` from
+    /// 1.21 on).
     pub fn start(pool_mode: &str) -> Self {
+        let version = version();
+        let setting = if version >= (1, 21) {
+            "max_prepared_statements = 0\n"
+        } else {
+            ""
+        };
+        Self::start_with(pool_mode, setting)
+    }
+
+    /// Like [`PgBouncer::start`], keeping clients' prepared statements apart
+    /// (`max_prepared_statements`, PgBouncer 1.21 or later).
+    pub fn start_keeping_statements(pool_mode: &str) -> Self {
+        let version = version();
+        assert!(
+            version >= (1, 21),
+            "PgBouncer {version:?} cannot keep prepared statements apart: set \
+             HEARTH_TEST_PGBOUNCER to a PgBouncer 1.21 or later"
+        );
+        Self::start_with(pool_mode, "max_prepared_statements = 200\n")
+    }
+
+    fn start_with(pool_mode: &str, extra: &str) -> Self {
         let admin = admin_options();
         let host = match admin.get_socket() {
             Some(dir) => dir.display().to_string(),
@@ -65,7 +93,8 @@ impl PgBouncer {
              auth_file = {users}\n\
              pool_mode = {pool_mode}\n\
              default_pool_size = 4\n\
-             ignore_startup_parameters = extra_float_digits\n",
+             ignore_startup_parameters = extra_float_digits\n\
+             {extra}",
             upstream = admin.get_port(),
             users = users.display(),
         )
@@ -112,7 +141,11 @@ impl PgBouncer {
     }
 }
 
+/// `HEARTH_TEST_PGBOUNCER`, else `pgbouncer` on PATH or in /usr/sbin.
 fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HEARTH_TEST_PGBOUNCER") {
+        return PathBuf::from(path);
+    }
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -121,6 +154,18 @@ fn binary() -> PathBuf {
         .map(|dir| dir.join("pgbouncer"))
         .find(|candidate| candidate.is_file());
     on_path.expect("pgbouncer is installed (scripts/test installs Debian's `pgbouncer`)")
+}
+
+/// The binary's version, from `pgbouncer --version` ("PgBouncer 1.18.0").
+fn version() -> (u32, u32) {
+    let output = Command::new(binary()).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let number = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("a version in {text:?}"));
+    let mut parts = number.split('.').map(|part| part.parse::<u32>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
 }
 
 fn free_port() -> u16 {
@@ -342,4 +387,153 @@ async fn session_work_goes_over_the_direct_url() {
 fn with_query(url: &str, pair: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}{pair}")
+}
+
+/// An instance whose pool goes through `bouncer` and whose sessions go straight to `name`.
+async fn pooled_app(bouncer: &PgBouncer, name: &str) -> TestApp {
+    let direct = database_url(name);
+    TestApp::builder()
+        .database(bouncer.options(name))
+        .config(|c| c.db.direct_database_url = Some(direct))
+        .spawn()
+        .await
+}
+
+/// A transaction-mode PgBouncer that keeps prepared statements apart, in front of a new
+/// database, which the start-up check accepts.
+async fn bouncer_and_database() -> (PgBouncer, String, PgConnectOptions) {
+    let (name, direct) = migrated_database().await;
+    let bouncer = PgBouncer::start_keeping_statements("transaction");
+    pooler::check(&lazy(bouncer.options(&name)), Some(&lazy(direct.clone())))
+        .await
+        .expect("a PgBouncer that keeps prepared statements apart passes the check");
+    (bouncer, name, direct)
+}
+
+#[tokio::test]
+#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
+async fn through_pgbouncer_messages_cross_instances() {
+    let (bouncer, name, _) = bouncer_and_database().await;
+    let a = pooled_app(&bouncer, &name).await;
+    let b = pooled_app(&bouncer, &name).await;
+    let group = hearth::channels::GroupName::parse("through-pgbouncer").unwrap();
+    let mut sub = a.state.channels.subscribe();
+    sub.join(&group);
+
+    // One through B's publisher, one in a transaction of B's pool (through PgBouncer).
+    let sent = b
+        .state
+        .channels
+        .group_send(&group, &serde_json::json!({"type": "t.one"}))
+        .await
+        .unwrap();
+    let mut tx = b.pool.begin().await.unwrap();
+    let sent_in = b
+        .state
+        .channels
+        .group_send_in(&mut tx, &group, &serde_json::json!({"type": "t.two"}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    for expected in [sent, sent_in] {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .expect("a delivery within 5 s")
+            .expect("the subscription is open");
+        assert_eq!(delivery.id, expected);
+    }
+    // Pages too: sessions, CSRF and the page's queries, all through PgBouncer.
+    let user = a.user("ada").await;
+    assert!(user.get("/").await.status().is_success());
+}
+
+/// Fails its first two attempts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FailsTwice {}
+
+impl hearth::jobs::Job for FailsTwice {
+    const KIND: &'static str = "test_pgbouncer_fails_twice";
+    type Deps = ();
+
+    async fn perform(self, ctx: hearth::jobs::JobContext) -> anyhow::Result<hearth::jobs::Outcome> {
+        anyhow::ensure!(ctx.attempt > 2, "failure number {}", ctx.attempt);
+        hearth::jobs::Outcome::with_result(serde_json::json!({ "succeeded_on": ctx.attempt }))
+    }
+
+    fn backoff(_attempt: i32) -> Duration {
+        Duration::ZERO
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
+async fn through_pgbouncer_jobs_retry_and_complete() {
+    use hearth::jobs::{Enqueue, Registry, WorkerConfig, Workers, control};
+    let (bouncer, name, direct) = bouncer_and_database().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(bouncer.options(&name))
+        .await
+        .unwrap();
+    let workers = Workers::start(
+        pool.clone(),
+        Registry::new().register::<FailsTwice>(),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            session: Some(direct),
+            ..WorkerConfig::new(hearth::jobs::parse_queues("default:2").unwrap())
+        },
+    );
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let job = Enqueue::new(&FailsTwice {}).unwrap();
+        ids.push(job.enqueue(&pool).await.unwrap().id);
+    }
+    for id in ids {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let done = loop {
+            let status = control::status(&pool, id).await.unwrap().unwrap();
+            if status.state == "completed" {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "job {id}: {status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(done.result, Some(serde_json::json!({ "succeeded_on": 3 })));
+        assert_eq!(done.errors.as_array().unwrap().len(), 2);
+    }
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
+async fn through_pgbouncer_the_cache_is_shared_and_invalidated() {
+    use hearth::cache::Timeout;
+    let (bouncer, name, _) = bouncer_and_database().await;
+    let a = pooled_app(&bouncer, &name).await;
+    let b = pooled_app(&bouncer, &name).await;
+    let read_on_b = || async { b.state.cache.get::<String>("shared").await.unwrap() };
+
+    a.state
+        .cache
+        .set("shared", "v1", Timeout::Never)
+        .await
+        .unwrap();
+    assert_eq!(read_on_b().await.as_deref(), Some("v1"));
+    // B keeps v1 in its in-process tier: A's change and delete must reach it.
+    a.state
+        .cache
+        .set("shared", "v2", Timeout::Never)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read_on_b().await.as_deref() != Some("v2") {
+        assert!(Instant::now() < deadline, "B dropped its copy of v1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.state.cache.delete("shared").await.unwrap();
+    while read_on_b().await.is_some() {
+        assert!(Instant::now() < deadline, "a delete on A reaches B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
