@@ -133,7 +133,6 @@ async fn probe_logged(pool: &PgPool, setting: &str) -> Option<Probe> {
 /// 4. `first` reads its setting back. Through a transaction pooler its server connection is
 ///    held by another client now, so it gets another one, without the setting.
 pub async fn probe(options: &PgConnectOptions) -> Result<Probe, sqlx::Error> {
-    const PREPARED: &str = "SELECT $1::int4";
     let mut first = PgConnection::connect_with(options).await?;
     let process: i32 = sqlx::raw_sql(
         "SELECT pg_backend_pid() FROM (SELECT set_config('hearth.pooler_probe', 'on', false)) s",
@@ -141,7 +140,12 @@ pub async fn probe(options: &PgConnectOptions) -> Result<Probe, sqlx::Error> {
     .fetch_one(&mut first)
     .await?
     .try_get(0)?;
-    let mut collided = collides(sqlx::query(PREPARED).bind(1).execute(&mut first).await)?;
+    let mut collided = collides(
+        sqlx::query("SELECT $1::int4")
+            .bind(1)
+            .execute(&mut first)
+            .await,
+    )?;
     let mut holders = Vec::with_capacity(HOLDERS);
     while holders.len() < HOLDERS {
         let mut holder = PgConnection::connect_with(options).await?;
@@ -149,7 +153,12 @@ pub async fn probe(options: &PgConnectOptions) -> Result<Probe, sqlx::Error> {
             .fetch_one(&mut holder)
             .await?
             .try_get(0)?;
-        collided |= collides(sqlx::query(PREPARED).bind(1).execute(&mut holder).await)?;
+        collided |= collides(
+            sqlx::query("SELECT $1::int4")
+                .bind(1)
+                .execute(&mut holder)
+                .await,
+        )?;
         holders.push(holder);
         if held == process {
             break;
