@@ -165,6 +165,40 @@ pub fn database_url(name: &str) -> String {
     }
 }
 
+/// With `HEARTH_TEST_VIA_PGBOUNCER` set (and `HEARTH_TEST_PGBOUNCER` naming a PgBouncer 1.21
+/// or later), the options [`migrated_database`] returns go through one PgBouncer in transaction
+/// mode, and apps built by [`Builder::spawn`] keep their sessions on the direct URL: the
+/// suites' run through a pooler (docs/scaling.md, "Behind a pooler").
+fn via_pgbouncer(name: &str, direct: PgConnectOptions) -> PgConnectOptions {
+    static BOUNCER: OnceLock<Mutex<Option<crate::pgbouncer::PgBouncer>>> = OnceLock::new();
+    extern "C" fn stop_bouncer_at_exit() {
+        if let Some(bouncer) = BOUNCER.get()
+            && let Ok(mut guard) = bouncer.lock()
+        {
+            guard.take();
+        }
+    }
+    if std::env::var_os("HEARTH_TEST_VIA_PGBOUNCER").is_none() {
+        return direct;
+    }
+    let bouncer = BOUNCER.get_or_init(|| {
+        // SAFETY: registering a plain `extern "C" fn` with atexit has no preconditions.
+        unsafe { nix::libc::atexit(stop_bouncer_at_exit) };
+        Mutex::new(Some(crate::pgbouncer::PgBouncer::start_keeping_statements(
+            "transaction",
+        )))
+    });
+    let guard = bouncer.lock().unwrap();
+    let Some(bouncer) = guard.as_ref() else {
+        return direct;
+    };
+    BOUNCER_PORT.get_or_init(|| bouncer.port);
+    bouncer.options(name)
+}
+
+/// The port of [`via_pgbouncer`]'s PgBouncer, once it runs.
+static BOUNCER_PORT: OnceLock<u16> = OnceLock::new();
+
 /// A new database with every migration applied, cloned from the template.
 pub async fn migrated_database() -> (String, PgConnectOptions) {
     let cluster = cluster();
@@ -179,7 +213,8 @@ pub async fn migrated_database() -> (String, PgConnectOptions) {
     .execute(&mut conn)
     .await
     .expect("clone the template database");
-    (name.clone(), cluster.admin.clone().database(&name))
+    let options = via_pgbouncer(&name, cluster.admin.clone().database(&name));
+    (name, options)
 }
 
 pub fn test_config() -> Config {
@@ -282,12 +317,18 @@ impl Builder {
         self
     }
 
-    pub async fn spawn(self) -> TestApp {
+    pub async fn spawn(mut self) -> TestApp {
         let options = match self.database {
             Some(options) => options,
             None if self.migrated => migrated_database().await.1,
             None => empty_database().await.1,
         };
+        if self.config.db.direct_database_url.is_none()
+            && Some(options.get_port()) == BOUNCER_PORT.get().copied()
+            && let Some(name) = options.get_database()
+        {
+            self.config.db.direct_database_url = Some(database_url(name));
+        }
         let pool = db::pool_options(&self.config.db)
             .connect_with(options.clone())
             .await

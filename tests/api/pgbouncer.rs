@@ -80,6 +80,8 @@ impl PgBouncer {
         std::fs::write(&users, format!("\"{}\" \"\"\n", admin.get_username())).unwrap();
         let port = free_port();
         let ini = dir.path().join("pgbouncer.ini");
+        // Idle server connections close after a second: every test has a database of its own,
+        // and PgBouncer's default (10 minutes) would keep each one's open past `max_connections`.
         let mut file = std::fs::File::create(&ini).unwrap();
         write!(
             file,
@@ -93,6 +95,7 @@ impl PgBouncer {
              auth_file = {users}\n\
              pool_mode = {pool_mode}\n\
              default_pool_size = 4\n\
+             server_idle_timeout = 1\n\
              ignore_startup_parameters = extra_float_digits\n\
              {extra}",
             upstream = admin.get_port(),
