@@ -540,3 +540,31 @@ async fn through_pgbouncer_the_cache_is_shared_and_invalidated() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
+async fn serve_through_pgbouncer_with_a_direct_url_starts_and_answers() {
+    let (bouncer, name, _) = bouncer_and_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    command
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_BIND", "127.0.0.1:0")
+        .env("HEARTH_SECRET_KEY", "a test secret key that is long enough")
+        .env("RUST_LOG", "info")
+        .env("DATABASE_URL", bouncer.url(&name))
+        .env("HEARTH_DIRECT_DATABASE_URL", database_url(&name));
+    let (mut child, address, _log) = crate::binary::serve_with(command);
+    let client = crate::helpers::client();
+    for path in ["/readyz", "/", "/login"] {
+        let status = client
+            .get(format!("{address}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{path}: {status}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
