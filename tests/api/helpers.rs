@@ -196,6 +196,25 @@ fn via_pgbouncer(name: &str, direct: PgConnectOptions) -> PgConnectOptions {
     bouncer.options(name)
 }
 
+/// `config` with its `session` on the direct URL when `pool` goes through
+/// [`via_pgbouncer`]'s PgBouncer, as `serve` gives it from `HEARTH_DIRECT_DATABASE_URL`;
+/// otherwise `config` as it is.
+pub fn with_session(
+    pool: &PgPool,
+    config: hearth::jobs::WorkerConfig,
+) -> hearth::jobs::WorkerConfig {
+    let options = pool.connect_options();
+    match options.get_database() {
+        Some(name) if Some(options.get_port()) == BOUNCER_PORT.get().copied() => {
+            hearth::jobs::WorkerConfig {
+                session: Some(cluster().admin.clone().database(name)),
+                ..config
+            }
+        }
+        _ => config,
+    }
+}
+
 /// The port of [`via_pgbouncer`]'s PgBouncer, once it runs.
 static BOUNCER_PORT: OnceLock<u16> = OnceLock::new();
 
