@@ -269,7 +269,7 @@ fn workers(pool: &PgPool, instance: &str, concurrency: usize) -> Workers {
         instance: instance.into(),
         ..WorkerConfig::new(hearth::jobs::parse_queues(&format!("default:{concurrency}")).unwrap())
     };
-    start_workers(&pool, registry(instance), config)
+    start_workers(pool, registry(instance), config)
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
