@@ -9,10 +9,11 @@
 //! bookworm's) the Bind may reach another server connection and run *that* connection's
 //! statement with this query's parameters (docs/scaling.md, "Behind a pooler", has the trace).
 //!
-//! So at start [`check`] probes the URLs: the one that must give a session
+//! So at start [`check`] probes the URLs ([`probe`]): the one that must give a session
 //! (`HEARTH_DIRECT_DATABASE_URL`, else `DATABASE_URL`) must keep a session setting while
-//! another connection holds a transaction, and `DATABASE_URL` must keep two connections'
-//! prepared statements apart. Either failure refuses to start with the setting to change.
+//! another client holds the server connection it was set on, and `DATABASE_URL` must keep
+//! connections' prepared statements apart. Either failure refuses to start with the setting
+//! to change.
 
 use std::time::Duration;
 
