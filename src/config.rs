@@ -342,6 +342,9 @@ impl fmt::Display for Config {
         };
         let d = humantime::format_duration;
         writeln!(f, "  database            {database}")?;
+        if let Some(direct) = &self.db.direct_database_url {
+            writeln!(f, "  direct database     {}", mask_url(direct))?;
+        }
         writeln!(f, "  data dir            {}", self.db.data_dir.display())?;
         writeln!(f, "  bind                {}", self.http.bind)?;
         writeln!(f, "  secret key          {secret}")?;
@@ -480,9 +483,12 @@ mod tests {
     fn display_never_prints_secrets() {
         let mut config = Config::from_env().expect("defaults parse");
         config.db.database_url = Some("postgres://ada:hunter2@db/app".into());
+        config.db.direct_database_url = Some("postgres://ada:hunter3@db-direct/app".into());
         config.sessions.secret_key = Some("very-secret-key".into());
         let shown = config.to_string();
         assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("hunter3"));
+        assert!(shown.contains("db-direct"), "{shown}");
         assert!(!shown.contains("very-secret-key"));
         assert!(shown.contains(&config.http.bind.to_string()));
     }

@@ -45,9 +45,10 @@ impl Invocation {
             .await
             .context("cannot open the database")?;
         let outcome = async {
+            db.check_poolers().await?;
             if migrate {
                 let plan = self.application.plan(&self.config, &self.sections)?;
-                migrations::run(&db.pool, &plan.migrations)
+                migrations::run(&db.direct, &plan.migrations)
                     .await
                     .context("cannot apply migrations")?;
             }
@@ -83,6 +84,10 @@ async fn begin(
     let db = Database::open(&config.db, attach)
         .await
         .context("cannot open the database")?;
+    if let Err(e) = db.check_poolers().await {
+        db.close().await?;
+        return Err(e.into());
+    }
     Ok((plan, db))
 }
 
@@ -250,7 +255,7 @@ pub async fn worker_command(
 ) -> anyhow::Result<()> {
     // Beside a `hearth serve` on the same data dir, share its embedded cluster.
     let (plan, db) = begin(&application, &config, &sections, " (worker)", true).await?;
-    migrations::run(&db.pool, &plan.migrations)
+    migrations::run(&db.direct, &plan.migrations)
         .await
         .context("cannot apply migrations")?;
     let shutdown = CancellationToken::new();
@@ -296,6 +301,7 @@ pub fn worker_config(config: &Config, schedules: Vec<Schedule>) -> anyhow::Resul
         retention: config.jobs.job_retention,
         keep_completed: config.jobs.job_keep_completed,
         schedules,
+        session: crate::web::state::direct_options(config),
         ..WorkerConfig::new(config.jobs.queues.0.clone())
     })
 }
@@ -308,11 +314,11 @@ async fn apply_migrations(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    match migrations::run(&db.pool, sets).await {
+    match migrations::run(&db.direct, sets).await {
         Ok(()) => Ok(()),
         Err(e) if e.is_unreachable() => {
             tracing::error!(error = %e, "the database does not answer; serving anyway and retrying migrations every 5s");
-            let (pool, shutdown, sets) = (db.pool.clone(), shutdown.clone(), sets.to_vec());
+            let (pool, shutdown, sets) = (db.direct.clone(), shutdown.clone(), sets.to_vec());
             tasks.spawn(async move {
                 loop {
                     tokio::select! {

@@ -365,6 +365,7 @@ impl TestServerBuilder {
         let workers = workers.then(|| {
             let worker_config = WorkerConfig {
                 poll_interval: Duration::from_millis(100),
+                session: crate::web::state::direct_options(&config),
                 ..WorkerConfig::new(config.jobs.queues.0.clone())
             };
             Workers::start(

@@ -38,7 +38,7 @@ use std::{
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction, postgres::PgConnectOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -98,6 +98,9 @@ pub struct ChannelConfig {
     /// How often this instance heartbeats; presence of an instance silent for three heartbeats
     /// is removed.
     pub heartbeat: Duration,
+    /// Where the LISTEN and publisher connections connect (`HEARTH_DIRECT_DATABASE_URL`): they
+    /// need a session of their own. `None`: where the pool connects.
+    pub session: Option<PgConnectOptions>,
 }
 
 impl ChannelConfig {
@@ -109,6 +112,7 @@ impl ChannelConfig {
             max_message: 1 << 20,
             poll_interval: Duration::from_secs(1),
             heartbeat: Duration::from_secs(5),
+            session: None,
         }
     }
 }
@@ -205,6 +209,14 @@ struct Inner {
 }
 
 impl ChannelLayer {
+    /// Options for the layer's own connections (LISTEN, publisher), which need a session.
+    fn session_options(&self) -> PgConnectOptions {
+        match &self.inner.config.session {
+            Some(options) => options.clone(),
+            None => (*self.inner.pool.connect_options()).clone(),
+        }
+    }
+
     /// Starts the layer's tasks (publisher, reader, heartbeat and housekeeping) on `pool`.
     /// Nothing here waits for the database: if it does not answer yet, the tasks retry with
     /// backoff, and sends fail with a clear error meanwhile.

@@ -33,9 +33,10 @@ pub(super) async fn run(layer: ChannelLayer, mut requests: mpsc::Receiver<Publis
     // layer delivers at most once (Channels over Redis does not fsync either), and the flush
     // is most of a publish's latency. A Postgres crash can lose the last moments of messages;
     // it cannot reorder or corrupt them. Sends inside the caller's transaction keep its
-    // durability.
-    let options = (*layer.inner.pool.connect_options())
-        .clone()
+    // durability. A setting of the session, so over the direct URL: PgBouncer refuses (or,
+    // told to ignore it, drops) the `options` startup parameter.
+    let options = layer
+        .session_options()
         .options([("synchronous_commit", "off")]);
     let pool = PgPoolOptions::new()
         .max_connections(1)

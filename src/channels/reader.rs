@@ -78,8 +78,9 @@ pub(super) async fn run(layer: ChannelLayer) {
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     // A pool of one, apart from the app's: the LISTEN connection never takes a connection
-    // requests need, and an exhausted app pool never stops delivery.
-    let options = (*layer.inner.pool.connect_options()).clone();
+    // requests need, and an exhausted app pool never stops delivery. A session of its own
+    // (`HEARTH_DIRECT_DATABASE_URL`): a notification goes to the session that ran LISTEN.
+    let options = layer.session_options();
     let own = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)

@@ -5,11 +5,16 @@
 //! pool is created lazily so that a server that does not answer yet never stops `hearth serve`
 //! from starting: requests that need the database fail with 503 until it answers, and
 //! `/readyz` says why.
+//!
+//! What needs a session of its own (LISTEN, session advisory locks, statements prepared once
+//! per connection) goes over [`Database::direct`]: `HEARTH_DIRECT_DATABASE_URL` when
+//! `DATABASE_URL` goes through a transaction pooler, else the pool itself ([`pooler`]).
 
 pub mod embedded;
 pub mod lost;
 pub mod migrations;
 pub mod pipeline;
+pub mod pooler;
 mod settings;
 
 pub use pipeline::{Pipeline, PipelineError};
@@ -32,6 +37,8 @@ pub const EMBEDDED_DATABASE: &str = "hearth";
 pub enum OpenError {
     #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     InvalidUrl(#[source] sqlx::Error),
+    #[error("HEARTH_DIRECT_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    InvalidDirectUrl(#[source] sqlx::Error),
     #[error(transparent)]
     Embedded(#[from] embedded::EmbeddedError),
     #[error("cannot prepare the `{EMBEDDED_DATABASE}` database in the embedded cluster: {0}")]
@@ -44,6 +51,13 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Database {
     pub pool: PgPool,
+    /// For work that needs a session (migrations): a small pool on
+    /// `HEARTH_DIRECT_DATABASE_URL`, or `pool` itself when that is not set.
+    pub direct: PgPool,
+    /// Whether `DATABASE_URL` was given (with the embedded cluster nothing stands between).
+    external: bool,
+    /// Whether `direct` is a pool of its own (`HEARTH_DIRECT_DATABASE_URL` is set).
+    separate_direct: bool,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -81,12 +95,39 @@ impl Database {
             }
         };
         let pool = pool_options(config).connect_lazy_with(options.application_name("hearth"));
-        Ok(Self { pool, embedded })
+        let direct_target = direct_options(config)?;
+        let separate_direct = direct_target.is_some();
+        let direct = match direct_target {
+            // Migrations and the odd vacuum: one connection at a time, two at most.
+            Some(options) => pool_options(config)
+                .max_connections(2)
+                .min_connections(0)
+                .connect_lazy_with(options),
+            None => pool.clone(),
+        };
+        Ok(Self {
+            pool,
+            direct,
+            external: config.database_url.is_some(),
+            separate_direct,
+            embedded,
+        })
+    }
+
+    /// Refuses a transaction pooler where Hearth needs a session, or one that would mix up
+    /// its prepared statements ([`pooler::check`]). A database that does not answer yet
+    /// passes: `serve` starts anyway, as it does for migrations.
+    pub async fn check_poolers(&self) -> Result<(), pooler::PoolerError> {
+        if !self.external {
+            return Ok(());
+        }
+        pooler::check(&self.pool, self.separate_direct.then_some(&self.direct)).await
     }
 
     /// Closes the pool, then stops the embedded cluster (if any) and waits for it to exit.
     pub async fn close(self) -> Result<(), embedded::EmbeddedError> {
         self.pool.close().await;
+        self.direct.close().await;
         match self.embedded {
             Some(cluster) => tokio::task::spawn_blocking(move || cluster.stop())
                 .await
@@ -123,6 +164,23 @@ fn url_options(url: &str) -> Result<PgConnectOptions, OpenError> {
     } else {
         options
     })
+}
+
+/// Connection options for `HEARTH_DIRECT_DATABASE_URL`, when it is set.
+pub fn direct_options(config: &DbSettings) -> Result<Option<PgConnectOptions>, OpenError> {
+    let Some(url) = &config.direct_database_url else {
+        return Ok(None);
+    };
+    let options = url_options(url).map_err(|e| match e {
+        OpenError::InvalidUrl(e) => OpenError::InvalidDirectUrl(e),
+        other => other,
+    })?;
+    // The pool's connections are all "hearth"; a direct URL may name its own (to tell the
+    // sessions apart in `pg_stat_activity`).
+    Ok(Some(match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name("hearth"),
+    }))
 }
 
 /// Pool settings from the configuration: a maximum, a warm minimum, an acquire timeout (a

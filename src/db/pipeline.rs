@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{PgPool, postgres::PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio_postgres::{Client, Row, Socket, Statement, tls::MakeTlsConnect, types::ToSql};
 
 /// Why a pipelined query failed.
@@ -78,16 +78,15 @@ enum Tls {
 }
 
 impl Pipeline {
-    /// `size` connections to the database `pool` connects to, with the same host, port or
-    /// socket, user, database and TLS mode. The password is not readable from the pool's
+    /// `size` connections to the database `options` name (a pool's), with the same host,
+    /// port or socket, user, database and TLS mode. The password is not readable from the
     /// options, so it comes from `database_url` (or `PGPASSWORD`).
     pub fn new(
-        pool: &PgPool,
+        options: &PgConnectOptions,
         database_url: Option<&str>,
         size: usize,
         connect_timeout: Duration,
     ) -> Self {
-        let options = pool.connect_options();
         let mut config = tokio_postgres::Config::new();
         match options.get_socket() {
             Some(dir) => config.host_path(dir),
@@ -441,15 +440,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_password_comes_from_the_url_percent_decoded() {
-        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(
-            sqlx::postgres::PgConnectOptions::new()
-                .host("db.internal")
-                .port(5433)
-                .username("ada")
-                .database("app"),
-        );
+        let options = PgConnectOptions::new()
+            .host("db.internal")
+            .port(5433)
+            .username("ada")
+            .database("app");
         let pipeline = Pipeline::new(
-            &pool,
+            &options,
             Some("postgres://ada:p%40ss+w@db.internal:5433/app"),
             2,
             Duration::from_secs(1),

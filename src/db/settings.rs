@@ -14,6 +14,18 @@ pub struct DbSettings {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// PostgreSQL itself (or a session-mode pool), for what needs a session of its own: the
+    /// channel layer's and the job workers' LISTEN connections, migrations, vacuum's advisory
+    /// lock and pipelined reads. Set it when `DATABASE_URL` goes through a transaction pooler;
+    /// without it, those use `DATABASE_URL` too.
+    #[arg(
+        long,
+        env = "HEARTH_DIRECT_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub direct_database_url: Option<String>,
+
     /// Folder for Hearth's own files: the embedded cluster, its log, the generated secret key.
     #[arg(
         long,

@@ -24,8 +24,10 @@ const PRUNE_EVERY: u64 = 60;
 /// Vacuum `jobs` once this many dead rows have piled up (see [`vacuum_if_churned`]).
 const VACUUM_AFTER_DEAD_ROWS: i64 = 10_000;
 
+/// `session` is for vacuum's session advisory lock (`HEARTH_DIRECT_DATABASE_URL`).
 pub(crate) async fn run(
     pool: PgPool,
+    session: PgPool,
     retention: Duration,
     schedules: Vec<Schedule>,
     stop: CancellationToken,
@@ -46,7 +48,7 @@ pub(crate) async fn run(
         .await
         {
             Ok(true) => {
-                if let Err(e) = vacuum_if_churned(&pool, VACUUM_AFTER_DEAD_ROWS).await {
+                if let Err(e) = vacuum_if_churned(&session, VACUUM_AFTER_DEAD_ROWS).await {
                     tracing::warn!(error = %e, "cannot vacuum the jobs table");
                 }
             }

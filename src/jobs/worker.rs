@@ -25,7 +25,10 @@ use std::{
 };
 
 use futures::FutureExt;
-use sqlx::{PgPool, Row, postgres::PgListener};
+use sqlx::{
+    PgPool, Row,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -73,6 +76,9 @@ pub struct WorkerConfig {
     pub instance: String,
     /// Periodic jobs; every instance declares the same ones, each occurrence is enqueued once.
     pub schedules: Vec<Schedule>,
+    /// Where the LISTEN connection and vacuum's advisory lock connect
+    /// (`HEARTH_DIRECT_DATABASE_URL`): they need a session. `None`: where the pool connects.
+    pub session: Option<PgConnectOptions>,
 }
 
 impl WorkerConfig {
@@ -86,6 +92,7 @@ impl WorkerConfig {
             keep_completed: true,
             instance: default_instance(),
             schedules: Vec::new(),
+            session: None,
         }
     }
 }
@@ -140,6 +147,8 @@ struct RunningJob {
 /// State shared by the runtime's tasks.
 struct Shared {
     pool: PgPool,
+    /// `config.session`'s pool (the LISTEN connection, vacuum), or `pool` itself.
+    session: PgPool,
     registry: Registry,
     config: WorkerConfig,
     /// Stop fetching (shutdown has begun).
@@ -166,8 +175,16 @@ impl Shared {
         config: WorkerConfig,
     ) -> (Self, mpsc::UnboundedReceiver<Finish>) {
         let (finished, finished_rx) = mpsc::unbounded_channel();
+        let session = match &config.session {
+            Some(options) => PgPoolOptions::new()
+                .max_connections(2)
+                .min_connections(0)
+                .connect_lazy_with(options.clone()),
+            None => pool.clone(),
+        };
         let shared = Self {
             pool,
+            session,
             registry,
             config,
             stop: CancellationToken::new(),
@@ -215,6 +232,7 @@ impl Workers {
         ));
         services.spawn(maintenance::run(
             shared.pool.clone(),
+            shared.session.clone(),
             shared.config.retention,
             shared.config.schedules.clone(),
             service_stop.clone(),
@@ -1151,7 +1169,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 /// Wake-ups and control messages from other instances (and from this one's control calls).
 async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let mut listener = match PgListener::connect_with(&shared.pool).await {
+        let mut listener = match PgListener::connect_with(&shared.session).await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");

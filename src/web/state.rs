@@ -71,12 +71,21 @@ impl AppState {
         let cache = Cache::start(db.clone(), channels.clone(), cache_config(&config));
         // `Key::from` needs 64 bytes; SHA-512 stretches any accepted secret to exactly that.
         let cookie_key = Key::from(&Sha512::digest(secret.as_bytes()));
-        let reads = Pipeline::new(
-            &db,
-            config.db.database_url.as_deref(),
-            config.db.db_pipelines as usize,
-            config.db.db_acquire_timeout,
-        );
+        // Statements prepared once per connection: a session of its own.
+        let reads = match direct_options(&config) {
+            Some(direct) => Pipeline::new(
+                &direct,
+                config.db.direct_database_url.as_deref(),
+                config.db.db_pipelines as usize,
+                config.db.db_acquire_timeout,
+            ),
+            None => Pipeline::new(
+                &db.connect_options(),
+                config.db.database_url.as_deref(),
+                config.db.db_pipelines as usize,
+                config.db.db_acquire_timeout,
+            ),
+        };
         let hasher = Hasher::from_config(&config);
         // `HEARTH_STATIC_DIR` changes how assets are served and the URLs pages get for them.
         let composed = Composed {
@@ -111,6 +120,12 @@ pub fn cache_config(config: &Config) -> CacheConfig {
     }
 }
 
+/// `HEARTH_DIRECT_DATABASE_URL`'s options, when it is set. `Database::open` has refused an
+/// unparseable one already.
+pub fn direct_options(config: &Config) -> Option<sqlx::postgres::PgConnectOptions> {
+    crate::db::direct_options(&config.db).ok().flatten()
+}
+
 /// The channel layer's settings from the configuration.
 ///
 /// The instance's name is random and says nothing of the machine: it starts every channel
@@ -122,6 +137,7 @@ pub fn channel_config(config: &Config) -> ChannelConfig {
         retention: config.channels.channel_retention,
         send_queue: config.channels.ws_send_queue as usize,
         max_message: config.channels.ws_max_message,
+        session: direct_options(config),
         ..ChannelConfig::new(format!("i{:016x}", rand::random::<u64>()))
     }
 }

@@ -114,6 +114,11 @@ fn cluster() -> &'static Cluster {
     })
 }
 
+/// Superuser options for the tests' server (`DATABASE_URL`'s, or the embedded cluster's).
+pub fn admin_options() -> PgConnectOptions {
+    cluster().admin.clone()
+}
+
 /// The application the tests serve: the `hearth` binary's.
 pub fn application() -> hearth::Application {
     hearth::bundled::application()
@@ -160,6 +165,59 @@ pub fn database_url(name: &str) -> String {
     }
 }
 
+/// With `HEARTH_TEST_VIA_PGBOUNCER` set (and `HEARTH_TEST_PGBOUNCER` naming a PgBouncer 1.21
+/// or later), the options [`migrated_database`] returns go through one PgBouncer in transaction
+/// mode, and apps built by [`Builder::spawn`] keep their sessions on the direct URL: the
+/// suites' run through a pooler (docs/scaling.md, "Behind a pooler").
+fn via_pgbouncer(name: &str, direct: PgConnectOptions) -> PgConnectOptions {
+    static BOUNCER: OnceLock<Mutex<Option<crate::pgbouncer::PgBouncer>>> = OnceLock::new();
+    extern "C" fn stop_bouncer_at_exit() {
+        if let Some(bouncer) = BOUNCER.get()
+            && let Ok(mut guard) = bouncer.lock()
+        {
+            guard.take();
+        }
+    }
+    if std::env::var_os("HEARTH_TEST_VIA_PGBOUNCER").is_none() {
+        return direct;
+    }
+    let bouncer = BOUNCER.get_or_init(|| {
+        // SAFETY: registering a plain `extern "C" fn` with atexit has no preconditions.
+        unsafe { nix::libc::atexit(stop_bouncer_at_exit) };
+        Mutex::new(Some(crate::pgbouncer::PgBouncer::start_keeping_statements(
+            "transaction",
+        )))
+    });
+    let guard = bouncer.lock().unwrap();
+    let Some(bouncer) = guard.as_ref() else {
+        return direct;
+    };
+    BOUNCER_PORT.get_or_init(|| bouncer.port);
+    bouncer.options(name)
+}
+
+/// `config` with its `session` on the direct URL when `pool` goes through
+/// [`via_pgbouncer`]'s PgBouncer, as `serve` gives it from `HEARTH_DIRECT_DATABASE_URL`;
+/// otherwise `config` as it is.
+pub fn with_session(
+    pool: &PgPool,
+    config: hearth::jobs::WorkerConfig,
+) -> hearth::jobs::WorkerConfig {
+    let options = pool.connect_options();
+    match options.get_database() {
+        Some(name) if Some(options.get_port()) == BOUNCER_PORT.get().copied() => {
+            hearth::jobs::WorkerConfig {
+                session: Some(cluster().admin.clone().database(name)),
+                ..config
+            }
+        }
+        _ => config,
+    }
+}
+
+/// The port of [`via_pgbouncer`]'s PgBouncer, once it runs.
+static BOUNCER_PORT: OnceLock<u16> = OnceLock::new();
+
 /// A new database with every migration applied, cloned from the template.
 pub async fn migrated_database() -> (String, PgConnectOptions) {
     let cluster = cluster();
@@ -174,7 +232,8 @@ pub async fn migrated_database() -> (String, PgConnectOptions) {
     .execute(&mut conn)
     .await
     .expect("clone the template database");
-    (name.clone(), cluster.admin.clone().database(&name))
+    let options = via_pgbouncer(&name, cluster.admin.clone().database(&name));
+    (name, options)
 }
 
 pub fn test_config() -> Config {
@@ -277,12 +336,18 @@ impl Builder {
         self
     }
 
-    pub async fn spawn(self) -> TestApp {
+    pub async fn spawn(mut self) -> TestApp {
         let options = match self.database {
             Some(options) => options,
             None if self.migrated => migrated_database().await.1,
             None => empty_database().await.1,
         };
+        if self.config.db.direct_database_url.is_none()
+            && Some(options.get_port()) == BOUNCER_PORT.get().copied()
+            && let Some(name) = options.get_database()
+        {
+            self.config.db.direct_database_url = Some(database_url(name));
+        }
         let pool = db::pool_options(&self.config.db)
             .connect_with(options.clone())
             .await
@@ -303,6 +368,7 @@ impl Builder {
         let workers = self.workers.then(|| {
             let config = hearth::jobs::WorkerConfig {
                 poll_interval: Duration::from_millis(100),
+                session: hearth::web::state::direct_options(&self.config),
                 ..hearth::jobs::WorkerConfig::new(
                     hearth::jobs::parse_queues("default:4,mail:2").unwrap(),
                 )

@@ -167,7 +167,7 @@ async fn a_job_enqueued_in_a_rolled_back_transaction_never_exists() {
 #[tokio::test]
 async fn a_job_enqueued_in_a_committed_transaction_runs() {
     let (_, pool) = pool().await;
-    let workers = Workers::start(pool.clone(), registry(), worker_config("default:2", "w1"));
+    let workers = start_workers(&pool, registry(), worker_config("default:2", "w1"));
     let mut tx = pool.begin().await.unwrap();
     let job = Enqueue::new(&Recorded {
         snooze_first: false,
@@ -667,7 +667,7 @@ async fn cancel_a_queued_job_and_a_running_one() {
         Cancelled::NotFound
     );
 
-    let workers = Workers::start(pool.clone(), registry(), worker_config("default:1", "w1"));
+    let workers = start_workers(&pool, registry(), worker_config("default:1", "w1"));
     let running = Enqueue::new(&Sleep { ms: 60_000 })
         .unwrap()
         .enqueue(&pool)
@@ -700,7 +700,7 @@ async fn a_paused_queue_runs_nothing_until_resumed() {
         testing::drain(&pool, &registry(), "default").await.unwrap(),
         0
     );
-    let workers = Workers::start(pool.clone(), registry(), worker_config("default:1", "w1"));
+    let workers = start_workers(&pool, registry(), worker_config("default:1", "w1"));
     control::resume(&pool, &queue).await.unwrap();
 
     wait_for_state(&pool, job.id, "completed").await;
@@ -799,7 +799,7 @@ async fn completed_jobs_not_kept_are_deleted_but_failures_and_period_keys_stay()
         ..worker_config("default:4", "w1")
     };
 
-    let workers = Workers::start(pool.clone(), registry(), config);
+    let workers = start_workers(&pool, registry(), config);
     wait_for_state(&pool, failing.id, "discarded").await;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut drained = false;
@@ -866,16 +866,8 @@ async fn two_worker_pools_drain_the_queue_without_running_an_attempt_twice() {
         .collect();
     enqueue_many(&pool, jobs).await.unwrap();
 
-    let a = Workers::start(
-        pool.clone(),
-        registry_of("a"),
-        worker_config("default:4", "a"),
-    );
-    let b = Workers::start(
-        pool.clone(),
-        registry_of("b"),
-        worker_config("default:4", "b"),
-    );
+    let a = start_workers(&pool, registry_of("a"), worker_config("default:4", "a"));
+    let b = start_workers(&pool, registry_of("b"), worker_config("default:4", "b"));
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for _ in 0..1500 {
         tick.tick().await;
@@ -915,7 +907,7 @@ async fn a_pool_reports_nothing_unrecorded_only_once_every_outcome_is_written() 
     let (_, pool) = pool().await;
     let jobs: Vec<Enqueue> = (0..3000).map(|_| Enqueue::new(&Noop {}).unwrap()).collect();
     enqueue_many(&pool, jobs).await.unwrap();
-    let workers = Workers::start(pool.clone(), registry(), worker_config("default:50", "w1"));
+    let workers = start_workers(&pool, registry(), worker_config("default:50", "w1"));
 
     // Between two fetches nothing is taken and 0 is right; so wait until every job is taken
     // (none available), then for 0 on two polls in a row (a fetch that took the last ones
@@ -1015,7 +1007,7 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
         shutdown_grace: Duration::from_millis(100),
         ..worker_config("default:1", "w1")
     };
-    let workers = Workers::start(pool.clone(), registry(), config);
+    let workers = start_workers(&pool, registry(), config);
     // An hour: a stalled machine (a CI run once paused for over a minute) must not let the
     // job finish on its own before the shutdown it is waiting for.
     let job = Enqueue::new(&Sleep { ms: 3_600_000 })
@@ -1060,7 +1052,7 @@ async fn a_killed_worker_process_loses_its_job_to_another_after_the_lease() {
         lease: Duration::from_secs(1),
         ..worker_config("slow:1", "survivor")
     };
-    let workers = Workers::start(pool.clone(), registry(), config);
+    let workers = start_workers(&pool, registry(), config);
 
     let done = wait_for_state(&pool, job.id, "completed").await;
     workers.shutdown().await;
@@ -1215,8 +1207,8 @@ async fn a_global_limit_holds_across_worker_pools() {
     let ids = enqueue_many(&pool, jobs).await.unwrap();
     let registry = || registry().register::<Span>();
 
-    let a = Workers::start(pool.clone(), registry(), worker_config("limited:4", "a"));
-    let b = Workers::start(pool.clone(), registry(), worker_config("limited:4", "b"));
+    let a = start_workers(&pool, registry(), worker_config("limited:4", "a"));
+    let b = start_workers(&pool, registry(), worker_config("limited:4", "b"));
     for job in &ids {
         wait_for_state(&pool, job.id, "completed").await;
     }
@@ -1273,4 +1265,10 @@ async fn a_rate_limit_caps_starts_per_period() {
         testing::drain(&pool, &registry(), "metered").await.unwrap(),
         2
     );
+}
+
+/// `Workers::start` on `pool`, with the direct URL for its sessions when the suite runs through
+/// PgBouncer (`HEARTH_TEST_VIA_PGBOUNCER`).
+fn start_workers(pool: &PgPool, registry: Registry, config: WorkerConfig) -> Workers {
+    Workers::start(pool.clone(), registry, helpers::with_session(pool, config))
 }

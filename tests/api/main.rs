@@ -29,6 +29,7 @@ mod mail;
 mod ops;
 mod page_privacy;
 mod parser_fuzz;
+mod pgbouncer;
 mod pipeline;
 mod platform;
 mod publishing;

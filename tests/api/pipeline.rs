@@ -18,7 +18,7 @@ async fn pipeline(size: usize) -> (Pipeline, PgPool) {
         .connect_with(options)
         .await
         .expect("test pool");
-    let pipeline = Pipeline::new(&pool, None, size, Duration::from_secs(5));
+    let pipeline = Pipeline::new(&pool.connect_options(), None, size, Duration::from_secs(5));
     (pipeline, pool)
 }
 
@@ -114,11 +114,9 @@ async fn a_bad_statement_is_a_query_error_and_an_unreachable_server_is_unavailab
     // The connection survives a failed statement.
     assert_eq!(echo(&pipeline, 41).await.unwrap().0, 42);
 
-    let nowhere = PgPoolOptions::new().connect_lazy_with(
-        sqlx::postgres::PgConnectOptions::new()
-            .host("127.0.0.1")
-            .port(1),
-    );
+    let nowhere = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(1);
     let unreachable = Pipeline::new(&nowhere, None, 1, Duration::from_secs(5));
     assert!(matches!(
         unreachable.query(ECHO, &[&1]).await,

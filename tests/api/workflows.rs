@@ -269,7 +269,7 @@ fn workers(pool: &PgPool, instance: &str, concurrency: usize) -> Workers {
         instance: instance.into(),
         ..WorkerConfig::new(hearth::jobs::parse_queues(&format!("default:{concurrency}")).unwrap())
     };
-    Workers::start(pool.clone(), registry(instance), config)
+    start_workers(pool, registry(instance), config)
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
@@ -1190,8 +1190,8 @@ async fn a_chord_whose_worker_process_is_killed_mid_chord_runs_its_callback_once
     child.kill().unwrap();
     child.wait().unwrap();
     // This process takes over: what the killed one held comes back when its leases expire.
-    let survivor = Workers::start(
-        pool.clone(),
+    let survivor = start_workers(
+        &pool,
         Registry::new(),
         WorkerConfig {
             poll_interval: Duration::from_millis(100),
@@ -1467,7 +1467,7 @@ async fn a_chain_survives_a_postgres_restart_between_two_steps() {
         instance: "restart".into(),
         ..WorkerConfig::new(hearth::jobs::parse_queues("default:2,after:2").unwrap())
     };
-    let runtime = Workers::start(pool.clone(), registry("restart"), config);
+    let runtime = start_workers(&pool, registry("restart"), config);
     // The first step's outcome enqueued the second (in the transaction that recorded it).
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let second = loop {
@@ -1520,4 +1520,10 @@ async fn a_chain_survives_a_postgres_restart_between_two_steps() {
     tokio::task::spawn_blocking(move || pg.stop().unwrap())
         .await
         .unwrap();
+}
+
+/// `Workers::start` on `pool`, with the direct URL for its sessions when the suite runs through
+/// PgBouncer (`HEARTH_TEST_VIA_PGBOUNCER`).
+fn start_workers(pool: &PgPool, registry: Registry, config: WorkerConfig) -> Workers {
+    Workers::start(pool.clone(), registry, helpers::with_session(pool, config))
 }
