@@ -305,7 +305,7 @@ async fn in_the_dev_mailbox_users_read_their_own_mail_and_admins_read_all() {
     let ada = app.user("ada").await;
     let bob = app.user("bob").await;
     ada.set_email("ada@example.com").await;
-    ada.write("Mailed", "body", true).await;
+    let slug = ada.write("Mailed", "body", true).await;
     app.drain("mail").await;
     let root = app.user("root").await;
     sqlx::query("UPDATE users SET is_admin = true WHERE username = 'root'")
@@ -327,6 +327,12 @@ async fn in_the_dev_mailbox_users_read_their_own_mail_and_admins_read_all() {
             .await
             .unwrap();
         assert!(page.contains("ada@example.com"));
+        // The post's address is a link, as in the mail's HTML part.
+        let address = format!("{}/posts/{slug}", app.state.config.site_url());
+        assert!(
+            page.contains(&format!("<a href=\"{address}\">{address}</a>")),
+            "{page}"
+        );
     }
     let page = bob.get("/mailbox").await.text().await.unwrap();
     assert!(!page.contains("Mailed"), "bob sees only his own mail");
