@@ -49,7 +49,7 @@ async fn post_upload(app: &TestApp, user: &TestUser<'_>, accept: &str, body: Vec
 }
 
 /// Uploads a file that must be accepted; returns `(upload_id, job_id)`.
-async fn accepted(
+pub(crate) async fn accepted(
     app: &TestApp,
     user: &TestUser<'_>,
     filename: &str,
@@ -64,7 +64,7 @@ async fn accepted(
 }
 
 /// Runs the waiting imports now, with what `serve` gives jobs (the cache included).
-async fn run_imports(app: &TestApp) -> usize {
+pub(crate) async fn run_imports(app: &TestApp) -> usize {
     let registry = app.registry();
     testing::drain(&app.pool, &registry, "default")
         .await
