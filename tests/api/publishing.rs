@@ -485,12 +485,23 @@ async fn the_daily_digest_leaves_out_what_an_import_published() {
     bob.set_email("bob@example.com").await;
     bob.post_form("/authors/ada/subscribe", &[]).await;
     let csv = "title,body,publish\nImported one,a,true\nImported two,b,true\n\
-               Imported three,c,true\nImported draft,d,false\n";
+               Imported three,c,true\nImported draft,d,false\nImported again,e,true\n";
     accepted(&app, &ada, "posts.csv", csv.as_bytes()).await;
     assert_eq!(run_imports(&app).await, 1);
-    // A draft the import brought over, published later by hand, is announced as any post is.
-    let response = ada.post_form("/posts/imported-draft/publish", &[]).await;
-    assert!(response.status().is_redirection(), "{}", response.status());
+    // Published by hand later, a draft the import brought over, or an imported post taken
+    // down and put back, is announced as any post is.
+    for path in [
+        "/posts/imported-draft/publish",
+        "/posts/imported-again/unpublish",
+        "/posts/imported-again/publish",
+    ] {
+        let response = ada.post_form(path, &[]).await;
+        assert!(
+            response.status().is_redirection(),
+            "{path}: {}",
+            response.status()
+        );
+    }
     ada.write("Written here", "body", true).await;
 
     let digests = digests(&app).await;
@@ -498,6 +509,7 @@ async fn the_daily_digest_leaves_out_what_an_import_published() {
     let body = &digests[0].1;
     assert!(body.contains("Written here"), "{body}");
     assert!(body.contains("Imported draft"), "{body}");
+    assert!(body.contains("Imported again"), "{body}");
     for imported in ["Imported one", "Imported two", "Imported three"] {
         assert!(!body.contains(imported), "{body}");
     }
