@@ -449,7 +449,7 @@ async fn a_user_added_to_a_document_is_told_once_per_membership() {
         "ada added you to the document “Minutes”".to_owned(),
         format!("/docs/{doc}"),
     );
-    assert_eq!(told().await.unwrap(), [expected.clone()]);
+    assert_eq!(told().await.unwrap(), std::slice::from_ref(&expected));
     let unread: Value = bob
         .get("/api/notifications/unread")
         .await
