@@ -15,6 +15,7 @@ use super::{
     room::{self, Room},
 };
 use crate::{
+    notifications::{self, Kind, NewNotification},
     text::{Slug, Title},
     web::{AppState, Layout, WebError, auth::RequireLogin, flash, render},
 };
@@ -238,7 +239,36 @@ pub(super) struct Invite {
     username: String,
 }
 
-/// Adds a user to a private room; any member may invite.
+/// Tells `user_id`, just made a member of `room` by `login`, with a notification (the bell)
+/// that leads to the room. It commits with the membership or not at all; an administrator who
+/// adds themself is not told what they did.
+async fn tell_invited(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    room: &Room,
+    user_id: i64,
+    login: &RequireLogin,
+) -> Result<(), WebError> {
+    if user_id == login.user.id {
+        return Ok(());
+    }
+    let title = format!("{} invited you to {}", login.user.username, room.name);
+    let url = format!("/chat/{}", room.slug);
+    let key = format!("chat-invitation:{}", room.id);
+    let notification = NewNotification {
+        user_id,
+        kind: Kind::Invitation,
+        title: &title,
+        url: &url,
+        dedupe_key: &key,
+    };
+    notifications::notify(tx, &state.channels, &notification)
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    Ok(())
+}
+
+/// Adds a user to a private room and tells them; any member may invite.
 #[tracing::instrument(skip_all, fields(user_id = login.user.id, room = %slug))]
 pub(super) async fn invite(
     State(state): State<AppState>,
@@ -254,7 +284,8 @@ pub(super) async fn invite(
             "Public rooms need no invitation.".into(),
         ));
     }
-    let invited = sqlx::query!(
+    let mut tx = state.db.begin().await?;
+    let invited = sqlx::query_scalar!(
         "INSERT INTO chat_members (room_id, user_id, invited_by)
          SELECT $1, id, $3 FROM users WHERE lower(username) = lower($2)
          ON CONFLICT DO NOTHING
@@ -263,8 +294,12 @@ pub(super) async fn invite(
         form.username.trim(),
         login.user.id
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let Some(user_id) = invited {
+        tell_invited(&state, &mut tx, &room, user_id, &login).await?;
+    }
+    tx.commit().await?;
     let message = match invited {
         Some(_) => format!("{} can now open this room.", form.username.trim()),
         None => {

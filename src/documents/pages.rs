@@ -21,7 +21,10 @@ use super::{
     crdt::State as CrdtState,
     document::{self, Access, Document},
 };
-use crate::web::{AppState, Layout, WebError, auth::RequireLogin, flash, render, templates::ago};
+use crate::{
+    notifications::{self, Kind, NewNotification},
+    web::{AppState, Layout, WebError, auth::RequireLogin, flash, render, templates::ago},
+};
 
 /// A document title or version name: trimmed, 1 to `max` characters.
 fn parse_name(raw: &str, what: &str, max: usize) -> Result<String, WebError> {
@@ -354,7 +357,41 @@ pub(super) struct MemberForm {
     role: String,
 }
 
-/// Adds a member, or changes a member's rights (owner only).
+/// Tells `user_id`, just added to `doc` by its owner, with a notification (the bell) that
+/// leads to the document. It commits with the membership or not at all; one per membership
+/// (its `added_at` is in the key), so someone removed and added again is told again.
+async fn tell_added(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    doc: &Document,
+    user_id: i64,
+    login: &RequireLogin,
+    added_at: time::OffsetDateTime,
+) -> Result<(), WebError> {
+    let title = format!(
+        "{} added you to the document “{}”",
+        login.user.username, doc.title
+    );
+    let url = format!("/docs/{}", doc.id);
+    let key = format!(
+        "document-member:{}:{}",
+        doc.id,
+        added_at.unix_timestamp_nanos() / 1000
+    );
+    let notification = NewNotification {
+        user_id,
+        kind: Kind::Invitation,
+        title: &title,
+        url: &url,
+        dedupe_key: &key,
+    };
+    notifications::notify(tx, &state.channels, &notification)
+        .await
+        .map_err(|e| WebError::Internal(e.into()))?;
+    Ok(())
+}
+
+/// Adds a member and tells them, or changes a member's rights (owner only).
 #[tracing::instrument(skip_all, fields(user_id = login.user.id, document_id = id))]
 pub(super) async fn add_member(
     State(state): State<AppState>,
@@ -401,17 +438,22 @@ pub(super) async fn add_member(
         return refuse("The owner can always edit their document.".into()).await;
     }
     let mut tx = state.db.begin().await?;
-    sqlx::query!(
-        "INSERT INTO document_members (document_id, user_id, can_edit, added_by)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (document_id, user_id) DO UPDATE SET can_edit = EXCLUDED.can_edit",
+    // `xmax = 0`: the row is new (a member whose rights change is not told again).
+    let added = sqlx::query!(
+        r#"INSERT INTO document_members (document_id, user_id, can_edit, added_by)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (document_id, user_id) DO UPDATE SET can_edit = EXCLUDED.can_edit
+           RETURNING xmax = 0 AS "new!", added_at"#,
         id,
         member_id,
         can_edit,
         login.user.id
     )
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    if added.new {
+        tell_added(&state, &mut tx, &doc, member_id, &login, added.added_at).await?;
+    }
     let access = Broadcast::Access {
         user_id: Some(member_id),
     };

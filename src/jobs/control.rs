@@ -295,6 +295,40 @@ pub struct Filter {
     pub id: Option<i64>,
 }
 
+impl Filter {
+    /// Whether nothing narrows the search: every job matches.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.queue.is_none()
+            && self.kind.is_none()
+            && self.tag.is_none()
+            && self.id.is_none()
+    }
+}
+
+/// How many jobs match `filter`, counted up to `cap` (a count of every job can take a while
+/// where millions are kept; past the cap, the caller says "more than").
+pub async fn count_matching(pool: &PgPool, filter: &Filter, cap: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "n!" FROM (
+            SELECT 1 FROM job_statuses
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
+               AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR $4 = ANY (tags))
+               AND ($5::bigint IS NULL OR id = $5)
+             LIMIT $6) matching
+        "#,
+        filter.state,
+        filter.queue,
+        filter.kind,
+        filter.tag,
+        filter.id,
+        cap
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Jobs matching `filter`, newest first, `limit` from `offset`.
 pub async fn search(
     pool: &PgPool,

@@ -5,7 +5,9 @@
 //! `outbox` table first (a retried job finds the row it wrote before), claimed, handed to the
 //! transport and marked sent: each message is sent at most once however often the job runs
 //! (see `migrations/0010_mail.sql`). Without `HEARTH_SMTP_URL` the transport is the dev
-//! mailbox: messages are marked delivered there and admins read them at `/mailbox`.
+//! mailbox: messages are marked delivered there and admins read them at `/mailbox`. Messages
+//! are written as plain text; SMTP sends it with an HTML rendition whose addresses are links
+//! ([`html`]), which the mailbox shows too.
 //!
 //! `send_once` is also where Hearth decides whether an address may be mailed at all, so that no
 //! app can forget it: a message goes only to its user's current address, and only once that
@@ -13,6 +15,7 @@
 //! no address gets more than [`quota::PER_RECIPIENT_PER_HOUR`] messages an hour. A refused
 //! message is not stored; it is logged and reported as [`Sent::Dropped`].
 
+pub mod html;
 mod pages;
 pub mod quota;
 
@@ -22,7 +25,7 @@ use anyhow::Context;
 use axum::{Extension, routing::get};
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
-    message::{Mailbox, header::ContentType},
+    message::{Mailbox, MultiPart},
 };
 use sqlx::PgPool;
 
@@ -305,12 +308,13 @@ impl Mailer {
         match &*self.transport {
             Transport::Dev => Ok("dev"),
             Transport::Smtp(smtp) => {
+                // The text as written, and its HTML rendition, whose addresses are links.
+                let html = html::document(&body);
                 let email = lettre::Message::builder()
                     .from(self.from.clone())
                     .to(to)
                     .subject(subject)
-                    .header(ContentType::TEXT_PLAIN)
-                    .body(body)?;
+                    .multipart(MultiPart::alternative_plain_html(body, html))?;
                 smtp.send(email).await?;
                 Ok("smtp")
             }

@@ -37,6 +37,11 @@ impl Row {
         crate::web::templates::ago(self.created_at)
     }
 
+    /// The body escaped, with its web addresses as links, as the mail's HTML part has them.
+    fn linked_body(&self) -> String {
+        super::html::linked(&self.body)
+    }
+
     /// Sent (by which transport), failing, in doubt or waiting.
     fn status(&self) -> String {
         match (&self.sent_at, &self.claimed_at, &self.transport) {

@@ -42,6 +42,8 @@ pub enum Kind {
     PostPublished,
     Mention,
     Import,
+    /// Invited to a private chat room, or added to a document.
+    Invitation,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Self::PostPublished => "post_published",
             Self::Mention => "mention",
             Self::Import => "import",
+            Self::Invitation => "invitation",
         }
     }
 }

@@ -6,6 +6,7 @@ use askama::Template;
 use axum::{
     Form, Json,
     extract::{Path, Query, State},
+    http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use axum_extra::extract::SignedCookieJar;
@@ -170,7 +171,8 @@ pub(super) struct ListQuery {
 }
 
 impl ListQuery {
-    /// The filter the form describes; empty fields do not filter. A non-numeric id is a 400.
+    /// The filter the form describes; empty fields do not filter. A non-numeric id, or a state
+    /// that is none of [`STATES`], is a 400 (rather than a list that is silently empty).
     fn filter(&self) -> Result<Filter, WebError> {
         let given = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
         let id = match given(&self.id) {
@@ -180,8 +182,18 @@ impl ListQuery {
             ),
             None => None,
         };
+        let state = given(&self.state);
+        if let Some(state) = &state
+            && !STATES.contains(&state.as_str())
+        {
+            let state: String = state.chars().take(40).collect();
+            return Err(WebError::BadRequest(format!(
+                "There is no job state called “{state}”. The states are {}.",
+                STATES.join(", ")
+            )));
+        }
         Ok(Filter {
-            state: given(&self.state),
+            state,
             queue: given(&self.queue),
             kind: given(&self.kind),
             tag: given(&self.tag),
@@ -231,6 +243,12 @@ struct ListPage {
     page: i64,
     more: bool,
     query_string: String,
+    /// No filter is set: a bulk action needs the "All jobs" box ticked.
+    unfiltered: bool,
+    /// How many jobs a bulk action would act on, in words.
+    matching: String,
+    /// Why a bulk action was refused, said by its form.
+    bulk_error: Option<String>,
 }
 
 /// `/ops/jobs`: jobs matching a filter, newest first, 50 to a page.
@@ -240,13 +258,27 @@ pub(super) async fn list(
     layout: Layout,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, WebError> {
+    Ok(render(&list_page(&state, layout, query, None).await?)?.into_response())
+}
+
+async fn list_page(
+    state: &AppState,
+    layout: Layout,
+    query: ListQuery,
+    bulk_error: Option<String>,
+) -> Result<ListPage, WebError> {
     let filter = query.filter()?;
     let page = query.page.unwrap_or(1).clamp(1, 10_000);
     let mut jobs = control::search(&state.db, &filter, PAGE + 1, (page - 1) * PAGE).await?;
     let more = jobs.len() as i64 > PAGE;
     jobs.truncate(PAGE as usize);
+    let matching = match control::count_matching(&state.db, &filter, BULK_LIMIT + 1).await? {
+        n if n > BULK_LIMIT => "more than 1,000 jobs: the newest 1,000".to_owned(),
+        1 => "1 job".to_owned(),
+        n => format!("{n} jobs"),
+    };
     let query_string = query.query_string();
-    Ok(render(&ListPage {
+    Ok(ListPage {
         layout,
         states: STATES.to_vec(),
         jobs: jobs.into_iter().map(|job| JobRow { job }).collect(),
@@ -254,8 +286,10 @@ pub(super) async fn list(
         more,
         query,
         query_string,
-    })?
-    .into_response())
+        unfiltered: filter.is_empty(),
+        matching,
+        bulk_error,
+    })
 }
 
 #[derive(Template)]
@@ -374,15 +408,22 @@ pub(super) async fn act(
 #[derive(Deserialize)]
 pub(super) struct BulkForm {
     action: String,
+    /// `yes`: act on every job, no filter being set (the "All jobs" box).
+    #[serde(default)]
+    all: String,
     #[serde(flatten)]
     query: ListQuery,
 }
 
-/// `POST /ops/jobs/bulk`: one action on every job the filter matches (at most 1,000).
+/// `POST /ops/jobs/bulk`: one action on every job the filter matches (at most 1,000). With no
+/// filter, only when the form confirms that every job is meant (`all=yes`): as Oban Web and
+/// Sidekiq never act on every job of every state unasked, an empty filter is not taken to
+/// mean "all".
 #[tracing::instrument(skip_all, fields(action = %form.action))]
 pub(super) async fn bulk(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,
+    layout: Layout,
     jar: SignedCookieJar,
     Form(form): Form<BulkForm>,
 ) -> Result<Response, WebError> {
@@ -392,6 +433,15 @@ pub(super) async fn bulk(
             "{:?} is not a bulk action (retry, cancel, discard)",
             form.action
         )));
+    }
+    if filter.is_empty() && form.all != "yes" {
+        let error = format!(
+            "No filter is set, so {} would act on every job. Choose a filter, or tick “All \
+             jobs” to confirm.",
+            form.action
+        );
+        let page = list_page(&state, layout, form.query, Some(error)).await?;
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
     }
     let jobs = control::search(&state.db, &filter, BULK_LIMIT, 0).await?;
     let mut changed = 0;
@@ -416,7 +466,7 @@ pub(super) async fn bulk(
         &admin,
         &format!("jobs.bulk_{}", form.action),
         &form.query.query_string(),
-        json!({ "matched": jobs.len(), "changed": changed }),
+        json!({ "matched": jobs.len(), "changed": changed, "all": filter.is_empty() }),
     )
     .await?;
     let back = format!("/ops/jobs?{}", form.query.query_string());

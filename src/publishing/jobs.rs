@@ -136,9 +136,9 @@ impl Job for NotifySubscribers {
 }
 
 /// Mails every subscriber who asked for it the posts of the last day, by the authors they
-/// follow, that they have not opened yet. At most one digest per user and day: the outbox key
-/// holds the date, so a second run (a retry, or the schedule firing on two instances) sends
-/// nothing new.
+/// follow, that they have not opened yet (at most [`DIGEST_POSTS`], none an import published).
+/// At most one digest per user and day: the outbox key holds the date, so a second run (a
+/// retry, or the schedule firing on two instances) sends nothing new.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DailyDigest {}
 
@@ -170,44 +170,16 @@ impl Job for DailyDigest {
                     .unwrap_or_else(chrono::Utc::now)
             });
         let day = enqueued_at.with_timezone(zone).date_naive();
-        let rows = sqlx::query!(
-            r#"SELECT u.id AS user_id, u.username, u.email AS "email!",
-                      p.title, p.slug, a.username AS author
-                 FROM users u
-                 JOIN subscriptions s ON s.subscriber_id = u.id
-                 JOIN posts p ON p.author_id = s.author_id
-                             AND p.published_at > now() - interval '1 day'
-                 JOIN users a ON a.id = p.author_id
-                WHERE u.digest_by_mail AND u.email IS NOT NULL
-                  AND u.email_verified_at IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM post_reads r
-                                   WHERE r.user_id = u.id AND r.post_id = p.id)
-                ORDER BY u.id, p.published_at"#
-        )
-        .fetch_all(&ctx.pool)
-        .await?;
-        let mut digests: BTreeMap<i64, (String, String, Vec<String>)> = BTreeMap::new();
-        for row in rows {
-            let entry = digests
-                .entry(row.user_id)
-                .or_insert_with(|| (row.username, row.email, Vec::new()));
-            entry.2.push(format!(
-                "• {} — by {}\n  {site}/posts/{}",
-                row.title, row.author, row.slug
-            ));
-        }
+        let digests = digests(&ctx.pool, site).await?;
         let (mut sent, mut failed) = (0, 0);
-        for (user_id, (username, email, lines)) in digests {
+        for (user_id, digest) in digests {
             let message = Message {
                 key: format!("digest:{user_id}:{day}"),
                 user_id,
-                to: email,
+                to: digest.email,
                 purpose: Purpose::Notice,
                 subject: format!("Your Hearth digest for {day}"),
-                body: format!(
-                    "Hello {username},\n\nnew posts from the authors you follow:\n\n{}\n\nChange how you hear from us: {site}/account/settings\n",
-                    lines.join("\n\n")
-                ),
+                body: digest.body,
             };
             match mailer.send_once(&ctx.pool, &message).await {
                 Ok(Sent::Now) => sent += 1,
@@ -225,4 +197,70 @@ impl Job for DailyDigest {
         );
         Outcome::with_result(serde_json::json!({ "day": day.to_string(), "sent": sent }))
     }
+}
+
+/// The most posts one digest lists; the rest are counted, with a link to all posts. A day of
+/// many posts (say, 200 brought over by someone's import and published by hand) would otherwise
+/// make a mail no one reads to the end.
+pub const DIGEST_POSTS: i64 = 20;
+
+/// One subscriber's digest: where it goes and what it says.
+struct UserDigest {
+    email: String,
+    body: String,
+}
+
+/// Every digest due, by user: the posts of the last day by the authors each follows that they
+/// have not opened, newest first, at most [`DIGEST_POSTS`] each. Posts an import published are
+/// left out: imports are not announced (`posts.published_by_import`).
+async fn digests(pool: &sqlx::PgPool, site: &str) -> sqlx::Result<BTreeMap<i64, UserDigest>> {
+    let rows = sqlx::query!(
+        r#"SELECT user_id AS "user_id!", username AS "username!", email AS "email!",
+                  title AS "title!", slug AS "slug!", author AS "author!", total AS "total!"
+             FROM (SELECT u.id AS user_id, u.username, u.email, p.title, p.slug,
+                          a.username AS author,
+                          row_number() OVER (PARTITION BY u.id
+                                             ORDER BY p.published_at DESC, p.id DESC) AS n,
+                          count(*) OVER (PARTITION BY u.id) AS total
+                     FROM users u
+                     JOIN subscriptions s ON s.subscriber_id = u.id
+                     JOIN posts p ON p.author_id = s.author_id
+                                 AND p.published_at > now() - interval '1 day'
+                                 AND NOT p.published_by_import
+                     JOIN users a ON a.id = p.author_id
+                    WHERE u.digest_by_mail AND u.email IS NOT NULL
+                      AND u.email_verified_at IS NOT NULL
+                      AND NOT EXISTS (SELECT 1 FROM post_reads r
+                                       WHERE r.user_id = u.id AND r.post_id = p.id)) d
+            WHERE n <= $1
+            ORDER BY user_id, n"#,
+        DIGEST_POSTS
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut lines: BTreeMap<i64, (String, String, i64, Vec<String>)> = BTreeMap::new();
+    for row in rows {
+        let entry = lines
+            .entry(row.user_id)
+            .or_insert_with(|| (row.username, row.email, row.total, Vec::new()));
+        entry.3.push(format!(
+            "• {} — by {}\n  {site}/posts/{}",
+            row.title, row.author, row.slug
+        ));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|(user_id, (username, email, total, lines))| {
+            let more = match total - lines.len() as i64 {
+                0 => String::new(),
+                1 => format!("\n\n…and 1 more: {site}/posts"),
+                n => format!("\n\n…and {n} more: {site}/posts"),
+            };
+            let body = format!(
+                "Hello {username},\n\nnew posts from the authors you follow, newest first:\n\n{}{more}\n\nChange how you hear from us: {site}/account/settings\n",
+                lines.join("\n\n")
+            );
+            (user_id, UserDigest { email, body })
+        })
+        .collect())
 }

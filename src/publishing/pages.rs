@@ -424,7 +424,8 @@ pub(super) async fn create(
 /// read their status.
 async fn publish_in(tx: &mut Transaction<'_, Postgres>, post_id: i64) -> Result<bool, WebError> {
     let Some(author_id) = sqlx::query_scalar!(
-        "UPDATE posts SET published_at = now(), publish_count = publish_count + 1, updated_at = now()
+        "UPDATE posts SET published_at = now(), publish_count = publish_count + 1, updated_at = now(),
+                          published_by_import = false
           WHERE id = $1 AND published_at IS NULL
           RETURNING author_id",
         post_id

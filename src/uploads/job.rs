@@ -11,9 +11,10 @@
 //! stored file (when the last one fails, the page is told); an attempt that finds the upload
 //! finished does nothing.
 //!
-//! Imported posts are published without the publishing mail and subscriber notifications: an
-//! import brings existing writing over, and announcing each of thousands of posts would flood
-//! every subscriber. The user gets one notification for the import instead.
+//! Imported posts are published without the publishing mail, subscriber notifications or a
+//! place in the daily digest (`posts.published_by_import`): an import brings existing writing
+//! over, and announcing each of thousands of posts would flood every subscriber. The user gets
+//! one notification for the import instead.
 
 use std::time::Duration;
 
@@ -254,9 +255,11 @@ async fn insert(
             };
             if row.publish {
                 // Published once, as if with the Publish button, but not announced (see the
-                // module doc).
+                // module doc): marked so that the daily digest leaves it out too.
                 sqlx::query!(
-                    "UPDATE posts SET published_at = now(), publish_count = 1 WHERE id = $1",
+                    "UPDATE posts SET published_at = now(), publish_count = 1,
+                                      published_by_import = true
+                      WHERE id = $1",
                     post_id
                 )
                 .execute(&mut **tx)

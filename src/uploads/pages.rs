@@ -390,6 +390,14 @@ struct ShowPage {
     upload: UploadView,
 }
 
+impl ShowPage {
+    /// Whether the import's job is a link to its page in the console (`/ops/jobs/{id}`), which
+    /// only administrators can open. Others see its number: this page shows its progress.
+    fn links_job(&self) -> bool {
+        self.layout.user.as_ref().is_some_and(|user| user.is_admin)
+    }
+}
+
 /// An upload: its progress while the job runs (kept live by `upload.js`), then its summary.
 #[tracing::instrument(skip_all, fields(user_id = login.user.id, upload_id = id))]
 pub(super) async fn show(

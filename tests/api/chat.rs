@@ -396,3 +396,53 @@ async fn sockets_are_limited_per_user_and_per_address() {
     }
     connect(&ada.cookie).await.expect("a place is free again");
 }
+
+#[tokio::test]
+async fn an_invited_user_is_told_with_a_notification_that_leads_to_the_room() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let slug = create_room(&ada, "Plans", true).await;
+
+    let response = ada
+        .post_form(&format!("/chat/{slug}/invite"), &[("username", "Bob")])
+        .await;
+    assert_redirect(&response, &format!("/chat/{slug}"));
+    // Invited again: already a member, not told twice.
+    ada.post_form(&format!("/chat/{slug}/invite"), &[("username", "bob")])
+        .await;
+
+    let unread: Value = bob
+        .get("/api/notifications/unread")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unread["unread"], 1, "the bell shows it");
+    let page = bob.get("/notifications").await.text().await.unwrap();
+    assert!(page.contains("ada invited you to Plans"), "{page}");
+    assert!(page.contains(r#"data-kind="invitation""#), "{page}");
+    let (id, url): (i64, String) =
+        sqlx::query_as("SELECT id, url FROM notifications WHERE user_id = $1")
+            .bind(bob.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(url, format!("/chat/{slug}"));
+    // Opening it leads to the room, which bob can now open.
+    let response = bob
+        .post_form(&format!("/notifications/{id}/read"), &[("open", "true")])
+        .await;
+    assert_redirect(&response, &format!("/chat/{slug}"));
+    assert_eq!(
+        bob.get(&format!("/chat/{slug}")).await.status(),
+        StatusCode::OK
+    );
+    // The inviter is told nothing.
+    let theirs: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = $1")
+        .bind(ada.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(theirs, 0);
+}

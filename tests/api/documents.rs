@@ -427,6 +427,44 @@ async fn changed_rights_apply_to_open_sockets() {
     assert_eq!(bob.get(&format!("/docs/{doc}")).await.status(), 404);
 }
 
+#[tokio::test]
+async fn a_user_added_to_a_document_is_told_once_per_membership() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let doc = create_doc(&ada, "Minutes").await;
+    let told = || {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT kind, title, url FROM notifications WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(bob.id)
+        .fetch_all(&app.pool)
+    };
+
+    share(&ada, doc, "bob", "read").await;
+    // New rights for a member: not a new membership, nothing to tell.
+    share(&ada, doc, "bob", "edit").await;
+    let expected = (
+        "invitation".to_owned(),
+        "ada added you to the document “Minutes”".to_owned(),
+        format!("/docs/{doc}"),
+    );
+    assert_eq!(told().await.unwrap(), std::slice::from_ref(&expected));
+    let unread: Value = bob
+        .get("/api/notifications/unread")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unread["unread"], 1, "the bell shows it");
+
+    // Removed, then added again: told again.
+    ada.post_form(&format!("/docs/{doc}/members/{}/remove", bob.id), &[])
+        .await;
+    share(&ada, doc, "bob", "read").await;
+    assert_eq!(told().await.unwrap(), [expected.clone(), expected]);
+}
+
 /// Connects, syncs, and returns the socket with the replica brought up to date.
 async fn synced_editor(cookie: &str, app: &TestApp, doc: i64) -> (WsClient, State) {
     let replica = State::from_updates([]).unwrap();

@@ -1,6 +1,7 @@
 //! The mailer against a real SMTP conversation: a minimal SMTP server on a local port that
 //! records what it is sent, or refuses recipients, in front of a real PostgreSQL outbox.
 
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hearth::mail::{MailError, Mailer, Message, Purpose, Sent};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -225,4 +226,91 @@ async fn a_connection_lost_after_the_message_was_sent_is_not_sent_again() {
         Sent::InDoubt
     );
     assert!(again.try_recv().is_err());
+}
+
+/// The parts of a multipart message as `(content type, decoded body)`, undoing
+/// quoted-printable and base64 (lettre picks the encoding by the text).
+fn parts(data: &str) -> Vec<(String, String)> {
+    let boundary = data
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("not multipart: {data}"));
+    data.split(&format!("--{boundary}"))
+        .skip(1)
+        .filter_map(|part| {
+            let (head, body) = part.split_once("\n\n")?;
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_ascii_lowercase())
+                    .unwrap_or_default()
+            };
+            let bytes = match header("Content-Transfer-Encoding:").as_str() {
+                "quoted-printable" => quoted_printable(body),
+                "base64" => BASE64
+                    .decode(body.split_whitespace().collect::<String>())
+                    .unwrap(),
+                _ => body.as_bytes().to_vec(),
+            };
+            Some((header("Content-Type:"), String::from_utf8(bytes).unwrap()))
+        })
+        .collect()
+}
+
+fn quoted_printable(body: &str) -> Vec<u8> {
+    let joined = body.replace("=\n", "");
+    let mut out = Vec::new();
+    let mut bytes = joined.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'=' {
+            let hex: String = [bytes.next().unwrap(), bytes.next().unwrap()]
+                .iter()
+                .map(|&c| c as char)
+                .collect();
+            out.push(u8::from_str_radix(&hex, 16).unwrap());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_published_mail_has_its_address_as_a_link_in_an_html_part() {
+    let (url, mut received) = smtp_server(Server::Accept).await;
+    let app = TestApp::builder()
+        .settings(|c: &mut hearth::mail::MailSettings| c.smtp_url = Some(url.clone()))
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    ada.set_email("ada@example.com").await;
+    let slug = ada.write("A <b>bold</b> “title”", "body", true).await;
+    app.drain("mail").await;
+
+    let mut data = received.recv().await.unwrap();
+    while !data.contains("is published") {
+        data = received.recv().await.unwrap();
+    }
+    assert!(data.contains("multipart/alternative"), "{data}");
+    let parts = parts(&data);
+    let text = &parts
+        .iter()
+        .find(|(kind, _)| kind.starts_with("text/plain"))
+        .unwrap_or_else(|| panic!("no text part: {data}"))
+        .1;
+    let html = &parts
+        .iter()
+        .find(|(kind, _)| kind.starts_with("text/html"))
+        .unwrap_or_else(|| panic!("no HTML part: {data}"))
+        .1;
+    let address = format!("{}/posts/{slug}", app.state.config.site_url());
+    // The text keeps the plain address; the HTML links it, and escapes the title.
+    assert!(text.contains(&format!("\n{address}\n")), "{text}");
+    assert!(!text.contains("<a "), "{text}");
+    assert!(
+        html.contains(&format!("<a href=\"{address}\">{address}</a>")),
+        "{html}"
+    );
+    assert!(html.contains("A &lt;b&gt;bold&lt;/b&gt; “title”"), "{html}");
 }

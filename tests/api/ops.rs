@@ -370,6 +370,96 @@ async fn bulk_actions_apply_to_the_filtered_jobs_only() {
 }
 
 #[tokio::test]
+async fn a_bulk_action_without_a_filter_needs_all_jobs_confirmed() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    let ids = [
+        parked_job(&app, "ops.one").await,
+        parked_job(&app, "ops.two").await,
+    ];
+    let empty = [
+        ("state", ""),
+        ("queue", ""),
+        ("kind", ""),
+        ("tag", ""),
+        ("id", ""),
+    ];
+
+    // The list without a filter asks for the box, with the count.
+    let list = root.get("/ops/jobs").await.text().await.unwrap();
+    assert!(list.contains(r#"data-testid="bulk-all""#), "{list}");
+    assert!(
+        list.contains("All jobs, no filter being set (2 jobs)"),
+        "{list}"
+    );
+    let filtered = root
+        .get("/ops/jobs?kind=ops.one")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !filtered.contains(r#"data-testid="bulk-all""#),
+        "{filtered}"
+    );
+    assert!(
+        filtered.contains("Every job matching this filter (1 job)"),
+        "{filtered}"
+    );
+
+    // Unconfirmed: refused by the form, nothing done.
+    let mut form = empty.to_vec();
+    form.push(("action", "discard"));
+    let response = root.post_form("/ops/jobs/bulk", &form).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(page.contains(r#"data-testid="bulk-error""#), "{page}");
+    assert!(
+        page.contains("No filter is set, so discard would act on every job"),
+        "{page}"
+    );
+    for id in ids {
+        assert_eq!(job_state(&app, id).await, "scheduled");
+    }
+
+    // Confirmed: every job.
+    form.push(("all", "yes"));
+    let response = root.post_form("/ops/jobs/bulk", &form).await;
+    assert!(response.status().is_redirection(), "{}", response.status());
+    for id in ids {
+        assert_eq!(job_state(&app, id).await, "discarded");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_state_filter_is_a_400_naming_the_states() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app, "root").await;
+    for path in ["/ops/jobs?state=bogus", "/ops/jobs?state=Completed&kind=x"] {
+        let response = root.get(path).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("There is no job state called"), "{page}");
+        assert!(
+            page.contains(
+                "The states are scheduled, available, running, completed, discarded, cancelled."
+            ),
+            "{page}"
+        );
+        // An error page of the site, with its navigation.
+        assert!(page.contains(r#"data-testid="signed-in-user""#), "{page}");
+    }
+    let response = root
+        .post_form("/ops/jobs/bulk", &[("state", "bogus"), ("action", "retry")])
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        root.get("/ops/jobs?state=completed").await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn queues_pause_and_resume_and_schedules_run_now() {
     let app = TestApp::spawn().await;
     let root = admin(&app, "root").await;

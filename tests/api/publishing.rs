@@ -3,12 +3,15 @@
 
 use hearth::{
     jobs::{Enqueue, testing},
-    publishing::jobs::{DailyDigest, PostPublished},
+    publishing::jobs::{DIGEST_POSTS, DailyDigest, PostPublished},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_redirect, read_events};
+use crate::{
+    helpers::{TestApp, assert_redirect, read_events},
+    uploads::{accepted, run_imports},
+};
 
 /// The outbox but the verification mails (`TestUser::set_email` verifies the address).
 async fn outbox(app: &TestApp) -> Vec<(String, String, String, Option<String>)> {
@@ -305,7 +308,7 @@ async fn in_the_dev_mailbox_users_read_their_own_mail_and_admins_read_all() {
     let ada = app.user("ada").await;
     let bob = app.user("bob").await;
     ada.set_email("ada@example.com").await;
-    ada.write("Mailed", "body", true).await;
+    let slug = ada.write("Mailed", "body", true).await;
     app.drain("mail").await;
     let root = app.user("root").await;
     sqlx::query("UPDATE users SET is_admin = true WHERE username = 'root'")
@@ -327,6 +330,12 @@ async fn in_the_dev_mailbox_users_read_their_own_mail_and_admins_read_all() {
             .await
             .unwrap();
         assert!(page.contains("ada@example.com"));
+        // The post's address is a link, as in the mail's HTML part.
+        let address = format!("{}/posts/{slug}", app.state.config.site_url());
+        assert!(
+            page.contains(&format!("<a href=\"{address}\">{address}</a>")),
+            "{page}"
+        );
     }
     let page = bob.get("/mailbox").await.text().await.unwrap();
     assert!(!page.contains("Mailed"), "bob sees only his own mail");
@@ -450,6 +459,92 @@ async fn the_daily_digest_lists_unread_posts_once_per_day() {
     assert_eq!(to, "bob@example.com");
     assert!(body.contains("Not read yet"), "{body}");
     assert!(!body.contains("Already read"), "{body}");
+}
+
+/// Runs the daily digest now and returns the digests' `(to, body)`.
+async fn digests(app: &TestApp) -> Vec<(String, String)> {
+    Enqueue::new(&DailyDigest::default())
+        .unwrap()
+        .enqueue(&app.pool)
+        .await
+        .unwrap();
+    app.drain("mail").await;
+    outbox(app)
+        .await
+        .into_iter()
+        .filter(|(_, subject, _, _)| subject.contains("digest"))
+        .map(|(to, _, body, _)| (to, body))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_daily_digest_leaves_out_what_an_import_published() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    bob.set_email("bob@example.com").await;
+    bob.post_form("/authors/ada/subscribe", &[]).await;
+    let csv = "title,body,publish\nImported one,a,true\nImported two,b,true\n\
+               Imported three,c,true\nImported draft,d,false\nImported again,e,true\n";
+    accepted(&app, &ada, "posts.csv", csv.as_bytes()).await;
+    assert_eq!(run_imports(&app).await, 1);
+    // Published by hand later, a draft the import brought over, or an imported post taken
+    // down and put back, is announced as any post is.
+    for path in [
+        "/posts/imported-draft/publish",
+        "/posts/imported-again/unpublish",
+        "/posts/imported-again/publish",
+    ] {
+        let response = ada.post_form(path, &[]).await;
+        assert!(
+            response.status().is_redirection(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    ada.write("Written here", "body", true).await;
+
+    let digests = digests(&app).await;
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    let body = &digests[0].1;
+    assert!(body.contains("Written here"), "{body}");
+    assert!(body.contains("Imported draft"), "{body}");
+    assert!(body.contains("Imported again"), "{body}");
+    for imported in ["Imported one", "Imported two", "Imported three"] {
+        assert!(!body.contains(imported), "{body}");
+    }
+    assert!(!body.contains("more:"), "{body}");
+}
+
+#[tokio::test]
+async fn a_digest_lists_at_most_its_bound_and_counts_the_rest() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    bob.set_email("bob@example.com").await;
+    bob.post_form("/authors/ada/subscribe", &[]).await;
+    let total = DIGEST_POSTS + 5;
+    sqlx::query(
+        "INSERT INTO posts (author_id, slug, title, body, body_html, published_at, publish_count)
+         SELECT $1, 'post-' || n, 'Post ' || n, 'b', '<p>b</p>',
+                now() - make_interval(mins => ($2 - n)::int), 1
+           FROM generate_series(1, $2) n",
+    )
+    .bind(ada.id)
+    .bind(total)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let digests = digests(&app).await;
+    let body = &digests[0].1;
+    let listed = body.matches("• Post ").count() as i64;
+    assert_eq!(listed, DIGEST_POSTS, "{body}");
+    // The newest first: the last five published are in, the first five are not.
+    assert!(body.contains(&format!("• Post {total} — by ada")), "{body}");
+    assert!(!body.contains("• Post 5 — by ada"), "{body}");
+    let all = format!("…and 5 more: {}/posts", app.state.config.site_url());
+    assert!(body.contains(&all), "{body}");
 }
 
 #[tokio::test]

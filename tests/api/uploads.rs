@@ -49,7 +49,7 @@ async fn post_upload(app: &TestApp, user: &TestUser<'_>, accept: &str, body: Vec
 }
 
 /// Uploads a file that must be accepted; returns `(upload_id, job_id)`.
-async fn accepted(
+pub(crate) async fn accepted(
     app: &TestApp,
     user: &TestUser<'_>,
     filename: &str,
@@ -64,7 +64,7 @@ async fn accepted(
 }
 
 /// Runs the waiting imports now, with what `serve` gives jobs (the cache included).
-async fn run_imports(app: &TestApp) -> usize {
+pub(crate) async fn run_imports(app: &TestApp) -> usize {
     let registry = app.registry();
     testing::drain(&app.pool, &registry, "default")
         .await
@@ -537,6 +537,53 @@ async fn an_upload_is_its_owners_only() {
     assert_eq!(
         ada.get(&format!("/uploads/{upload_id}")).await.status(),
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_job_of_an_import_links_to_its_console_page_for_admins_only() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("ada").await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (theirs, job_id) = accepted(&app, &ada, "a.csv", b"title,body\na,b\n").await;
+    let (ours, root_job) = accepted(&app, &root, "b.csv", b"title,body\na,b\n").await;
+
+    // A member reads the number; the console is not theirs, nor is raw JSON a page.
+    let page = ada
+        .get(&format!("/uploads/{theirs}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            r#"<span data-testid="upload-job">#{job_id}</span>"#
+        )),
+        "{page}"
+    );
+    assert!(!page.contains("/api/jobs/"), "{page}");
+    // An administrator follows it to the job's page, which is HTML.
+    let page = root
+        .get(&format!("/uploads/{ours}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let link =
+        format!(r#"<a href="/ops/jobs/{root_job}" data-testid="upload-job">#{root_job}</a>"#);
+    assert!(page.contains(&link), "{page}");
+    let job_page = root.get(&format!("/ops/jobs/{root_job}")).await;
+    assert_eq!(job_page.status(), StatusCode::OK);
+    assert!(
+        job_page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
     );
 }
 

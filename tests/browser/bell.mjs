@@ -2,10 +2,11 @@
 // publishes a post in the editor (with a preview); the reader's bell count goes up without a
 // reload; the reader opens the notification and lands on the post; the author, having verified
 // their address through the link mailed to it, finds the "your post is published" mail in the
-// dev mailbox.
+// dev mailbox, where the post's address is a link. Then the author invites the reader to a
+// private room: the reader's bell rises again and the notification leads to the room.
 // Screenshots: editor-preview.png, post.png, bell.png, notifications.png, posts-phone.png,
-// mailbox.png.
-import { BASE, clickAndWait, expectText, fail, newPage, run, shot, signup, step, uniqueName, verifyEmail } from './lib.mjs';
+// mailbox.png, mail.png, invitation.png.
+import { BASE, clickAndWait, expectPath, expectText, fail, newPage, run, shot, signup, step, uniqueName, verifyEmail } from './lib.mjs';
 
 const password = 'correct horse battery';
 const author = uniqueName('author');
@@ -71,5 +72,35 @@ await run(async ({ browser, page }) => {
       await page.waitForTimeout(250);
     }
     await shot(page, 'mailbox.png');
+  });
+
+  await step("f. the mail's address of the post is a link", async () => {
+    await clickAndWait(page, page.getByRole('link', { name: new RegExp(title) }).first());
+    const link = page.locator('[data-testid=mail-body] a[href*="/posts/"]');
+    if ((await link.count()) !== 1) fail('the post\'s address in the mail is not a link');
+    await shot(page, 'mail.png');
+  });
+
+  await step("g. an invitation to a private room raises the reader's bell and leads to the room", async () => {
+    const room = `Plans ${Date.now() % 10000}`;
+    await readerPage.setViewportSize({ width: 1280, height: 800 });
+    await page.goto(`${BASE}/chat`);
+    await page.locator('input[name=name]').fill(room);
+    await page.locator('input[name=private]').check();
+    await clickAndWait(page, page.getByRole('button', { name: 'Create room' }));
+    await page.locator('input[name=username]').fill(reader);
+    await clickAndWait(page, page.getByRole('button', { name: 'Invite' }));
+    await expectText(page, `${reader} can now open this room.`);
+    try {
+      await badge.waitFor({ state: 'visible' });
+    } catch {
+      fail('the bell never showed the invitation');
+    }
+    await clickAndWait(readerPage, readerPage.locator('a.bell'));
+    const invitation = `${author} invited you to ${room}`;
+    await clickAndWait(readerPage, readerPage.getByRole('button', { name: invitation }));
+    await expectText(readerPage, room);
+    expectPath(readerPage, new URL(page.url()).pathname, 'the invitation leads to the room');
+    await shot(readerPage, 'invitation.png');
   });
 });
