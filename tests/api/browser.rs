@@ -395,3 +395,23 @@ async fn a_new_room_says_it_is_empty_and_a_refused_message_keeps_its_text() {
     let app = TestApp::spawn().await;
     run_script(&app, "chat_refused.mjs", &[]).await;
 }
+
+#[tokio::test]
+async fn the_dashboard_draws_real_charts_with_axes_legends_and_hover_values() {
+    let app = TestApp::spawn().await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    run_script(
+        &app,
+        "dashboard.mjs",
+        &[
+            ("ADMIN_USER", "root"),
+            ("PASSWORD", "correct horse battery"),
+        ],
+    )
+    .await;
+}
