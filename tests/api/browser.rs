@@ -415,3 +415,24 @@ async fn the_dashboard_draws_real_charts_with_axes_legends_and_hover_values() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_editor_names_the_images_that_cannot_be_shown_and_the_post_shows_the_rest() {
+    let images = crate::images::ImageServer::start().await;
+    let app = crate::images::app_allowing_loopback().await;
+    app.user("ada").await;
+    let port = images.address.port();
+    run_script(
+        &app,
+        "images.mjs",
+        &[
+            ("AUTHOR", "ada"),
+            ("PASSWORD", "correct horse battery"),
+            ("ALLOWED_IMAGE", &images.url("/pic.png")),
+            // Loopback too, by a name the allow-list does not hold.
+            ("REFUSED_IMAGE", &format!("http://localhost:{port}/pic.png")),
+            ("NOT_IMAGE", &images.url("/page.html")),
+        ],
+    )
+    .await;
+}
