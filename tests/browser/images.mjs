@@ -39,7 +39,7 @@ await run(async ({ page }) => {
     if (items.some((i) => i.includes(allowed))) fail(`the allowed image is listed: ${JSON.stringify(items)}`);
     await page.waitForFunction(() => document.querySelector('.preview img')?.naturalWidth > 0);
     const shown = await images(page, '.preview');
-    if (!shown[0].src.startsWith('/img/') || shown[0].width !== 1) fail(`the preview's images: ${JSON.stringify(shown)}`);
+    if (!shown[0].src.startsWith('/img/') || shown[0].width !== 48) fail(`the preview's images: ${JSON.stringify(shown)}`);
     await shot(page, 'preview-1280.png');
     await page.setViewportSize({ width: 390, height: 844 });
     const wide = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -56,7 +56,7 @@ await run(async ({ page }) => {
     await expectText(page, 'A dot:');
     await page.waitForFunction(() => document.querySelector('.prose img')?.complete);
     const shown = await images(page, '.prose');
-    const dot = shown.find((i) => i.src.startsWith('/img/') && i.width === 1);
+    const dot = shown.find((i) => i.src.startsWith('/img/') && i.width === 48);
     if (!dot) fail(`the post's images: ${JSON.stringify(shown)}`);
     if (shown.some((i) => !i.src.startsWith('/img/'))) fail(`an image is not proxied: ${JSON.stringify(shown)}`);
     await shot(page, 'post-1280.png');
