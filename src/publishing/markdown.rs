@@ -3,8 +3,14 @@
 //! noreferrer nofollow"` to links. Rendered once when a post is saved, not on every view.
 //!
 //! Headings go one level down (`#` is an `<h2>`): the post's title is the page's one `<h1>`.
+//! An image from another site (`![](https://…)`, or `<img src="https://…">`) is rewritten to
+//! Hearth's image proxy ([`super::images`]): the page's CSP allows images from Hearth alone.
+
+use std::borrow::Cow;
 
 use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd, html};
+
+use super::images::ImageSigner;
 
 /// The level a Markdown heading is rendered at: one below, as the title is the `<h1>`.
 fn demoted(level: HeadingLevel) -> HeadingLevel {
@@ -18,8 +24,8 @@ fn demoted(level: HeadingLevel) -> HeadingLevel {
     }
 }
 
-/// The sanitised HTML of `markdown`.
-pub fn render(markdown: &str) -> String {
+/// The sanitised HTML of `markdown`, its external images signed by `images` for the proxy.
+pub fn render(markdown: &str, images: &ImageSigner) -> String {
     let options = Options::ENABLE_TABLES
         | Options::ENABLE_STRIKETHROUGH
         | Options::ENABLE_TASKLISTS
@@ -41,8 +47,21 @@ pub fn render(markdown: &str) -> String {
     });
     let mut unsafe_html = String::with_capacity(markdown.len() * 3 / 2);
     html::push_html(&mut unsafe_html, events);
+    let images = images.clone();
     ammonia::Builder::default()
         .link_rel(Some("noopener noreferrer nofollow"))
+        // Called on the attributes ammonia keeps, after its URL scheme checks.
+        .attribute_filter(move |element, attribute, value| {
+            if element == "img" && attribute == "src" {
+                images
+                    .rewrite(value)
+                    .map_or(Some(Cow::Borrowed(value)), |proxied| {
+                        Some(Cow::Owned(proxied))
+                    })
+            } else {
+                Some(Cow::Borrowed(value))
+            }
+        })
         .clean(&unsafe_html)
         .to_string()
 }
@@ -72,7 +91,13 @@ pub fn excerpt(markdown: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use axum_extra::extract::cookie::Key;
+
     use super::*;
+
+    fn render(markdown: &str) -> String {
+        super::render(markdown, &ImageSigner::new(&Key::from(&[1u8; 64])))
+    }
 
     #[test]
     fn markdown_is_rendered() {
@@ -94,6 +119,20 @@ mod tests {
         assert!(!html.contains("onerror"), "{html}");
         assert!(!html.contains("javascript:"), "{html}");
         assert!(!html.contains("onclick"), "{html}");
+    }
+
+    #[test]
+    fn external_images_go_through_the_proxy_and_local_ones_stay() {
+        let html = render(
+            "![a](https://example.com/a.png) ![b](/static/favicon.svg)\n\n<img src=\"http://example.com/c.gif\" alt=c>",
+        );
+        assert!(!html.contains("example.com"), "{html}");
+        assert_eq!(html.matches("src=\"/img/").count(), 2, "{html}");
+        assert!(html.contains("src=\"/static/favicon.svg\""), "{html}");
+        // Links to other sites are not images: they stay as they are.
+        assert!(
+            render("[x](https://example.com/a.png)").contains("href=\"https://example.com/a.png\"")
+        );
     }
 
     #[test]

@@ -6,17 +6,21 @@
 //! * `pages`: the public list and post pages (page-cached for anonymous readers, tagged so an
 //!   edit drops exactly the pages that show it; answering revalidations with `304` before
 //!   their expensive part), the editor, author pages and subscriptions.
+//! * [`images`]: external images in posts, signed when rendered and fetched through Hearth's
+//!   image proxy (`/img/…`), which refuses private addresses, non-images and large files.
 //! * [`jobs`]: what publishing enqueues in its own transaction — the "your post was
 //!   published" mail and the subscribers' notifications — and the daily digest.
 
+pub mod images;
 pub mod jobs;
 pub mod markdown;
 mod pages;
 pub mod post;
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use axum::{
+    Extension,
     handler::Handler,
     routing::{get, post},
 };
@@ -46,6 +50,21 @@ pub fn app() -> App {
         .migrations(&MIGRATIONS)
         .settings::<PublishingSettings>()
         .routes(|ctx| Ok(routes(ctx.state())))
+        // The image proxy needs no session, and keeps its images in the cache itself.
+        .api_routes(|ctx| {
+            let settings = ctx.settings::<PublishingSettings>()?;
+            let proxy = images::ImageProxy {
+                signer: images::ImageSigner::from_state(ctx.state()),
+                fetcher: images::Fetcher::new(
+                    images::Allowed::parse(&settings.image_proxy_allow_hosts),
+                    settings.image_proxy_max_bytes,
+                    settings.image_proxy_timeout,
+                )?,
+            };
+            Ok(Routes::new()
+                .route("/img/{signature}/{url}", get(images::serve))
+                .layer(Extension(Arc::new(proxy))))
+        })
         .job_with::<jobs::PostPublished>(Mailing::build)
         .job_with::<jobs::NotifySubscribers>(|ctx| Ok(ctx.state().channels.clone()))
         .job_with::<jobs::DailyDigest>(|ctx| {
@@ -70,7 +89,7 @@ pub fn app() -> App {
         .nav(|_| Ok(NavLink::new("Write", "/posts/new", Show::SignedIn)))
 }
 
-/// The publishing app's settings: when the daily digest goes out.
+/// The publishing app's settings: when the daily digest goes out, and the image proxy's limits.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PublishingSettings {
     /// The hour (0-23) the daily digest goes out.
@@ -85,6 +104,24 @@ pub struct PublishingSettings {
         global = true
     )]
     pub digest_time_zone: String,
+
+    /// The largest image the image proxy fetches, in bytes.
+    #[arg(long, env = "HEARTH_IMAGE_PROXY_MAX_BYTES", default_value_t = 5 * 1024 * 1024, global = true)]
+    pub image_proxy_max_bytes: usize,
+
+    /// How long the image proxy waits for an image, connection and body included.
+    #[arg(long, env = "HEARTH_IMAGE_PROXY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub image_proxy_timeout: Duration,
+
+    /// Hosts the image proxy may fetch from although they are on a private or local network
+    /// (host names or addresses as written in URLs, comma-separated): for tests and intranets.
+    #[arg(
+        long,
+        env = "HEARTH_IMAGE_PROXY_ALLOW_HOSTS",
+        default_value = "",
+        global = true
+    )]
+    pub image_proxy_allow_hosts: String,
 }
 
 impl PublishingSettings {
@@ -101,10 +138,21 @@ impl PublishingSettings {
 
 impl fmt::Display for PublishingSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        writeln!(
             f,
             "  daily digest        at {}:00 {}",
             self.digest_hour, self.digest_time_zone
+        )?;
+        write!(
+            f,
+            "  image proxy         {} bytes, {:?}, private hosts allowed: {}",
+            self.image_proxy_max_bytes,
+            self.image_proxy_timeout,
+            if self.image_proxy_allow_hosts.is_empty() {
+                "none"
+            } else {
+                &self.image_proxy_allow_hosts
+            }
         )
     }
 }

@@ -14,7 +14,9 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    LIST_TAG, author_tag, insert_with_free_slug,
+    LIST_TAG, author_tag,
+    images::ImageSigner,
+    insert_with_free_slug,
     jobs::{NotifySubscribers, PostPublished},
     markdown,
     post::{Body, Title},
@@ -397,7 +399,7 @@ pub(super) async fn create(
             ));
         }
     };
-    let html = markdown::render(body.as_str());
+    let html = markdown::render(body.as_str(), &ImageSigner::from_state(&state));
     let mut tx = state.db.begin().await?;
     let (id, slug) = insert_with_free_slug(&mut tx, login.user.id, &title, &body, &html)
         .await?
@@ -506,7 +508,7 @@ pub(super) async fn update(
             ));
         }
     };
-    let html = markdown::render(body.as_str());
+    let html = markdown::render(body.as_str(), &ImageSigner::from_state(&state));
     let mut tx = state.db.begin().await?;
     sqlx::query!(
         "UPDATE posts SET title = $2, body = $3, body_html = $4, updated_at = now() WHERE id = $1",
@@ -588,11 +590,15 @@ pub(super) struct PreviewForm {
 
 /// The editor's preview: the body rendered exactly as it will be shown.
 pub(super) async fn preview(
+    State(state): State<AppState>,
     _login: RequireLogin,
     Form(form): Form<PreviewForm>,
 ) -> Result<Html<String>, WebError> {
     let body = Body::parse(&form.body).map_err(WebError::Unprocessable)?;
-    Ok(Html(markdown::render(body.as_str())))
+    Ok(Html(markdown::render(
+        body.as_str(),
+        &ImageSigner::from_state(&state),
+    )))
 }
 
 #[derive(Template)]

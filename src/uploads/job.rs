@@ -30,7 +30,7 @@ use crate::{
     channels::{ChannelLayer, GroupName},
     jobs::{Defaults, Job, JobContext, Outcome},
     notifications::{self, Kind, NewNotification},
-    publishing::{self, markdown},
+    publishing::{self, images::ImageSigner, markdown},
 };
 
 /// Rows inserted between two progress reports.
@@ -90,7 +90,8 @@ impl ImportCsv {
             return Outcome::with_result("the upload is already finished");
         };
         progress.report(0, "Checking the file…".into()).await?;
-        let checked = tokio::task::spawn_blocking(move || prepare(&content)).await?;
+        let images = ctx.deps.images.clone();
+        let checked = tokio::task::spawn_blocking(move || prepare(&content, &images)).await?;
 
         let mut cache = None;
         let (status, summary) = match checked {
@@ -173,6 +174,8 @@ struct JobResult {
 pub struct ImportDeps {
     pub channels: ChannelLayer,
     pub cache: Cache,
+    /// Signs the posts' external images for the image proxy.
+    pub images: ImageSigner,
 }
 
 /// Where the job says how far it got: its status, and the upload's group.
@@ -221,12 +224,12 @@ struct Ready {
     html: String,
 }
 
-fn prepare(content: &[u8]) -> Result<Vec<Ready>, Rejection> {
+fn prepare(content: &[u8], images: &ImageSigner) -> Result<Vec<Ready>, Rejection> {
     let rows = import::read(content)?;
     Ok(rows
         .into_iter()
         .map(|row| Ready {
-            html: markdown::render(row.body.as_str()),
+            html: markdown::render(row.body.as_str(), images),
             row,
         })
         .collect())

@@ -55,6 +55,7 @@ pub fn app() -> App {
             Ok(job::ImportDeps {
                 channels: ctx.state().channels.clone(),
                 cache: ctx.state().cache.clone(),
+                images: crate::publishing::images::ImageSigner::from_state(ctx.state()),
             })
         })
         .body_limit(|sections| Ok(upload_request_limit(section::<UploadSettings>(sections)?)))

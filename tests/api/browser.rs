@@ -395,3 +395,44 @@ async fn a_new_room_says_it_is_empty_and_a_refused_message_keeps_its_text() {
     let app = TestApp::spawn().await;
     run_script(&app, "chat_refused.mjs", &[]).await;
 }
+
+#[tokio::test]
+async fn the_dashboard_draws_real_charts_with_axes_legends_and_hover_values() {
+    let app = TestApp::spawn().await;
+    let root = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
+        .bind(root.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    run_script(
+        &app,
+        "dashboard.mjs",
+        &[
+            ("ADMIN_USER", "root"),
+            ("PASSWORD", "correct horse battery"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_editor_names_the_images_that_cannot_be_shown_and_the_post_shows_the_rest() {
+    let images = crate::images::ImageServer::start().await;
+    let app = crate::images::app_allowing_loopback().await;
+    app.user("ada").await;
+    let port = images.address.port();
+    run_script(
+        &app,
+        "images.mjs",
+        &[
+            ("AUTHOR", "ada"),
+            ("PASSWORD", "correct horse battery"),
+            ("ALLOWED_IMAGE", &images.url("/pic.png")),
+            // Loopback too, by a name the allow-list does not hold.
+            ("REFUSED_IMAGE", &format!("http://localhost:{port}/pic.png")),
+            ("NOT_IMAGE", &images.url("/page.html")),
+        ],
+    )
+    .await;
+}

@@ -22,6 +22,7 @@ mod helpers;
 mod hostile;
 mod house;
 mod http2;
+mod images;
 mod jobs;
 mod leaks;
 mod login_policy;

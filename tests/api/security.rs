@@ -381,6 +381,12 @@ fn cases(f: &Fixture<'_>) -> Vec<Case> {
             [NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND, Ok],
         ),
         get("/authors/{username}", "/authors/olivia", anyone(Ok)),
+        // The image proxy fetches only what a post names: an unsigned address, for anyone.
+        get(
+            "/img/{signature}/{url}",
+            "/img/AAAAAAAAAAAAAAAAAAAAAA/aHR0cDovLzEyNy4wLjAuMS9hLnBuZw",
+            anyone(FORBIDDEN),
+        ),
         get("/posts/new", "/posts/new", signed_in(Ok)),
         get(
             "/posts/{slug}/edit",
