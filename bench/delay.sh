@@ -10,7 +10,7 @@
 # and counts round trips (turns: client bytes after server bytes on a connection). For each side
 # of DELAYS ("direct" is no proxy at all, "0ms" is the proxy's own cost): the measured delay
 # (`bench db-rtt`, sequential SELECT 1), then on a fresh `hearth-bench serve` whose DATABASE_URL
-# goes through the proxy: W1 (wrk c=CONNS on /bench/page), round trips per request of real pages
+# goes through the proxy: W1 (wrk c=CONNS on /bench/page, then on /bench/page-pipelined), round trips per request of real pages
 # (one request at a time, less the background's own turns over as long idle), W5 and W6 with the
 # Rust clients (turns per message sent), then W4 (`bench jobs both`, turns per job).
 # Results: $OUTDIR/delay.json (one JSON line per measurement); BENCHMARKS.md gets its section
@@ -137,10 +137,10 @@ pages() { # side: round trips per request, one request at a time
     record "$1" "trips" "$out" "{\"path\":\"$path\",\"requests\":$n,\"turns\":$t,\"idle_turns_per_s\":$idle}"
   done
 }
-w1() {
-  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$HEARTH_PORT/bench/page" >/dev/null 2>&1
-  record "$1" w1 "$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 10s -s "$BENCH/clients/wrk_json.lua" \
-    "http://127.0.0.1:$HEARTH_PORT/bench/page" 2>&1 | grep '^{' | tail -1)"
+w1() { # side workload path: W1's page through the pool (w1) or the pipeline (w1p)
+  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$HEARTH_PORT$3" >/dev/null 2>&1
+  record "$1" "$2" "$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 10s -s "$BENCH/clients/wrk_json.lua" \
+    "http://127.0.0.1:$HEARTH_PORT$3" 2>&1 | grep '^{' | tail -1)"
 }
 w5() {
   local a b out; a=$(counters)
@@ -175,7 +175,7 @@ for side in $DELAYS; do
   record "$side" rtt "$("$HEARTH" bench db-rtt --url "$URL" --n 2000 2>>"$LOG")"
   start_server || exit 1
   sleep 2  # start-up's own queries (migrations check, seed, schedules) are over
-  pages "$side"; w1 "$side"; w5 "$side"; w6 "$side"
+  pages "$side"; w1 "$side" w1 /bench/page; w1 "$side" w1p /bench/page-pipelined; w5 "$side"; w6 "$side"
   stop SERVER_PID
   w4 "$side"
   stop PROXY_PID
