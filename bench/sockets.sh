@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/sockets.sh -- one machine pushed to its limit with sockets (issue #36).
 #
-#   bench/sockets.sh                                   # every part, ~10 min
+#   bench/sockets.sh                                   # every part, ~12 min
 #   PARTS="fanout" FANOUT_MESSAGES=25 bench/sockets.sh # one part, shorter
 #
 # Parts (PARTS, in this order):
@@ -13,6 +13,8 @@
 #   many    MANY_CLIENTS sockets over INSTANCES instances on one database, one receiving client
 #           process per instance (each under the 20,000 open-files cap), the CPU of all instances
 #           holding them for HOLD seconds, then MANY_MESSAGES broadcasts at MANY_RATE/s to all
+#   floor   the same receivers on INSTANCES `bench ws-floor` servers (no database, no channel
+#           layer; the sender writes each message to every one): the machine's own cost
 # Every client process spreads its sockets over SOURCES loopback addresses of its own
 # (127.0.<process>.1, .2, ...): one address has ~28,000 ports to a server port, and Hearth limits
 # connections per address (HEARTH_WS_MAX_PER_ADDRESS, 5,000), which this keeps at its default.
@@ -20,7 +22,7 @@
 # (bench/scripts/sockets_report.py, through report.py) and bench/sockets.svg.
 #
 # Knobs (env): PARTS="base one fanout many" IDLE_CLIENTS=19000 HOLD=30 FANOUT_CLIENTS=10000
-#   FANOUT_RATE=5 FANOUT_MESSAGES=100 MANY_CLIENTS=100000 INSTANCES=6 MANY_MESSAGES=10 MANY_RATE=1
+#   FANOUT_RATE=5 FANOUT_MESSAGES=100 MANY_CLIENTS=100000 INSTANCES=6 MANY_MESSAGES=10 MANY_RATE=0.5
 #   SOURCES=4 BASE_PORT=8400 DB=hearth_bench PG=127.0.0.1:5432 SKIP_BUILD=1 NO_REPORT=1 NOTE=...
 #   OUTDIR=bench/results/<UTC timestamp>-sockets
 set -uo pipefail
@@ -28,11 +30,11 @@ BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 cd "$ROOT"
 
-PARTS="${PARTS:-base one fanout many}"
+PARTS="${PARTS:-base one fanout many floor}"
 IDLE_CLIENTS="${IDLE_CLIENTS:-19000}"; HOLD="${HOLD:-30}"
 FANOUT_CLIENTS="${FANOUT_CLIENTS:-10000}"; FANOUT_RATE="${FANOUT_RATE:-5}"; FANOUT_MESSAGES="${FANOUT_MESSAGES:-100}"
 MANY_CLIENTS="${MANY_CLIENTS:-100000}"; INSTANCES="${INSTANCES:-6}"
-MANY_MESSAGES="${MANY_MESSAGES:-10}"; MANY_RATE="${MANY_RATE:-1}"
+MANY_MESSAGES="${MANY_MESSAGES:-10}"; MANY_RATE="${MANY_RATE:-0.5}"
 SOURCES="${SOURCES:-4}"; BASE_PORT="${BASE_PORT:-8400}"
 PG="${PG:-127.0.0.1:5432}"; DB="${DB:-hearth_bench}"
 export NOTE="${NOTE:-}"
@@ -94,7 +96,7 @@ SERVERS=()
 start_servers() { # count [extra env...]
   local n=$1 i; shift; SERVERS=()
   for i in $(seq 0 $(( n - 1 ))); do
-    env "$@" HEARTH_BIND="127.0.0.1:$(( BASE_PORT + i ))" DATABASE_URL="$URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data-$i" \
+    env "$@" HEARTH_BIND="127.0.0.1:$(( BASE_PORT + i ))" DATABASE_URL="$URL" HEARTH_DATA_DIR="$OUTDIR/logs/hearth-data-$i" \
       RUST_LOG=warn setsid "$BIN" serve >>"$OUTDIR/logs/hearth-$i.log" 2>&1 </dev/null &
     SERVERS+=("$!"); STARTED+=("$!")
   done
@@ -108,7 +110,7 @@ ws_url() { echo "ws://127.0.0.1:$(( BASE_PORT + $1 ))/ws/chat/bench/"; }
 
 part_base() {
   [ -x "$PRODUCT" ] || { say "no $PRODUCT: base skipped"; return; }
-  env HEARTH_BIND="127.0.0.1:$BASE_PORT" DATABASE_URL="$URL" HEARTH_DATA_DIR="$OUTDIR/hearth-data-base" RUST_LOG=warn \
+  env HEARTH_BIND="127.0.0.1:$BASE_PORT" DATABASE_URL="$URL" HEARTH_DATA_DIR="$OUTDIR/logs/hearth-data-base" RUST_LOG=warn \
     setsid "$PRODUCT" serve >>"$OUTDIR/logs/hearth-base.log" 2>&1 </dev/null &
   local pid=$!; STARTED+=("$pid")
   for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$BASE_PORT/healthz" && break; sleep 0.2; done
@@ -138,11 +140,27 @@ part_fanout() {
   done
 }
 
-part_many() {
-  local per=$(( (MANY_CLIENTS + INSTANCES - 1) / INSTANCES )) i pids=() before after rss=""
-  # Each instance's connections to the database stay small, so six fit PostgreSQL's default 100.
-  start_servers "$INSTANCES" HEARTH_DB_MAX_CONNECTIONS=4 HEARTH_JOB_DB_CONNECTIONS=2
+# MANY_CLIENTS receivers over INSTANCES servers, one client process each, then broadcasts from
+# another process. $1: hearth (a message sent to instance 0 reaches the others through the
+# channel layer) or floor (`bench ws-floor` servers: no database, no channel layer; the sender
+# sends each message to every one of them, so what is left is what the kernel and the clients cost).
+many() {
+  local side=$1 per=$(( (MANY_CLIENTS + INSTANCES - 1) / INSTANCES )) i pids=() before after rss="" urls="" to_all=()
+  rm -f "$OUTDIR"/logs/receiver-*.json "$OUTDIR"/logs/receiver-*.log
+  if [ "$side" = hearth ]; then
+    # Each instance's connections to the database stay small, so six fit PostgreSQL's default 100.
+    start_servers "$INSTANCES" HEARTH_DB_MAX_CONNECTIONS=4 HEARTH_JOB_DB_CONNECTIONS=2
+  else
+    SERVERS=()
+    for i in $(seq 0 $(( INSTANCES - 1 ))); do
+      setsid "$BIN" bench ws-floor --listen "127.0.0.1:$(( BASE_PORT + i ))" >>"$OUTDIR/logs/floor-$i.log" 2>&1 </dev/null &
+      SERVERS+=("$!"); STARTED+=("$!")
+    done
+    sleep 1
+    to_all=(--send-to-all)
+  fi
   for i in $(seq 0 $(( INSTANCES - 1 ))); do
+    urls+="${urls:+,}$(ws_url "$i")"
     "$BIN" bench ws chat --role receive --url "$(ws_url "$i")" --clients "$per" --messages "$MANY_MESSAGES" \
       --rate "$MANY_RATE" --sources "$(sources "$i")" --connect-concurrency 100 --drain-s 20 \
       >"$OUTDIR/logs/receiver-$i.json" 2>"$OUTDIR/logs/receiver-$i.log" &
@@ -154,25 +172,30 @@ part_many() {
       sleep 1
     done
   done
-  say "$(cat "$OUTDIR"/logs/receiver-*.log | grep -h '^ready' | tr '\n' ' ')"
+  say "$side: $(cat "$OUTDIR"/logs/receiver-*.log | grep -h '^ready' | tr '\n' ' ')"
   for i in "${SERVERS[@]}"; do rss+="${rss:+,}$(rss_kib "$i")"; done
   before=$(cpu_ticks "${SERVERS[@]}"); sleep "$HOLD"; after=$(cpu_ticks "${SERVERS[@]}")
-  "$BIN" bench ws chat --role send --url "$(ws_url 0)" --messages "$MANY_MESSAGES" --rate "$MANY_RATE" --settle 0 \
-    >"$OUTDIR/logs/sender.json" 2>>"$OUTDIR/logs/clients.log"
+  [ "$side" = hearth ] && urls="$(ws_url 0)"
+  "$BIN" bench ws chat --role send --url "$urls" "${to_all[@]}" --messages "$MANY_MESSAGES" --rate "$MANY_RATE" \
+    --settle 0 >"$OUTDIR/logs/sender-$side.json" 2>>"$OUTDIR/logs/clients.log"
   for i in "${pids[@]}"; do wait "$i"; done
-  record many "$(cat "$OUTDIR"/logs/receiver-*.json | grep -h '^{' | python3 -c '
+  record "many" "$(cat "$OUTDIR"/logs/receiver-*.json | grep -h '^{' | python3 -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin]
 total = lambda k: sum(r.get(k) or 0 for r in rows)
 p = lambda k: [r.get(k) for r in rows if r.get(k) is not None]
 print(json.dumps({"processes": len(rows), "connected": total("connected"), "connect_failed": total("connect_failed"),
                   "expected": total("expected"), "delivered": total("delivered"), "lost": total("lost"),
-                  "duplicates": total("duplicates"), "p50_ms_range": [min(p("p50_ms"), default=None), max(p("p50_ms"), default=None)],
+                  "duplicates": total("duplicates"), "messages": rows[0].get("messages") if rows else None,
+                  "rate": rows[0].get("rate") if rows else None,
+                  "p50_ms_range": [min(p("p50_ms"), default=None), max(p("p50_ms"), default=None)],
                   "p99_ms_max": max(p("p99_ms"), default=None), "max_ms": max(p("max_ms"), default=None),
                   "per_process": rows}))')" \
-    "{\"instances\": $INSTANCES, \"hold_s\": $HOLD, \"servers_cpu_pct_held\": $(python3 -c "print(round(($after-$before)/$HOLD, 1))"), \"server_rss_kib\": [$rss]}"
+    "{\"side\": \"$side\", \"instances\": $INSTANCES, \"hold_s\": $HOLD, \"servers_cpu_pct_held\": $(python3 -c "print(round(($after-$before)/$HOLD, 1))"), \"server_rss_kib\": [$rss]}"
   stop_servers
 }
+part_many() { many hearth; }
+part_floor() { many floor; }
 
 for part in $PARTS; do
   say "== $part"

@@ -65,13 +65,20 @@ def section(bench_dir, md_dir, svg_path):
         elif part == "many":
             rss = r.get("server_rss_kib") or []
             lo, hi = res.get("p50_ms_range") or [None, None]
-            out.append(f"| {f(res.get('connected'), 0)} sockets over {r.get('instances')} instances "
-                       f"({res.get('processes')} client processes), then broadcasts to all | 100,000, p99 ≤ 1 s, none lost "
-                       f"| {f(res.get('connect_failed'), 0)} refused; holding them: {f(r.get('servers_cpu_pct_held'))} % of a core "
-                       f"for all instances; server RSS {f(min(rss) / 1024 if rss else None, 0)}–{f(max(rss) / 1024 if rss else None, 0)} MiB each; "
+            floor = r.get("side") == "floor"
+            what = ("the same on `bench ws-floor` servers (no database or channel layer; the sender writes to each): "
+                    "the machine's floor" if floor else
+                    f"{f(res.get('connected'), 0)} sockets over {r.get('instances')} instances "
+                    f"({res.get('processes')} client processes), then broadcasts sent to one instance")
+            out.append(f"| {what}, {res.get('messages')} broadcasts at {res.get('rate')}/s "
+                       f"| {'–' if floor else '100,000, p99 ≤ 1 s, none lost'} "
+                       f"| {f(res.get('connected'), 0)} connected, {f(res.get('connect_failed'), 0)} refused; "
+                       f"holding them: {f(r.get('servers_cpu_pct_held'))} % of a core for all servers; "
+                       f"server RSS {f(min(rss) / 1024 if rss else None, 0)}–{f(max(rss) / 1024 if rss else None, 0)} MiB each; "
                        f"p50 {f(lo, 1)}–{f(hi, 1)} ms, p99 ≤ {f(res.get('p99_ms_max'), 1)} ms (the worst process's), "
                        f"max {f(res.get('max_ms'), 1)} ms; lost {f(res.get('lost'), 0)} of {f(res.get('expected'), 0)} |")
-            chart.append((f"broadcast to {f(res.get('connected'), 0)}", res.get("p99_ms_max"), 1000))
+            name = "floor: broadcast to" if floor else "broadcast to"
+            chart.append((f"{name} {f(res.get('connected'), 0)}", res.get("p99_ms_max"), 1000))
     out += ["", f"![p99 delivery against its target]({os.path.relpath(svg_path, md_dir)})", "",
             "The p99 of the many-instance broadcast is the largest of the receiving processes' p99s, an upper bound "
             "of the p99 over all deliveries. Commands: `bench/sockets.sh` (knobs at its top).", ""]

@@ -57,9 +57,9 @@ pub struct WsArgs {
     pub clients: usize,
     #[arg(long, default_value_t = 200)]
     pub messages: usize,
-    /// Messages per second from the sender.
-    #[arg(long, default_value_t = 20)]
-    pub rate: u32,
+    /// Messages per second from the sender (0.5: one every two seconds).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
     #[arg(long = "drain-s", default_value_t = 15.0)]
@@ -78,6 +78,10 @@ pub struct WsArgs {
     /// `--role receive`: how long to wait for the first message before giving up.
     #[arg(long = "wait-s", default_value_t = 600.0)]
     pub wait_s: f64,
+    /// `--role send`: send each message to every URL of `--url`, not only the first (for a
+    /// floor server, which has no channel layer to carry a message to another instance).
+    #[arg(long = "send-to-all")]
+    pub send_to_all: bool,
     /// `idle`: how long the sockets are held while the server's CPU is measured.
     #[arg(long = "hold-s", default_value_t = 3.0)]
     pub hold_s: f64,
@@ -306,7 +310,7 @@ fn receive(
 /// Sends the `messages` at a steady `rate` (an absolute schedule), stamped with the wall clock
 /// when receivers are elsewhere; returns the first send's wall-clock time.
 async fn send(
-    sender: &mut Socket,
+    senders: &mut [Socket],
     args: &WsArgs,
     stamped: bool,
     shared: &Shared,
@@ -317,8 +321,8 @@ async fn send(
     );
     let (first_send, first_wall) = (shared.now_us(), wall_us());
     for seq in 0..args.messages {
-        let due = Duration::from_micros(first_send)
-            + Duration::from_secs_f64(seq as f64 / f64::from(args.rate));
+        let due =
+            Duration::from_micros(first_send) + Duration::from_secs_f64(seq as f64 / args.rate);
         tokio::time::sleep(due.saturating_sub(Duration::from_micros(shared.now_us()))).await;
         shared.sent[seq].store(shared.now_us(), Ordering::Release);
         let message = if stamped {
@@ -326,10 +330,12 @@ async fn send(
         } else {
             format!(r#"{{"message":"{seq}"}}"#)
         };
-        sender
-            .send(Message::text(message))
-            .await
-            .context("the sender's socket failed")?;
+        for sender in senders.iter_mut() {
+            sender
+                .send(Message::text(message.clone()))
+                .await
+                .context("the sender's socket failed")?;
+        }
         bar.inc(1);
         bar.set_message(shared.delivered.load(Ordering::Relaxed).to_string());
     }
@@ -339,14 +345,23 @@ async fn send(
 
 /// `--role send`: the sender alone, its messages stamped for receivers in other processes.
 async fn send_only(args: WsArgs) -> anyhow::Result<serde_json::Value> {
-    let first = args.url.split(',').next().unwrap_or_default().trim();
-    let mut sender = connect(first, None)
-        .await
-        .context("the sender cannot connect")?;
+    let urls: Vec<&str> = args.url.split(',').map(str::trim).collect();
+    let mut senders = Vec::new();
+    for url in if args.send_to_all {
+        &urls[..]
+    } else {
+        &urls[..1]
+    } {
+        senders.push(
+            connect(url, None)
+                .await
+                .context("the sender cannot connect")?,
+        );
+    }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let shared = Shared::new(args.messages);
     let started = Instant::now();
-    send(&mut sender, &args, true, &shared).await?;
+    send(&mut senders, &args, true, &shared).await?;
     // Closing at once could drop the last frames before the server has read them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(serde_json::json!({
@@ -360,7 +375,7 @@ async fn send_only(args: WsArgs) -> anyhow::Result<serde_json::Value> {
 /// (`drain_s` after the schedule the first one implies), or none came in `wait_s`.
 async fn until_received(shared: &Shared, expected: u64, args: &WsArgs) {
     let ready = Instant::now();
-    let schedule = args.messages as f64 / f64::from(args.rate) + args.drain_s;
+    let schedule = args.messages as f64 / args.rate + args.drain_s;
     loop {
         if shared.delivered.load(Ordering::Relaxed) >= expected {
             return;
@@ -411,7 +426,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
             .context("the sender cannot connect")?;
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         let (cpu0, wall0) = (crate::client::cpu_time(), Instant::now());
-        send(&mut sender, &args, false, &shared).await?;
+        send(std::slice::from_mut(&mut sender), &args, false, &shared).await?;
         drain(&shared, expected, args.drain_s).await;
         (cpu0, wall0)
     } else {
@@ -445,7 +460,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
         "messages": m, "rate": args.rate, "expected": expected, "delivered": got,
         "lost": expected - got, "duplicates": duplicates, "malformed": malformed,
         "deliveries_per_s": crate::client::per_s(got, span_s),
-        "offered_per_s": connected as u64 * u64::from(args.rate),
+        "offered_per_s": (connected as f64 * args.rate).round(),
         "p50_ms": summary.percentile_ms(50.0), "p99_ms": summary.percentile_ms(99.0), "max_ms": summary.max_ms(),
         "client_cpu_pct": crate::client::cpu_pct(cpu, wall),
     }))

@@ -168,7 +168,7 @@ async fn the_rust_load_clients_count_every_delivery() {
         url: app.ws_url("/ws/chat/load/"),
         clients: 20,
         messages: 10,
-        rate: 100,
+        rate: 100.0,
         settle: 0.2,
         drain_s: 5.0,
         rss_pid: None,
@@ -176,6 +176,7 @@ async fn the_rust_load_clients_count_every_delivery() {
         role: hearth_bench::ws::Role::Both,
         sources: Vec::new(),
         wait_s: 10.0,
+        send_to_all: false,
         hold_s: 0.0,
     })
     .await
@@ -220,7 +221,7 @@ async fn split_receivers_count_every_stamped_message_from_another_sender() {
         url: app.ws_url("/ws/chat/split/"),
         clients,
         messages: 10,
-        rate: 100,
+        rate: 100.0,
         settle,
         drain_s: 5.0,
         rss_pid: None,
@@ -228,6 +229,7 @@ async fn split_receivers_count_every_stamped_message_from_another_sender() {
         role,
         sources: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
         wait_s: 20.0,
+        send_to_all: false,
         hold_s: 0.0,
     };
 
