@@ -207,9 +207,25 @@ function options(chart, width) {
   };
 }
 
-/** The columns uPlot draws: unix seconds, then one array per series. */
+/** More than this between two samples is a gap: seconds nobody sampled (a stalled server, a
+ * restart), which the line must not bridge with values that were never measured. */
+const GAP_MS = 2500;
+
+/** The columns uPlot draws: unix seconds, then one array per series; a null point a second
+ * after the last sample before a gap breaks the line there. */
 function columns(chart) {
-  return [samples.map((s) => s.t / 1000), ...chart.series.map(([, pick]) => samples.map(pick))];
+  const times = [];
+  const values = chart.series.map(() => []);
+  samples.forEach((sample, i) => {
+    const previous = samples[i - 1];
+    if (previous && sample.t - previous.t > GAP_MS) {
+      times.push(previous.t / 1000 + 1);
+      for (const column of values) column.push(null);
+    }
+    times.push(sample.t / 1000);
+    chart.series.forEach(([, pick], k) => values[k].push(pick(sample)));
+  });
+  return [times, ...values];
 }
 
 // The charts by name; the browser test reads their axes here (uPlot draws axis text on the

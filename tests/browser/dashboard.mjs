@@ -8,6 +8,8 @@
 //      the burst (a mean over its window, labelled), not the last second's 0
 //   e. nothing scrolls sideways at 360 px; screenshots at 360, 390 and 1280 px; axe-core finds
 //      no serious or critical violation; no console error (lib.mjs fails on any CSP violation)
+//   f. seconds that have no sample (nobody sampled them: a stalled server, a restart) are a gap
+//      in the line, not a straight line drawn through values that were never measured
 // Screenshots: dashboard-360.png, dashboard-390.png, dashboard-1280.png, dashboard-hover.png.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -147,5 +149,33 @@ await run(async ({ page }) => {
     });
     if (violations.length) fail(`axe-core:\n  ${violations.join('\n  ')}`);
     if (errors.length) fail(`console errors:\n  ${errors.join('\n  ')}`);
+  });
+
+  await step('f. seconds without a sample are a gap in the line', async () => {
+    // A history with 34 seconds missing, served in place of the server's stream.
+    const now = Date.now();
+    const sample = (ago, requests) => ({
+      t: now - ago * 1000, requests_per_s: requests, p50_ms: 1, p99_ms: 2, websockets: 0,
+      event_streams: 1, jobs_completed_per_s: 0, jobs_failed_per_s: 0, queue_depth: 0,
+      cache_hit_ratio: null, messages_published_per_s: 0, deliveries_per_s: 0,
+    });
+    const history = [sample(40, 5), sample(39, 6), sample(5, 7), sample(4, 8)];
+    await page.route('**/dashboard/stream', (route) => route.fulfill({
+      status: 200,
+      headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-store' },
+      body: `event: history\ndata: ${JSON.stringify(history)}\n\n`,
+    }));
+    await page.goto(`${BASE}/dashboard`);
+    await page.waitForFunction(() => document.querySelector('#charts')?.dataset.samples === '4');
+    const [times, values] = await page.evaluate(() => window.dashboardCharts.rps.data);
+    await page.unroute('**/dashboard/stream');
+    const measured = values.filter((v) => v !== null);
+    if (JSON.stringify(measured) !== '[5,6,7,8]') fail(`the chart lost or invented values: ${JSON.stringify(values)}`);
+    const at = values.indexOf(null);
+    if (at < 0) fail(`a line is drawn across the 34 seconds without samples: ${JSON.stringify(values)}`);
+    const [before, gap, after] = [times[at - 1], times[at], times[at + 1]].map((t) => t - now / 1000);
+    if (!(before < gap && gap < after && before < -30 && after > -10)) {
+      fail(`the gap is not between the samples around it: ${JSON.stringify(times)}`);
+    }
   });
 });
