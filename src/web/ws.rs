@@ -558,7 +558,10 @@ async fn run<C: Consumer>(
     idle: Duration,
 ) {
     OPEN.fetch_add(1, Relaxed);
-    let mut consumer = match C::connect(&mut ctx, params).await {
+    // The handlers' futures are boxed: awaited inline, the largest of them (a handler running
+    // queries holds kilobytes of driver state) would size this task, which every open socket
+    // keeps for its whole life, idle or not.
+    let mut consumer = match Box::pin(C::connect(&mut ctx, params)).await {
         Ok(consumer) => consumer,
         Err(e) => {
             match &e {
@@ -648,7 +651,7 @@ async fn run<C: Consumer>(
             }
             Turn::Delivery(delivery) => match delivery {
                 Some(delivery) => match delivery.decode::<C::Event>() {
-                    Ok(event) => consumer.event(&mut ctx, event, &delivery).await,
+                    Ok(event) => Box::pin(consumer.event(&mut ctx, event, &delivery)).await,
                     Err(e) => {
                         tracing::warn!(kind = %delivery.kind, error = %e, "no handler for this message type; ignored");
                         Ok(())
@@ -673,7 +676,7 @@ async fn run<C: Consumer>(
                     Some(Ok(Message::Text(text))) => {
                         FRAMES_IN.fetch_add(1, Relaxed);
                         match serde_json::from_str::<C::Incoming>(&text) {
-                            Ok(message) => consumer.receive(&mut ctx, message).await,
+                            Ok(message) => Box::pin(consumer.receive(&mut ctx, message)).await,
                             Err(e) => {
                                 ctx.send_json(&ErrorFrame {
                                     kind: "error",
@@ -685,7 +688,7 @@ async fn run<C: Consumer>(
                     }
                     Some(Ok(Message::Binary(bytes))) => {
                         FRAMES_IN.fetch_add(1, Relaxed);
-                        consumer.receive_binary(&mut ctx, bytes).await
+                        Box::pin(consumer.receive_binary(&mut ctx, bytes)).await
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 }
@@ -709,7 +712,7 @@ async fn run<C: Consumer>(
             }
         }
     };
-    consumer.disconnect(&mut ctx).await;
+    Box::pin(consumer.disconnect(&mut ctx)).await;
     if let Some(frame) = close {
         let _ = flush(&mut socket, &mut ctx).await;
         let _ = timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
@@ -798,4 +801,69 @@ async fn flush(socket: &mut WebSocket, ctx: &mut Connection) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A consumer whose handlers hold a large state across an await, as a handler that runs a
+    /// query does.
+    struct Heavy;
+
+    async fn heavy_work() {
+        let state = [7u8; 16 * 1024];
+        tokio::task::yield_now().await;
+        std::hint::black_box(&state);
+    }
+
+    impl Consumer for Heavy {
+        type Params = ();
+        type Incoming = serde_json::Value;
+        type Event = serde_json::Value;
+
+        async fn connect(_: &mut Connection, (): ()) -> Result<Self, ConsumerError> {
+            heavy_work().await;
+            Ok(Self)
+        }
+
+        async fn receive(
+            &mut self,
+            _: &mut Connection,
+            _: serde_json::Value,
+        ) -> Result<(), ConsumerError> {
+            heavy_work().await;
+            Ok(())
+        }
+
+        async fn event(
+            &mut self,
+            _: &mut Connection,
+            _: serde_json::Value,
+            _: &Delivery,
+        ) -> Result<(), ConsumerError> {
+            heavy_work().await;
+            Ok(())
+        }
+
+        async fn disconnect(&mut self, _: &mut Connection) {
+            heavy_work().await;
+        }
+    }
+
+    /// The size of what `f` returns, without calling it.
+    fn output_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open socket keeps its task for its whole life: the task must not be as large as
+    /// the largest handler's state (#36: thousands of idle sockets per instance).
+    #[test]
+    fn an_open_socket_s_task_does_not_carry_its_handlers_state() {
+        type Args = (WebSocket, Connection, (), Duration, Duration);
+        let size = output_size(|(socket, ctx, params, ping, idle): Args| {
+            run::<Heavy>(socket, ctx, params, ping, idle)
+        });
+        assert!(size < 4096, "the connection's task is {size} bytes");
+    }
 }
