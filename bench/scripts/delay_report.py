@@ -127,8 +127,8 @@ def write_svg(path, chart):
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
          'font-family="system-ui, sans-serif" font-size="12">',
          f'<rect width="{W}" height="{H}" fill="#fff"/>',
-         f'<text x="{left}" y="22" font-size="15" font-weight="600">W1 (through the pool and pipelined) and W4 with the database a hop away</text>',
-         f'<text x="{left}" y="40" fill="#555">100 % = the same workload on loopback without the proxy</text>']
+         '<text x="20" y="22" font-size="15" font-weight="600">W1 (through the pool and pipelined) and W4 with the database a hop away</text>',
+         '<text x="20" y="40" fill="#555">100 % = the same workload on loopback without the proxy</text>']
     for v in range(0, 121, 20):
         xx = x(v)
         s.append(f'<line x1="{xx:.1f}" y1="{top - 6}" x2="{xx:.1f}" y2="{H - 40}" stroke="{"#ccc" if v in (0, 100) else "#eee"}"/>')

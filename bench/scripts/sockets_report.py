@@ -78,7 +78,7 @@ def section(bench_dir, md_dir, svg_path):
                        f"p50 {f(lo, 1)}–{f(hi, 1)} ms, p99 ≤ {f(res.get('p99_ms_max'), 1)} ms (the worst process's), "
                        f"max {f(res.get('max_ms'), 1)} ms; lost {f(res.get('lost'), 0)} of {f(res.get('expected'), 0)} |")
             name = "floor: broadcast to" if floor else "broadcast to"
-            chart.append((f"{name} {f(res.get('connected'), 0)}", res.get("p99_ms_max"), 1000))
+            chart.append((f"{name} {f(res.get('connected'), 0)} at {res.get('rate')}/s", res.get("p99_ms_max"), 1000))
     out += ["", f"![p99 delivery against its target]({os.path.relpath(svg_path, md_dir)})", "",
             "The p99 of the many-instance broadcast is the largest of the receiving processes' p99s, an upper bound "
             "of the p99 over all deliveries. Commands: `bench/sockets.sh` (knobs at its top).", ""]
