@@ -307,7 +307,7 @@ impl Replicas {
             connections: (0..inner.replicas.len()).map(|_| None).collect(),
             primary_system: None,
             primary_failing: false,
-            timeout: settings.read_check_interval.max(Duration::from_secs(2)),
+            timeout: check_timeout(settings),
         };
         tokio::spawn(monitor.run(stop, settings.read_check_interval));
         Ok(Self {
@@ -438,6 +438,17 @@ impl Replicas {
             }
         }
     }
+}
+
+/// Longest a check may take before the replica counts as down: as long as a request waits for
+/// a connection (`HEARTH_DB_ACQUIRE_TIMEOUT`, a replica slower than that fails requests anyway),
+/// at least the check interval and 2 s, so that a busy machine does not mark a live replica
+/// down.
+fn check_timeout(settings: &DbSettings) -> Duration {
+    settings
+        .db_acquire_timeout
+        .max(settings.read_check_interval)
+        .max(Duration::from_secs(2))
 }
 
 /// How far back the monitor keeps the primary's positions: a replica behind all of them is
