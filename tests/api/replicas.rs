@@ -388,6 +388,31 @@ async fn a_read_url_naming_a_primary_is_skipped_with_a_log_line() {
 }
 
 #[tokio::test]
+async fn a_standby_of_another_cluster_is_skipped_with_a_log_line() {
+    let logs = Logs::default();
+    let _capture = logs.capture();
+    let (ours, theirs) = tokio::join!(Pair::start(), Pair::start());
+    let app = on_pair(&ours, |c| {
+        c.db.read_database_url = Some(theirs.standby_url())
+    })
+    .await;
+    until(&app, "the other cluster's standby is refused", |s| {
+        s[0].state == ReplicaState::OtherCluster
+    })
+    .await;
+    assert!(
+        logs.text()
+            .contains("it is a standby of another cluster than DATABASE_URL's"),
+        "{}",
+        logs.text()
+    );
+    let ada = app.user("ada").await;
+    ada.write("Only on ours", "Not on theirs.", true).await;
+    let bob = app.user("bob").await;
+    assert!(text(bob.get("/posts").await).await.contains("Only on ours"));
+}
+
+#[tokio::test]
 async fn a_read_url_that_does_not_parse_refuses_to_start() {
     let mut config = Config::from_env().unwrap();
     // Whitespace separates the URLs; a comma belongs to one (several hosts).
