@@ -504,9 +504,10 @@ async fn upgrade<C: Consumer>(
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
-        // Small buffers: most sockets are idle, and a connection costs about 10 KiB with a
-        // 4 KiB read buffer, 7 KiB with 1 KiB. Large messages are read in more chunks.
-        .read_buffer_size(1024)
+        // Small buffers: most sockets are idle, and every one keeps its read buffer for its
+        // whole life (4 KiB cost a socket about 10 KiB in all, 1 KiB 7 KiB; #36 took it to
+        // 512 bytes). A larger message is read whole all the same, 512 bytes per read.
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .on_upgrade(move |socket| opening.open::<C>(socket)))
 }
@@ -937,13 +938,15 @@ mod tests {
     }
 
     /// Every open socket keeps its task for its whole life: the task must not be as large as
-    /// the largest handler's state (#36: thousands of idle sockets per instance).
+    /// the largest handler's state, nor hold the socket and the connection more than once
+    /// (#36: thousands of idle sockets per instance). 3,088 bytes with `run` an `async fn`
+    /// under `#[tracing::instrument]`, 1,776 since.
     #[test]
     fn an_open_socket_s_task_does_not_carry_its_handlers_state() {
         type Args = (WebSocket, Connection, (), Duration, Duration, SocketSlot);
         let size = output_size(|(socket, ctx, params, ping, idle, slot): Args| {
             run::<Heavy>(socket, ctx, params, ping, idle, slot)
         });
-        assert!(size < 4096, "the connection's task is {size} bytes");
+        assert!(size <= 2048, "the connection's task is {size} bytes");
     }
 }
