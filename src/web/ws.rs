@@ -526,6 +526,10 @@ struct Opening<P> {
 impl<P> Opening<P> {
     /// The connection's future, tracked by the channel layer so that shutdown waits for its
     /// close frame; the slot is given back when it ends.
+    #[allow(
+        clippy::boxed_local,
+        reason = "boxed by the upgrade handler, so that axum's callback captures one pointer"
+    )]
     fn open<C: Consumer<Params = P>>(
         self: Box<Self>,
         socket: WebSocket,
@@ -660,9 +664,13 @@ async fn serve<C: Consumer>(
     // One timer for the ping and the idle timeout, set for whichever comes first: a frame from
     // the client moves the idle deadline but not the timer, which finds the new deadline
     // when it fires and is set again (one registration per ping interval, not one per frame).
-    let mut next_ping = Instant::now() + ping_every;
+    // A zero interval sends no pings (rather than one per turn of the loop).
+    let mut next_ping = (!ping_every.is_zero()).then(|| Instant::now() + ping_every);
     let mut idle_at = Instant::now() + idle;
-    let timer = tokio::time::sleep_until(next_ping.min(idle_at));
+    let due = |next_ping: Option<Instant>, idle_at: Instant| {
+        next_ping.map_or(idle_at, |p| p.min(idle_at))
+    };
+    let timer = tokio::time::sleep_until(due(next_ping, idle_at));
     tokio::pin!(timer);
     let quiet = Arc::new(QuietWake::default());
     let quiet_waker = Waker::from(quiet.clone());
@@ -726,11 +734,11 @@ async fn serve<C: Consumer>(
                 if now >= idle_at {
                     return Some(close_frame(close_code::IDLE_TIMEOUT, "idle timeout"));
                 }
-                if now >= next_ping {
+                if next_ping.is_some_and(|at| now >= at) {
                     ctx.outbox.push(Message::Ping(Default::default()));
-                    next_ping = now + ping_every;
+                    next_ping = Some(now + ping_every);
                 }
-                timer.as_mut().reset(next_ping.min(idle_at));
+                timer.as_mut().reset(due(next_ping, idle_at));
                 Ok(())
             }
             Turn::Delivery(delivery) => match delivery {
