@@ -79,8 +79,8 @@ const BUDGET: isize = 3328;
 
 /// The same for a member of a chat room: a user, a room, a presence entry, and the write
 /// buffer that keeps the size of the largest frame the socket was sent, here the hello with
-/// the room's presence list (about 90 bytes per member present, so this grows with the room;
-/// 11.8 KiB at the counts below, with #36's changes).
+/// the room's presence list (about 70 bytes per member present, so this grows with the room:
+/// 11.6–11.8 KiB at the counts below with #36's changes, 16.5 KiB before them).
 const CHAT_BUDGET: isize = 13 * 1024;
 
 /// Sockets opened to warm the server up (its maps, its allocator), then the sockets counted.
