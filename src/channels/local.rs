@@ -12,10 +12,8 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
 };
-
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::{ChannelError, ChannelLayer, ChannelName, Delivery, GroupName, PresenceUser, presence};
 
@@ -25,22 +23,120 @@ pub(super) const CONTROL_JOIN: &str = "hearth.group_add";
 pub(super) const CONTROL_LEAVE: &str = "hearth.group_discard";
 
 pub(super) struct Local {
+    /// `<instance>!`: a channel of this instance is named this prefix and its number.
     prefix: String,
     counter: AtomicU64,
-    // A std Mutex: held for map operations and non-blocking `try_send`s, never across an await.
+    // A std Mutex: held for map operations and non-blocking offers, never across an await.
     state: Mutex<State>,
 }
 
+/// This instance's connections by number (their names' suffix) and its groups' members. Keyed
+/// by number rather than by name: every open socket has an entry, and a name would be two more
+/// copies of a 40-byte string per socket (#36).
 #[derive(Default)]
 struct State {
-    channels: HashMap<String, Member>,
-    groups: HashMap<String, HashSet<String>>,
+    channels: HashMap<u64, Member>,
+    groups: HashMap<String, HashSet<u64>>,
 }
 
 struct Member {
-    tx: mpsc::Sender<Arc<Delivery>>,
-    groups: HashSet<String>,
-    slow: Arc<AtomicBool>,
+    queue: Arc<Queue>,
+    /// The groups it joined: one or two for most connections, so a list, not a set.
+    groups: Vec<String>,
+}
+
+impl Drop for Member {
+    /// Ends the subscription once it has taken what is queued (removed as a slow consumer, or
+    /// the layer is gone), as the last sender of a channel does.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// One connection's bounded queue of deliveries: the reader's fan-out offers to it (never
+/// waiting), the connection's [`Subscription`] takes from it.
+///
+/// Not tokio's bounded mpsc channel (#36): that one allocates about 800 bytes when it is made
+/// (two cache-padded halves and a first block of 32 slots), for every open socket, idle or not.
+/// This is one allocation of about 100 bytes; its buffer is allocated when messages arrive and
+/// given back when a backlog has drained.
+struct Queue {
+    capacity: usize,
+    /// Set when the connection was dropped as a slow consumer.
+    slow: AtomicBool,
+    // A std Mutex: held to push or pop one item, never across an await.
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Arc<Delivery>>,
+    /// The task waiting for the next item, woken when one arrives or the queue closes.
+    waker: Option<Waker>,
+    /// No more items will come: the subscription ends after the queued ones.
+    closed: bool,
+}
+
+/// A drained queue whose buffer grew past this many items gives the buffer back.
+const KEEP_BUFFER: usize = 16;
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            slow: AtomicBool::new(false),
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `delivery`; `false` if the queue is full.
+    fn offer(&self, delivery: &Arc<Delivery>) -> bool {
+        let mut state = self.state();
+        if state.items.len() >= self.capacity {
+            return false;
+        }
+        state.items.push_back(delivery.clone());
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    fn close(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<Delivery>>> {
+        let mut state = self.state();
+        if let Some(delivery) = state.items.pop_front() {
+            if state.items.is_empty() && state.items.capacity() > KEEP_BUFFER {
+                state.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(delivery));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
 }
 
 /// What one fan-out did.
@@ -51,11 +147,11 @@ pub(super) struct Fanout {
 }
 
 impl State {
-    fn remove(&mut self, channel: &str) -> Option<Member> {
-        let member = self.channels.remove(channel)?;
+    fn remove(&mut self, id: u64) -> Option<Member> {
+        let member = self.channels.remove(&id)?;
         for group in &member.groups {
             if let Some(members) = self.groups.get_mut(group) {
-                members.remove(channel);
+                members.remove(&id);
                 if members.is_empty() {
                     self.groups.remove(group);
                 }
@@ -80,53 +176,66 @@ impl Local {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn register(
-        &self,
-        queue: usize,
-    ) -> (ChannelName, mpsc::Receiver<Arc<Delivery>>, Arc<AtomicBool>) {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let name = ChannelName::new_unchecked(format!("{}{n}", self.prefix));
-        let (tx, rx) = mpsc::channel(queue);
-        let slow = Arc::new(AtomicBool::new(false));
+    /// The number of a channel of this instance, from its name; `None` for another instance's
+    /// (or a name that is no channel's).
+    fn id(&self, channel: &str) -> Option<u64> {
+        channel.strip_prefix(&self.prefix)?.parse().ok()
+    }
+
+    fn register(&self, capacity: usize) -> (ChannelName, Arc<Queue>) {
+        let id = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = ChannelName::new_unchecked(format!("{}{id}", self.prefix));
+        let queue = Arc::new(Queue::new(capacity));
         self.state().channels.insert(
-            name.as_str().to_owned(),
+            id,
             Member {
-                tx,
-                groups: HashSet::new(),
-                slow: slow.clone(),
+                queue: queue.clone(),
+                groups: Vec::new(),
             },
         );
-        (name, rx, slow)
+        (name, queue)
     }
 
     fn unregister(&self, channel: &str) {
-        self.state().remove(channel);
+        if let Some(id) = self.id(channel) {
+            self.state().remove(id);
+        }
     }
 
     /// Adds a channel of this instance to a group; `false` if the channel is not here.
     pub(super) fn join(&self, channel: &str, group: &GroupName) -> bool {
-        let mut state = self.state();
-        let Some(member) = state.channels.get_mut(channel) else {
+        let Some(id) = self.id(channel) else {
             return false;
         };
-        member.groups.insert(group.as_str().to_owned());
+        let mut state = self.state();
+        let Some(member) = state.channels.get_mut(&id) else {
+            return false;
+        };
+        if !member.groups.iter().any(|g| g == group.as_str()) {
+            // One at a time: a list grown by `push` has room for four.
+            member.groups.reserve_exact(1);
+            member.groups.push(group.as_str().to_owned());
+        }
         state
             .groups
             .entry(group.as_str().to_owned())
             .or_default()
-            .insert(channel.to_owned());
+            .insert(id);
         true
     }
 
     /// Removes a channel of this instance from a group; `false` if the channel is not here.
     pub(super) fn leave(&self, channel: &str, group: &GroupName) -> bool {
-        let mut state = self.state();
-        let Some(member) = state.channels.get_mut(channel) else {
+        let Some(id) = self.id(channel) else {
             return false;
         };
-        member.groups.remove(group.as_str());
+        let mut state = self.state();
+        let Some(member) = state.channels.get_mut(&id) else {
+            return false;
+        };
+        member.groups.retain(|g| g != group.as_str());
         if let Some(members) = state.groups.get_mut(group.as_str()) {
-            members.remove(channel);
+            members.remove(&id);
             if members.is_empty() {
                 state.groups.remove(group.as_str());
             }
@@ -137,42 +246,55 @@ impl Local {
     /// Whether a message for `target` has anyone here to go to: the cheap test every message
     /// passes before it is decoded.
     pub(super) fn wants(&self, target: &str, is_group: bool) -> bool {
-        let state = self.state();
         if is_group {
-            state.groups.contains_key(target)
+            self.state().groups.contains_key(target)
         } else {
-            state.channels.contains_key(target)
+            self.id(target)
+                .is_some_and(|id| self.state().channels.contains_key(&id))
         }
     }
 
     /// Queues `delivery` for every local member of its target, dropping slow consumers.
     pub(super) fn fan_out(&self, delivery: &Arc<Delivery>) -> Fanout {
+        let direct = if delivery.is_group {
+            None
+        } else {
+            match self.id(&delivery.target) {
+                Some(id) => Some(id),
+                None => return Fanout::default(),
+            }
+        };
         let mut state = self.state();
         let mut result = Fanout::default();
-        let mut gone = Vec::new();
-        let mut offer = |channel: &str, member: &Member| match member.tx.try_send(delivery.clone())
-        {
-            Ok(()) => result.delivered += 1,
-            Err(TrySendError::Full(_)) => {
-                member.slow.store(true, Ordering::Relaxed);
+        let mut slow = Vec::new();
+        let mut offer = |id: u64, member: &Member| {
+            if member.queue.offer(delivery) {
+                result.delivered += 1;
+            } else {
+                member.queue.slow.store(true, Ordering::Relaxed);
                 result.dropped_slow += 1;
-                gone.push(channel.to_owned());
+                slow.push(id);
             }
-            Err(TrySendError::Closed(_)) => gone.push(channel.to_owned()),
         };
-        if delivery.is_group {
-            if let Some(members) = state.groups.get(&delivery.target) {
-                for channel in members {
-                    if let Some(member) = state.channels.get(channel) {
-                        offer(channel, member);
+        match direct {
+            None => {
+                if let Some(members) = state.groups.get(&delivery.target) {
+                    for id in members {
+                        if let Some(member) = state.channels.get(id) {
+                            offer(*id, member);
+                        }
                     }
                 }
             }
-        } else if let Some(member) = state.channels.get(&delivery.target) {
-            offer(&delivery.target, member);
+            Some(id) => {
+                if let Some(member) = state.channels.get(&id) {
+                    offer(id, member);
+                }
+            }
         }
-        for channel in gone {
-            if state.remove(&channel).is_some() {
+        for id in slow {
+            if state.remove(id).is_some() {
+                let channel = format!("{}{id}", self.prefix);
                 tracing::warn!(%channel, "dropped a slow consumer: its send queue is full");
             }
         }
@@ -203,25 +325,29 @@ impl Local {
 pub struct Subscription {
     layer: ChannelLayer,
     name: ChannelName,
-    rx: mpsc::Receiver<Arc<Delivery>>,
-    slow: Arc<AtomicBool>,
+    queue: Arc<Queue>,
+    /// Only after a resume ([`join_from`](Self::join_from)); boxed, as most connections never
+    /// resume and every open one would carry the empty collections (#36).
+    resumed: Option<Box<Resumed>>,
+    presence: Vec<GroupName>,
+}
+
+#[derive(Default)]
+struct Resumed {
     /// Missed messages fetched from history, delivered before the live ones.
     replay: VecDeque<Arc<Delivery>>,
     /// Ids of replayed messages, so that their live copies are not delivered twice.
     replayed: HashSet<i64>,
-    presence: Vec<GroupName>,
 }
 
 impl Subscription {
     pub(super) fn new(layer: ChannelLayer) -> Self {
-        let (name, rx, slow) = layer.inner.local.register(layer.inner.config.send_queue);
+        let (name, queue) = layer.inner.local.register(layer.inner.config.send_queue);
         Self {
             layer,
             name,
-            rx,
-            slow,
-            replay: VecDeque::new(),
-            replayed: HashSet::new(),
+            queue,
+            resumed: None,
             presence: Vec::new(),
         }
     }
@@ -257,12 +383,13 @@ impl Subscription {
         self.join(group);
         let missed = self.layer.history(group, after).await?;
         let count = missed.len();
+        let resumed = self.resumed.get_or_insert_default();
         for delivery in missed {
-            self.replayed.insert(delivery.id);
-            self.replay.push_back(delivery);
+            resumed.replayed.insert(delivery.id);
+            resumed.replay.push_back(delivery);
         }
         // Several groups replayed one after another still come out in id order.
-        self.replay.make_contiguous().sort_by_key(|d| d.id);
+        resumed.replay.make_contiguous().sort_by_key(|d| d.id);
         Ok(count)
     }
 
@@ -289,15 +416,16 @@ impl Subscription {
 
     /// [`recv`](Self::recv) as a poll, for a connection loop that polls its sources by hand.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Delivery>>> {
-        if let Some(delivery) = self.replay.pop_front() {
+        if let Some(delivery) = self.resumed.as_mut().and_then(|r| r.replay.pop_front()) {
             return Poll::Ready(Some(delivery));
         }
         loop {
-            let Some(delivery) = ready!(self.rx.poll_recv(cx)) else {
+            let Some(delivery) = ready!(self.queue.poll_take(cx)) else {
                 return Poll::Ready(None);
             };
-            // The set is empty except just after a resume; skip hashing the id then.
-            if !self.replayed.is_empty() && self.replayed.remove(&delivery.id) {
+            if let Some(resumed) = &mut self.resumed
+                && resumed.replayed.remove(&delivery.id)
+            {
                 continue;
             }
             return Poll::Ready(Some(delivery));
@@ -306,7 +434,7 @@ impl Subscription {
 
     /// Whether this connection fell so far behind that the layer dropped it.
     pub fn dropped_as_slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
+        self.queue.slow.load(Ordering::Relaxed)
     }
 }
 

@@ -265,6 +265,13 @@ impl ChannelLayer {
         self.inner.connections_closing.child_token()
     }
 
+    /// [`closing`](Self::closing) without a child token of its own: a child is a node of
+    /// about 120 bytes in the token's tree for as long as it lives, which every open socket
+    /// would keep (#36). For the platform's connection loops, which never cancel it.
+    pub(crate) fn closing_shared(&self) -> CancellationToken {
+        self.inner.connections_closing.clone()
+    }
+
     /// Closes every WebSocket (1001) and event stream of this instance; the layer itself keeps
     /// running until [`shutdown`](Self::shutdown), so jobs can still send.
     pub fn close_connections(&self) {

@@ -286,6 +286,31 @@ async fn an_oversized_message_closes_the_socket_with_1009() {
     assert_eq!(code, close_code::TOO_BIG);
 }
 
+/// The server reads a socket through a 1 KiB buffer and writes with none (#36: an idle socket
+/// keeps no more): a message hundreds of times larger still arrives whole, both ways, and the
+/// socket goes on working after it.
+#[tokio::test]
+async fn a_message_far_larger_than_the_socket_buffers_arrives_whole_both_ways() {
+    let app = spawn().await;
+    let mut ada = join(&app, "ada", "lobby").await;
+    let mut bob = join(&app, "bob", "lobby").await;
+
+    // 600 KiB of varied text, under the 1 MiB limit, so a misplaced chunk would show.
+    let big: String = (0..600 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    say(&mut ada, &big).await;
+    for client in [&mut ada, &mut bob] {
+        let heard = next_of_type(client, "room.message").await;
+        assert_eq!(heard["text"].as_str().map(str::len), Some(big.len()));
+        assert!(heard["text"] == big.as_str(), "the message arrived changed");
+    }
+
+    say(&mut bob, "and a small one after it").await;
+    let heard = next_of_type(&mut ada, "room.message").await;
+    assert_eq!(heard["text"], "and a small one after it");
+}
+
 #[tokio::test]
 async fn malformed_json_gets_an_error_frame_and_the_socket_keeps_working() {
     let app = spawn().await;
