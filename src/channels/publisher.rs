@@ -42,6 +42,7 @@ pub(super) async fn run(layer: ChannelLayer, mut requests: mpsc::Receiver<Publis
         .max_connections(1)
         .min_connections(0)
         .connect_lazy_with(options);
+    crate::db::failover::follow(&pool);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
