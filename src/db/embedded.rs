@@ -2,7 +2,7 @@
 //!
 //! With no `DATABASE_URL`, Hearth runs its own cluster in `<data dir>/postgres` so that a fresh
 //! machine needs nothing set up by hand. The cluster listens on a Unix socket inside that folder
-//! and on no TCP port, so it never clashes with a system server or with another test run.
+//! and on no TCP port (unless [`EmbeddedOptions::port`] asks for one), so it never clashes with a system server or with another test run.
 //!
 //! Life cycle, and why each step is there:
 //!
@@ -59,6 +59,11 @@ pub struct EmbeddedOptions {
     pub durable: bool,
     /// Longest wait for the server to accept connections.
     pub startup_timeout: Duration,
+    /// Also listen on 127.0.0.1 at this TCP port, and name the socket after it. `None` (the
+    /// default): the private Unix socket only. Replication and failover tests need servers
+    /// that a URL can name side by side (`postgres://127.0.0.1:p1,127.0.0.1:p2/...`), and a
+    /// standby made by `pg_basebackup` connects to its primary over it.
+    pub port: Option<u16>,
 }
 
 impl Default for EmbeddedOptions {
@@ -66,9 +71,13 @@ impl Default for EmbeddedOptions {
         Self {
             durable: true,
             startup_timeout: Duration::from_secs(60),
+            port: None,
         }
     }
 }
+
+/// PostgreSQL's own default port, which also names the socket file when no port is given.
+const DEFAULT_PORT: u16 = 5432;
 
 /// Why the embedded cluster could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +226,7 @@ pub struct EmbeddedPostgres {
     pgdata: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    port: u16,
     // Held for as long as the cluster runs; the OS releases it if the process dies.
     _lock: fs::File,
 }
@@ -251,7 +261,8 @@ impl EmbeddedPostgres {
         let lock = lock_data_dir(&data_dir)?;
 
         let pgdata = data_dir.join("postgres");
-        let socket = pgdata.join(".s.PGSQL.5432");
+        let port = options.port.unwrap_or(DEFAULT_PORT);
+        let socket = pgdata.join(format!(".s.PGSQL.{port}"));
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(EmbeddedError::SocketPathTooLong(socket));
         }
@@ -272,6 +283,7 @@ impl EmbeddedPostgres {
             pgdata,
             log,
             child: Some(child),
+            port,
             _lock: lock,
         };
         cluster.wait_until_ready(options.startup_timeout)?;
@@ -283,8 +295,14 @@ impl EmbeddedPostgres {
     pub fn connect_options(&self) -> PgConnectOptions {
         PgConnectOptions::new()
             .socket(&self.pgdata)
+            .port(self.port)
             .username(SUPERUSER)
             .database("postgres")
+    }
+
+    /// The folder holding the cluster's files (`PGDATA`).
+    pub fn pgdata(&self) -> &Path {
+        &self.pgdata
     }
 
     /// The folder holding the cluster, its log and lock.
@@ -354,9 +372,8 @@ impl EmbeddedPostgres {
                     tail,
                 });
             }
-            // Line 8 of postmaster.pid is the server status; "ready" means it accepts connections.
             if let Ok(text) = fs::read_to_string(&pidfile)
-                && text.lines().nth(7).map(str::trim) == Some("ready")
+                && accepts_connections(&text)
             {
                 return Ok(());
             }
@@ -387,12 +404,38 @@ impl Drop for EmbeddedPostgres {
 pub fn attach(data_dir: &Path) -> Option<PgConnectOptions> {
     let pgdata = data_dir.canonicalize().ok()?.join("postgres");
     let status = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    (status.lines().nth(7).map(str::trim) == Some("ready")).then(|| {
+    accepts_connections(&status).then(|| {
         PgConnectOptions::new()
             .socket(&pgdata)
             .username(SUPERUSER)
             .database("postgres")
     })
+}
+
+/// A PostgreSQL program of the same installation as the server binaries the embedded cluster
+/// uses (`pg_basebackup`, `pg_ctl`, ...): found beside the real `postgres`, after following
+/// symlinks, since a `postgres` on `PATH` may be a link into a versioned folder.
+pub fn server_program(name: &str) -> Result<PathBuf, EmbeddedError> {
+    let bin_dir = find_bin_dir(
+        std::env::var_os("PATH").as_deref(),
+        Path::new("/usr/lib/postgresql"),
+    )?;
+    let beside = |dir: &Path| Some(dir.join(name)).filter(|path| path.is_file());
+    beside(&bin_dir)
+        .or_else(|| {
+            let real = bin_dir.join("postgres").canonicalize().ok()?;
+            beside(real.parent()?)
+        })
+        .ok_or(EmbeddedError::BinariesNotFound)
+}
+
+/// Whether a `postmaster.pid`'s text says the server accepts connections: its 8th line is the
+/// status, "ready" for a primary and "standby" for a hot standby (one made by `pg_basebackup`).
+fn accepts_connections(postmaster_pid: &str) -> bool {
+    matches!(
+        postmaster_pid.lines().nth(7).map(str::trim),
+        Some("ready" | "standby")
+    )
 }
 
 /// Finds the folder holding `initdb` and `postgres`: on `PATH`, then `pg_config --bindir`, then
@@ -696,7 +739,13 @@ fn spawn_postgres(
     postgres
         .arg("-D")
         .arg(pgdata)
-        .args(["-c", "listen_addresses="])
+        .arg("-c")
+        .arg(match options.port {
+            Some(_) => "listen_addresses=127.0.0.1",
+            None => "listen_addresses=",
+        })
+        .arg("-c")
+        .arg(format!("port={}", options.port.unwrap_or(DEFAULT_PORT)))
         .arg("-c")
         .arg(format!("unix_socket_directories={}", pgdata.display()))
         .args(["-c", "unix_socket_permissions=0700"])
@@ -753,6 +802,16 @@ mod tests {
             disk_full_line("FATAL:  lock file \"postmaster.pid\" already exists"),
             None
         );
+    }
+
+    #[test]
+    fn a_hot_standby_accepts_connections_as_a_primary_does() {
+        let pidfile = |status: &str| format!("123\n/data\n1\n5432\n/data\n\n1 2\n{status}\n");
+        assert!(accepts_connections(&pidfile("ready   ")));
+        assert!(accepts_connections(&pidfile("standby ")));
+        assert!(!accepts_connections(&pidfile("starting")));
+        assert!(!accepts_connections(&pidfile("stopping")));
+        assert!(!accepts_connections("123\n/data\n"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod login_policy;
 mod mail;
 mod ops;
 mod page_privacy;
+mod pair;
 mod parser_fuzz;
 mod pgbouncer;
 mod pipeline;
