@@ -25,7 +25,8 @@
 //! publisher's): messages this reader has read may not exist on the server it reconnects to,
 //! and the sequence then hands their ids out again, to new messages. Left alone, those would
 //! sit at or below the cursor and be skipped as delivered: lost. So the reader remembers the
-//! `(id, created_at)` of the last [`RECENT`] rows it read, and after every reconnect asks the
+//! `(id, created_at)` of the last [`RECENT`] rows it read, and after every reconnect (seen as
+//! a new server session in the read's answer: sqlx reconnects a listener by itself) asks the
 //! server which of them it still has, unchanged ([`resync`]). If some after the newest kept one
 //! are gone, the cursor goes back to that one and reads on from there: every message the
 //! server has above it was never delivered here (a reused id comes with a later `created_at`),
@@ -49,6 +50,7 @@ use sqlx::{
 use time::OffsetDateTime;
 
 use super::{ChannelLayer, Delivery, NOTIFY_CHANNEL, TypeOnly, local};
+use crate::db::failover::primary_only;
 
 /// Most rows read in one statement; more are read at once in the next.
 const FETCH_LIMIT: i64 = 2_000;
@@ -74,6 +76,7 @@ async fn start_cursor(listener: &mut PgListener) -> Result<Cursor, sqlx::Error> 
         gaps: BTreeMap::new(),
         // The row started after counts as read: if a failover loses it, its id comes again.
         recent: newest.into_iter().collect(),
+        session: None,
     })
 }
 
@@ -86,6 +89,9 @@ struct Cursor {
     gaps: BTreeMap<i64, i64>,
     /// `(id, created_at)` of the last [`RECENT`] rows read, oldest first.
     recent: VecDeque<(i64, OffsetDateTime)>,
+    /// The server session of the last read (backend pid, server start): when it changes, the
+    /// listener reconnected, however it did (sqlx reconnects a `PgListener` by itself).
+    session: Option<(i32, OffsetDateTime)>,
 }
 
 /// The horizon of a gap just seen, before [`Cursor::set_horizon`]: never reached.
@@ -108,7 +114,7 @@ pub(super) async fn run(layer: ChannelLayer) {
     // requests need, and an exhausted app pool never stops delivery. A session of its own
     // (`HEARTH_DIRECT_DATABASE_URL`): a notification goes to the session that ran LISTEN.
     let options = layer.session_options();
-    let own = PgPoolOptions::new()
+    let own = primary_only(PgPoolOptions::new(), layer.session_setting())
         .max_connections(1)
         .min_connections(0)
         .connect_lazy_with(options);
@@ -132,10 +138,6 @@ pub(super) async fn run(layer: ChannelLayer) {
         if connected_before {
             layer.inner.stats.reconnected();
             tracing::info!("channel layer listening again; catching up from its cursor");
-            if let Err(e) = resync(&mut listener, cursor).await {
-                tracing::warn!(error = %e, "channel layer lost its connection while checking its cursor");
-                continue;
-            }
         }
         connected_before = true;
         backoff = MIN_BACKOFF;
@@ -159,10 +161,6 @@ pub(super) async fn run(layer: ChannelLayer) {
                 Ok(Ok(None)) => {
                     layer.inner.stats.reconnected();
                     tracing::info!("channel layer listening again; catching up from its cursor");
-                    if let Err(e) = resync(&mut listener, cursor).await {
-                        tracing::warn!(error = %e, "channel layer lost its connection while checking its cursor");
-                        break;
-                    }
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "channel layer lost its LISTEN connection");
@@ -194,8 +192,9 @@ async fn read_all(
         // Runtime-checked: `created_at` was added for [`resync`] without a `cargo sqlx
         // prepare` at hand.
         let rows = sqlx::query(
-            r#"SELECT s.xmin, m.id, m.target, m.is_group, m.payload, m.created_at
-               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) s
+            r#"SELECT s.xmin, s.pid, s.started, m.id, m.target, m.is_group, m.payload, m.created_at
+               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+                            pg_backend_pid() AS pid, pg_postmaster_start_time() AS started) s
                -- Two index range reads, not `id > $1 OR id = ANY($2)`: under a generic plan
                -- that `OR` walked the primary key from its first entry, every message kept.
                LEFT JOIN LATERAL (
@@ -216,6 +215,17 @@ async fn read_all(
             return Ok(());
         };
         let xmin: i64 = first.try_get("xmin")?;
+        let session = (first.try_get("pid")?, first.try_get("started")?);
+        if cursor
+            .session
+            .replace(session)
+            .is_some_and(|last| last != session)
+        {
+            // Another session than the last read's: the listener reconnected, perhaps to
+            // another server. Check the cursor against it before reading on.
+            resync(listener, cursor).await?;
+            continue;
+        }
         let mut read = 0;
         let mut found = Vec::new();
         for row in rows {
@@ -412,6 +422,7 @@ mod tests {
             after,
             gaps: BTreeMap::new(),
             recent: VecDeque::new(),
+            session: None,
         }
     }
 

@@ -192,10 +192,13 @@ impl Shared {
         let (finished, finished_rx) = mpsc::unbounded_channel();
         let session = match &config.session {
             Some(options) => {
-                let session = PgPoolOptions::new()
-                    .max_connections(2)
-                    .min_connections(0)
-                    .connect_lazy_with(options.clone());
+                let session = crate::db::failover::primary_only(
+                    PgPoolOptions::new(),
+                    "HEARTH_DIRECT_DATABASE_URL",
+                )
+                .max_connections(2)
+                .min_connections(0)
+                .connect_lazy_with(options.clone());
                 crate::db::failover::follow(&session);
                 session
             }
