@@ -70,6 +70,17 @@ impl Job for Counted {
     }
 }
 
+/// The log of this test's thread (every task a `#[tokio::test]` spawns runs on it), shown
+/// when it fails.
+fn logs() -> tracing::subscriber::DefaultGuard {
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .finish();
+    tracing::subscriber::set_default(subscriber)
+}
+
 /// Polls `check` every 50 ms until it holds, for at most `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
@@ -224,13 +235,7 @@ async fn send(
 
 #[tokio::test]
 async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_doubled() {
-    let _log = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_test_writer()
-            .finish(),
-    );
+    let _log = logs();
     let mut pair = Pair::start().await;
     let instance = Instance::open(pair.multi_host_url()).await;
     let client = helpers::client();
@@ -445,16 +450,6 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
 
     // A last message: delivered after any duplicate of the earlier ones would have been.
     send(&instance.state, &group, "last").await.unwrap();
-    eprintln!("DEBUG stats: {:?}", instance.state.channels.stats().await);
-    {
-        let r = received.lock().unwrap();
-        let missing: Vec<_> = sent_after.iter().filter(|t| !r.contains_key(*t)).collect();
-        eprintln!(
-            "DEBUG received {} tokens; after missing: {:?}",
-            r.len(),
-            missing
-        );
-    }
     eventually(
         Duration::from_secs(30),
         "the last message arrives",
@@ -511,13 +506,7 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
 
 #[tokio::test]
 async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
-    let _log = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_test_writer()
-            .finish(),
-    );
+    let _log = logs();
     let mut pair = Pair::start().await;
 
     // A list whose first host is the standby: the pools go to the primary (libpq's order is
