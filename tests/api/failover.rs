@@ -505,12 +505,10 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
 }
 
 #[tokio::test]
-async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
+async fn a_standby_listed_first_is_passed_over() {
     let _log = logs();
-    let mut pair = Pair::start().await;
-
-    // A list whose first host is the standby: the pools go to the primary (libpq's order is
-    // "the first read-write host").
+    let pair = Pair::start().await;
+    // libpq's order: the first read-write host.
     let listed = Instance::open(format!(
         "postgres://hearth@{},{}/hearth",
         host_port(&pair.standby_options()),
@@ -527,7 +525,12 @@ async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
     listed.state.channels.shutdown().await;
     listed.shutdown.cancel();
     listed.db.close().await.unwrap();
+}
 
+#[tokio::test]
+async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
+    let _log = logs();
+    let mut pair = Pair::start().await;
     // `hearth serve` on the standby alone.
     let dir = tempfile::tempdir().unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"));
@@ -539,14 +542,7 @@ async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
         .env("HEARTH_DB_ACQUIRE_TIMEOUT", "1s")
         .env("RUST_LOG", "info");
     let (_server, address, mut log) = crate::binary::serve_with(command);
-    let standby = host_port(&pair.standby_options());
-    let line = log
-        .find("is in recovery", Duration::from_secs(30))
-        .expect("a log line says the server is a standby");
-    assert!(
-        line.contains(&standby) && line.contains("DATABASE_URL"),
-        "the line names the server and the setting: {line}"
-    );
+    // Not ready: a standby cannot take writes.
     let client = helpers::client();
     let readyz = format!("{address}/readyz");
     let response = client.get(&readyz).send().await.unwrap();
@@ -558,6 +554,14 @@ async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
             .as_str()
             .is_some_and(|r| r.contains("DATABASE_URL")),
         "{body}"
+    );
+    let standby = host_port(&pair.standby_options());
+    let line = log
+        .find("is in recovery", Duration::from_secs(30))
+        .expect("a log line says the server is a standby");
+    assert!(
+        line.contains(&standby) && line.contains("DATABASE_URL"),
+        "the line names the server and the setting: {line}"
     );
 
     // Promoted: the same process carries on, without a restart.
