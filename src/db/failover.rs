@@ -13,7 +13,8 @@
 //!   host; the pools start on the first, and one watcher per such URL ([`watch`]) keeps a
 //!   connection to the current primary and asks it once a second (at once when a lost
 //!   connection is noted, see [`super::lost`]) whether it still is one. When it does not answer
-//!   or is in recovery, the watcher tries the hosts in order and re-points every pool that
+//!   or is in recovery, the watcher tries the hosts in order (every 200 ms until one is a
+//!   primary) and re-points every pool that
 //!   follows the URL at the first read-write one (`Pool::set_connect_options`: connections
 //!   opened from then on go there; the old ones are dead with their server, and the pool drops
 //!   them on their next use, see [`super::lost`]).
@@ -43,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the watcher asks the current primary whether it still is one.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// Shortest pause between two scans, however many lost connections are noted meanwhile.
+/// Shortest pause between two scans, however many lost connections are noted meanwhile; and
+/// how often the hosts are tried while none is a primary.
 const MIN_PAUSE: Duration = Duration::from_millis(200);
 /// How long connecting to one host and asking it may take before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -336,10 +338,16 @@ async fn run(watcher: Arc<Watcher>) {
                 Err(_) => {}
             }
         }
+        // While no primary answers, look again soon: a promotion is a matter of seconds.
+        let every = if lost_since.is_some() {
+            MIN_PAUSE
+        } else {
+            PROBE_EVERY
+        };
         let pause = tokio::time::sleep(MIN_PAUSE);
         tokio::select! {
             () = watcher.stop.cancelled() => return,
-            () = tokio::time::sleep(PROBE_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
             () = async { pause.await; WAKE.notified().await } => {}
         }
     }
