@@ -203,16 +203,34 @@ pub fn with_session(
     pool: &PgPool,
     config: hearth::jobs::WorkerConfig,
 ) -> hearth::jobs::WorkerConfig {
-    let options = pool.connect_options();
-    match options.get_database() {
-        Some(name) if Some(options.get_port()) == BOUNCER_PORT.get().copied() => {
-            hearth::jobs::WorkerConfig {
-                session: Some(cluster().admin.clone().database(name)),
-                ..config
-            }
-        }
-        _ => config,
+    match session_options(pool) {
+        Some(session) => hearth::jobs::WorkerConfig {
+            session: Some(session),
+            ..config
+        },
+        None => config,
     }
+}
+
+/// The direct options for `pool`'s database when `pool` goes through [`via_pgbouncer`]'s
+/// PgBouncer (what `HEARTH_DIRECT_DATABASE_URL` gives `serve`), for the `session` of a channel
+/// layer or job workers a test starts on `pool`; `None` (the pool's own) otherwise.
+pub fn session_options(pool: &PgPool) -> Option<PgConnectOptions> {
+    bounced_database(pool).map(|name| cluster().admin.clone().database(&name))
+}
+
+/// Options for `pool`'s database straight on the server, for what needs a session of its own
+/// (a test's `LISTEN`): `pool`'s options, or the direct ones when `pool` goes through
+/// [`via_pgbouncer`]'s PgBouncer, where a LISTEN would hear nothing and break other clients.
+pub fn direct_options(pool: &PgPool) -> PgConnectOptions {
+    session_options(pool).unwrap_or_else(|| (*pool.connect_options()).clone())
+}
+
+/// The database `pool` reaches through [`via_pgbouncer`]'s PgBouncer, if it goes through it.
+fn bounced_database(pool: &PgPool) -> Option<String> {
+    let options = pool.connect_options();
+    let name = options.get_database()?;
+    (Some(options.get_port()) == BOUNCER_PORT.get().copied()).then(|| name.to_owned())
 }
 
 /// The port of [`via_pgbouncer`]'s PgBouncer, once it runs.

@@ -1,22 +1,26 @@
-//! Hearth behind a real PgBouncer (Debian's `pgbouncer`; `scripts/test` installs it, or
-//! `HEARTH_TEST_PGBOUNCER` names a binary), started by each test on a free port in front of the
-//! tests' server (`DATABASE_URL`'s, or the embedded cluster's socket), in transaction or
-//! session mode.
+//! Hearth behind a real PgBouncer, started by each test on a free port in front of the tests'
+//! server (`DATABASE_URL`'s, or the embedded cluster's socket), in transaction or session mode.
 //!
-//! Debian bookworm's PgBouncer is 1.18: in transaction mode it does not keep clients'
-//! protocol-level prepared statements apart, so sqlx's queries cannot go through it at all
-//! (docs/scaling.md, "Behind a pooler"). What runs everywhere: the start-up probe tells it from
-//! PostgreSQL, Hearth refuses to start on it with the setting to change, and what needs a
-//! session goes over `HEARTH_DIRECT_DATABASE_URL`. The channel, job and cache scenarios through
-//! a transaction pooler need PgBouncer 1.21 or later (`max_prepared_statements`), so they are
-//! `#[ignore]`d: run them with `HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer cargo test --test api
-//! pgbouncer:: -- --ignored`.
+//! The binary: `HEARTH_TEST_PGBOUNCER`, which `scripts/test` sets, else the first `pgbouncer` 1.21
+//! or later on PATH, in /usr/sbin or in `target/pgbouncer-*/bin` (where `scripts/test` builds
+//! 1.24.1 from Debian trixie's source when the machine's is older). Debian bookworm's PgBouncer
+//! is 1.18: in transaction mode it does not keep clients' protocol-level prepared statements
+//! apart, so sqlx's queries cannot go through it at all (docs/scaling.md, "Behind a pooler").
+//!
+//! Any version: the start-up probe tells PostgreSQL from a transaction pooler, Hearth refuses to
+//! start on one that shares prepared statements (1.18, or `max_prepared_statements = 0`, as
+//! [`PgBouncer::start`] sets from 1.21 on) with the setting to change, and what needs a session
+//! goes over `HEARTH_DIRECT_DATABASE_URL`. 1.21 or later: the channel, job and cache scenarios
+//! through a transaction pooler that keeps statements apart; without one they fail, saying how
+//! to get one, rather than skip. `HEARTH_TEST_VIA_PGBOUNCER` runs whole suites through it
+//! (tests/api/helpers.rs).
 
 use std::{
     io::Write as _,
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -48,28 +52,33 @@ impl PgBouncer {
     /// prepared statements are not kept apart (as in 1.18; `max_prepared_statements = 0` from
     /// 1.21 on).
     pub fn start(pool_mode: &str) -> Self {
-        let version = version();
-        let setting = if version >= (1, 21) {
+        let binary = binary().unwrap_or_else(|| panic!("no pgbouncer found: {HOW_TO_GET_ONE}"));
+        let setting = if binary.version >= (1, 21) {
             "max_prepared_statements = 0\n"
         } else {
             ""
         };
-        Self::start_with(pool_mode, setting)
+        Self::start_with(&binary.path, pool_mode, setting)
     }
 
     /// Like [`PgBouncer::start`], keeping clients' prepared statements apart
     /// (`max_prepared_statements`, PgBouncer 1.21 or later).
     pub fn start_keeping_statements(pool_mode: &str) -> Self {
-        let version = version();
-        assert!(
-            version >= (1, 21),
-            "PgBouncer {version:?} cannot keep prepared statements apart: set \
-             HEARTH_TEST_PGBOUNCER to a PgBouncer 1.21 or later"
-        );
-        Self::start_with(pool_mode, "max_prepared_statements = 200\n")
+        let binary = binary().filter(|binary| binary.version >= (1, 21));
+        let binary = binary.unwrap_or_else(|| {
+            let found = match self::binary() {
+                Some(old) => {
+                    let (major, minor) = old.version;
+                    format!("{} is {major}.{minor}", old.path.display())
+                }
+                None => "none found".to_owned(),
+            };
+            panic!("this test needs PgBouncer 1.21 or later ({found}): {HOW_TO_GET_ONE}")
+        });
+        Self::start_with(&binary.path, pool_mode, "max_prepared_statements = 200\n")
     }
 
-    fn start_with(pool_mode: &str, extra: &str) -> Self {
+    fn start_with(binary: &Path, pool_mode: &str, extra: &str) -> Self {
         let admin = admin_options();
         let host = match admin.get_socket() {
             Some(dir) => dir.display().to_string(),
@@ -82,6 +91,8 @@ impl PgBouncer {
         let ini = dir.path().join("pgbouncer.ini");
         // Idle server connections close after a second: every test has a database of its own,
         // and PgBouncer's default (10 minutes) would keep each one's open past `max_connections`.
+        // Clients: a suite's run through one PgBouncer has several tests' pools open at once,
+        // more than the default 100 connections.
         let mut file = std::fs::File::create(&ini).unwrap();
         write!(
             file,
@@ -95,6 +106,7 @@ impl PgBouncer {
              auth_file = {users}\n\
              pool_mode = {pool_mode}\n\
              default_pool_size = 4\n\
+             max_client_conn = 1000\n\
              server_idle_timeout = 1\n\
              ignore_startup_parameters = extra_float_digits\n\
              {extra}",
@@ -102,7 +114,7 @@ impl PgBouncer {
             users = users.display(),
         )
         .unwrap();
-        let mut command = Command::new(binary());
+        let mut command = Command::new(binary);
         // PgBouncer refuses to run as root; it reads its files first, then switches.
         if nix::unistd::geteuid().is_root() {
             let user = ["postgres", "nobody"]
@@ -116,7 +128,7 @@ impl PgBouncer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("pgbouncer starts (scripts/test installs Debian's `pgbouncer`)");
+            .unwrap_or_else(|error| panic!("{} starts: {error}", binary.display()));
         let bouncer = Self {
             child,
             port,
@@ -144,31 +156,85 @@ impl PgBouncer {
     }
 }
 
-/// `HEARTH_TEST_PGBOUNCER`, else `pgbouncer` on PATH or in /usr/sbin.
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("HEARTH_TEST_PGBOUNCER") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("pgbouncer"))
-        .find(|candidate| candidate.is_file());
-    on_path.expect("pgbouncer is installed (scripts/test installs Debian's `pgbouncer`)")
+/// What to do when no PgBouncer fit for a test is found.
+const HOW_TO_GET_ONE: &str = "run the tests with scripts/test, which builds PgBouncer 1.24.1 \
+     into target/pgbouncer-1.24.1/bin when the machine's is older than 1.21, or set \
+     HEARTH_TEST_PGBOUNCER to a PgBouncer 1.21 or later (Debian trixie's `pgbouncer` package is \
+     1.24.1; bookworm's is 1.18)";
+
+/// A PgBouncer binary and its version.
+#[derive(Clone, Debug)]
+struct Binary {
+    path: PathBuf,
+    version: (u32, u32),
 }
 
-/// The binary's version, from `pgbouncer --version` ("PgBouncer 1.18.0").
-fn version() -> (u32, u32) {
-    let output = Command::new(binary()).arg("--version").output().unwrap();
+/// `HEARTH_TEST_PGBOUNCER`; else the first `pgbouncer` 1.21 or later on PATH, in /usr/sbin or
+/// in `target/pgbouncer-*/bin`, or failing that the first of any version (enough for the tests
+/// that need statements shared). Looked up once per run.
+fn binary() -> Option<Binary> {
+    static FOUND: OnceLock<Option<Binary>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("HEARTH_TEST_PGBOUNCER") {
+                let path = PathBuf::from(path);
+                let version = version(&path).unwrap_or_else(|| {
+                    panic!(
+                        "HEARTH_TEST_PGBOUNCER={} does not run as PgBouncer",
+                        path.display()
+                    )
+                });
+                return Some(Binary { path, version });
+            }
+            let found: Vec<Binary> = candidates()
+                .into_iter()
+                .filter(|path| path.is_file())
+                .filter_map(|path| {
+                    Some(Binary {
+                        version: version(&path)?,
+                        path,
+                    })
+                })
+                .collect();
+            let recent = found.iter().find(|binary| binary.version >= (1, 21));
+            recent.or(found.first()).cloned()
+        })
+        .clone()
+}
+
+/// Where a `pgbouncer` may be, in order: PATH, /usr/sbin, then `scripts/test`'s builds.
+fn candidates() -> Vec<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.push(PathBuf::from("/usr/sbin"));
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    if let Ok(entries) = std::fs::read_dir(target) {
+        let mut builds: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("pgbouncer-")
+            })
+            .map(|entry| entry.path().join("bin"))
+            .collect();
+        // The newest version first.
+        builds.sort();
+        builds.reverse();
+        dirs.extend(builds);
+    }
+    dirs.into_iter().map(|dir| dir.join("pgbouncer")).collect()
+}
+
+/// The binary's version, from `pgbouncer --version` ("PgBouncer 1.18.0"); `None` when it does
+/// not run or says something else.
+fn version(binary: &Path) -> Option<(u32, u32)> {
+    let output = Command::new(binary).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let number = text
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("a version in {text:?}"));
-    let mut parts = number.split('.').map(|part| part.parse::<u32>().unwrap());
-    (parts.next().unwrap(), parts.next().unwrap())
+    let number = text.strip_prefix("PgBouncer ")?.split_whitespace().next()?;
+    let mut parts = number.split('.').map(|part| part.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
 }
 
 fn free_port() -> u16 {
@@ -194,7 +260,8 @@ async fn the_probe_tells_postgres_from_a_transaction_pooler() {
     };
     assert_eq!(pooler::probe(&direct).await.unwrap(), both);
     assert_eq!(pooler::probe(&session.options(&name)).await.unwrap(), both);
-    // PgBouncer 1.18 in transaction mode: neither a session nor statements kept apart.
+    // PgBouncer sharing statements (1.18, or `max_prepared_statements = 0`) in transaction
+    // mode: neither a session nor statements kept apart.
     assert_eq!(
         pooler::probe(&transaction.options(&name)).await.unwrap(),
         Probe {
@@ -233,8 +300,9 @@ async fn a_transaction_pooler_is_refused_where_a_session_or_statements_are_neede
         "{direct_pooled:?}"
     );
 
-    // With a direct URL, a 1.18 transaction pooler is still refused for the pool: sqlx's
-    // statements would meet other connections'.
+    // With a direct URL, a transaction pooler sharing statements (1.18, or
+    // `max_prepared_statements = 0`) is still refused for the pool: sqlx's statements would meet
+    // other connections'.
     let shared = pooler::check(&pooled(), Some(&lazy(direct.clone())))
         .await
         .unwrap_err();
@@ -311,7 +379,7 @@ async fn serve_refuses_database_url_through_pgbouncer_without_a_direct_url() {
 }
 
 #[tokio::test]
-async fn serve_refuses_pgbouncer_1_18_for_database_url_even_with_a_direct_url() {
+async fn serve_refuses_a_pgbouncer_sharing_statements_even_with_a_direct_url() {
     let (name, _) = migrated_database().await;
     let bouncer = PgBouncer::start("transaction");
     let dir = tempfile::tempdir().unwrap();
@@ -414,7 +482,6 @@ async fn bouncer_and_database() -> (PgBouncer, String, PgConnectOptions) {
 }
 
 #[tokio::test]
-#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
 async fn through_pgbouncer_messages_cross_instances() {
     let (bouncer, name, _) = bouncer_and_database().await;
     let a = pooled_app(&bouncer, &name).await;
@@ -469,7 +536,6 @@ impl hearth::jobs::Job for FailsTwice {
 }
 
 #[tokio::test]
-#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
 async fn through_pgbouncer_jobs_retry_and_complete() {
     use hearth::jobs::{Enqueue, Registry, WorkerConfig, Workers, control};
     let (bouncer, name, direct) = bouncer_and_database().await;
@@ -509,7 +575,6 @@ async fn through_pgbouncer_jobs_retry_and_complete() {
 }
 
 #[tokio::test]
-#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
 async fn through_pgbouncer_the_cache_is_shared_and_invalidated() {
     use hearth::cache::Timeout;
     let (bouncer, name, _) = bouncer_and_database().await;
@@ -542,7 +607,6 @@ async fn through_pgbouncer_the_cache_is_shared_and_invalidated() {
 }
 
 #[tokio::test]
-#[ignore = "needs PgBouncer 1.21 or later (HEARTH_TEST_PGBOUNCER=/path/to/pgbouncer); Debian bookworm's is 1.18"]
 async fn serve_through_pgbouncer_with_a_direct_url_starts_and_answers() {
     let (bouncer, name, _) = bouncer_and_database().await;
     let dir = tempfile::tempdir().unwrap();

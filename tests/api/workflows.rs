@@ -44,7 +44,12 @@ async fn pool() -> PgPool {
 
 /// A channel layer on the test's database, ready to deliver.
 async fn channels(pool: &PgPool) -> ChannelLayer {
-    let layer = ChannelLayer::start(pool.clone(), ChannelConfig::new("wf-test"));
+    // Its LISTEN and publisher straight to the database when the suite runs through PgBouncer.
+    let config = ChannelConfig {
+        session: helpers::session_options(pool),
+        ..ChannelConfig::new("wf-test")
+    };
+    let layer = ChannelLayer::start(pool.clone(), config);
     tokio::time::timeout(Duration::from_secs(10), layer.ready())
         .await
         .expect("the channel layer is ready");
@@ -615,8 +620,12 @@ async fn cancelling_a_workflow_cancels_its_waiting_and_running_steps() {
     .await
     .unwrap();
     let pool_workers = workers(&pool, "w1", 1);
-    // The first nap has started once its run is logged.
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+    // The first nap has started once its run is logged. The LISTEN is a session's, so it goes
+    // straight to the database when the suite runs through PgBouncer.
+    let direct = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(helpers::direct_options(&pool));
+    let mut listener = sqlx::postgres::PgListener::connect_with(&direct)
         .await
         .unwrap();
     listener.listen("step_started").await.unwrap();
