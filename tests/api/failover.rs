@@ -29,33 +29,52 @@ use tokio_util::sync::CancellationToken;
 use crate::{helpers, pair::Pair};
 
 /// Runs of [`Counted`] seen in this process, by token: started and finished (the body
-/// reached its end, so its effect happened).
-#[derive(Clone, Default)]
-struct Runs(Arc<Mutex<HashMap<String, (u32, u32)>>>);
+/// reached its end, so its effect happened); and the gate that holds jobs running.
+#[derive(Clone)]
+struct Runs {
+    counts: Arc<Mutex<HashMap<String, (u32, u32)>>>,
+    release: Arc<tokio::sync::watch::Sender<bool>>,
+}
 
 impl Runs {
+    fn new() -> Self {
+        Self {
+            counts: Arc::default(),
+            release: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
     fn started(&self, token: &str) {
-        self.0.lock().unwrap().entry(token.into()).or_default().0 += 1;
-    }
-    fn finished(&self, token: &str) {
-        self.0.lock().unwrap().entry(token.into()).or_default().1 += 1;
-    }
-    fn of(&self, token: &str) -> (u32, u32) {
-        self.0
+        self.counts
             .lock()
             .unwrap()
-            .get(token)
-            .copied()
-            .unwrap_or_default()
+            .entry(token.into())
+            .or_default()
+            .0 += 1;
+    }
+    fn finished(&self, token: &str) {
+        self.counts
+            .lock()
+            .unwrap()
+            .entry(token.into())
+            .or_default()
+            .1 += 1;
+    }
+    fn of(&self, token: &str) -> (u32, u32) {
+        let counts = self.counts.lock().unwrap();
+        counts.get(token).copied().unwrap_or_default()
+    }
+    /// Lets every held job (and every one started later) finish.
+    fn release(&self) {
+        self.release.send_replace(true);
     }
 }
 
-/// Sleeps `ms`, counts its run, and returns its token as its result: a job's recorded result
-/// says which run recorded it.
+/// Counts its run, waits for [`Runs::release`] if it is to `hold`, and returns its token as
+/// its result: a job's recorded result says which run recorded it.
 #[derive(Serialize, Deserialize)]
 struct Counted {
     token: String,
-    ms: u64,
+    hold: bool,
 }
 
 impl Job for Counted {
@@ -64,7 +83,10 @@ impl Job for Counted {
 
     async fn perform(self, ctx: JobContext<Runs>) -> anyhow::Result<Outcome> {
         ctx.deps.started(&self.token);
-        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        if self.hold {
+            let mut released = ctx.deps.release.subscribe();
+            released.wait_for(|r| *r).await?;
+        }
         ctx.deps.finished(&self.token);
         Outcome::with_result(json!({ "token": self.token }))
     }
@@ -94,10 +116,10 @@ where
     }
 }
 
-async fn enqueue(pool: &PgPool, queue: &str, token: &str, ms: u64) -> Result<i64, String> {
+async fn enqueue(pool: &PgPool, queue: &str, token: &str, hold: bool) -> Result<i64, String> {
     Enqueue::new(&Counted {
         token: token.into(),
-        ms,
+        hold,
     })
     .and_then(|e| e.queue(queue))
     .map_err(|e| e.to_string())?
@@ -182,7 +204,7 @@ impl Instance {
             &config,
             shutdown.clone().cancelled_owned(),
         ));
-        let runs = Runs::default();
+        let runs = Runs::new();
         let workers_a = Self::workers(&config, &db, &runs, "fo_a:64", "instance-a");
         Self {
             db,
@@ -288,13 +310,13 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
     let held = tokens("held", 3);
     let unreplicated_lease = tokens("unreplicated-lease", 3);
     for token in &before {
-        enqueue(&pool, "fo_a", token, 0).await.unwrap();
+        enqueue(&pool, "fo_a", token, false).await.unwrap();
     }
     for token in &held {
-        enqueue(&pool, "fo_a", token, 8_000).await.unwrap();
+        enqueue(&pool, "fo_a", token, true).await.unwrap();
     }
     for token in &unreplicated_lease {
-        enqueue(&pool, "fo_b", token, 8_000).await.unwrap();
+        enqueue(&pool, "fo_b", token, true).await.unwrap();
     }
     let sent_before = tokens("m-before", 50);
     for token in &sent_before {
@@ -332,7 +354,7 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
     // More than the 32 values a sequence logs ahead, so the new primary hands out ids again.
     let during = tokens("during", 40);
     for token in &during {
-        enqueue(&pool, "fo_a", token, 8_000).await.unwrap();
+        enqueue(&pool, "fo_a", token, true).await.unwrap();
     }
     let sent_during = tokens("m-during", 200);
     for token in &sent_during {
@@ -360,7 +382,7 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
     let mut first_write = None;
     for token in &after {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = enqueue(&pool, "fo_a", token, 0).await {
+        while let Err(e) = enqueue(&pool, "fo_a", token, false).await {
             assert!(Instant::now() < deadline, "enqueue after the failover: {e}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -381,8 +403,20 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
         first_write - killed
     );
 
-    // Every job the new primary has ends done, once; every message it has arrives, once.
+    // The leases lost with the old primary are taken again on the new one (their old runs,
+    // still held here, must stop); then the held jobs may finish.
     let new_primary = PgPool::connect_with(pair.standby_options()).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the lost leases are taken again",
+        || async {
+            running(&new_primary, &unreplicated_lease).await == unreplicated_lease.len() as i64
+        },
+    )
+    .await;
+    instance.runs.release();
+
+    // Every job the new primary has ends done, once; every message it has arrives, once.
     let expected_jobs: Vec<String> = [&before, &held, &unreplicated_lease, &after]
         .into_iter()
         .flatten()
@@ -538,7 +572,9 @@ async fn a_standby_listed_first_is_passed_over() {
         .await
         .unwrap();
     assert!(on_primary, "a standby listed first is passed over");
-    enqueue(&listed.db.pool, "fo_a", "listed", 0).await.unwrap();
+    enqueue(&listed.db.pool, "fo_a", "listed", false)
+        .await
+        .unwrap();
     listed.workers_a.shutdown().await;
     listed.state.channels.shutdown().await;
     listed.shutdown.cancel();
