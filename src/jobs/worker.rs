@@ -632,15 +632,7 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
         cancel: CancellationToken::new(),
         lease_lost: CancellationToken::new(),
     };
-    if let Some(older) = lock(&shared.running).insert(job.id, running.clone()) {
-        // This process still runs an older lease of the job: the database forgot it (a
-        // failover lost it, or the job's id was given anew). That attempt stops unrecorded.
-        tracing::warn!(
-            older_attempt = older.attempt,
-            "the job was leased again while an older lease of it still runs here; stopping that one"
-        );
-        older.lease_lost.cancel();
-    }
+    track(shared, job.id, &running);
     let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
     let soft = soft_limit(job, entry.soft_timeout, timeout);
     let ctx = JobContext {
@@ -732,6 +724,19 @@ fn soft_limit(job: &Fetched, soft: Option<Duration>, hard: Option<Duration>) -> 
         token,
         deadline: Some(deadline),
         _timer: Some(tokio_util::task::AbortOnDropHandle::new(timer)),
+    }
+}
+
+/// Adds a job to the running ones. If this process still runs an older lease of it, the
+/// database forgot that lease (a failover lost it, or the job's id was given anew): that attempt
+/// stops, unrecorded.
+fn track(shared: &Shared, id: i64, running: &RunningJob) {
+    if let Some(older) = lock(&shared.running).insert(id, running.clone()) {
+        tracing::warn!(
+            older_attempt = older.attempt,
+            "the job was leased again while an older lease of it still runs here; stopping that one"
+        );
+        older.lease_lost.cancel();
     }
 }
 

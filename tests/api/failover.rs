@@ -164,10 +164,6 @@ async fn cut_replication(standby: &sqlx::postgres::PgConnectOptions) {
     conn.close().await.unwrap();
 }
 
-fn tokens(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
 /// What the instance under test runs: the state (channel layer, pipelined reads), HTTP, and
 /// two worker runtimes (`fo_b` starts only when asked).
 struct Instance {
@@ -255,148 +251,386 @@ async fn send(
         .map_err(|e| e.to_string())
 }
 
-#[tokio::test]
-async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_doubled() {
-    let _log = logs();
-    let mut pair = Pair::start().await;
-    let instance = Instance::open(pair.multi_host_url()).await;
-    let client = helpers::client();
-    let pool = instance.db.pool.clone();
+/// What a member of the test group on the instance received, by token.
+struct Member(Arc<Mutex<HashMap<String, u32>>>);
 
-    // Delivered messages by token, as a member of the group on this instance sees them.
-    let group = GroupName::parse("failover").unwrap();
-    let received: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let mut member = instance.state.channels.subscribe();
-    member.join(&group);
-    tokio::spawn({
-        let received = received.clone();
-        async move {
+impl Member {
+    fn join(instance: &Instance, group: &GroupName) -> Self {
+        let received: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let mut member = instance.state.channels.subscribe();
+        member.join(group);
+        let counts = received.clone();
+        tokio::spawn(async move {
             while let Some(delivery) = member.recv().await {
                 let message: serde_json::Value = delivery.decode().unwrap();
                 let token = message["token"].as_str().unwrap_or_default().to_owned();
-                *received.lock().unwrap().entry(token).or_default() += 1;
+                *counts.lock().unwrap().entry(token).or_default() += 1;
             }
-        }
-    });
-    let count_of = |token: &str| received.lock().unwrap().get(token).copied().unwrap_or(0);
+        });
+        Self(received)
+    }
 
-    // HTTP traffic all along: `/readyz` every 50 ms, with when it answered what.
-    let started = Instant::now();
-    // (answered at, status, took)
-    let readiness: Arc<Mutex<Vec<(Duration, u16, Duration)>>> = Arc::default();
-    let probing = CancellationToken::new();
-    tokio::spawn({
-        let (readiness, probing, client) = (readiness.clone(), probing.clone(), client.clone());
-        let url = format!("{}/readyz", instance.address);
-        async move {
-            while !probing.is_cancelled() {
+    fn count(&self, token: &str) -> u32 {
+        self.0.lock().unwrap().get(token).copied().unwrap_or(0)
+    }
+
+    fn all_once(&self, tokens: &[String]) -> bool {
+        tokens.iter().all(|t| self.count(t) == 1)
+    }
+
+    fn doubled(&self) -> Vec<String> {
+        let received = self.0.lock().unwrap();
+        let doubled = received.iter().filter(|(_, n)| **n > 1);
+        doubled.map(|(t, n)| format!("{t}×{n}")).collect()
+    }
+}
+
+/// HTTP traffic all along: `/readyz` every 50 ms, with when it answered, what, and how long
+/// it took.
+struct Readiness {
+    answers: Arc<Mutex<Vec<(Duration, u16, Duration)>>>,
+    probing: CancellationToken,
+}
+
+impl Readiness {
+    fn probe(address: &str, started: Instant) -> Self {
+        let answers: Arc<Mutex<Vec<(Duration, u16, Duration)>>> = Arc::default();
+        let probing = CancellationToken::new();
+        let (log, stop, client) = (answers.clone(), probing.clone(), helpers::client());
+        let url = format!("{address}/readyz");
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
                 let sent = Instant::now();
                 let status = match client.get(&url).send().await {
                     Ok(response) => response.status().as_u16(),
                     Err(_) => 0,
                 };
-                readiness
-                    .lock()
-                    .unwrap()
-                    .push((started.elapsed(), status, sent.elapsed()));
+                let answer = (started.elapsed(), status, sent.elapsed());
+                log.lock().unwrap().push(answer);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self { answers, probing }
+    }
+
+    /// Stops probing; `/readyz` must be ready at the end, within 30 s of the kill. How it
+    /// went is logged.
+    fn report(self, killed: Duration) {
+        self.probing.cancel();
+        let answers = self.answers.lock().unwrap().clone();
+        let (last_at, last_status, _) = *answers.last().unwrap();
+        assert_eq!(last_status, 200, "/readyz is ready at the end");
+        let failed: Vec<_> = answers.iter().filter(|r| r.1 != 200).collect();
+        let recovered = answers
+            .iter()
+            .rev()
+            .take_while(|r| r.1 == 200)
+            .last()
+            .map_or(last_at, |r| r.0 - r.2);
+        let slowest = answers.iter().map(|r| r.2).max().unwrap_or_default();
+        let last_failed = match failed.last() {
+            Some(r) => format!(
+                "the last sent {:?} after the kill",
+                (r.0 - r.2).saturating_sub(killed)
+            ),
+            None => "none".to_owned(),
+        };
+        eprintln!(
+            "failover: /readyz, asked every 50 ms: {} answers, {} not 200 ({last_failed}); the \
+             slowest took {slowest:?}",
+            answers.len(),
+            failed.len(),
+        );
+        assert!(recovered.saturating_sub(killed) < Duration::from_secs(30));
+    }
+}
+
+/// The jobs and messages of each phase, by token.
+struct Tokens {
+    /// Jobs done before the cut.
+    before: Vec<String>,
+    /// Jobs running at the cut, their leases replicated.
+    held: Vec<String>,
+    /// Jobs enqueued before the cut and leased after it (their leases are lost).
+    unreplicated_lease: Vec<String>,
+    /// Jobs enqueued after the cut (lost), running at the kill.
+    during: Vec<String>,
+    /// Jobs enqueued on the new primary.
+    after: Vec<String>,
+    sent_before: Vec<String>,
+    sent_during: Vec<String>,
+    sent_after: Vec<String>,
+}
+
+impl Tokens {
+    fn new() -> Self {
+        let tokens = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        Self {
+            before: tokens("before", 20),
+            held: tokens("held", 3),
+            unreplicated_lease: tokens("unreplicated-lease", 3),
+            // More than the 32 values a sequence logs ahead, so the new primary hands their
+            // ids out again.
+            during: tokens("during", 40),
+            after: tokens("after", 20),
+            sent_before: tokens("m-before", 50),
+            sent_during: tokens("m-during", 200),
+            sent_after: tokens("m-after", 50),
+        }
+    }
+
+    /// Every job the new primary has.
+    fn kept_jobs(&self) -> Vec<String> {
+        [
+            &self.before,
+            &self.held,
+            &self.unreplicated_lease,
+            &self.after,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+}
+
+/// The instance, its group member, the group and the tokens.
+struct Scene {
+    instance: Instance,
+    member: Member,
+    group: GroupName,
+    tokens: Tokens,
+}
+
+impl Scene {
+    async fn send(&self, token: &str) -> Result<i64, String> {
+        send(&self.instance.state, &self.group, token).await
+    }
+
+    /// Before: jobs done, long jobs running (their leases replicated), messages delivered;
+    /// and jobs for `fo_b`, whose workers start only once replication is cut. All replayed.
+    async fn before_the_cut(&self, pair: &Pair) {
+        let (pool, t) = (&self.instance.db.pool, &self.tokens);
+        for (tokens, queue, hold) in [
+            (&t.before, "fo_a", false),
+            (&t.held, "fo_a", true),
+            (&t.unreplicated_lease, "fo_b", true),
+        ] {
+            for token in tokens {
+                enqueue(pool, queue, token, hold).await.unwrap();
+            }
+        }
+        for token in &t.sent_before {
+            self.send(token).await.unwrap();
+        }
+        eventually(Duration::from_secs(20), "the first jobs run", || async {
+            t.before.iter().all(|t| self.instance.runs.of(t).1 == 1)
+                && running(pool, &t.held).await == t.held.len() as i64
+        })
+        .await;
+        let delivered = || async { self.member.all_once(&t.sent_before) };
+        eventually(
+            Duration::from_secs(20),
+            "the first messages arrive",
+            delivered,
+        )
+        .await;
+        // Recorded outcomes are written with `synchronous_commit = off`: flushed within 200 ms.
+        let recorded = || async { self.instance.workers_a.unrecorded() == t.held.len() };
+        eventually(
+            Duration::from_secs(5),
+            "the first outcomes are recorded",
+            recorded,
+        )
+        .await;
+        pair.wait_replayed().await;
+    }
+
+    /// During: replication is cut, and what the primary commits from now on is lost with it:
+    /// `fo_b`'s leases, jobs enqueued and leased, messages sent (and delivered here).
+    async fn during_the_cut(&self, pair: &Pair) -> Workers {
+        cut_replication(&pair.standby_options()).await;
+        let (instance, t) = (&self.instance, &self.tokens);
+        let queues = "fo_b:8";
+        let workers_b = Instance::workers(
+            &instance.config,
+            &instance.db,
+            &instance.runs,
+            queues,
+            "instance-b",
+        );
+        for token in &t.during {
+            enqueue(&instance.db.pool, "fo_a", token, true)
+                .await
+                .unwrap();
+        }
+        for token in &t.sent_during {
+            self.send(token).await.unwrap();
+        }
+        eventually(
+            Duration::from_secs(20),
+            "the unreplicated leases are taken",
+            || async {
+                let pool = &instance.db.pool;
+                running(pool, &t.unreplicated_lease).await == t.unreplicated_lease.len() as i64
+                    && running(pool, &t.during).await == t.during.len() as i64
+                    && self.member.all_once(&t.sent_during)
+            },
+        )
+        .await;
+        workers_b
+    }
+
+    /// After: jobs enqueued and messages sent, each retried until it is acknowledged. Returns
+    /// when the first write was.
+    async fn after_the_failover(&self, started: Instant) -> Duration {
+        let mut first_write = None;
+        for token in &self.tokens.after {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Err(e) = enqueue(&self.instance.db.pool, "fo_a", token, false).await {
+                assert!(Instant::now() < deadline, "enqueue after the failover: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            first_write.get_or_insert(started.elapsed());
+        }
+        for token in &self.tokens.sent_after {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Err(e) = self.send(token).await {
+                assert!(Instant::now() < deadline, "send after the failover: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    });
+        first_write.unwrap()
+    }
 
-    // Before: jobs done, long jobs running (their leases replicated), messages delivered;
-    // and long jobs for `fo_b`, whose workers start only once replication is cut.
-    let before = tokens("before", 20);
-    let held = tokens("held", 3);
-    let unreplicated_lease = tokens("unreplicated-lease", 3);
-    for token in &before {
-        enqueue(&pool, "fo_a", token, false).await.unwrap();
+    /// Every job the new primary has ends completed, recorded once, by its own run, which ran
+    /// to its end once; held leases were honoured, lost ones started once more.
+    async fn check_jobs(&self, new_primary: &PgPool, workers_b: &Workers) {
+        let (runs, t) = (&self.instance.runs, &self.tokens);
+        let kept = t.kept_jobs();
+        eventually(Duration::from_secs(60), "every job is done", || async {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs_done WHERE state = 'completed' AND args->>'token' = ANY($1)",
+            )
+            .bind(&kept)
+            .fetch_one(new_primary)
+            .await
+            .unwrap_or(0);
+            done == kept.len() as i64
+        })
+        .await;
+        // Until every run this process started has ended (a stale one would finish late).
+        eventually(Duration::from_secs(30), "every run ends", || async {
+            self.instance.workers_a.unrecorded() == 0 && workers_b.unrecorded() == 0
+        })
+        .await;
+        let rows: Vec<(
+            String,
+            String,
+            i32,
+            Option<serde_json::Value>,
+            serde_json::Value,
+        )> = sqlx::query_as(
+            "SELECT args->>'token', state, attempt, result, errors FROM jobs_done
+                  WHERE kind = 'test_failover_counted'
+                 UNION ALL
+                 SELECT args->>'token', state, attempt, NULL, errors FROM jobs
+                  WHERE kind = 'test_failover_counted'",
+        )
+        .fetch_all(new_primary)
+        .await
+        .unwrap();
+        let mut seen = HashMap::new();
+        for (token, state, attempt, result, errors) in &rows {
+            assert_eq!(state, "completed", "{token}: {errors}");
+            let recorded = result.as_ref().and_then(|r| r["token"].as_str());
+            assert_eq!(
+                recorded,
+                Some(token.as_str()),
+                "{token}'s outcome is its own run's"
+            );
+            assert_eq!(runs.of(token).1, 1, "{token} ran to its end once");
+            *seen.entry(token.clone()).or_insert(0) += 1;
+            if t.held.contains(token) {
+                let honoured = (*attempt, runs.of(token).0);
+                assert_eq!(
+                    honoured,
+                    (1, 1),
+                    "{token}: its lease reached the new primary and was honoured"
+                );
+            }
+            if t.unreplicated_lease.contains(token) {
+                let again = (*attempt, runs.of(token).0);
+                assert_eq!(
+                    again,
+                    (1, 2),
+                    "{token}: its lease was lost, so it started once more"
+                );
+            }
+        }
+        for token in &kept {
+            assert_eq!(seen.get(token), Some(&1), "{token} is recorded once");
+        }
+        let lost = t.during.iter().all(|t| !seen.contains_key(t));
+        assert!(
+            lost,
+            "jobs enqueued after the cut are not on the new primary"
+        );
     }
-    for token in &held {
-        enqueue(&pool, "fo_a", token, true).await.unwrap();
-    }
-    for token in &unreplicated_lease {
-        enqueue(&pool, "fo_b", token, true).await.unwrap();
-    }
-    let sent_before = tokens("m-before", 50);
-    for token in &sent_before {
-        send(&instance.state, &group, token).await.unwrap();
-    }
-    eventually(Duration::from_secs(20), "the first jobs run", || async {
-        before.iter().all(|t| instance.runs.of(t).1 == 1)
-            && running(&pool, &held).await == held.len() as i64
-    })
-    .await;
-    eventually(
-        Duration::from_secs(20),
-        "the first messages arrive",
-        || async { sent_before.iter().all(|t| count_of(t) == 1) },
-    )
-    .await;
-    // Recorded outcomes are written with `synchronous_commit = off`: flushed within 200 ms.
-    eventually(
-        Duration::from_secs(5),
-        "the first outcomes are recorded",
-        || async { instance.workers_a.unrecorded() == held.len() },
-    )
-    .await;
-    pair.wait_replayed().await;
 
-    // During: replication is cut; what the primary commits from now on is lost with it.
-    cut_replication(&pair.standby_options()).await;
-    let workers_b = Instance::workers(
-        &instance.config,
-        &instance.db,
-        &instance.runs,
-        "fo_b:8",
-        "instance-b",
-    );
-    // More than the 32 values a sequence logs ahead, so the new primary hands out ids again.
-    let during = tokens("during", 40);
-    for token in &during {
-        enqueue(&pool, "fo_a", token, true).await.unwrap();
+    /// Every message the new primary has is delivered once, and none twice.
+    async fn check_messages(&self, new_primary: &PgPool) {
+        // A last message: delivered after any duplicate of the earlier ones would have been.
+        self.send("last").await.unwrap();
+        let last = || async { self.member.count("last") == 1 };
+        eventually(Duration::from_secs(30), "the last message arrives", last).await;
+        let kept: Vec<String> = sqlx::query_scalar(
+            "SELECT payload::json->>'token' FROM channel_messages WHERE target = 'failover'",
+        )
+        .fetch_all(new_primary)
+        .await
+        .unwrap();
+        for token in self
+            .tokens
+            .sent_before
+            .iter()
+            .chain(&self.tokens.sent_after)
+        {
+            assert!(kept.contains(token), "{token} is on the new primary");
+        }
+        for token in &kept {
+            let count = self.member.count(token);
+            assert_eq!(count, 1, "{token} (on the new primary) is delivered once");
+        }
+        let doubled = self.member.doubled();
+        assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
     }
-    let sent_during = tokens("m-during", 200);
-    for token in &sent_during {
-        send(&instance.state, &group, token).await.unwrap();
-    }
-    eventually(
-        Duration::from_secs(20),
-        "the unreplicated leases are taken",
-        || async {
-            running(&pool, &unreplicated_lease).await == unreplicated_lease.len() as i64
-                && running(&pool, &during).await == during.len() as i64
-                && sent_during.iter().all(|t| count_of(t) == 1)
-        },
-    )
-    .await;
+}
 
-    // The primary dies; the standby is promoted.
+#[tokio::test]
+async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_doubled() {
+    let _log = logs();
+    let mut pair = Pair::start().await;
+    let instance = Instance::open(pair.multi_host_url()).await;
+    let group = GroupName::parse("failover").unwrap();
+    let member = Member::join(&instance, &group);
+    let started = Instant::now();
+    let readiness = Readiness::probe(&instance.address, started);
+    let scene = Scene {
+        instance,
+        member,
+        group,
+        tokens: Tokens::new(),
+    };
+    scene.before_the_cut(&pair).await;
+    let workers_b = scene.during_the_cut(&pair).await;
+
+    // The primary dies; the standby is promoted; writes go on.
     let killed = started.elapsed();
     pair.kill_primary().await;
     pair.promote_standby().await;
     let promoted = started.elapsed();
-
-    // After: writes go on, each retried until it is acknowledged.
-    let after = tokens("after", 20);
-    let mut first_write = None;
-    for token in &after {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = enqueue(&pool, "fo_a", token, false).await {
-            assert!(Instant::now() < deadline, "enqueue after the failover: {e}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        first_write.get_or_insert(started.elapsed());
-    }
-    let sent_after = tokens("m-after", 50);
-    for token in &sent_after {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = send(&instance.state, &group, token).await {
-            assert!(Instant::now() < deadline, "send after the failover: {e}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let first_write = first_write.unwrap();
+    let first_write = scene.after_the_failover(started).await;
     eprintln!(
         "failover: primary killed at {killed:?}, standby promoted at {promoted:?}, first write \
          acknowledged at {first_write:?} ({:?} after the kill)",
@@ -406,149 +640,20 @@ async fn a_promoted_standby_takes_over_and_no_job_or_message_it_has_is_lost_or_d
     // The leases lost with the old primary are taken again on the new one (their old runs,
     // still held here, must stop); then the held jobs may finish.
     let new_primary = PgPool::connect_with(pair.standby_options()).await.unwrap();
+    let lost_leases = &scene.tokens.unreplicated_lease;
     eventually(
         Duration::from_secs(30),
         "the lost leases are taken again",
-        || async {
-            running(&new_primary, &unreplicated_lease).await == unreplicated_lease.len() as i64
-        },
+        || async { running(&new_primary, lost_leases).await == lost_leases.len() as i64 },
     )
     .await;
-    instance.runs.release();
+    scene.instance.runs.release();
 
-    // Every job the new primary has ends done, once; every message it has arrives, once.
-    let expected_jobs: Vec<String> = [&before, &held, &unreplicated_lease, &after]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    eventually(Duration::from_secs(60), "every job is done", || async {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs_done WHERE state = 'completed' AND args->>'token' = ANY($1)",
-        )
-        .bind(&expected_jobs)
-        .fetch_one(&new_primary)
-        .await
-        .unwrap_or(0);
-        done == expected_jobs.len() as i64
-    })
-    .await;
-    // Until every run this process started has ended (a stale one would finish late).
-    eventually(Duration::from_secs(30), "every run ends", || async {
-        instance.workers_a.unrecorded() == 0 && workers_b.unrecorded() == 0
-    })
-    .await;
-    let rows: Vec<(
-        String,
-        String,
-        i32,
-        Option<serde_json::Value>,
-        serde_json::Value,
-    )> = sqlx::query_as(
-        "SELECT args->>'token', state, attempt, result, errors FROM jobs_done
-              WHERE kind = 'test_failover_counted'
-             UNION ALL
-             SELECT args->>'token', state, attempt, NULL, errors FROM jobs
-              WHERE kind = 'test_failover_counted'",
-    )
-    .fetch_all(&new_primary)
-    .await
-    .unwrap();
-    let mut seen = HashMap::new();
-    for (token, state, attempt, result, errors) in &rows {
-        assert_eq!(state, "completed", "{token}: {errors}");
-        assert_eq!(
-            result.as_ref().and_then(|r| r["token"].as_str()),
-            Some(token.as_str()),
-            "{token}'s recorded outcome is its own run's"
-        );
-        assert_eq!(instance.runs.of(token).1, 1, "{token} ran to its end once");
-        *seen.entry(token.clone()).or_insert(0) += 1;
-        if held.contains(token) {
-            assert_eq!(
-                (*attempt, instance.runs.of(token).0),
-                (1, 1),
-                "{token}: its lease reached the new primary and was honoured"
-            );
-        }
-        if unreplicated_lease.contains(token) {
-            assert_eq!(
-                (*attempt, instance.runs.of(token).0),
-                (1, 2),
-                "{token}: its lease was lost, so it started again on the new primary"
-            );
-        }
-    }
-    for token in &expected_jobs {
-        assert_eq!(seen.get(token), Some(&1), "{token} is recorded once");
-    }
-    assert!(
-        during.iter().all(|t| !seen.contains_key(t)),
-        "jobs enqueued after the cut are not on the new primary"
-    );
+    scene.check_jobs(&new_primary, &workers_b).await;
+    scene.check_messages(&new_primary).await;
+    readiness.report(killed);
 
-    // A last message: delivered after any duplicate of the earlier ones would have been.
-    send(&instance.state, &group, "last").await.unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the last message arrives",
-        || async { count_of("last") == 1 },
-    )
-    .await;
-    let kept: Vec<String> = sqlx::query_scalar(
-        "SELECT payload::json->>'token' FROM channel_messages WHERE target = 'failover'",
-    )
-    .fetch_all(&new_primary)
-    .await
-    .unwrap();
-    for token in sent_before.iter().chain(&sent_after) {
-        assert!(kept.contains(token), "{token} is on the new primary");
-    }
-    for token in &kept {
-        assert_eq!(
-            count_of(token),
-            1,
-            "{token} (on the new primary) is delivered once"
-        );
-    }
-    let doubled: Vec<_> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(t, n)| format!("{t}×{n}"))
-        .collect();
-    assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
-
-    // HTTP: `/readyz` answered all along (a request may wait for the pool) and is ready at the
-    // end; how it went is logged.
-    probing.cancel();
-    let readiness = readiness.lock().unwrap().clone();
-    let (last_at, last_status, _) = *readiness.last().unwrap();
-    assert_eq!(last_status, 200, "/readyz is ready at the end");
-    let failed: Vec<_> = readiness.iter().filter(|r| r.1 != 200).collect();
-    let recovered = readiness
-        .iter()
-        .rev()
-        .take_while(|r| r.1 == 200)
-        .last()
-        .map_or(last_at, |r| r.0 - r.2);
-    let slowest = readiness.iter().map(|r| r.2).max().unwrap_or_default();
-    let last_failed = match failed.last() {
-        Some(r) => format!(
-            "the last sent {:?} after the kill",
-            (r.0 - r.2).saturating_sub(killed)
-        ),
-        None => "none".to_owned(),
-    };
-    eprintln!(
-        "failover: /readyz, asked every 50 ms: {} answers, {} not 200 ({last_failed}); the \
-         slowest took {slowest:?}",
-        readiness.len(),
-        failed.len(),
-    );
-    assert!(recovered.saturating_sub(killed) < Duration::from_secs(30));
-
+    let instance = scene.instance;
     workers_b.shutdown().await;
     instance.workers_a.shutdown().await;
     instance.state.channels.shutdown().await;
