@@ -345,6 +345,17 @@ impl fmt::Display for Config {
         if let Some(direct) = &self.db.direct_database_url {
             writeln!(f, "  direct database     {}", mask_url(direct))?;
         }
+        let replicas = self.db.read_urls();
+        if !replicas.is_empty() {
+            let urls: Vec<String> = replicas.iter().map(|url| mask_url(url)).collect();
+            writeln!(
+                f,
+                "  read replicas       {} / max lag {} / checked every {}",
+                urls.join(" "),
+                d(self.db.read_max_lag),
+                d(self.db.read_check_interval)
+            )?;
+        }
         writeln!(f, "  data dir            {}", self.db.data_dir.display())?;
         writeln!(f, "  bind                {}", self.http.bind)?;
         writeln!(f, "  secret key          {secret}")?;

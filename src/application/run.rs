@@ -242,6 +242,7 @@ async fn stop_platform(state: &AppState, tasks: &TaskTracker) {
     state.cache.shutdown();
     state.channels.shutdown().await;
     state.reads.close();
+    state.replicas.close().await;
     tasks.close();
     tasks.wait().await;
 }

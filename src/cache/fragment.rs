@@ -25,7 +25,9 @@
 //!
 //! A fragment is shared by every visitor: its template must not hold anything of one visitor
 //! (the `Layout`, a user, a CSRF token). Those stay in the page around it, which the page
-//! cache's `Personal` rule keeps private.
+//! cache's `Personal` rule keeps private. Build it from the primary (`state.db`), never from a
+//! read replica: one that had not yet replayed the write whose invalidation dropped the
+//! fragment would have the old one stored until its timeout.
 
 use std::{fmt, future::Future};
 

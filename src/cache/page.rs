@@ -33,6 +33,10 @@
 //!   Django's `UpdateCacheMiddleware`/`FetchFromCacheMiddleware`) around the pages router: the
 //!   same rules, but it leaves every route with a `cache_page` of its own to that layer.
 //!
+//! * a request the layer will store the answer of is marked [`Filling`]: it is rendered from
+//!   the primary, never from a read replica that may not have replayed the write behind the
+//!   latest purge; and a response rendered from a replica is marked [`Personal`], so never stored.
+//!
 //! [`never_cache`] marks a response as never to be cached, here or by browsers and proxies.
 
 use std::{
@@ -128,6 +132,15 @@ impl Personal {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// The mark of a request a page cache layer missed and will store the answer of if it can:
+/// what renders it must read data at least as new as the latest purge, from the primary and
+/// never from a read replica that may lag (one that had not yet replayed a write would have its
+/// old page stored, after the purge that write made, until the page's TTL). The web layer's
+/// lag-tolerant reads go to the primary for a request so marked; a layer that serves a request
+/// uncached takes the mark off.
+#[derive(Debug, Clone, Copy)]
+pub struct Filling;
 
 /// The [`cache_page`] layer.
 #[derive(Clone)]
@@ -365,6 +378,8 @@ where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
     let personal = Personal::of(request.extensions_mut());
+    // Not stored here, nor by a site-wide layer around (it leaves this route's answers alone).
+    request.extensions_mut().remove::<Filling>();
     let mut response = call(inner, request).await;
     response.headers_mut().remove(TAGS);
     if personal.is_marked() {
@@ -406,6 +421,7 @@ where
     let request_headers = request.headers().clone();
     let front_url = url_hash(request.headers(), request.uri());
     let personal = Personal::of(request.extensions_mut());
+    request.extensions_mut().insert(Filling);
 
     let mut response = call(&mut inner, request).await;
     if config.site && response.extensions().get::<Handled>().is_some() {

@@ -19,9 +19,11 @@ pub mod lost;
 pub mod migrations;
 pub mod pipeline;
 pub mod pooler;
+pub mod replicas;
 mod settings;
 
 pub use pipeline::{Pipeline, PipelineError};
+pub use replicas::{Lsn, Replicas};
 pub use settings::DbSettings;
 
 use std::{str::FromStr, time::Duration};

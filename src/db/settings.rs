@@ -26,6 +26,26 @@ pub struct DbSettings {
     )]
     pub direct_database_url: Option<String>,
 
+    /// PostgreSQL hot standbys for reads that may lag (public pages and lists, `/ops`
+    /// reports), separated by whitespace (a URL may hold commas: several hosts). Each one in
+    /// recovery and within `read_max_lag` of the primary takes such reads; one that is down,
+    /// behind or not a standby is skipped, and the reads go to `DATABASE_URL`.
+    #[arg(
+        long,
+        env = "HEARTH_READ_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub read_database_url: Option<String>,
+
+    /// Most a read replica may lag behind the primary and still take reads.
+    #[arg(long, env = "HEARTH_READ_MAX_LAG", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub read_max_lag: Duration,
+
+    /// How often each read replica's state and lag are checked.
+    #[arg(long, env = "HEARTH_READ_CHECK_INTERVAL", default_value = "1s", value_parser = parse_interval, global = true)]
+    pub read_check_interval: Duration,
+
     /// Folder for Hearth's own files: the embedded cluster, its log, the generated secret key.
     #[arg(
         long,
@@ -72,4 +92,23 @@ pub struct DbSettings {
         global = true
     )]
     pub db_pipelines: u32,
+}
+
+impl DbSettings {
+    /// The URLs of `HEARTH_READ_DATABASE_URL`, split at whitespace.
+    pub fn read_urls(&self) -> Vec<&str> {
+        self.read_database_url
+            .as_deref()
+            .map(|urls| urls.split_whitespace().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A check interval: a duration of at least 10 ms (zero would spin).
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if interval < Duration::from_millis(10) {
+        return Err("the check interval must be at least 10ms".into());
+    }
+    Ok(interval)
 }

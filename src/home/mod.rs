@@ -8,17 +8,22 @@
 //! The latest posts are a cached fragment ([`crate::cache::fragment`]): the same for every
 //! visitor, signed in or not, so the page around it stays personal while the query and the
 //! rendering behind the list run once per change of the list (publishing drops the
-//! [`LIST_TAG`] it is stored with) or per [`LATEST_TTL`].
+//! [`LIST_TAG`] it is stored with) or per [`LATEST_TTL`]. It is built from the primary:
+//! stored in the shared cache, a list read from a replica that had not yet replayed the post
+//! whose publication dropped it would stay stale until its TTL. The rooms and the member
+//! figures may lag, and come from a read replica when one serves (`LagTolerant`).
 
 use std::time::Duration;
 
 use askama::Template;
 use axum::{extract::State, response::IntoResponse, routing::get};
 
+use sqlx::PgPool;
+
 use crate::{
     cache::fragment::Fragment,
     publishing::LIST_TAG,
-    web::{AppState, Layout, WebError, render},
+    web::{AppState, Layout, WebError, render, replicas::LagTolerant},
 };
 
 /// How long the latest posts are kept when no publishing drops them first (a bound on how
@@ -84,12 +89,14 @@ struct Recent {
 #[tracing::instrument(skip_all)]
 async fn home(
     State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     layout: Layout,
 ) -> Result<impl IntoResponse, WebError> {
     let latest = state
         .cache
         .fragment("home-latest-posts", LATEST_TTL)
         .tags(&[LIST_TAG])
+        // From the primary (`state.db`): the fragment is stored in the shared cache.
         .render(|| async {
             let posts = sqlx::query_as!(
                 Recent,
@@ -105,11 +112,11 @@ async fn home(
         .await
         .map_err(fragment_failed)?;
     let rooms = match &layout.user {
-        Some(_) => active_rooms(&state).await?,
+        Some(_) => active_rooms(&db).await?,
         None => Vec::new(),
     };
     let members = match &layout.user {
-        Some(user) if user.is_admin => Some(members(&state).await?),
+        Some(user) if user.is_admin => Some(members(&db).await?),
         _ => None,
     };
     render(&HomePage {
@@ -141,23 +148,23 @@ fn fragment_failed(e: crate::cache::CacheError) -> WebError {
 }
 
 /// The five public rooms with the most recent messages.
-async fn active_rooms(state: &AppState) -> Result<Vec<ActiveRoom>, sqlx::Error> {
+async fn active_rooms(db: &PgPool) -> Result<Vec<ActiveRoom>, sqlx::Error> {
     sqlx::query_as(
         "SELECT slug, name, last_message_at FROM chat_rooms
           WHERE NOT is_private
           ORDER BY last_message_at DESC NULLS LAST, name LIMIT 5",
     )
-    .fetch_all(&state.db)
+    .fetch_all(db)
     .await
 }
 
-async fn members(state: &AppState) -> Result<Members, sqlx::Error> {
+async fn members(db: &PgPool) -> Result<Members, sqlx::Error> {
     let count = sqlx::query_scalar!(r#"SELECT count(*) AS "members!" FROM users"#)
-        .fetch_one(&state.db)
+        .fetch_one(db)
         .await?;
     let newest =
         sqlx::query_scalar!("SELECT username FROM users ORDER BY created_at DESC, id DESC LIMIT 5")
-            .fetch_all(&state.db)
+            .fetch_all(db)
             .await?;
     Ok(Members { count, newest })
 }

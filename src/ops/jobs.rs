@@ -21,7 +21,7 @@ use crate::{
         kind_limits::{self, Rate},
         schedule_store::{self, ScheduleStatus},
     },
-    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render},
+    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render, replicas::LagTolerant},
 };
 
 const PAGE: i64 = 50;
@@ -100,14 +100,17 @@ impl OverviewPage {
     }
 }
 
-/// `/ops`: counts by queue and state, queues, schedules, the latest actions.
+/// `/ops`: counts by queue and state, queues, schedules, the latest actions. A report: read
+/// from a replica when one serves (after the administrator's own action, one that has
+/// replayed it).
 pub(super) async fn overview(
     State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     _admin: RequireAdmin,
     layout: Layout,
 ) -> Result<Response, WebError> {
-    let counts = control::counts(&state.db).await?;
-    let paused: BTreeSet<String> = control::paused(&state.db).await?.into_iter().collect();
+    let counts = control::counts(&db).await?;
+    let paused: BTreeSet<String> = control::paused(&db).await?.into_iter().collect();
     let mut queues: BTreeSet<String> = counts.iter().map(|c| c.queue.clone()).collect();
     queues.extend(
         state
@@ -126,16 +129,16 @@ pub(super) async fn overview(
             (q, is_paused)
         })
         .collect();
-    let schedules = schedule_store::list(&state.db, &state.composed.schedules).await?;
-    let audit = audit::recent(&state.db, 10).await?;
-    let kind_limits = kind_limits::list(&state.db)
+    let schedules = schedule_store::list(&db, &state.composed.schedules).await?;
+    let audit = audit::recent(&db, 10).await?;
+    let kind_limits = kind_limits::list(&db)
         .await?
         .into_iter()
         .map(|(kind, rate)| (kind, rate.to_string()))
         .collect();
     Ok(render(&OverviewPage {
         layout,
-        health: control::health(&state.db).await?,
+        health: control::health(&db).await?,
         timings: crate::jobs::metrics::snapshot(),
         counts: count_table(&counts),
         queues,
@@ -149,10 +152,10 @@ pub(super) async fn overview(
 
 /// `/ops/api/counts`: what the overview's table shows, for its live refresh.
 pub(super) async fn counts(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     _admin: RequireAdmin,
 ) -> Result<Json<Vec<Count>>, WebError> {
-    Ok(Json(control::counts(&state.db).await?))
+    Ok(Json(control::counts(&db).await?))
 }
 
 #[derive(Deserialize, Default)]
@@ -251,28 +254,29 @@ struct ListPage {
     bulk_error: Option<String>,
 }
 
-/// `/ops/jobs`: jobs matching a filter, newest first, 50 to a page.
+/// `/ops/jobs`: jobs matching a filter, newest first, 50 to a page (from a replica when one
+/// serves).
 pub(super) async fn list(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     _admin: RequireAdmin,
     layout: Layout,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, WebError> {
-    Ok(render(&list_page(&state, layout, query, None).await?)?.into_response())
+    Ok(render(&list_page(&db, layout, query, None).await?)?.into_response())
 }
 
 async fn list_page(
-    state: &AppState,
+    db: &sqlx::PgPool,
     layout: Layout,
     query: ListQuery,
     bulk_error: Option<String>,
 ) -> Result<ListPage, WebError> {
     let filter = query.filter()?;
     let page = query.page.unwrap_or(1).clamp(1, 10_000);
-    let mut jobs = control::search(&state.db, &filter, PAGE + 1, (page - 1) * PAGE).await?;
+    let mut jobs = control::search(db, &filter, PAGE + 1, (page - 1) * PAGE).await?;
     let more = jobs.len() as i64 > PAGE;
     jobs.truncate(PAGE as usize);
-    let matching = match control::count_matching(&state.db, &filter, BULK_LIMIT + 1).await? {
+    let matching = match control::count_matching(db, &filter, BULK_LIMIT + 1).await? {
         n if n > BULK_LIMIT => "more than 1,000 jobs: the newest 1,000".to_owned(),
         1 => "1 job".to_owned(),
         n => format!("{n} jobs"),
@@ -440,7 +444,7 @@ pub(super) async fn bulk(
              jobs” to confirm.",
             form.action
         );
-        let page = list_page(&state, layout, form.query, Some(error)).await?;
+        let page = list_page(&state.db, layout, form.query, Some(error)).await?;
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response());
     }
     let jobs = control::search(&state.db, &filter, BULK_LIMIT, 0).await?;

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::audit;
 use crate::{
     jobs::schedule_store::{self, Changes, ScheduleStatus, StoreError, When},
-    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render},
+    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render, replicas::LagTolerant},
 };
 
 impl From<StoreError> for WebError {
@@ -47,13 +47,14 @@ impl ListPage {
     }
 }
 
-/// `GET /ops/schedules`.
+/// `GET /ops/schedules` (from a replica when one serves).
 pub(super) async fn list(
     State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     _admin: RequireAdmin,
     layout: Layout,
 ) -> Result<Response, WebError> {
-    let schedules = schedule_store::list(&state.db, &state.composed.schedules).await?;
+    let schedules = schedule_store::list(&db, &state.composed.schedules).await?;
     Ok(render(&ListPage {
         layout,
         schedules,

@@ -15,7 +15,11 @@ use super::audit;
 use crate::{
     cache::CacheStats,
     channels::{InstanceInfo, StatsSnapshot},
-    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render, sse, ws},
+    db::replicas::{PrimaryReads, ReplicaStatus},
+    web::{
+        AppState, Layout, WebError, auth::RequireAdmin, flash, render, replicas::LagTolerant, sse,
+        ws,
+    },
 };
 
 #[derive(Template)]
@@ -209,6 +213,38 @@ struct OldestTransaction {
     query: String,
 }
 
+/// A read replica as `/ops/db` shows it.
+struct ReplicaRow {
+    name: String,
+    state: String,
+    in_use: bool,
+    lag: String,
+    lag_bytes: String,
+    replayed: String,
+    reads: u64,
+}
+
+impl ReplicaRow {
+    fn of(status: ReplicaStatus, max_lag: std::time::Duration) -> Self {
+        Self {
+            state: status.describe(max_lag),
+            in_use: status.state.in_use(),
+            lag: status
+                .lag
+                .map_or_else(|| "–".into(), |lag| format!("{:.1} s", lag.as_secs_f64())),
+            lag_bytes: status.lag_bytes.map_or_else(
+                || "–".into(),
+                |bytes| human_bytes(bytes.min(i64::MAX as u64) as i64),
+            ),
+            replayed: status
+                .replayed
+                .map_or_else(|| "–".into(), |lsn| lsn.to_string()),
+            reads: status.reads,
+            name: status.name,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "ops/db.html")]
 struct DatabasePage {
@@ -217,11 +253,17 @@ struct DatabasePage {
     server_version: String,
     tables: Vec<TableHealth>,
     oldest: Option<OldestTransaction>,
+    /// The read replicas (none without `HEARTH_READ_DATABASE_URL`), and their lag bound.
+    replicas: Vec<ReplicaRow>,
+    max_lag: String,
+    /// Lag-tolerant reads the primary took although replicas are configured.
+    primary_reads: PrimaryReads,
 }
 
 /// `/ops/db`: the server version, the health of the tables jobs, messages and the cache live
 /// in, and the oldest open transaction — it holds back vacuum, which slows `SKIP LOCKED`
-/// fetches and bloats the message table.
+/// fetches and bloats the message table — all read on the primary (a standby's statistics are
+/// its own); then the read replicas, as their monitor last saw them.
 pub(super) async fn database(
     State(state): State<AppState>,
     _admin: RequireAdmin,
@@ -255,11 +297,21 @@ pub(super) async fn database(
         sqlx::query_scalar!(r#"SELECT current_setting('server_version') AS "version!""#)
             .fetch_one(&state.db)
             .await?;
+    let max_lag = state.replicas.max_lag();
+    let replicas = state
+        .replicas
+        .statuses()
+        .into_iter()
+        .map(|status| ReplicaRow::of(status, max_lag))
+        .collect();
     Ok(render(&DatabasePage {
         layout,
         server_version,
         tables,
         oldest,
+        replicas,
+        max_lag: format!("{:.1} s", max_lag.as_secs_f64()),
+        primary_reads: state.replicas.primary_reads(),
     })?
     .into_response())
 }
@@ -271,12 +323,12 @@ struct AuditPage {
     entries: Vec<audit::Entry>,
 }
 
-/// `/ops/audit`: the last 200 actions.
+/// `/ops/audit`: the last 200 actions (from a replica when one serves).
 pub(super) async fn audit_log(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     _admin: RequireAdmin,
     layout: Layout,
 ) -> Result<Response, WebError> {
-    let entries = audit::recent(&state.db, 200).await?;
+    let entries = audit::recent(&db, 200).await?;
     Ok(render(&AuditPage { layout, entries })?.into_response())
 }

@@ -14,7 +14,7 @@ use sqlx::Row;
 use super::audit;
 use crate::{
     jobs::workflow::{self, NodeStatus, WorkflowCancelled, WorkflowStatus},
-    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render},
+    web::{AppState, Layout, WebError, auth::RequireAdmin, flash, render, replicas::LagTolerant},
 };
 
 /// Most nodes a workflow's page draws; the counts cover all of them.
@@ -38,9 +38,9 @@ struct ListPage {
     workflows: Vec<Summary>,
 }
 
-/// `/ops/workflows`: the latest workflows.
+/// `/ops/workflows`: the latest workflows (from a replica when one serves).
 pub(super) async fn list(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     _admin: RequireAdmin,
     layout: Layout,
 ) -> Result<Response, WebError> {
@@ -48,7 +48,7 @@ pub(super) async fn list(
         "SELECT id, name, state, created_at, finished_at FROM workflows ORDER BY id DESC LIMIT $1",
     )
     .bind(PAGE)
-    .fetch_all(&state.db)
+    .fetch_all(&db)
     .await?;
     let workflows = rows
         .into_iter()

@@ -10,7 +10,7 @@ use axum::{
 };
 use axum_extra::extract::SignedCookieJar;
 use serde::Deserialize;
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
@@ -30,6 +30,7 @@ use crate::{
         auth::{CurrentUser, RequireLogin, User},
         conditional::Conditional,
         flash, render,
+        replicas::LagTolerant,
         templates::{ago, date},
     },
 };
@@ -68,7 +69,7 @@ impl PostView {
     }
 }
 
-async fn find(state: &AppState, slug: &str) -> Result<PostView, WebError> {
+async fn find(db: &PgPool, slug: &str) -> Result<PostView, WebError> {
     sqlx::query_as!(
         PostView,
         "SELECT p.id, p.slug, p.title, p.body, p.body_html, p.author_id, u.username AS author,
@@ -77,7 +78,7 @@ async fn find(state: &AppState, slug: &str) -> Result<PostView, WebError> {
           WHERE p.slug = $1",
         slug
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?
     .ok_or(WebError::NotFound)
 }
@@ -86,7 +87,7 @@ async fn find(state: &AppState, slug: &str) -> Result<PostView, WebError> {
 /// (as on its page: a 403 would tell that the draft exists), 403 if it is someone else's
 /// published post.
 async fn own(state: &AppState, slug: &str, user: &User) -> Result<PostView, WebError> {
-    let post = find(state, slug).await?;
+    let post = find(&state.db, slug).await?;
     if post.author_id != user.id && !post.is_published() {
         return Err(WebError::NotFound);
     }
@@ -159,7 +160,7 @@ fn past_the_end(page: i64) -> WebError {
 /// The version of a page of the list: which posts it shows, and when each last changed (from
 /// the published-posts index and 21 rows, without their bodies). A page past the last is a 404
 /// here already, so that no precondition (`If-None-Match: *`) turns it into a `304`.
-async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
+async fn list_version(db: &PgPool, page: i64) -> Result<String, WebError> {
     let rows = sqlx::query!(
         "SELECT id, updated_at FROM posts
           WHERE published_at IS NOT NULL
@@ -168,7 +169,7 @@ async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
         LIST_PAGE + 1,
         (page - 1) * LIST_PAGE
     )
-    .fetch_all(&state.db)
+    .fetch_all(db)
     .await?;
     if rows.is_empty() && page > 1 {
         return Err(past_the_end(page));
@@ -185,16 +186,17 @@ async fn list_version(state: &AppState, page: i64) -> Result<String, WebError> {
 }
 
 /// The published posts, newest first, 20 to a page. A page past the last is a 404. A
-/// revalidation of an unchanged page is a `304` before the posts are read.
+/// revalidation of an unchanged page is a `304` before the posts are read. Read from a
+/// replica when one may serve (`LagTolerant`).
 #[tracing::instrument(skip_all)]
 pub(super) async fn list(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     conditional: Conditional,
     layout: Layout,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, WebError> {
     let page = page_number(query.page.as_deref()).ok_or(WebError::NotFound)?;
-    let conditional = conditional.etag(list_version(&state, page).await?);
+    let conditional = conditional.etag(list_version(&db, page).await?);
     if let Some(answer) = conditional.precondition() {
         return Ok(answer);
     }
@@ -209,7 +211,7 @@ pub(super) async fn list(
         LIST_PAGE + 1,
         (page - 1) * LIST_PAGE
     )
-    .fetch_all(&state.db)
+    .fetch_all(&db)
     .await?;
     if posts.is_empty() && page > 1 {
         return Err(past_the_end(page));
@@ -239,7 +241,7 @@ struct ShowPage {
 /// whether they follow its author. None for a missing post or someone else's draft: the view
 /// answers those.
 async fn post_validators(
-    state: &AppState,
+    db: &PgPool,
     slug: &str,
     viewer: Option<i64>,
     conditional: Conditional,
@@ -249,7 +251,7 @@ async fn post_validators(
              FROM posts WHERE slug = $1"#,
         slug
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?
     else {
         return Ok(conditional);
@@ -259,7 +261,7 @@ async fn post_validators(
         return Ok(conditional);
     }
     let subscribed = match viewer.filter(|_| !is_author) {
-        Some(user_id) => is_subscribed(state, user_id, row.author_id).await?,
+        Some(user_id) => is_subscribed(db, user_id, row.author_id).await?,
         None => false,
     };
     let version = format!(
@@ -271,21 +273,24 @@ async fn post_validators(
 }
 
 /// One post. Drafts are shown to their author only (404 to anyone else). A signed-in reader's
-/// visit is recorded, so the daily digest leaves the post out (a revalidation, answered `304`
-/// before the post is read, follows a visit already recorded).
+/// visit is recorded (on the primary), so the daily digest leaves the post out (a
+/// revalidation, answered `304` before the post is read, follows a visit already recorded).
+/// The post is read from a replica when one may serve (`LagTolerant`): an edit or a
+/// withdrawal reaches readers served by one within the lag bound, its author at once.
 #[tracing::instrument(skip_all, fields(slug = %slug))]
 pub(super) async fn show(
     State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     conditional: Conditional,
     layout: Layout,
     Path(slug): Path<String>,
 ) -> Result<Response, WebError> {
     let viewer = layout.user.as_ref().map(|u| u.id);
-    let conditional = post_validators(&state, &slug, viewer, conditional).await?;
+    let conditional = post_validators(&db, &slug, viewer, conditional).await?;
     if let Some(answer) = conditional.precondition() {
         return Ok(answer);
     }
-    let post = find(&state, &slug).await?;
+    let post = find(&db, &slug).await?;
     let is_author = viewer == Some(post.author_id);
     if !post.is_published() && !is_author {
         return Err(WebError::NotFound);
@@ -299,7 +304,7 @@ pub(super) async fn show(
         )
         .execute(&state.db)
         .await?;
-        subscribed = is_subscribed(&state, user_id, post.author_id).await?;
+        subscribed = is_subscribed(&db, user_id, post.author_id).await?;
     }
     let tags = [post_tag(post.id)];
     let html = render(&ShowPage {
@@ -311,13 +316,13 @@ pub(super) async fn show(
     Ok(conditional.stamp(with_tags(html, &tags)))
 }
 
-async fn is_subscribed(state: &AppState, user_id: i64, author_id: i64) -> Result<bool, WebError> {
+async fn is_subscribed(db: &PgPool, user_id: i64, author_id: i64) -> Result<bool, WebError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE subscriber_id = $1 AND author_id = $2) AS "e!""#,
         user_id,
         author_id
     )
-    .fetch_one(&state.db)
+    .fetch_one(db)
     .await?)
 }
 
@@ -611,9 +616,10 @@ struct MinePage {
 }
 
 /// The signed-in author's posts, drafts included, last edited first, 20 to a page. A page
-/// past the last is a 404 that says so.
+/// past the last is a 404 that says so. From a replica when one may serve: after the author's
+/// own edit, only one that has replayed it (`LagTolerant`'s read-your-writes).
 pub(super) async fn mine(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     login: RequireLogin,
     layout: Layout,
     Query(query): Query<PageQuery>,
@@ -630,7 +636,7 @@ pub(super) async fn mine(
     .bind(login.user.id)
     .bind(LIST_PAGE + 1)
     .bind((page - 1) * LIST_PAGE)
-    .fetch_all(&state.db)
+    .fetch_all(&db)
     .await?;
     if posts.is_empty() && page > 1 {
         return Err(past_the_end(page));
@@ -659,12 +665,12 @@ struct AuthorPage {
     more: bool,
 }
 
-async fn author_id(state: &AppState, username: &str) -> Result<(i64, String), WebError> {
+async fn author_id(db: &PgPool, username: &str) -> Result<(i64, String), WebError> {
     let row = sqlx::query!(
         "SELECT id, username FROM users WHERE lower(username) = lower($1)",
         username
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?
     .ok_or(WebError::NotFound)?;
     Ok((row.id, row.username))
@@ -674,7 +680,7 @@ async fn author_id(state: &AppState, username: &str) -> Result<(i64, String), We
 /// publication or withdrawal; from the author index), their subscriber count and whether the
 /// signed-in viewer is one of them. No date: a subscription changes the page without one.
 async fn author_version(
-    state: &AppState,
+    db: &PgPool,
     author_id: i64,
     viewer: Option<&User>,
 ) -> Result<String, WebError> {
@@ -683,10 +689,10 @@ async fn author_version(
                   (SELECT count(*) FROM subscriptions WHERE author_id = $1) AS "subscribers!""#,
         author_id
     )
-    .fetch_one(&state.db)
+    .fetch_one(db)
     .await?;
     let subscribed = match viewer {
-        Some(user) if user.id != author_id => is_subscribed(state, user.id, author_id).await?,
+        Some(user) if user.id != author_id => is_subscribed(db, user.id, author_id).await?,
         _ => false,
     };
     let last_change = row.last_change.map(|at| at.unix_timestamp_nanos());
@@ -697,9 +703,9 @@ async fn author_version(
 }
 
 /// An author's published posts, with a subscribe button. A revalidation of an unchanged page
-/// is a `304` before the posts are read.
+/// is a `304` before the posts are read. From a replica when one may serve (`LagTolerant`).
 pub(super) async fn author(
-    State(state): State<AppState>,
+    LagTolerant(db): LagTolerant,
     CurrentUser(viewer): CurrentUser,
     conditional: Conditional,
     layout: Layout,
@@ -707,13 +713,13 @@ pub(super) async fn author(
     Query(query): Query<PageQuery>,
 ) -> Result<Response, WebError> {
     let page = page_number(query.page.as_deref()).ok_or(WebError::NotFound)?;
-    let (id, author) = author_id(&state, &username).await?;
+    let (id, author) = author_id(&db, &username).await?;
     if author != username {
         // One URL per author (`/authors/ADA` is Ada's page too): each spelling would be
         // another page-cache entry. A username needs no escaping in a path.
         return Ok(Redirect::permanent(&format!("/authors/{author}")).into_response());
     }
-    let version = author_version(&state, id, viewer.as_ref()).await?;
+    let version = author_version(&db, id, viewer.as_ref()).await?;
     let conditional = conditional.etag(format!("{version} page {page}"));
     if let Some(answer) = conditional.precondition() {
         return Ok(answer);
@@ -729,7 +735,7 @@ pub(super) async fn author(
     .bind(id)
     .bind(LIST_PAGE + 1)
     .bind((page - 1) * LIST_PAGE)
-    .fetch_all(&state.db)
+    .fetch_all(&db)
     .await?;
     if posts.is_empty() && page > 1 {
         return Err(past_the_end(page));
@@ -740,10 +746,10 @@ pub(super) async fn author(
         r#"SELECT count(*) AS "n!" FROM subscriptions WHERE author_id = $1"#,
         id
     )
-    .fetch_one(&state.db)
+    .fetch_one(&db)
     .await?;
     let subscribed = match &viewer {
-        Some(user) if user.id != id => is_subscribed(&state, user.id, id).await?,
+        Some(user) if user.id != id => is_subscribed(&db, user.id, id).await?,
         _ => false,
     };
     let html = render(&AuthorPage {
@@ -772,7 +778,7 @@ pub(super) async fn subscribe(
     Path(username): Path<String>,
     Form(form): Form<NextForm>,
 ) -> Result<Response, WebError> {
-    let (id, author) = author_id(&state, &username).await?;
+    let (id, author) = author_id(&state.db, &username).await?;
     if id == login.user.id {
         return Err(WebError::Unprocessable(
             "You cannot subscribe to yourself.".into(),
@@ -797,7 +803,7 @@ pub(super) async fn unsubscribe(
     Path(username): Path<String>,
     Form(form): Form<NextForm>,
 ) -> Result<Response, WebError> {
-    let (id, author) = author_id(&state, &username).await?;
+    let (id, author) = author_id(&state.db, &username).await?;
     sqlx::query!(
         "DELETE FROM subscriptions WHERE subscriber_id = $1 AND author_id = $2",
         login.user.id,

@@ -21,7 +21,10 @@ use axum::{
 use sha2::{Digest, Sha256};
 
 use super::{AppState, WebError, auth::CurrentUser};
-use crate::jobs::metrics as job_metrics;
+use crate::{
+    db::replicas::{ReplicaState, ReplicaStatus},
+    jobs::metrics as job_metrics,
+};
 
 /// Upper bounds of the request-duration buckets, in seconds.
 const BUCKETS: [f64; 19] = [
@@ -441,7 +444,79 @@ pub async fn render(state: &AppState) -> Result<String, WebError> {
         "The pool's maximum.",
         &[("", state.config.db.db_max_connections.to_string())],
     );
+    replicas(&mut out, state);
     Ok(out)
+}
+
+/// The read replicas' figures, when any is configured: their state and lag as the last check
+/// saw them (`db::replicas`), the reads each took, and the lag-tolerant reads that went to the
+/// primary instead, by reason.
+fn replicas(out: &mut String, state: &AppState) {
+    let statuses = state.replicas.statuses();
+    if statuses.is_empty() {
+        return;
+    }
+    let label = |name: &str| format!("replica=\"{}\"", escape(name));
+    let per_replica = |value: &dyn Fn(&ReplicaStatus) -> Option<String>| {
+        statuses
+            .iter()
+            .filter_map(|status| Some((label(&status.name), value(status)?)))
+            .collect::<Vec<_>>()
+    };
+    let up = per_replica(&|s| {
+        let up = matches!(s.state, ReplicaState::InUse | ReplicaState::Lagging);
+        Some(u8::from(up).to_string())
+    });
+    let in_use = per_replica(&|s| Some(u8::from(s.state.in_use()).to_string()));
+    let seconds = per_replica(&|s| s.lag.map(|lag| lag.as_secs_f64().to_string()));
+    let bytes = per_replica(&|s| s.lag_bytes.map(|bytes| bytes.to_string()));
+    let reads = per_replica(&|s| Some(s.reads.to_string()));
+    for (name, kind, help, samples) in [
+        (
+            "hearth_db_replica_up",
+            "gauge",
+            "1 when the read replica answers as a standby of the primary's cluster.",
+            up,
+        ),
+        (
+            "hearth_db_replica_in_use",
+            "gauge",
+            "1 when the read replica takes reads (up and within HEARTH_READ_MAX_LAG).",
+            in_use,
+        ),
+        (
+            "hearth_db_replica_lag_seconds",
+            "gauge",
+            "How long ago the primary wrote the oldest WAL the replica has not replayed (0: caught up).",
+            seconds,
+        ),
+        (
+            "hearth_db_replica_lag_bytes",
+            "gauge",
+            "Bytes of WAL the primary has written that the replica has not replayed.",
+            bytes,
+        ),
+        (
+            "hearth_db_replica_reads_total",
+            "counter",
+            "Lag-tolerant reads the replica took.",
+            reads,
+        ),
+    ] {
+        family(out, name, kind, help, &samples);
+    }
+    let primary = state.replicas.primary_reads();
+    family(
+        out,
+        "hearth_db_primary_reads_total",
+        "counter",
+        "Lag-tolerant reads that went to the primary, by reason.",
+        &[
+            ("reason=\"own_write\"", primary.own_write.to_string()),
+            ("reason=\"cache_fill\"", primary.cache_fill.to_string()),
+            ("reason=\"no_replica\"", primary.no_replica.to_string()),
+        ],
+    );
 }
 
 /// A label value with `\`, `"` and newlines escaped, as the text format requires.

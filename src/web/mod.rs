@@ -9,6 +9,8 @@
 //! * [`csrf`], [`flash`]: the CSRF check on state-changing requests, one-shot flash messages.
 //! * [`conditional`]: conditional requests (`304`, `412`) for any view.
 //! * [`health`]: `/healthz` and `/readyz`; [`metrics`]: HTTP counters and `/metrics`.
+//! * [`replicas`]: reads that may lag on the read replicas ([`replicas::LagTolerant`]), with
+//!   read-your-writes for a client after it writes.
 //! * [`ws`]: WebSocket consumers on the channel layer; [`sse`]: server-sent event streams;
 //!   [`testing`]: a WebSocket test client for consumer tests.
 //!
@@ -24,6 +26,7 @@ pub mod flash;
 pub mod hashing;
 pub mod health;
 pub mod metrics;
+pub mod replicas;
 pub mod session;
 pub mod sse;
 pub mod state;
@@ -102,9 +105,16 @@ pub fn site(state: &AppState, pages: Router<AppState>, api: Router<AppState>) ->
             flash::middleware,
         ))
         .with_state(state.clone());
-    let router = Router::new()
+    let mut routes = Router::new()
         .merge(pages)
-        .merge(api.with_state(state.clone()))
+        .merge(api.with_state(state.clone()));
+    if state.replicas.is_configured() {
+        routes = routes.layer(middleware::from_fn_with_state(
+            state.clone(),
+            replicas::remember_writes,
+        ));
+    }
+    let router = routes
         .merge(health::routes().with_state(state.clone()))
         .route(
             "/metrics",

@@ -12,7 +12,7 @@ use crate::{
     cache::{Cache, CacheConfig},
     channels::{ChannelConfig, ChannelLayer},
     config::{Config, Sections},
-    db::{Pipeline, migrations::MigrationSet},
+    db::{Pipeline, Replicas, migrations::MigrationSet},
     jobs::Schedule,
     web::{hashing::Hasher, templates::NavLink, ws::SocketLimits},
 };
@@ -23,6 +23,9 @@ pub struct AppState {
     pub db: PgPool,
     /// Connections shared by short reads, with their queries pipelined (see `db::pipeline`).
     pub reads: Pipeline,
+    /// The read replicas, for reads that may lag (`web::replicas::LagTolerant`); without
+    /// `HEARTH_READ_DATABASE_URL`, the primary alone.
+    pub replicas: Replicas,
     pub config: Arc<Config>,
     /// Signs the CSRF and flash cookies.
     pub cookie_key: Key,
@@ -59,7 +62,8 @@ pub struct Composed {
 
 impl AppState {
     /// Builds the state, resolving the secret key (see [`secret_key`]) and starting the
-    /// channel layer (stop it with `state.channels.shutdown()`).
+    /// channel layer (stop it with `state.channels.shutdown()`) and the read replicas' monitor
+    /// (`state.replicas.close()`).
     pub fn new(
         config: Config,
         sections: Sections,
@@ -86,6 +90,7 @@ impl AppState {
                 config.db.db_acquire_timeout,
             ),
         };
+        let replicas = Replicas::start(&config.db, db.clone())?;
         let hasher = Hasher::from_config(&config);
         // `HEARTH_STATIC_DIR` changes how assets are served and the URLs pages get for them.
         let composed = Composed {
@@ -95,6 +100,7 @@ impl AppState {
         Ok(Self {
             db,
             reads,
+            replicas,
             config: Arc::new(config),
             cookie_key,
             channels,

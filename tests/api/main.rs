@@ -37,6 +37,7 @@ mod pipeline;
 mod platform;
 mod publishing;
 mod relay_limits;
+mod replicas;
 mod request_fuzz;
 mod schedules;
 mod security;
