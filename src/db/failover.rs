@@ -3,9 +3,11 @@
 //! sqlx 0.9 takes one host per URL and has no `target_session_attrs`, so Hearth does what
 //! libpq does with `target_session_attrs=read-write` itself:
 //!
-//! * **A standby is never used.** Every pool built by [`super::pool_options`] asks each new
-//!   connection `pg_is_in_recovery()` ([`primary_only`]): a server in recovery is refused with
-//!   a log line naming the setting, the pool retries, requests get 503 and `/readyz` says why.
+//! * **A standby is never used for writes.** Every pool that must reach the primary (the app's,
+//!   the direct one, the job workers', the channel layer's and the workers' LISTEN pools; not
+//!   the read replicas' of [`super::replicas`]) asks each new connection `pg_is_in_recovery()`
+//!   ([`primary_only`]): a server in recovery is refused with a log line naming the setting,
+//!   the pool retries, requests get 503 and `/readyz` says why.
 //!   This covers a DNS name that (still) points at a standby as well as a single-host URL that
 //!   names one; once the server is promoted, the next connection is accepted.
 //! * **Several hosts.** `DATABASE_URL` (and `HEARTH_DIRECT_DATABASE_URL`) may list hosts as

@@ -112,7 +112,8 @@ impl Database {
                 (options.database(EMBEDDED_DATABASE), cluster)
             }
         };
-        let pool = pool_options(config).connect_lazy_with(options.application_name("hearth"));
+        let pool = failover::primary_only(pool_options(config), DATABASE_URL)
+            .connect_lazy_with(options.application_name("hearth"));
         failover::follow(&pool);
         let direct_hosts = direct_hosts(config)?;
         let separate_direct = direct_hosts.is_some();
@@ -226,10 +227,10 @@ fn direct_hosts(config: &DbSettings) -> Result<Option<Vec<PgConnectOptions>>, Op
 }
 
 /// Pool settings from the configuration: a maximum, a warm minimum, an acquire timeout (a
-/// request that cannot get a connection fails fast) and an idle lifetime. A server in
-/// recovery is refused ([`failover::primary_only`]).
+/// request that cannot get a connection fails fast) and an idle lifetime. Pools that must reach
+/// the primary add [`failover::primary_only`] (read replicas' pools must not).
 pub fn pool_options(config: &DbSettings) -> PgPoolOptions {
-    let options = PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .min_connections(config.db_min_connections.min(config.db_max_connections))
         .acquire_timeout(config.db_acquire_timeout)
@@ -243,8 +244,7 @@ pub fn pool_options(config: &DbSettings) -> PgPoolOptions {
         // lending them (`lost::check_idle`), so the other dead ones are replaced without
         // failing a request each.
         .test_before_acquire(false)
-        .before_acquire(lost::check_idle);
-    failover::primary_only(options, DATABASE_URL)
+        .before_acquire(lost::check_idle)
 }
 
 /// `CREATE DATABASE name` unless it exists; `name` must be a plain identifier (`[A-Za-z0-9_]+`).
