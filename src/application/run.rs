@@ -287,10 +287,14 @@ pub async fn worker_command(
 /// as `app_pool`. Jobs run their queries on it too, so requests and jobs never starve each
 /// other of connections.
 pub fn job_pool(config: &Config, app_pool: &PgPool) -> PgPool {
-    crate::db::pool_options(&config.db)
+    let options = crate::db::pool_options(&config.db);
+    let pool = crate::db::failover::primary_only(options, "DATABASE_URL")
         .max_connections(config.jobs.job_db_connections.max(1))
         .min_connections(0)
-        .connect_lazy_with((*app_pool.connect_options()).clone())
+        .connect_lazy_with((*app_pool.connect_options()).clone());
+    // Where the app's pool goes after a failover, this one goes too.
+    crate::db::failover::follow(&pool);
+    pool
 }
 
 /// The worker runtime's settings from the configuration and the application's schedules.

@@ -217,6 +217,14 @@ impl ChannelLayer {
         }
     }
 
+    /// The setting [`session_options`](Self::session_options) come from, for log lines.
+    fn session_setting(&self) -> &'static str {
+        match &self.inner.config.session {
+            Some(_) => "HEARTH_DIRECT_DATABASE_URL",
+            None => "DATABASE_URL",
+        }
+    }
+
     /// Starts the layer's tasks (publisher, reader, heartbeat and housekeeping) on `pool`.
     /// Nothing here waits for the database: if it does not answer yet, the tasks retry with
     /// backoff, and sends fail with a clear error meanwhile.

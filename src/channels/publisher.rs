@@ -11,6 +11,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ChannelError, ChannelLayer};
+use crate::db::failover::primary_only;
 
 /// Sends waiting for the publisher before `send` callers wait for room (backpressure).
 pub(super) const QUEUE: usize = 10_000;
@@ -38,10 +39,11 @@ pub(super) async fn run(layer: ChannelLayer, mut requests: mpsc::Receiver<Publis
     let options = layer
         .session_options()
         .options([("synchronous_commit", "off")]);
-    let pool = PgPoolOptions::new()
+    let pool = primary_only(PgPoolOptions::new(), layer.session_setting())
         .max_connections(1)
         .min_connections(0)
         .connect_lazy_with(options);
+    crate::db::failover::follow(&pool);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {

@@ -56,9 +56,17 @@ pub fn connection_lost(error: &sqlx::Error) -> bool {
         _ => false,
     };
     if lost {
-        LOST_AT.fetch_max(now_us(), Ordering::Relaxed);
+        note();
+        // With several hosts in the URL, the cut may be a failover: look for the primary now.
+        super::failover::wake();
     }
     lost
+}
+
+/// Notes a loss without an error to show for it (the failover watcher moved the pools, so
+/// their idle connections lead to the old primary).
+pub(crate) fn note() {
+    LOST_AT.fetch_max(now_us(), Ordering::Relaxed);
 }
 
 /// Whether `error` means the database cannot be reached right now (a lost connection, or no

@@ -9,8 +9,12 @@
 //! What needs a session of its own (LISTEN, session advisory locks, statements prepared once
 //! per connection) goes over [`Database::direct`]: `HEARTH_DIRECT_DATABASE_URL` when
 //! `DATABASE_URL` goes through a transaction pooler, else the pool itself ([`pooler`]).
+//!
+//! Either URL may list several hosts (`postgres://u@db1,db2/hearth`): the pools then follow
+//! whichever is the read-write primary, and no pool ever uses a standby ([`failover`]).
 
 pub mod embedded;
+pub mod failover;
 pub mod lost;
 pub mod migrations;
 pub mod pipeline;
@@ -49,6 +53,10 @@ pub enum OpenError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// The settings whose URLs are parsed here, for messages.
+const DATABASE_URL: &str = "DATABASE_URL";
+const DIRECT_URL: &str = "HEARTH_DIRECT_DATABASE_URL";
+
 /// The pool, and the embedded cluster behind it when there is one.
 #[derive(Debug)]
 pub struct Database {
@@ -61,6 +69,8 @@ pub struct Database {
     /// Whether `direct` is a pool of its own (`HEARTH_DIRECT_DATABASE_URL` is set).
     separate_direct: bool,
     embedded: Option<EmbeddedPostgres>,
+    /// The watchers of URLs with several hosts (stopped with the database).
+    failover: Vec<failover::Watch>,
 }
 
 impl Database {
@@ -69,8 +79,14 @@ impl Database {
     /// With `attach`, an embedded cluster already run by another Hearth process in the same
     /// data dir is used instead of failing (for admin commands next to a running server).
     pub async fn open(config: &DbSettings, attach: bool) -> Result<Self, OpenError> {
+        let mut watches = Vec::new();
         let (options, embedded) = match &config.database_url {
-            Some(url) => (url_options(url)?, None),
+            Some(url) => {
+                let hosts = url_hosts(url)?;
+                let first = hosts[0].clone();
+                watches.extend(failover::watch(DATABASE_URL, hosts));
+                (first, None)
+            }
             None => {
                 let data_dir = config.data_dir.clone();
                 let started = tokio::task::spawn_blocking(move || {
@@ -96,15 +112,22 @@ impl Database {
                 (options.database(EMBEDDED_DATABASE), cluster)
             }
         };
-        let pool = pool_options(config).connect_lazy_with(options.application_name("hearth"));
-        let direct_target = direct_options(config)?;
-        let separate_direct = direct_target.is_some();
-        let direct = match direct_target {
+        let pool = failover::primary_only(pool_options(config), DATABASE_URL)
+            .connect_lazy_with(options.application_name("hearth"));
+        failover::follow(&pool);
+        let direct_hosts = direct_hosts(config)?;
+        let separate_direct = direct_hosts.is_some();
+        let direct = match direct_hosts {
             // Migrations and the odd vacuum: one connection at a time, two at most.
-            Some(options) => pool_options(config)
-                .max_connections(2)
-                .min_connections(0)
-                .connect_lazy_with(options),
+            Some(hosts) => {
+                let direct = failover::primary_only(pool_options(config), DIRECT_URL)
+                    .max_connections(2)
+                    .min_connections(0)
+                    .connect_lazy_with(hosts[0].clone());
+                watches.extend(failover::watch(DIRECT_URL, hosts));
+                failover::follow(&direct);
+                direct
+            }
             None => pool.clone(),
         };
         Ok(Self {
@@ -113,6 +136,7 @@ impl Database {
             external: config.database_url.is_some(),
             separate_direct,
             embedded,
+            failover: watches,
         })
     }
 
@@ -127,7 +151,8 @@ impl Database {
     }
 
     /// Closes the pool, then stops the embedded cluster (if any) and waits for it to exit.
-    pub async fn close(self) -> Result<(), embedded::EmbeddedError> {
+    pub async fn close(mut self) -> Result<(), embedded::EmbeddedError> {
+        self.failover.clear();
         self.pool.close().await;
         self.direct.close().await;
         match self.embedded {
@@ -168,25 +193,42 @@ fn url_options(url: &str) -> Result<PgConnectOptions, OpenError> {
     })
 }
 
-/// Connection options for `HEARTH_DIRECT_DATABASE_URL`, when it is set.
+/// Connection options for each host a URL lists, in its order (one for a plain URL).
+fn url_hosts(url: &str) -> Result<Vec<PgConnectOptions>, OpenError> {
+    failover::split(url)
+        .map_err(|e| OpenError::InvalidUrl(e.into()))?
+        .iter()
+        .map(|url| url_options(url))
+        .collect()
+}
+
+/// Connection options for `HEARTH_DIRECT_DATABASE_URL`, when it is set (its first host, when
+/// it lists several: pools built from them follow the primary, see [`failover::follow`]).
 pub fn direct_options(config: &DbSettings) -> Result<Option<PgConnectOptions>, OpenError> {
+    Ok(direct_hosts(config)?.map(|mut hosts| hosts.swap_remove(0)))
+}
+
+/// [`direct_options`] for every host of the URL.
+fn direct_hosts(config: &DbSettings) -> Result<Option<Vec<PgConnectOptions>>, OpenError> {
     let Some(url) = &config.direct_database_url else {
         return Ok(None);
     };
-    let options = url_options(url).map_err(|e| match e {
+    let hosts = url_hosts(url).map_err(|e| match e {
         OpenError::InvalidUrl(e) => OpenError::InvalidDirectUrl(e),
         other => other,
     })?;
     // The pool's connections are all "hearth"; a direct URL may name its own (to tell the
     // sessions apart in `pg_stat_activity`).
-    Ok(Some(match options.get_application_name() {
+    let named = |options: PgConnectOptions| match options.get_application_name() {
         Some(_) => options,
         None => options.application_name("hearth"),
-    }))
+    };
+    Ok(Some(hosts.into_iter().map(named).collect()))
 }
 
 /// Pool settings from the configuration: a maximum, a warm minimum, an acquire timeout (a
-/// request that cannot get a connection fails fast) and an idle lifetime.
+/// request that cannot get a connection fails fast) and an idle lifetime. Pools that must reach
+/// the primary add [`failover::primary_only`] (read replicas' pools must not).
 pub fn pool_options(config: &DbSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)

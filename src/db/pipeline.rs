@@ -88,12 +88,25 @@ impl Pipeline {
         connect_timeout: Duration,
     ) -> Self {
         let mut config = tokio_postgres::Config::new();
+        // A URL with several hosts: tokio-postgres tries them in order, as libpq does.
+        let hosts = database_url
+            .and_then(|url| super::failover::split(url).ok())
+            .unwrap_or_default();
+        let listed: Vec<PgConnectOptions> = hosts.iter().filter_map(|u| u.parse().ok()).collect();
         match options.get_socket() {
-            Some(dir) => config.host_path(dir),
-            None => config.host(options.get_host()),
+            Some(dir) => config.host_path(dir).port(options.get_port()),
+            None if listed.len() > 1 => {
+                for host in &listed {
+                    config.host(host.get_host()).port(host.get_port());
+                }
+                &mut config
+            }
+            None => config.host(options.get_host()).port(options.get_port()),
         };
         config
-            .port(options.get_port())
+            // Never a standby: after connecting, tokio-postgres asks `transaction_read_only`
+            // and goes on to the next host (or fails) if it is on. See `super::failover`.
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
             .user(options.get_username())
             .application_name(options.get_application_name().unwrap_or("hearth"))
             .connect_timeout(connect_timeout);
@@ -103,7 +116,7 @@ impl Pipeline {
         if let Some(extra) = options.get_options() {
             config.options(extra);
         }
-        let url = database_url.and_then(|url| url::Url::parse(url).ok());
+        let url = hosts.first().and_then(|url| url::Url::parse(url).ok());
         let password = url
             .as_ref()
             .and_then(|url| url.password().map(percent_decoded))

@@ -14,8 +14,15 @@
 //! * **maintenance** (rescue of expired leases, pruning, schedules) runs every second in the
 //!   one instance that wins a transaction-scoped advisory lock.
 //!
-//! Every write of an outcome is fenced by `(id, attempt, state = 'running')`: a worker whose
-//! lease ran out and whose job was handed to another cannot overwrite the newer attempt.
+//! Every write of an outcome is fenced by the lease: `(id, attempt, attempted_at, state =
+//! 'running')`. A worker whose lease ran out and whose job was handed to another cannot
+//! overwrite the newer attempt. The attempt number alone is not enough after a failover: a
+//! lease taken on the old primary and not replicated leaves the job `available` with its old
+//! attempt number on the new one, and the next lease there takes the *same* attempt number
+//! (possibly in this very process). `attempted_at`, the lease's `now()`, tells the two leases
+//! apart, so the first one's heartbeat and outcome are refused and it stops, and the job runs
+//! once more and is recorded once. A lease that did reach the new primary matches there and is
+//! completed by the worker that holds it.
 
 use std::{
     collections::HashMap,
@@ -123,6 +130,9 @@ struct Fetched {
     waited_s: f64,
     /// A workflow step: its outcome moves the workflow on (see [`record_batch`]).
     step: bool,
+    /// When the lease was taken (`attempted_at`): with the attempt, what tells this lease from
+    /// any other of the job (see the module documentation).
+    leased_at: OffsetDateTime,
 }
 
 /// A final outcome waiting to be written by the completer.
@@ -134,11 +144,16 @@ struct Finish {
     result: Option<serde_json::Value>,
     error: Option<String>,
     step: bool,
+    leased_at: OffsetDateTime,
 }
+
+/// The lease a worker holds on a job: its attempt and when it was taken.
+type Lease = (i32, OffsetDateTime);
 
 #[derive(Clone)]
 struct RunningJob {
     attempt: i32,
+    leased_at: OffsetDateTime,
     cancel: CancellationToken,
     /// Set when the lease was lost: stop without writing anything.
     lease_lost: CancellationToken,
@@ -158,9 +173,9 @@ struct Shared {
     jobs: TaskTracker,
     // A std Mutex: held for map operations only, never across an await.
     running: Mutex<HashMap<i64, RunningJob>>,
-    /// Jobs whose final outcome waits for the completer (id → attempt). Their leases are still
+    /// Jobs whose final outcome waits for the completer (id → lease). Their leases are still
     /// renewed: a completer slowed by load must not let the rescuer hand them out again.
-    finishing: Arc<Mutex<HashMap<i64, i32>>>,
+    finishing: Arc<Mutex<HashMap<i64, Lease>>>,
     finished: mpsc::UnboundedSender<Finish>,
     /// Signalled by the completer after each batch it writes (runners held back by
     /// [`MAX_UNRECORDED`] wait for it).
@@ -176,10 +191,17 @@ impl Shared {
     ) -> (Self, mpsc::UnboundedReceiver<Finish>) {
         let (finished, finished_rx) = mpsc::unbounded_channel();
         let session = match &config.session {
-            Some(options) => PgPoolOptions::new()
+            Some(options) => {
+                let session = crate::db::failover::primary_only(
+                    PgPoolOptions::new(),
+                    "HEARTH_DIRECT_DATABASE_URL",
+                )
                 .max_connections(2)
                 .min_connections(0)
-                .connect_lazy_with(options.clone()),
+                .connect_lazy_with(options.clone());
+                crate::db::failover::follow(&session);
+                session
+            }
             None => pool.clone(),
         };
         let shared = Self {
@@ -526,7 +548,7 @@ async fn lease(
          WHERE j.id = ANY (ARRAY(SELECT id FROM next))
         RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.timeout_ms, j.expires_at,
                   extract(epoch FROM now() - j.run_at)::float8 AS waited_s,
-                  j.workflow_id IS NOT NULL AS step
+                  j.workflow_id IS NOT NULL AS step, j.attempted_at AS leased_at
         "#,
     )
     .bind(queue.as_str())
@@ -550,6 +572,7 @@ async fn lease(
                 expires_at: r.try_get("expires_at")?,
                 waited_s: r.try_get("waited_s")?,
                 step: r.try_get("step")?,
+                leased_at: r.try_get("leased_at")?,
             })
         })
         .collect()
@@ -605,10 +628,11 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
 
     let running = RunningJob {
         attempt: job.attempt,
+        leased_at: job.leased_at,
         cancel: CancellationToken::new(),
         lease_lost: CancellationToken::new(),
     };
-    lock(&shared.running).insert(job.id, running.clone());
+    track(shared, job.id, &running);
     let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
     let soft = soft_limit(job, entry.soft_timeout, timeout);
     let ctx = JobContext {
@@ -636,16 +660,16 @@ async fn decide(shared: &Shared, job: &Fetched) -> Decision {
         outcome = timed => Some(outcome),
         () = running.cancel.cancelled() => None,
         () = running.lease_lost.cancelled() => {
-            lock(&shared.running).remove(&job.id);
+            forget(shared, job);
             tracing::warn!("lease lost; another worker has the job now");
             return Decision::Abandon;
         }
         () = shared.abort.cancelled() => {
-            lock(&shared.running).remove(&job.id);
+            forget(shared, job);
             return Decision::HandBack;
         }
     };
-    lock(&shared.running).remove(&job.id);
+    forget(shared, job);
 
     let failed = |error: String| {
         if job.attempt >= job.max_attempts {
@@ -703,6 +727,30 @@ fn soft_limit(job: &Fetched, soft: Option<Duration>, hard: Option<Duration>) -> 
     }
 }
 
+/// Adds a job to the running ones. If this process still runs an older lease of it, the
+/// database forgot that lease (a failover lost it, or the job's id was given anew): that attempt
+/// stops, unrecorded.
+fn track(shared: &Shared, id: i64, running: &RunningJob) {
+    if let Some(older) = lock(&shared.running).insert(id, running.clone()) {
+        tracing::warn!(
+            older_attempt = older.attempt,
+            "the job was leased again while an older lease of it still runs here; stopping that one"
+        );
+        older.lease_lost.cancel();
+    }
+}
+
+/// Removes `job`'s entry from the running jobs, unless a newer lease of it replaced it.
+fn forget(shared: &Shared, job: &Fetched) {
+    let mut running = lock(&shared.running);
+    if running
+        .get(&job.id)
+        .is_some_and(|r| (r.attempt, r.leased_at) == (job.attempt, job.leased_at))
+    {
+        running.remove(&job.id);
+    }
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
@@ -732,45 +780,49 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
                 result,
                 error,
                 step: job.step,
+                leased_at: job.leased_at,
             };
-            lock(&shared.finishing).insert(job.id, job.attempt);
+            lock(&shared.finishing).insert(job.id, (job.attempt, job.leased_at));
             // The completer outlives every job task, so the channel is open.
             let _ = shared.finished.send(finish);
             return;
         }
         Decision::Retry(wait, error) => {
             tracing::warn!(%error, retry_in = ?wait, "attempt failed");
-            let written = sqlx::query!(
+            // Runtime-checked, as the other statements fenced by `attempted_at`.
+            let written = sqlx::query(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         lease_until = NULL, locked_by = NULL,
                         errors = errors || jsonb_build_object('attempt', attempt, 'error', $4::text, 'at', now(), 'instance', $5::text)
-                  WHERE id = $1 AND attempt = $2 AND state = 'running'",
-                job.id,
-                job.attempt,
-                wait.as_secs_f64(),
-                error,
-                shared.config.instance,
+                  WHERE id = $1 AND attempt = $2 AND attempted_at = $6 AND state = 'running'",
             )
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(wait.as_secs_f64())
+            .bind(error)
+            .bind(&shared.config.instance)
+            .bind(job.leased_at)
             .execute(&shared.pool)
             .await;
             (written, Some(&METRICS.retried))
         }
         Decision::Snooze(wait) => {
-            let written = sqlx::query!(
+            let written = sqlx::query(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         attempt = attempt - 1, lease_until = NULL, locked_by = NULL
-                  WHERE id = $1 AND attempt = $2 AND state = 'running'",
-                job.id,
-                job.attempt,
-                wait.as_secs_f64(),
+                  WHERE id = $1 AND attempt = $2 AND attempted_at = $4 AND state = 'running'",
             )
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(wait.as_secs_f64())
+            .bind(job.leased_at)
             .execute(&shared.pool)
             .await;
             (written, Some(&METRICS.snoozed))
         }
-        Decision::HandBack => (hand_back(&shared.pool, job.id, job.attempt).await, None),
+        Decision::HandBack => (hand_back(&shared.pool, job).await, None),
         Decision::Abandon => {
             // The heartbeat found the lease lost before the job ended; nothing is written.
             METRICS.fenced.add(1);
@@ -859,17 +911,17 @@ async fn fenced(pool: &PgPool, jobs: &[Lost<'_>]) {
 /// as a rescued job does (`maintenance::rescue`): it was due before the jobs enqueued since.
 async fn hand_back(
     pool: &PgPool,
-    id: i64,
-    attempt: i32,
+    job: &Fetched,
 ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
     tracing::info!("handing the job back to the queue");
-    sqlx::query!(
+    sqlx::query(
         "UPDATE jobs
             SET state = 'available', attempt = attempt - 1, lease_until = NULL, locked_by = NULL
-          WHERE id = $1 AND attempt = $2 AND state = 'running'",
-        id,
-        attempt,
+          WHERE id = $1 AND attempt = $2 AND attempted_at = $3 AND state = 'running'",
     )
+    .bind(job.id)
+    .bind(job.attempt)
+    .bind(job.leased_at)
     .execute(pool)
     .await
 }
@@ -878,7 +930,7 @@ async fn hand_back(
 /// write (a deadlock, a dropped connection) is retried with backoff before giving up; given up
 /// jobs run again once their leases expire.
 async fn complete(
-    finishing: Arc<Mutex<HashMap<i64, i32>>>,
+    finishing: Arc<Mutex<HashMap<i64, Lease>>>,
     recorded: Arc<Notify>,
     pool: PgPool,
     instance: String,
@@ -983,6 +1035,7 @@ async fn finish_batch(
 ) -> Result<(Vec<Event>, Vec<i64>), sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
+    let leased: Vec<OffsetDateTime> = batch.iter().map(|f| f.leased_at).collect();
     let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
     let results: Vec<Option<serde_json::Value>> = batch.iter().map(|f| f.result.clone()).collect();
     let errors: Vec<Option<String>> = batch.iter().map(|f| f.error.clone()).collect();
@@ -1006,15 +1059,16 @@ async fn finish_batch(
         locked AS (
             SELECT j.*, i.final_state, i.final_result, i.final_error
               FROM relaxed,
-                   unnest($1::bigint[], $2::int4[], $3::text[], $4::jsonb[], $5::text[])
-                       AS i(id, attempt, final_state, final_result, final_error),
+                   unnest($1::bigint[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
+                          $8::timestamptz[])
+                       AS i(id, attempt, final_state, final_result, final_error, leased_at),
                    LATERAL (SELECT j.id, j.kind, j.queue, j.args, j.priority, j.state, j.attempt,
                                    j.max_attempts, j.unique_key, j.tags, j.errors,
                                    j.progress_percent, j.progress_message, j.created_at,
                                    j.attempted_at, j.owner_id, j.workflow_id, j.workflow_node,
                                    j.notify_done
                               FROM jobs j WHERE j.id = i.id OFFSET 0 FOR UPDATE) j
-             WHERE j.attempt = i.attempt AND j.state = 'running'
+             WHERE j.attempt = i.attempt AND j.attempted_at = i.leased_at AND j.state = 'running'
         ),
         gone AS (
             DELETE FROM jobs WHERE id = ANY (ARRAY(SELECT id FROM locked))
@@ -1074,6 +1128,7 @@ async fn finish_batch(
     .bind(&errors)
     .bind(instance)
     .bind(keep_completed)
+    .bind(&leased)
     .fetch_all(&mut *conn)
     .await?;
     let mut steps = Vec::new();
@@ -1115,44 +1170,46 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .iter()
             .map(|(id, r)| (*id, r.clone()))
             .collect();
-        let finishing: Vec<(i64, i32)> = lock(&shared.finishing)
+        let finishing: Vec<(i64, Lease)> = lock(&shared.finishing)
             .iter()
-            .map(|(id, a)| (*id, *a))
+            .map(|(id, lease)| (*id, *lease))
             .collect();
         if running.is_empty() && finishing.is_empty() {
             continue;
         }
-        let mut leases: Vec<(i64, i32)> = running
+        let mut leases: Vec<(i64, Lease)> = running
             .iter()
-            .map(|(id, r)| (*id, r.attempt))
+            .map(|(id, r)| (*id, (r.attempt, r.leased_at)))
             .chain(finishing)
             .collect();
         // Locked in id order, as the completer does.
         leases.sort_unstable();
-        let (ids, attempts): (Vec<i64>, Vec<i32>) = leases.into_iter().unzip();
-        let extended = sqlx::query!(
+        let (ids, leases): (Vec<i64>, Vec<Lease>) = leases.into_iter().unzip();
+        let (attempts, leased): (Vec<i32>, Vec<OffsetDateTime>) = leases.into_iter().unzip();
+        // Runtime-checked, as the other statements fenced by `attempted_at`.
+        let extended: Result<Vec<(i64, bool)>, _> = sqlx::query_as(
             "WITH mine AS (
                  -- One primary-key lookup per job, in id order (see `finish_batch`).
-                 SELECT j.id FROM unnest($1::bigint[], $2::int4[]) AS r(id, attempt),
-                      LATERAL (SELECT j.id, j.attempt, j.state FROM jobs j
+                 SELECT j.id FROM unnest($1::bigint[], $2::int4[], $4::timestamptz[])
+                                  AS r(id, attempt, leased_at),
+                      LATERAL (SELECT j.id, j.attempt, j.attempted_at, j.state FROM jobs j
                                 WHERE j.id = r.id OFFSET 0 FOR UPDATE) j
-                  WHERE j.attempt = r.attempt AND j.state = 'running'
+                  WHERE j.attempt = r.attempt AND j.attempted_at = r.leased_at
+                    AND j.state = 'running'
              )
              UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
               WHERE j.id = ANY (ARRAY(SELECT id FROM mine))
              RETURNING j.id, j.cancel_requested",
-            &ids,
-            &attempts,
-            shared.config.lease.as_secs_f64(),
         )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(shared.config.lease.as_secs_f64())
+        .bind(&leased)
         .fetch_all(&shared.pool)
         .await;
         match extended {
             Ok(rows) => {
-                let extended: HashMap<i64, bool> = rows
-                    .into_iter()
-                    .map(|r| (r.id, r.cancel_requested))
-                    .collect();
+                let extended: HashMap<i64, bool> = rows.into_iter().collect();
                 for (id, job) in &running {
                     match extended.get(id) {
                         Some(true) => job.cancel.cancel(),

@@ -8,7 +8,7 @@ use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::db::{lost, migrations};
+use crate::db::{failover, lost, migrations};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -41,12 +41,22 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not ready", "database": "ok", "pending_migrations": pending })),
         ),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not ready", "database": "unavailable" })),
-            )
-        }
+        // The pool refused a server in recovery: say so, not just "unavailable".
+        Err(e) => match failover::standby_refused() {
+            Some(reason) => {
+                tracing::warn!(error = %e, %reason, "readiness check: only a standby answers");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "status": "not ready", "database": "standby", "reason": reason })),
+                )
+            }
+            None => {
+                tracing::warn!(error = %e, "readiness check: database unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "status": "not ready", "database": "unavailable" })),
+                )
+            }
+        },
     }
 }

@@ -30,6 +30,22 @@ pub(crate) struct Log {
 }
 
 impl Log {
+    /// Waits up to `within` for a line containing `text` (those logged before included).
+    pub(crate) fn find(&mut self, text: &str, within: std::time::Duration) -> Option<String> {
+        if let Some(line) = self.startup.iter().find(|l| l.contains(text)) {
+            return Some(line.clone());
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.rest.recv_timeout(left).ok()?;
+            self.startup.push(line.clone());
+            if line.contains(text) {
+                return Some(line);
+            }
+        }
+    }
+
     fn all(self) -> Vec<String> {
         // Blocks until the server closed its stderr, so call it after the server exited.
         self.startup.into_iter().chain(self.rest.iter()).collect()

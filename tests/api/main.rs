@@ -16,6 +16,7 @@ mod documents;
 mod echo;
 mod email_verification;
 mod embedded;
+mod failover;
 mod faults;
 mod gateway;
 mod helpers;
