@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use hearth::web::testing::WsClient;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Logs, TestApp};
 
 /// A job that takes a moment and records each run, so that a restart lands in the middle of
 /// some of them.
@@ -302,38 +302,6 @@ async fn an_exhausted_request_pool_answers_503_while_jobs_and_messages_keep_flow
         holder.await.unwrap();
     }
     assert_eq!(ada.get("/docs").await.status(), 200);
-}
-
-/// Log lines written while the guard lives, on this thread: a `#[tokio::test]` runs every task
-/// it spawns (workers, the server) on its one thread, so they are the test's own.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 const METRICS_TOKEN: &str = "fault-metrics-token-0123456789";

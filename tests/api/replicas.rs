@@ -20,7 +20,7 @@ use hearth::{
 use sqlx::{PgPool, postgres::PgConnectOptions};
 
 use crate::{
-    helpers::{TestApp, database_url, migrated_database},
+    helpers::{Logs, TestApp, database_url, migrated_database},
     pair::Pair,
 };
 
@@ -430,36 +430,4 @@ async fn a_read_url_that_does_not_parse_refuses_to_start() {
         message.contains("HEARTH_READ_DATABASE_URL's URL number 2"),
         "{message}"
     );
-}
-
-/// Log lines written while the guard lives, on this thread (a `#[tokio::test]` runs the
-/// server's and the monitor's tasks on its one thread).
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
