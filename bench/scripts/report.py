@@ -23,6 +23,7 @@ from html import escape
 
 import delay_report
 import sockets_report
+import sustained_report
 
 TITLES = {
     "w1": "W1 page (one query, template), wrk c={conns}",
@@ -357,6 +358,8 @@ def report(outdir, md_path, svg_path, extras=()):
     out += delay_report.section(bench_root, md_dir, os.path.join(bench_root, "delay.svg"))
     # Sockets at the machine's limit (bench/sockets.sh): the newest run.
     out += sockets_report.section(bench_root, md_dir, os.path.join(bench_root, "sockets.svg"))
+    # A sustained job stream beside its floor (bench/jobs-sustained.sh): the newest run.
+    out += sustained_report.section(bench_root, md_dir, os.path.join(bench_root, "sustained.svg"))
 
     m = meta["machine"]
     out += ["## Machine", "", "| fact | value |", "|---|---|"]

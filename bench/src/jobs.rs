@@ -17,6 +17,10 @@
 //!   before and after, to show the hot path does not bloat;
 //! * `workflows`: chords of N members and chains (issue #33, see [`super::workflows`]).
 //!
+//! The workers run on a pool of their own (`HEARTH_JOB_DB_CONNECTIONS`), as in `hearth serve`.
+//! `JOBS_RUNNERS=N` splits the slots over N runners of the one queue (an experiment of #36:
+//! more fetches in flight at once).
+//!
 //! Run it against a scratch database (`HEARTH_DATA_DIR=/tmp/bench hearth bench jobs ...`):
 //! it deletes the `bench` queue's jobs between runs.
 
@@ -36,7 +40,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use hearth::{
-    application::Invocation,
+    application::{Invocation, job_pool},
     jobs::{
         Enqueue, Job, JobContext, Outcome, QueueName, Registry, WorkerConfig, Workers, enqueue_many,
     },
@@ -78,6 +82,13 @@ pub struct BenchArgs {
     /// Sustained mode: how long to insert.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Sustained mode: tasks inserting at once (each waits for its commit before the next).
+    #[arg(long, default_value_t = 8)]
+    pub producers: usize,
+    /// Sustained mode: the wait's percentiles are also reported per window of this many
+    /// seconds of enqueue time, to show whether they stay flat as the jobs go through.
+    #[arg(long, default_value_t = 10)]
+    pub window: u64,
 }
 
 /// The benchmark job: records when it started and when it was enqueued.
@@ -124,13 +135,23 @@ pub async fn run(invocation: &Invocation, args: BenchArgs) -> anyhow::Result<()>
             if args.mode == Mode::Workflows {
                 crate::workflows::run_on(&pool, &args).await
             } else {
-                run_on(&pool, &args, keep_completed).await
+                // The workers on a pool of their own, as in `hearth serve`: the producers of
+                // the sustained mode then wait for connections no more than requests would.
+                let jobs_pool = job_pool(&invocation.config, &pool);
+                let result = run_on(&pool, &jobs_pool, &args, keep_completed).await;
+                jobs_pool.close().await;
+                result
             }
         })
         .await
 }
 
-async fn run_on(pool: &PgPool, args: &BenchArgs, keep_completed: bool) -> anyhow::Result<()> {
+async fn run_on(
+    pool: &PgPool,
+    jobs_pool: &PgPool,
+    args: &BenchArgs,
+    keep_completed: bool,
+) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     let record = dir.join("record.txt");
     let file = fs::OpenOptions::new()
@@ -139,7 +160,8 @@ async fn run_on(pool: &PgPool, args: &BenchArgs, keep_completed: bool) -> anyhow
         .mode(0o644)
         .open(&record)?;
     let registry = Registry::new().register_with::<Record>(RecordFile(file));
-    let queues = vec![(QueueName::parse(QUEUE)?, args.concurrency)];
+    let runners = env_usize("JOBS_RUNNERS", 1).max(1);
+    let queues = vec![(QueueName::parse(QUEUE)?, args.concurrency / runners); runners];
     let worker_config = WorkerConfig {
         instance: format!("bench-{}", std::process::id()),
         keep_completed,
@@ -147,10 +169,16 @@ async fn run_on(pool: &PgPool, args: &BenchArgs, keep_completed: bool) -> anyhow
     };
     // Cleared before the workers start, so jobs an interrupted earlier run left are not run.
     clear(pool, &record).await?;
-    let workers = Workers::start(pool.clone(), registry, worker_config);
+    let workers = Workers::start(jobs_pool.clone(), registry, worker_config);
     let config = format!(
-        "hearth: 1 process, {} slots on queue `{QUEUE}`; bulk enqueue_many (5,000 per statement); completed jobs {}",
+        "hearth: 1 process, {} slots on queue `{QUEUE}`{}, workers on their own pool of {} connections; bulk enqueue_many (5,000 per statement); completed jobs {}",
         args.concurrency,
+        if runners > 1 {
+            format!(" in {runners} runners")
+        } else {
+            String::new()
+        },
+        jobs_pool.options().get_max_connections(),
         if keep_completed {
             "kept"
         } else {
@@ -396,8 +424,8 @@ async fn sustained(
     let bar = bar(total, "sustained");
     let start = Instant::now();
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // Eight producers share the schedule: job k is due at k / rate seconds after the start.
-    let producers: Vec<_> = (0..8)
+    // The producers share the schedule: job k is due at k / rate seconds after the start.
+    let producers: Vec<_> = (0..args.producers.max(1))
         .map(|_| {
             let (pool, sent, rate) = (pool.clone(), sent.clone(), args.rate as f64);
             tokio::spawn(async move {
@@ -419,15 +447,43 @@ async fn sustained(
     let insert_s = start.elapsed().as_secs_f64();
     wait_for_lines(record, total, Some(&bar)).await?;
     bar.finish_and_clear();
+    let records = read_record(record)?;
     let waits = waits_ms(record)?;
     println!(
         "{}",
         json!({"tool": "hearth", "mode": "sustained", "repeat": repeat, "n": total, "completed": waits.len(), "ok": waits.len() == total,
-               "target_rate": args.rate, "achieved_rate": round(total as f64 / insert_s),
+               "target_rate": args.rate, "achieved_rate": round(total as f64 / insert_s), "producers": args.producers,
                "p50_ms": round(percentile(&waits, 50.0)), "p99_ms": round(percentile(&waits, 99.0)),
-               "max_ms": round(waits.last().copied().unwrap_or(f64::NAN)), "config": config})
+               "max_ms": round(waits.last().copied().unwrap_or(f64::NAN)),
+               "windows": windows(&records, args.window.max(1) as f64), "config": config})
     );
     Ok(())
+}
+
+/// The wait's percentiles per window of `width` seconds of enqueue time, in order: whether
+/// the queue keeps up as it goes, not just on average.
+fn windows(records: &[(f64, f64)], width: f64) -> Vec<serde_json::Value> {
+    let Some(first) = records.iter().map(|(_, enq)| *enq).reduce(f64::min) else {
+        return Vec::new();
+    };
+    let mut buckets: Vec<Vec<f64>> = Vec::new();
+    for (start, enq) in records {
+        let i = ((enq - first) / width) as usize;
+        if buckets.len() <= i {
+            buckets.resize_with(i + 1, Vec::new);
+        }
+        buckets[i].push((start - enq) * 1000.0);
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut waits)| {
+            waits.sort_by(f64::total_cmp);
+            json!({"from_s": i as f64 * width, "jobs": waits.len(),
+                   "p50_ms": round(percentile(&waits, 50.0)), "p99_ms": round(percentile(&waits, 99.0)),
+                   "max_ms": round(waits.last().copied().unwrap_or(f64::NAN))})
+        })
+        .collect()
 }
 
 async fn explain_fetch(pool: &PgPool) -> anyhow::Result<String> {
@@ -477,7 +533,7 @@ async fn churn(pool: &PgPool, record: &Path, n: usize, config: &str) -> anyhow::
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{percentile, windows};
 
     #[test]
     fn nearest_rank_percentiles() {
@@ -485,5 +541,18 @@ mod tests {
         assert_eq!(percentile(&values, 50.0), 100.0);
         assert_eq!(percentile(&values, 99.0), 198.0);
         assert_eq!(percentile(&[5.0], 99.0), 5.0);
+    }
+
+    #[test]
+    fn waits_are_grouped_by_when_the_job_was_enqueued() {
+        // (start, enqueued): two jobs in the first 10 s waiting 1 and 3 ms, one at 25 s waiting 2.
+        let records = [(100.001, 100.0), (105.003, 105.0), (125.002, 125.0)];
+        let w = windows(&records, 10.0);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[0]["jobs"], 2);
+        assert_eq!(w[0]["p99_ms"], 3.0);
+        assert_eq!(w[1]["jobs"], 0);
+        assert_eq!(w[2]["from_s"], 20.0);
+        assert_eq!(w[2]["p50_ms"], 2.0);
     }
 }
