@@ -377,13 +377,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-fn waits_ms(record: &Path) -> anyhow::Result<Vec<f64>> {
-    let mut waits: Vec<f64> = read_record(record)?
+/// Each recorded job's wait (start - enqueued) in milliseconds, sorted.
+fn waits_ms(records: &[(f64, f64)]) -> Vec<f64> {
+    let mut waits: Vec<f64> = records
         .iter()
         .map(|(start, enq)| (start - enq) * 1000.0)
         .collect();
     waits.sort_by(f64::total_cmp);
-    Ok(waits)
+    waits
 }
 
 async fn latency(pool: &PgPool, record: &Path, repeat: usize, config: &str) -> anyhow::Result<()> {
@@ -402,7 +403,7 @@ async fn latency(pool: &PgPool, record: &Path, repeat: usize, config: &str) -> a
     enqueue_ms.sort_by(f64::total_cmp);
     wait_for_lines(record, n, None).await?;
     bar.finish_and_clear();
-    let waits = waits_ms(record)?;
+    let waits = waits_ms(&read_record(record)?);
     println!(
         "{}",
         json!({"tool": "hearth", "mode": "latency", "repeat": repeat, "n": n, "completed": waits.len(), "ok": waits.len() == n,
@@ -448,7 +449,7 @@ async fn sustained(
     wait_for_lines(record, total, Some(&bar)).await?;
     bar.finish_and_clear();
     let records = read_record(record)?;
-    let waits = waits_ms(record)?;
+    let waits = waits_ms(&records);
     println!(
         "{}",
         json!({"tool": "hearth", "mode": "sustained", "repeat": repeat, "n": total, "completed": waits.len(), "ok": waits.len() == total,
