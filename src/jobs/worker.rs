@@ -1269,9 +1269,16 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 /// Wake-ups and control messages from other instances (and from this one's control calls).
 async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let mut listener = match PgListener::connect_with(&shared.session).await {
+        // Shutdown waits for this task, and connecting can wait out the pool's acquire timeout.
+        let subscribed = tokio::select! {
+            () = stop.cancelled() => return,
+            subscribed = subscribe(&shared.session) => subscribed,
+        };
+        let mut listener = match subscribed {
             Ok(listener) => listener,
             Err(e) => {
+                // A server that refuses LISTEN (a standby) refuses it again at once: without the
+                // pause this loop spun, and without the stop it never ended.
                 tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -1279,10 +1286,6 @@ async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         };
-        if let Err(e) = listener.listen_all([wake::CHANNEL, wake::CONTROL]).await {
-            tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");
-            continue;
-        }
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
@@ -1298,6 +1301,13 @@ async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// A connection of `session` that listens on the job channels.
+async fn subscribe(session: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(session).await?;
+    listener.listen_all([wake::CHANNEL, wake::CONTROL]).await?;
+    Ok(listener)
 }
 
 fn control(shared: &Shared, message: &str) {
