@@ -224,6 +224,11 @@ impl Shared {
 /// A running worker runtime. Call [`Workers::shutdown`] to stop it gracefully.
 pub struct Workers {
     shared: Arc<Shared>,
+    /// The runners, apart from the other tasks: they alone spawn jobs, so the jobs to wait for
+    /// are all known only once every runner has returned (see [`Workers::shutdown`]).
+    runners: TaskTracker,
+    /// To stop a runner whose fetch outlives the shutdown's bounds.
+    runner_handles: Vec<tokio::task::AbortHandle>,
     services: TaskTracker,
     service_stop: CancellationToken,
 }
@@ -233,11 +238,20 @@ impl Workers {
     pub fn start(pool: PgPool, registry: Registry, config: WorkerConfig) -> Self {
         let (shared, finished_rx) = Shared::new(pool, registry, config);
         let shared = Arc::new(shared);
+        let runners = TaskTracker::new();
+        let runner_handles = shared
+            .config
+            .queues
+            .clone()
+            .into_iter()
+            .map(|(queue, concurrency)| {
+                runners
+                    .spawn(run_queue(shared.clone(), queue, concurrency))
+                    .abort_handle()
+            })
+            .collect();
         let services = TaskTracker::new();
         let service_stop = CancellationToken::new();
-        for (queue, concurrency) in shared.config.queues.clone() {
-            services.spawn(run_queue(shared.clone(), queue, concurrency));
-        }
         services.spawn(listen(shared.clone(), service_stop.clone()));
         services.spawn(complete(
             shared.finishing.clone(),
@@ -262,6 +276,8 @@ impl Workers {
         tracing::info!(instance = %shared.config.instance, queues = ?shared.config.queues, "job workers started");
         Self {
             shared,
+            runners,
+            runner_handles,
             services,
             service_stop,
         }
@@ -282,27 +298,54 @@ impl Workers {
     /// the queue without using an attempt) whatever is still running, writes the last
     /// completions and stops the supporting tasks.
     pub async fn shutdown(self) {
-        let shared = &self.shared;
+        let Self {
+            shared,
+            runners,
+            runner_handles,
+            services,
+            service_stop,
+        } = self;
         shared.stop.cancel();
-        shared.jobs.close();
+        runners.close();
+        // The runners first: one whose fetch is in flight starts the jobs it leased once the
+        // fetch returns. Until every runner has returned, no job running can mean one about to
+        // start, which neither the grace period nor the hand-back would then reach, and whose
+        // hold on `shared` would keep the completer (and this) waiting for as long as it runs.
         let grace = shared.config.shutdown_grace;
-        if tokio::time::timeout(grace, shared.jobs.wait())
-            .await
-            .is_err()
-        {
+        let settled = async {
+            runners.wait().await;
+            shared.jobs.close();
+            shared.jobs.wait().await;
+        };
+        if tokio::time::timeout(grace, settled).await.is_err() {
             tracing::warn!(
-                still_running = self.running(),
+                still_running = lock(&shared.running).len(),
                 ?grace,
                 "grace period over; handing back unfinished jobs"
             );
             shared.abort.cancel();
+            // A fetch still in flight waits on the server; the jobs it leases see the abort as
+            // they start and are handed back. It gets at most a lease: past that, what it leased
+            // would be rescued anyway.
+            let lease = shared.config.lease;
+            if tokio::time::timeout(lease, runners.wait()).await.is_err() {
+                tracing::warn!(
+                    ?lease,
+                    "a fetch is still running after the lease; stopping it (any job it leases is rescued when the lease expires)"
+                );
+                for runner in &runner_handles {
+                    runner.abort();
+                }
+                runners.wait().await;
+            }
+            shared.jobs.close();
             shared.jobs.wait().await;
         }
-        self.service_stop.cancel();
+        service_stop.cancel();
         // The completer stops once every sender is gone; the last one lives in `shared`.
-        drop(self.shared);
-        self.services.close();
-        self.services.wait().await;
+        drop(shared);
+        services.close();
+        services.wait().await;
         tracing::info!("job workers stopped");
     }
 }
@@ -1226,9 +1269,16 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 /// Wake-ups and control messages from other instances (and from this one's control calls).
 async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let mut listener = match PgListener::connect_with(&shared.session).await {
+        // Shutdown waits for this task, and connecting can wait out the pool's acquire timeout.
+        let subscribed = tokio::select! {
+            () = stop.cancelled() => return,
+            subscribed = subscribe(&shared.session) => subscribed,
+        };
+        let mut listener = match subscribed {
             Ok(listener) => listener,
             Err(e) => {
+                // A server that refuses LISTEN (a standby) refuses it again at once: without the
+                // pause this loop spun, and without the stop it never ended.
                 tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -1236,10 +1286,6 @@ async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         };
-        if let Err(e) = listener.listen_all([wake::CHANNEL, wake::CONTROL]).await {
-            tracing::warn!(error = %e, "cannot LISTEN for job notifications; polling meanwhile");
-            continue;
-        }
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
@@ -1255,6 +1301,13 @@ async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// A connection of `session` that listens on the job channels.
+async fn subscribe(session: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(session).await?;
+    listener.listen_all([wake::CHANNEL, wake::CONTROL]).await?;
+    Ok(listener)
 }
 
 fn control(shared: &Shared, message: &str) {

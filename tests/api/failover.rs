@@ -741,6 +741,33 @@ async fn a_url_that_leads_only_to_a_standby_is_refused_until_it_is_promoted() {
     );
 }
 
+/// Workers given a pool that leads to a standby (a pool of the caller's, without the
+/// platform's refusal of standbys): the standby refuses LISTEN every time, and the workers still
+/// stop when asked. (The listener once tried again at once, for ever, without looking at the
+/// stop signal: shutdown never ended.)
+#[tokio::test]
+async fn workers_whose_listen_is_refused_still_stop() {
+    let logs = helpers::Logs::default();
+    let _capture = logs.capture();
+    let pair = Pair::start().await;
+    let standby = PgPool::connect_with(pair.standby_options()).await.unwrap();
+    let config = WorkerConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..WorkerConfig::new(hearth::jobs::parse_queues("fo_a:1").unwrap())
+    };
+    let workers = Workers::start(standby.clone(), Registry::new(), config);
+    eventually(Duration::from_secs(30), "LISTEN is refused", || async {
+        logs.text().contains("cannot LISTEN")
+    })
+    .await;
+
+    // Only a hang takes this long.
+    tokio::time::timeout(Duration::from_secs(60), workers.shutdown())
+        .await
+        .expect("the workers stop");
+    standby.close().await;
+}
+
 fn host_port(options: &sqlx::postgres::PgConnectOptions) -> String {
     format!("{}:{}", options.get_host(), options.get_port())
 }

@@ -1024,6 +1024,130 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
     assert_eq!(back.attempt, 0, "handing back does not use up an attempt");
 }
 
+/// A shutdown that begins while a runner's fetch is in flight: the job that fetch leases starts
+/// only after shutdown has looked at the running jobs. It still gets the grace period and is
+/// handed back after it, and shutdown ends. (Shutdown once found no job running, stopped
+/// everything else and then waited for the completer, which waited for that job: an hour.
+/// `graceful_shutdown_hands_back_unfinished_jobs` hung so in a full run, when its `running`
+/// was seen before the runner had read its fetch's answer.)
+#[tokio::test]
+async fn a_job_leased_by_a_fetch_in_flight_at_shutdown_is_handed_back() {
+    let (_, pool) = pool().await;
+    let blocker = hold_fetches(&pool).await;
+    let job = Enqueue::new(&Sleep { ms: 3_600_000 })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let config = WorkerConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..worker_config("default:1", "w1")
+    };
+    let workers = start_workers(&pool, registry(), config);
+    wait_for_held_fetch(&pool).await;
+
+    // Shutdown begins (polled once: as far as it goes before it waits), then the fetch returns.
+    let shutdown = workers.shutdown();
+    tokio::pin!(shutdown);
+    assert!(futures::poll!(shutdown.as_mut()).is_pending());
+    blocker.commit().await.unwrap();
+    // The job sleeps for an hour: only a hang takes this long.
+    tokio::time::timeout(Duration::from_secs(60), shutdown)
+        .await
+        .expect("shutdown ends once the grace period is over");
+
+    let back = status(&pool, job.id).await;
+    assert_eq!(back.state, "available");
+    assert_eq!(back.attempt, 0, "handing back does not use up an attempt");
+}
+
+/// A fetch that waits on the server past the grace period and a lease more is given up, and
+/// shutdown ends; a job it leases afterwards is rescued once its lease expires.
+#[tokio::test]
+async fn a_fetch_stuck_at_shutdown_is_given_up_after_a_lease() {
+    let (_, pool) = pool().await;
+    let blocker = hold_fetches(&pool).await;
+    let job = Enqueue::new(&Sleep { ms: 3_600_000 })
+        .unwrap()
+        .enqueue(&pool)
+        .await
+        .unwrap();
+    let config = WorkerConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..worker_config("default:1", "w1")
+    };
+    let workers = start_workers(&pool, registry(), config);
+    wait_for_held_fetch(&pool).await;
+
+    // Only a hang takes this long: the fetch waits until the blocker ends, after shutdown.
+    tokio::time::timeout(Duration::from_secs(60), workers.shutdown())
+        .await
+        .expect("shutdown gives the fetch up");
+    blocker.commit().await.unwrap();
+
+    // What was given up may still lease the job on the server (if the fetch was past preparing
+    // its statement); the job is not lost either way: it is available again, at once or once
+    // the lease has expired and maintenance has rescued it.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..400 {
+        tick.tick().await;
+        maintenance::tick(&pool, Duration::from_secs(60), &[], false)
+            .await
+            .unwrap();
+        let fetching: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                             WHERE datname = current_database() AND state = 'active'
+                               AND query LIKE '%job_queues_paused%' AND pid <> pg_backend_pid())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let now = status(&pool, job.id).await;
+        if fetching || now.state != "available" {
+            continue;
+        }
+        let rescued = now.attempt == 1
+            && now.errors[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("lease expired"));
+        assert!(now.attempt == 0 || rescued, "{now:?}");
+        return;
+    }
+    panic!(
+        "the job is not available again: {:?}",
+        status(&pool, job.id).await
+    );
+}
+
+/// Holds `job_queues_paused`, which every fetch reads, until the returned transaction ends:
+/// fetches wait on the server meanwhile, in flight.
+async fn hold_fetches(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE job_queues_paused IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+/// Waits until a fetch waits for [`hold_fetches`]'s lock.
+async fn wait_for_held_fetch(pool: &PgPool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+                             WHERE relation = 'job_queues_paused'::regclass AND NOT granted)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting {
+            return;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_killed_worker_process_loses_its_job_to_another_after_the_lease() {
     let (name, pool) = pool().await;
