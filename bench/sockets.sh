@@ -204,10 +204,6 @@ done
 cleanup
 say "done in $(( $(date +%s) - T0 ))s; raw JSON in $OUT"
 if [ "${NO_REPORT:-0}" != 1 ]; then
-  base=$(sed -n 's/.*(raw JSON: `\([^`]*\)\/`.*/\1/p' "$ROOT/BENCHMARKS.md" 2>/dev/null | head -1)
-  extras=()
-  while read -r e; do [ -n "$e" ] && extras+=(--extra "$ROOT/$e"); done \
-    < <(grep -o -- '--extra [^` ]*' "$ROOT/BENCHMARKS.md" 2>/dev/null | sed 's/^--extra //' | sort -u)
-  [ -n "$base" ] && python3 "$BENCH/scripts/report.py" "$ROOT/$base" "${extras[@]}" --md "$ROOT/BENCHMARKS.md" \
-    --svg "$BENCH/ratios.svg" && say "wrote BENCHMARKS.md (its sockets section is $OUT) and bench/sockets.svg"
+  source "$BENCH/scripts/rewrite_benchmarks.sh"
+  rewrite_benchmarks && say "wrote BENCHMARKS.md (its sockets section is $OUT) and bench/sockets.svg"
 fi
