@@ -28,37 +28,8 @@ URL="postgres://postgres@$PG/$DB"; ADMIN="postgres://postgres@$PG/postgres"
 BIN="$ROOT/target/release/hearth-bench"
 OUTDIR="${OUTDIR:-$BENCH/results/$(date -u +%Y%m%dT%H%M%SZ)-sustained}"
 mkdir -p "$OUTDIR/logs"; OUT="$OUTDIR/sustained.json"
-T0=$(date +%s)
-say() { printf '[%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" | tee -a "$OUTDIR/logs/run.log" >&2; }
-
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  say "cargo build --release -p hearth-bench"
-  cargo build --release -p hearth-bench >"$OUTDIR/logs/cargo.log" 2>&1 || { say "build failed"; exit 1; }
-fi
-command -v pgbench >/dev/null || { say "pgbench not found (Debian: postgresql-client)"; exit 1; }
-python3 - "$OUTDIR/meta.json" <<'PY'
-import json, os, subprocess, sys
-sh = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
-json.dump({"commit": sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -- src bench Cargo.lock") else ""),
-           "when": sh("date -u +%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(), "note": os.environ.get("NOTE", ""),
-           "postgres": sh("psql -qtAX postgres://postgres@" + os.environ.get("PG", "127.0.0.1:5432") + "/postgres -c 'SHOW server_version'")},
-          open(sys.argv[1], "w"), indent=1)
-PY
-
-fresh_db() {
-  psql -qtAX "$ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
-  # The schema: every migration, applied by the binary itself (a no-op bench run).
-  DATABASE_URL="$URL" RUST_LOG=warn "$BIN" migrate >/dev/null 2>&1 ||
-    DATABASE_URL="$URL" RUST_LOG=warn "$BIN" bench jobs latency 0 1 >/dev/null 2>&1
-}
-busy_start() { head -1 /proc/stat >"$OUTDIR/logs/stat0"; }
-busy_pct() { # the machine's busy share (not idle, not waiting for I/O) since busy_start, in %
-  python3 -c "
-a = list(map(int, open('$OUTDIR/logs/stat0').read().split()[1:]))
-b = list(map(int, open('/proc/stat').readline().split()[1:]))
-d = [y - x for x, y in zip(a, b)]
-print(round(100 - 100 * (d[3] + d[4]) / sum(d), 1))"
-}
+source "$BENCH/scripts/jobs_lib.sh"
+jobs_setup
 
 floor() { # round
   psql -qtAX "$URL" -c "DELETE FROM jobs WHERE queue = 'floor'" -c "DELETE FROM jobs_done WHERE queue = 'floor'" >/dev/null
@@ -66,7 +37,7 @@ floor() { # round
   # The worker plans each statement (-M extended): with -M prepared, PostgreSQL switches to a
   # generic plan for the lease after five runs, one made while the new table looked empty, and
   # the worker fell behind for good within a minute (52,636 jobs waiting after 30 s).
-  pgbench -n -M extended -f "$BENCH/db/jobs_floor_work.sql" -c 1 -T $(( SECONDS_ + 2 )) "$URL" >"$OUTDIR/logs/floor-work-$1.txt" 2>&1 &
+  pgbench -n -M extended -f "$BENCH/db/jobs_floor_work.sql" -D batch=100 -D gap=200 -c 1 -T $(( SECONDS_ + 2 )) "$URL" >"$OUTDIR/logs/floor-work-$1.txt" 2>&1 &
   local worker=$!
   pgbench -n -M prepared -f "$BENCH/db/jobs_floor_enqueue.sql" -c "$PRODUCERS" -j 2 -R "$RATE" -T "$SECONDS_" "$URL" \
     >"$OUTDIR/logs/floor-enqueue-$1.txt" 2>&1

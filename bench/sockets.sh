@@ -10,6 +10,7 @@
 #           the CPU the instance spends holding them for HOLD seconds (heartbeats and idle timers)
 #   fanout  one group of FANOUT_CLIENTS sockets, FANOUT_RATE messages/s: on one instance, then
 #           with the receivers split over two (a message sent on A reaching sockets on B)
+#   fanoutfloor  the same on one and two `bench ws-floor` servers (the sender writes to each)
 #   many    MANY_CLIENTS sockets over INSTANCES instances on one database, one receiving client
 #           process per instance (each under the 20,000 open-files cap), the CPU of all instances
 #           holding them for HOLD seconds, then MANY_MESSAGES broadcasts at MANY_RATE/s to all
@@ -21,7 +22,7 @@
 # Results: one JSON line per measurement in $OUTDIR/sockets.json; BENCHMARKS.md's section
 # (bench/scripts/sockets_report.py, through report.py) and bench/sockets.svg.
 #
-# Knobs (env): PARTS="base one fanout many" IDLE_CLIENTS=19000 HOLD=30 FANOUT_CLIENTS=10000
+# Knobs (env): PARTS="base one fanout fanoutfloor many floor" IDLE_CLIENTS=19000 HOLD=30 FANOUT_CLIENTS=10000
 #   FANOUT_RATE=5 FANOUT_MESSAGES=100 MANY_CLIENTS=100000 INSTANCES=6 MANY_MESSAGES=10 MANY_RATE=0.5
 #   SOURCES=4 BASE_PORT=8400 DB=hearth_bench PG=127.0.0.1:5432 SKIP_BUILD=1 NO_REPORT=1 NOTE=...
 #   OUTDIR=bench/results/<UTC timestamp>-sockets
@@ -30,7 +31,7 @@ BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 cd "$ROOT"
 
-PARTS="${PARTS:-base one fanout many floor}"
+PARTS="${PARTS:-base one fanout fanoutfloor many floor}"
 IDLE_CLIENTS="${IDLE_CLIENTS:-19000}"; HOLD="${HOLD:-30}"
 FANOUT_CLIENTS="${FANOUT_CLIENTS:-10000}"; FANOUT_RATE="${FANOUT_RATE:-5}"; FANOUT_MESSAGES="${FANOUT_MESSAGES:-100}"
 MANY_CLIENTS="${MANY_CLIENTS:-100000}"; INSTANCES="${INSTANCES:-6}"
@@ -105,6 +106,15 @@ start_servers() { # count [extra env...]
   done
   sleep 3  # start-up's own work (seed, schedules) is over
 }
+# $1 `bench ws-floor` servers (no database, no channel layer) where start_servers puts Hearth's.
+start_floors() {
+  local i; SERVERS=()
+  for i in $(seq 0 $(( $1 - 1 ))); do
+    setsid "$BIN" bench ws-floor --listen "127.0.0.1:$(( BASE_PORT + i ))" >>"$OUTDIR/logs/floor-$i.log" 2>&1 </dev/null &
+    SERVERS+=("$!"); STARTED+=("$!")
+  done
+  sleep 1
+}
 stop_servers() { local p; for p in "${SERVERS[@]}"; do stop_group "$p"; done; SERVERS=(); }
 ws_url() { echo "ws://127.0.0.1:$(( BASE_PORT + $1 ))/ws/chat/bench/"; }
 
@@ -128,17 +138,22 @@ part_one() {
   stop_servers
 }
 
-part_fanout() {
-  local n urls i
+# One group of FANOUT_CLIENTS, on one server then split over two. $1: hearth (the sender on the
+# first instance; the channel layer carries each message to the second) or floor (`bench
+# ws-floor` servers, the sender writing to each: the same receivers with nothing in between).
+fanout() {
+  local side=$1 n urls i to_all=()
   for n in 1 2; do
-    start_servers "$n"
+    if [ "$side" = hearth ]; then start_servers "$n"; else start_floors "$n"; to_all=(--send-to-all); fi
     urls=""; for i in $(seq 0 $(( n - 1 ))); do urls+="${urls:+,}$(ws_url "$i")"; done
-    record fanout "$("$BIN" bench ws chat --url "$urls" --clients "$FANOUT_CLIENTS" --messages "$FANOUT_MESSAGES" \
+    record fanout "$("$BIN" bench ws chat --url "$urls" "${to_all[@]}" --clients "$FANOUT_CLIENTS" --messages "$FANOUT_MESSAGES" \
       --rate "$FANOUT_RATE" --sources "$(sources 0)" --connect-concurrency 200 --settle 3 2>>"$OUTDIR/logs/clients.log" \
-      | grep '^{' | tail -1)" "{\"instances\": $n}"
+      | grep '^{' | tail -1)" "{\"instances\": $n, \"side\": \"$side\"}"
     stop_servers
   done
 }
+part_fanout() { fanout hearth; }
+part_fanoutfloor() { fanout floor; }
 
 # MANY_CLIENTS receivers over INSTANCES servers, one client process each, then broadcasts from
 # another process. $1: hearth (a message sent to instance 0 reaches the others through the
@@ -151,12 +166,7 @@ many() {
     # Each instance's connections to the database stay small, so six fit PostgreSQL's default 100.
     start_servers "$INSTANCES" HEARTH_DB_MAX_CONNECTIONS=4 HEARTH_JOB_DB_CONNECTIONS=2
   else
-    SERVERS=()
-    for i in $(seq 0 $(( INSTANCES - 1 ))); do
-      setsid "$BIN" bench ws-floor --listen "127.0.0.1:$(( BASE_PORT + i ))" >>"$OUTDIR/logs/floor-$i.log" 2>&1 </dev/null &
-      SERVERS+=("$!"); STARTED+=("$!")
-    done
-    sleep 1
+    start_floors "$INSTANCES"
     to_all=(--send-to-all)
   fi
   for i in $(seq 0 $(( INSTANCES - 1 ))); do

@@ -21,6 +21,7 @@ import statistics
 import sys
 from html import escape
 
+import bulk_report
 import delay_report
 import sockets_report
 import sustained_report
@@ -360,6 +361,8 @@ def report(outdir, md_path, svg_path, extras=()):
     out += sockets_report.section(bench_root, md_dir, os.path.join(bench_root, "sockets.svg"))
     # A sustained job stream beside its floor (bench/jobs-sustained.sh): the newest run.
     out += sustained_report.section(bench_root, md_dir, os.path.join(bench_root, "sustained.svg"))
+    # W4's bulk throughput beside its floor (bench/jobs-bulk.sh): the newest run.
+    out += bulk_report.section(bench_root, md_dir, os.path.join(bench_root, "bulk.svg"))
 
     m = meta["machine"]
     out += ["## Machine", "", "| fact | value |", "|---|---|"]

@@ -1,4 +1,4 @@
-# Sourced by delay.sh, sockets.sh and jobs-sustained.sh (which set ROOT and BENCH): rewrites
+# Sourced by delay.sh, sockets.sh, jobs-sustained.sh and jobs-bulk.sh (which set ROOT and BENCH): rewrites
 # BENCHMARKS.md from the run it was generated from (its "raw JSON:" folder) and its --extra
 # folders, so that the sections these scripts add (each from its newest run) are redrawn too.
 rewrite_benchmarks() {

@@ -56,12 +56,15 @@ def section(bench_dir, md_dir, svg_path):
                        f"{f(res.get('kb_per_conn'))} KiB each over a base of {f(res.get('server_rss_before_mb'))} MiB; "
                        f"holding them: {f(res.get('server_cpu_pct_held'))} % of a core over {f(res.get('hold_s'), 0)} s |")
         elif part == "fanout":
-            n = r.get("instances")
-            out.append(f"| one group of {f(res.get('connected'), 0)} sockets on {n} instance{'s' if n != 1 else ''}, "
-                       f"{res.get('rate')} messages/s × {res.get('messages')} | p99 ≤ 100 ms, none lost "
+            n, floor = r.get("instances"), r.get("side") == "floor"
+            where = (f"{n} `bench ws-floor` server{'s' if n != 1 else ''} (no database or channel layer; the sender "
+                     "writes to each): the machine's floor" if floor else f"{n} instance{'s' if n != 1 else ''}")
+            out.append(f"| one group of {f(res.get('connected'), 0)} sockets on {where}, "
+                       f"{res.get('rate')} messages/s × {res.get('messages')} | {'–' if floor else 'p99 ≤ 100 ms, none lost'} "
                        f"| p50 {f(res.get('p50_ms'), 2)} ms, p99 {f(res.get('p99_ms'), 2)} ms, max {f(res.get('max_ms'), 1)} ms; "
                        f"lost {f(res.get('lost'), 0)} of {f(res.get('expected'), 0)} |")
-            chart.append((f"fan-out 10k, {n} instance{'s' if n != 1 else ''}", res.get("p99_ms"), 100))
+            chart.append((f"{'floor: ' if floor else ''}fan-out 10k, {n} {'server' if floor else 'instance'}"
+                          f"{'s' if n != 1 else ''}", res.get("p99_ms"), 100))
         elif part == "many":
             rss = r.get("server_rss_kib") or []
             lo, hi = res.get("p50_ms_range") or [None, None]

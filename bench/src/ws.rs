@@ -78,7 +78,7 @@ pub struct WsArgs {
     /// `--role receive`: how long to wait for the first message before giving up.
     #[arg(long = "wait-s", default_value_t = 600.0)]
     pub wait_s: f64,
-    /// `--role send`: send each message to every URL of `--url`, not only the first (for a
+    /// The sender sends each message to every URL of `--url`, not only the first (for a
     /// floor server, which has no channel layer to carry a message to another instance).
     #[arg(long = "send-to-all")]
     pub send_to_all: bool,
@@ -343,15 +343,20 @@ async fn send(
     Ok(first_wall)
 }
 
+/// Where the sender sends: the first URL of `--url`, or every one with `--send-to-all`.
+fn sender_urls(args: &WsArgs) -> Vec<&str> {
+    let urls = args.url.split(',').map(str::trim);
+    if args.send_to_all {
+        urls.collect()
+    } else {
+        urls.take(1).collect()
+    }
+}
+
 /// `--role send`: the sender alone, its messages stamped for receivers in other processes.
 async fn send_only(args: WsArgs) -> anyhow::Result<serde_json::Value> {
-    let urls: Vec<&str> = args.url.split(',').map(str::trim).collect();
     let mut senders = Vec::new();
-    for url in if args.send_to_all {
-        &urls[..]
-    } else {
-        &urls[..1]
-    } {
+    for url in sender_urls(&args) {
         senders.push(
             connect(url, None)
                 .await
@@ -420,13 +425,17 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
     let receivers = receive(sockets, m, &shared, &stop);
 
     let (cpu0, wall0) = if args.role == Role::Both {
-        let first = args.url.split(',').next().unwrap_or_default().trim();
-        let mut sender = connect(first, None)
-            .await
-            .context("the sender cannot connect")?;
+        let mut senders = Vec::new();
+        for url in sender_urls(&args) {
+            senders.push(
+                connect(url, None)
+                    .await
+                    .context("the sender cannot connect")?,
+            );
+        }
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         let (cpu0, wall0) = (crate::client::cpu_time(), Instant::now());
-        send(std::slice::from_mut(&mut sender), &args, false, &shared).await?;
+        send(&mut senders, &args, false, &shared).await?;
         drain(&shared, expected, args.drain_s).await;
         (cpu0, wall0)
     } else {
