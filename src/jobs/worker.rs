@@ -832,16 +832,16 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
             (written, Some(&METRICS.retried))
         }
         Decision::Snooze(wait) => {
-            let written = sqlx::query(
+            let written = sqlx::query!(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         attempt = attempt - 1, lease_until = NULL, locked_by = NULL
                   WHERE id = $1 AND attempt = $2 AND attempted_at = $4 AND state = 'running'",
+                job.id,
+                job.attempt,
+                wait.as_secs_f64(),
+                job.leased_at,
             )
-            .bind(job.id)
-            .bind(job.attempt)
-            .bind(wait.as_secs_f64())
-            .bind(job.leased_at)
             .execute(&shared.pool)
             .await;
             (written, Some(&METRICS.snoozed))
@@ -938,14 +938,14 @@ async fn hand_back(
     job: &Fetched,
 ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
     tracing::info!("handing the job back to the queue");
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs
             SET state = 'available', attempt = attempt - 1, lease_until = NULL, locked_by = NULL
           WHERE id = $1 AND attempt = $2 AND attempted_at = $3 AND state = 'running'",
+        job.id,
+        job.attempt,
+        job.leased_at,
     )
-    .bind(job.id)
-    .bind(job.attempt)
-    .bind(job.leased_at)
     .execute(pool)
     .await
 }
