@@ -44,7 +44,7 @@ use std::{
 };
 
 use sqlx::{
-    PgPool, Row as _,
+    PgPool,
     postgres::{PgListener, PgPoolOptions},
 };
 use time::OffsetDateTime;
@@ -189,10 +189,10 @@ async fn read_all(
 ) -> Result<(), sqlx::Error> {
     loop {
         let gaps: Vec<i64> = cursor.gaps.keys().copied().collect();
-        // Runtime-checked: `created_at` was added for [`resync`] without a `cargo sqlx
-        // prepare` at hand.
-        let rows = sqlx::query(
-            r#"SELECT s.xmin, s.pid, s.started, m.id, m.target, m.is_group, m.payload, m.created_at
+        let rows = sqlx::query!(
+            r#"SELECT s.xmin AS "xmin!", s.pid AS "pid!", s.started AS "started!",
+                      m.id AS "id?", m.target AS "target?", m.is_group AS "is_group?",
+                      m.payload AS "payload?", m.created_at AS "created_at?"
                FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
                             pg_backend_pid() AS pid, pg_postmaster_start_time() AS started) s
                -- Two index range reads, not `id > $1 OR id = ANY($2)`: under a generic plan
@@ -205,17 +205,17 @@ async fn read_all(
                      WHERE id = ANY($2) AND id <= $1)
                    ORDER BY id LIMIT $3
                ) m ON true"#,
+            cursor.after,
+            &gaps,
+            FETCH_LIMIT,
         )
-        .bind(cursor.after)
-        .bind(&gaps)
-        .bind(FETCH_LIMIT)
         .fetch_all(&mut *listener)
         .await?;
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let xmin: i64 = first.try_get("xmin")?;
-        let session = (first.try_get("pid")?, first.try_get("started")?);
+        let xmin = first.xmin;
+        let session = (first.pid, first.started);
         if cursor
             .session
             .replace(session)
@@ -229,17 +229,24 @@ async fn read_all(
         let mut read = 0;
         let mut found = Vec::new();
         for row in rows {
-            let Some(id) = row.try_get::<Option<i64>, _>("id")? else {
+            // All NULL on the row that says only the snapshot (no message read); all set on
+            // the others (the columns are NOT NULL).
+            let (Some(id), Some(target), Some(is_group), Some(payload), Some(created_at)) = (
+                row.id,
+                row.target,
+                row.is_group,
+                row.payload,
+                row.created_at,
+            ) else {
                 continue;
             };
             read += 1;
-            let created_at: OffsetDateTime = row.try_get("created_at")?;
             cursor.remember(id, created_at);
             found.push(Row {
                 id,
-                target: row.try_get("target")?,
-                is_group: row.try_get("is_group")?,
-                payload: row.try_get("payload")?,
+                target,
+                is_group,
+                payload,
             });
         }
         let abandoned = cursor.advance(found.iter().map(|r| r.id), xmin);

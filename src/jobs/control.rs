@@ -6,7 +6,7 @@
 //! `cancel_requested` flag the heartbeat reads, in case a notification is missed).
 
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use super::enqueue::QueueName;
@@ -213,8 +213,7 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
 /// counts it as failed), in the same transaction; someone waiting on the job is woken.
 async fn finish_waiting(pool: &PgPool, id: i64, state: &str) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Runtime-checked: #33 added the workflow columns and the waiters' message.
-    let moved = sqlx::query(
+    let moved = sqlx::query!(
         r#"
         WITH gone AS (DELETE FROM jobs WHERE id = $1 AND state = 'available' RETURNING *),
         released AS (
@@ -239,19 +238,15 @@ async fn finish_waiting(pool: &PgPool, id: i64, state: &str) -> Result<bool, sql
                (SELECT count(*) FROM (SELECT pg_notify('hearth_channels', '') FROM announced LIMIT 1) n) AS notified
           FROM gone g
         "#,
+        id,
+        state,
     )
-    .bind(id)
-    .bind(state)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(moved) = moved else {
         return Ok(false);
     };
-    let step: (Option<i64>, Option<i32>) = (
-        moved.try_get("workflow_id")?,
-        moved.try_get("workflow_node")?,
-    );
-    let effects = if let (Some(workflow), Some(node)) = step {
+    let effects = if let (Some(workflow), Some(node)) = (moved.workflow_id, moved.workflow_node) {
         let event = super::workflow::engine::Event {
             workflow,
             node,

@@ -33,7 +33,7 @@ use std::{
 
 use futures::FutureExt;
 use sqlx::{
-    PgPool, Row,
+    PgPool,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use time::OffsetDateTime;
@@ -566,9 +566,8 @@ async fn lease(
     except: Option<&[String]>,
     only: Option<&str>,
 ) -> Result<Vec<Fetched>, sqlx::Error> {
-    // Runtime-checked (the `.sqlx` cache is not regenerated for #33's change, which added
-    // `workflow_id` to the returned columns).
-    let rows = sqlx::query(
+    sqlx::query_as!(
+        Fetched,
         r#"
         -- Leasing need not wait for the WAL flush: if a crash loses the lease, the job is
         -- simply available again. This saves an fsync on every pickup.
@@ -590,35 +589,18 @@ async fn lease(
          -- a queue table) the planner walked all of `jobs` once per fetched row.
          WHERE j.id = ANY (ARRAY(SELECT id FROM next))
         RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.timeout_ms, j.expires_at,
-                  extract(epoch FROM now() - j.run_at)::float8 AS waited_s,
-                  j.workflow_id IS NOT NULL AS step, j.attempted_at AS leased_at
+                  extract(epoch FROM now() - j.run_at)::float8 AS "waited_s!",
+                  j.workflow_id IS NOT NULL AS "step!", j.attempted_at AS "leased_at!"
         "#,
+        queue.as_str(),
+        limit,
+        shared.config.lease.as_secs_f64(),
+        shared.config.instance,
+        except,
+        only,
     )
-    .bind(queue.as_str())
-    .bind(limit)
-    .bind(shared.config.lease.as_secs_f64())
-    .bind(&shared.config.instance)
-    .bind(except)
-    .bind(only)
     .fetch_all(&mut *conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(Fetched {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                queue: r.try_get("queue")?,
-                args: r.try_get("args")?,
-                attempt: r.try_get("attempt")?,
-                max_attempts: r.try_get("max_attempts")?,
-                timeout_ms: r.try_get("timeout_ms")?,
-                expires_at: r.try_get("expires_at")?,
-                waited_s: r.try_get("waited_s")?,
-                step: r.try_get("step")?,
-                leased_at: r.try_get("leased_at")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// What to do with a job after an attempt.
@@ -832,35 +814,34 @@ async fn record(shared: &Shared, job: &Fetched, decision: Decision) {
         }
         Decision::Retry(wait, error) => {
             tracing::warn!(%error, retry_in = ?wait, "attempt failed");
-            // Runtime-checked, as the other statements fenced by `attempted_at`.
-            let written = sqlx::query(
+            let written = sqlx::query!(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         lease_until = NULL, locked_by = NULL,
                         errors = errors || jsonb_build_object('attempt', attempt, 'error', $4::text, 'at', now(), 'instance', $5::text)
                   WHERE id = $1 AND attempt = $2 AND attempted_at = $6 AND state = 'running'",
+                job.id,
+                job.attempt,
+                wait.as_secs_f64(),
+                error,
+                shared.config.instance,
+                job.leased_at,
             )
-            .bind(job.id)
-            .bind(job.attempt)
-            .bind(wait.as_secs_f64())
-            .bind(error)
-            .bind(&shared.config.instance)
-            .bind(job.leased_at)
             .execute(&shared.pool)
             .await;
             (written, Some(&METRICS.retried))
         }
         Decision::Snooze(wait) => {
-            let written = sqlx::query(
+            let written = sqlx::query!(
                 "UPDATE jobs
                     SET state = 'available', run_at = now() + make_interval(secs => $3),
                         attempt = attempt - 1, lease_until = NULL, locked_by = NULL
                   WHERE id = $1 AND attempt = $2 AND attempted_at = $4 AND state = 'running'",
+                job.id,
+                job.attempt,
+                wait.as_secs_f64(),
+                job.leased_at,
             )
-            .bind(job.id)
-            .bind(job.attempt)
-            .bind(wait.as_secs_f64())
-            .bind(job.leased_at)
             .execute(&shared.pool)
             .await;
             (written, Some(&METRICS.snoozed))
@@ -957,14 +938,14 @@ async fn hand_back(
     job: &Fetched,
 ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
     tracing::info!("handing the job back to the queue");
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs
             SET state = 'available', attempt = attempt - 1, lease_until = NULL, locked_by = NULL
           WHERE id = $1 AND attempt = $2 AND attempted_at = $3 AND state = 'running'",
+        job.id,
+        job.attempt,
+        job.leased_at,
     )
-    .bind(job.id)
-    .bind(job.attempt)
-    .bind(job.leased_at)
     .execute(pool)
     .await
 }
@@ -1082,9 +1063,7 @@ async fn finish_batch(
     let states: Vec<String> = batch.iter().map(|f| f.state.to_owned()).collect();
     let results: Vec<Option<serde_json::Value>> = batch.iter().map(|f| f.result.clone()).collect();
     let errors: Vec<Option<String>> = batch.iter().map(|f| f.error.clone()).collect();
-    // Runtime-checked: #33 added the workflow columns and the waiters' messages, and the
-    // `.sqlx` cache is not regenerated for it.
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         r#"
         -- Recording need not wait for the WAL flush either: an outcome a crash loses leaves
         -- the job `running` under a lease that expires, and it runs again (at-least-once, as
@@ -1163,37 +1142,36 @@ async fn finish_batch(
           FROM (SELECT ARRAY(SELECT unnest($1::bigint[]) EXCEPT SELECT id FROM locked) AS refused) r
          WHERE cardinality(refused) > 0
         "#,
+        &ids,
+        &attempts,
+        &states,
+        &results as &[Option<serde_json::Value>],
+        &errors as &[Option<String>],
+        instance,
+        keep_completed,
+        &leased,
     )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&states)
-    .bind(&results)
-    .bind(&errors)
-    .bind(instance)
-    .bind(keep_completed)
-    .bind(&leased)
     .fetch_all(&mut *conn)
     .await?;
     let mut steps = Vec::new();
     let mut refused = Vec::new();
     for row in rows {
-        if let Some(ids) = row.try_get::<Option<Vec<i64>>, _>("refused")? {
+        if let Some(ids) = row.refused {
             refused = ids;
             continue;
         }
-        let (Some(workflow), Some(node)) = (
-            row.try_get::<Option<i64>, _>("workflow_id")?,
-            row.try_get::<Option<i32>, _>("workflow_node")?,
-        ) else {
+        // A step's row always has its state: it is the batch's own, never NULL.
+        let (Some(workflow), Some(node), Some(state)) =
+            (row.workflow_id, row.workflow_node, row.final_state)
+        else {
             continue;
         };
-        let state: String = row.try_get("final_state")?;
         steps.push(Event {
             workflow,
             node,
             ended: Ended::from_job_state(&state),
-            result: row.try_get("final_result")?,
-            error: row.try_get("final_error")?,
+            result: row.final_result,
+            error: row.final_error,
             lazy: false,
         });
     }
@@ -1229,8 +1207,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         leases.sort_unstable();
         let (ids, leases): (Vec<i64>, Vec<Lease>) = leases.into_iter().unzip();
         let (attempts, leased): (Vec<i32>, Vec<OffsetDateTime>) = leases.into_iter().unzip();
-        // Runtime-checked, as the other statements fenced by `attempted_at`.
-        let extended: Result<Vec<(i64, bool)>, _> = sqlx::query_as(
+        let extended = sqlx::query!(
             "WITH mine AS (
                  -- One primary-key lookup per job, in id order (see `finish_batch`).
                  SELECT j.id FROM unnest($1::bigint[], $2::int4[], $4::timestamptz[])
@@ -1243,16 +1220,19 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
              UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
               WHERE j.id = ANY (ARRAY(SELECT id FROM mine))
              RETURNING j.id, j.cancel_requested",
+            &ids,
+            &attempts,
+            shared.config.lease.as_secs_f64(),
+            &leased,
         )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(shared.config.lease.as_secs_f64())
-        .bind(&leased)
         .fetch_all(&shared.pool)
         .await;
         match extended {
             Ok(rows) => {
-                let extended: HashMap<i64, bool> = rows.into_iter().collect();
+                let extended: HashMap<i64, bool> = rows
+                    .into_iter()
+                    .map(|r| (r.id, r.cancel_requested))
+                    .collect();
                 for (id, job) in &running {
                     match extended.get(id) {
                         Some(true) => job.cancel.cancel(),
