@@ -11,6 +11,7 @@ use std::{
 };
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::upstreams::Upstream;
 
@@ -64,7 +65,9 @@ pub struct Fetched<'a> {
     pub status: Option<u16>,
     /// From the start of the fan-out to this upstream's outcome.
     pub elapsed: Duration,
-    pub outcome: Result<serde_json::Value, FetchError>,
+    /// The body as the upstream wrote it, checked to be one JSON value: callers put it in their
+    /// answer verbatim, without parsing it into a tree and encoding it again (#36).
+    pub outcome: Result<Box<RawValue>, FetchError>,
 }
 
 /// `GET`s every upstream at once and waits for all of them; results in `upstreams`' order.
@@ -101,7 +104,7 @@ async fn fetch(
     client: &reqwest::Client,
     upstream: &Upstream,
     status: &mut Option<u16>,
-) -> Result<serde_json::Value, FetchError> {
+) -> Result<Box<RawValue>, FetchError> {
     let mut response = client
         .get(upstream.url().clone())
         .header(reqwest::header::ACCEPT, "application/json")
@@ -160,7 +163,7 @@ pub struct Report<'a> {
     pub ok: bool,
     pub status: Option<u16>,
     pub elapsed_ms: u64,
-    pub data: Option<serde_json::Value>,
+    pub data: Option<Box<RawValue>>,
     pub error: Option<String>,
 }
 
