@@ -12,8 +12,8 @@
 //!   client and writes `{"count":3,"results":[...]}` from their bodies as they are, unparsed.
 //!
 //! What Hearth does beyond this (routing, sessions, security headers, compression checks,
-//! request ids, the page cache's lookups, rendering, JSON parsing) is its own cost: Hearth's
-//! figure as a percentage of this one says how much of what the machine allows it uses.
+//! request ids, the page cache's lookups, rendering, checking upstream JSON) is its own cost:
+//! Hearth's figure as a percentage of this one says how much of what the machine allows it uses.
 
 use std::{convert::Infallible, sync::Arc};
 

@@ -65,7 +65,8 @@ fn w3_upstreams(base: &Url) -> Upstreams {
 #[derive(Serialize)]
 struct Gathered {
     count: usize,
-    results: Vec<serde_json::Value>,
+    /// The upstream bodies as they came (checked JSON, not re-encoded).
+    results: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// W3: the three bodies in order, or `502` naming the first upstream that failed (the peer

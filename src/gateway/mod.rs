@@ -22,7 +22,7 @@ use axum::{
 };
 use serde::Serialize;
 
-pub use fan_out::{FetchError, Fetched, client, fan_out};
+pub use fan_out::{Client, ClientError, FetchError, Fetched, client, fan_out};
 pub use upstreams::{Upstream, Upstreams, UpstreamsError, UrlError, http_url};
 
 use fan_out::Report;
@@ -82,7 +82,7 @@ async fn aggregate(
     Ok(Json(answer).into_response())
 }
 
-fn shared_client() -> Result<&'static reqwest::Client, WebError> {
+fn shared_client() -> Result<&'static Client, WebError> {
     fan_out::client().map_err(|e| {
         WebError::Internal(anyhow::Error::new(e).context("cannot build the HTTP client"))
     })

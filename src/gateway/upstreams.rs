@@ -6,6 +6,13 @@
 
 use std::{collections::HashSet, fmt, time::Duration};
 
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{
+    Request, Uri,
+    header::{self, HeaderValue},
+};
 use url::Url;
 
 /// The timeout of an upstream whose entry names none.
@@ -17,6 +24,11 @@ pub struct Upstream {
     pub(super) name: String,
     pub(super) url: Url,
     pub(super) timeout: Duration,
+    /// `url` as a request target, without its user and password, made once at start-up rather
+    /// than on every call (#36).
+    uri: Uri,
+    /// Basic credentials from `url`'s user and password, if it has any.
+    authorization: Option<HeaderValue>,
 }
 
 impl Upstream {
@@ -33,6 +45,64 @@ impl Upstream {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// A `GET` of this upstream, asking for JSON.
+    pub(super) fn request(&self) -> Request<Empty<Bytes>> {
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("hearth/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(authorization) = &self.authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+        request
+    }
+
+    fn new(name: String, url: Url, timeout: Duration) -> Result<Self, UrlError> {
+        let mut target = url.clone();
+        let authorization = basic_credentials(&mut target);
+        let uri = target
+            .as_str()
+            .parse::<Uri>()
+            .map_err(|e| UrlError::Target(e.to_string()))?;
+        Ok(Self {
+            name,
+            url,
+            timeout,
+            uri,
+            authorization,
+        })
+    }
+}
+
+/// Takes the user and password out of `url` as an `Authorization: Basic` value, as browsers
+/// and reqwest send them (percent-decoded; a password alone has an empty user).
+fn basic_credentials(url: &mut Url) -> Option<HeaderValue> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = format!(
+        "{}:{}",
+        decode(url.username()),
+        url.password().map(decode).unwrap_or_default()
+    );
+    // Both succeed on an http(s) URL, which has a host.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    // Kept out of debug output and HTTP/2 header compression tables.
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// The upstream services `GET /api/aggregate` fans out to, in configuration order.
@@ -65,6 +135,8 @@ pub enum UrlError {
     Parse(#[from] url::ParseError),
     #[error("the URL must start with http:// or https://")]
     Scheme,
+    #[error("the URL cannot be requested ({0})")]
+    Target(String),
 }
 
 /// Parses an absolute `http://` or `https://` URL (clap's parser for the W3 upstream base).
@@ -126,15 +198,12 @@ fn parse_entry(entry: &str) -> Result<Upstream, UpstreamsError> {
     if timeout.is_zero() {
         return Err(UpstreamsError::ZeroTimeout(name.to_owned()));
     }
-    let url = http_url(url).map_err(|source| UpstreamsError::Url {
+    let url_error = |source| UpstreamsError::Url {
         name: name.to_owned(),
         source,
-    })?;
-    Ok(Upstream {
-        name: name.to_owned(),
-        url,
-        timeout,
-    })
+    };
+    let url = http_url(url).map_err(url_error)?;
+    Upstream::new(name.to_owned(), url, timeout).map_err(url_error)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -266,6 +335,35 @@ mod tests {
         assert_eq!(
             error("a=http://x/now@0s"),
             r#"upstream "a": the timeout must be more than zero"#
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_authorization_and_leave_the_target() {
+        let upstreams =
+            Upstreams::parse("a=http://ada:p%40ss@host:81/x?q=1,b=http://host/y").unwrap();
+        let [a, b] = upstreams.as_slice() else {
+            panic!("two upstreams: {upstreams:?}");
+        };
+        let request = a.request();
+        assert_eq!(request.uri(), "http://host:81/x?q=1");
+        // "ada:p@ss"
+        assert_eq!(
+            request.headers()[header::AUTHORIZATION],
+            "Basic YWRhOnBAc3M="
+        );
+        assert!(request.headers()[header::AUTHORIZATION].is_sensitive());
+        assert_eq!(request.headers()[header::ACCEPT], "application/json");
+        let request = b.request();
+        assert_eq!(request.uri(), "http://host/y");
+        assert!(!request.headers().contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn a_url_that_cannot_be_a_request_target_is_refused() {
+        assert_eq!(
+            error("a=https://{{hostname}}/"),
+            r#"upstream "a": the URL cannot be requested (invalid uri character)"#
         );
     }
 

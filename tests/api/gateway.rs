@@ -5,7 +5,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Json, Router, body::Body, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    body::Body,
+    http::{StatusCode, header},
+    routing::get,
+};
 use hearth::gateway::Upstreams;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::Barrier};
@@ -23,6 +28,28 @@ async fn stub(router: Router) -> String {
 /// A stub answering `GET /` with `body`.
 async fn answers(body: Value) -> String {
     stub(Router::new().route("/", get(move || async move { Json(body) }))).await
+}
+
+/// A stub answering `GET /` with `body` as it is, labelled JSON.
+async fn answers_raw(body: impl Into<Body> + Clone + Send + Sync + 'static) -> String {
+    stub(Router::new().route(
+        "/",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], body.into()) }),
+    ))
+    .await
+}
+
+/// An app whose `HEARTH_UPSTREAMS` is `spec`, and a signed-in user's answer from it, unparsed.
+async fn aggregate_text(spec: &str) -> String {
+    let upstreams = Upstreams::parse(spec).expect("a valid spec");
+    let app = TestApp::builder()
+        .settings(|c: &mut hearth::gateway::GatewaySettings| c.upstreams = upstreams)
+        .spawn()
+        .await;
+    let ada = app.user("ada").await;
+    let response = ada.get("/api/aggregate").await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
 }
 
 /// An app whose `HEARTH_UPSTREAMS` is `spec`, and a signed-in user's answer from it.
@@ -176,6 +203,69 @@ async fn failing_unreachable_and_odd_upstreams_are_errors_in_a_200() {
         assert_eq!(upstream["data"], Value::Null, "{name}: {upstream}");
     }
     assert_eq!(by_name(&answer, "fine")["ok"], true);
+}
+
+/// An upstream's JSON reaches the answer byte for byte: key order, number spellings, escapes
+/// and inner spaces as the upstream wrote them, however large (under the limit) or deep. A
+/// gateway that parsed the body into a tree and encoded it again would sort the keys and write
+/// `1.5` for `1.50`.
+#[tokio::test]
+async fn an_upstream_body_is_passed_through_verbatim() {
+    let mut nested = String::from(r#"{"zeta": 1.50, "alpha": "caf\u00e9 \"quoted\"", "deep": "#);
+    for _ in 0..60 {
+        nested.push_str(r#"{"b": [1e3, -0, {"a": null}], "next": "#);
+    }
+    nested.push_str("true");
+    for _ in 0..60 {
+        nested.push('}');
+    }
+    nested.push_str(r#", "rows": ["#);
+    let row = r#"{"id": 7, "name": "row", "tags": ["x", "y"], "score": 0.10}"#;
+    while nested.len() < 900_000 {
+        nested.push_str(row);
+        nested.push(',');
+    }
+    nested.push_str(row);
+    nested.push_str("]}");
+    let small = r#"[3, 2, 1.0, {"z": {}, "y": []}]"#;
+    let big = answers_raw(nested.clone()).await;
+    let little = answers_raw(small).await;
+
+    let text = aggregate_text(&format!("big={big}/@5s,little={little}/")).await;
+
+    assert!(
+        text.contains(&format!(r#""data":{nested},"error":null"#)),
+        "the large body is not in the answer verbatim"
+    );
+    assert!(
+        text.contains(&format!(r#""data":{small},"error":null"#)),
+        "{text}"
+    );
+    let answer: Value = serde_json::from_str(&text).expect("the answer is JSON");
+    assert_eq!(by_name(&answer, "big")["data"]["zeta"], json!(1.5));
+}
+
+/// Only one whole JSON value is data: a truncated value, one followed by more, and bytes that
+/// are not UTF-8 inside a string are all "not JSON".
+#[tokio::test]
+async fn almost_json_is_not_json() {
+    let truncated = answers_raw(r#"{"a": [1, 2"#).await;
+    let trailing = answers_raw(r#"{"a": 1} {"b": 2}"#).await;
+    let latin1 = answers_raw(&b"\"caf\xe9\""[..]).await;
+    let empty = answers_raw("").await;
+
+    let (answer, _) = aggregate(&format!(
+        "truncated={truncated}/,trailing={trailing}/,latin1={latin1}/,empty={empty}/"
+    ))
+    .await;
+
+    for name in ["truncated", "trailing", "latin1", "empty"] {
+        let upstream = by_name(&answer, name);
+        assert_eq!(upstream["ok"], false, "{name}: {upstream}");
+        assert_eq!(upstream["status"], 200, "{name}: {upstream}");
+        assert_eq!(upstream["error"], "not JSON", "{name}: {upstream}");
+        assert_eq!(upstream["data"], Value::Null, "{name}: {upstream}");
+    }
 }
 
 #[tokio::test]
