@@ -343,26 +343,24 @@ async fn send(
     Ok(first_wall)
 }
 
-/// Where the sender sends: the first URL of `--url`, or every one with `--send-to-all`.
-fn sender_urls(args: &WsArgs) -> Vec<&str> {
+/// The sender's sockets: to the first URL of `--url`, or to every one with `--send-to-all`.
+async fn connect_senders(args: &WsArgs) -> anyhow::Result<Vec<Socket>> {
     let urls = args.url.split(',').map(str::trim);
-    if args.send_to_all {
-        urls.collect()
-    } else {
-        urls.take(1).collect()
-    }
-}
-
-/// `--role send`: the sender alone, its messages stamped for receivers in other processes.
-async fn send_only(args: WsArgs) -> anyhow::Result<serde_json::Value> {
+    let take = if args.send_to_all { usize::MAX } else { 1 };
     let mut senders = Vec::new();
-    for url in sender_urls(&args) {
+    for url in urls.take(take) {
         senders.push(
             connect(url, None)
                 .await
                 .context("the sender cannot connect")?,
         );
     }
+    Ok(senders)
+}
+
+/// `--role send`: the sender alone, its messages stamped for receivers in other processes.
+async fn send_only(args: WsArgs) -> anyhow::Result<serde_json::Value> {
+    let mut senders = connect_senders(&args).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let shared = Shared::new(args.messages);
     let started = Instant::now();
@@ -425,14 +423,7 @@ async fn chat(args: WsArgs) -> anyhow::Result<serde_json::Value> {
     let receivers = receive(sockets, m, &shared, &stop);
 
     let (cpu0, wall0) = if args.role == Role::Both {
-        let mut senders = Vec::new();
-        for url in sender_urls(&args) {
-            senders.push(
-                connect(url, None)
-                    .await
-                    .context("the sender cannot connect")?,
-            );
-        }
+        let mut senders = connect_senders(&args).await?;
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         let (cpu0, wall0) = (crate::client::cpu_time(), Instant::now());
         send(&mut senders, &args, false, &shared).await?;
