@@ -280,15 +280,19 @@ fn first_chars(mut text: String, n: usize) -> String {
 
 /// Fills `bench_posts` with the protocol's 10,000 deterministic posts unless they are there.
 /// Every value is a function of the row id, as in the peers' `seed.sql`, so both sides serve
-/// byte-identical data.
+/// byte-identical data. Several instances started at once on a fresh database (bench/sockets.sh
+/// starts six) take turns: the first seeds, the others find the posts there.
 pub async fn seed(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('hearth-bench seed bench_posts'))")
+        .execute(&mut *tx)
+        .await?;
     let count = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM bench_posts")
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
     if count == 10_000 {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM bench_posts")
         .execute(&mut *tx)
         .await?;

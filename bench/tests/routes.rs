@@ -19,6 +19,29 @@ async fn get(app: &TestServer, path: &str) -> reqwest::Response {
     reqwest::get(app.url(path)).await.unwrap()
 }
 
+/// `bench/sockets.sh` starts six instances at once on a fresh database, and each seeds the
+/// posts at start: they take turns, and none fails on another's rows.
+#[tokio::test]
+async fn instances_seeding_at_once_take_turns() {
+    let app = spawn().await;
+    sqlx::query("DELETE FROM bench_posts")
+        .execute(app.pool())
+        .await
+        .unwrap();
+
+    let seeds = (0..6).map(|_| hearth_bench::routes::seed(app.pool()));
+    let results = futures::future::join_all(seeds).await;
+
+    for result in results {
+        result.expect("every instance's seed succeeds");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_posts")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 10_000);
+}
+
 #[tokio::test]
 async fn the_page_lists_the_20_latest_posts_and_the_cached_page_hits() {
     let app = spawn().await;
