@@ -124,6 +124,15 @@ else
 fi
 for p in "$HEARTH_PORT" "$PEER_PORT"; do listening "$p" && { say "port $p is busy: stop what listens there or set HEARTH_PORT/PEER_PORT"; exit 1; }; done
 
+# Issue #34's W2 per protocol (w2proto) needs h2load; installed before meta.json records its version.
+# shellcheck disable=SC2206
+W2PROTO=(); has w2proto && W2PROTO=($W2PROTO_SIDES)
+if ((${#W2PROTO[@]})); then
+  command -v h2load >/dev/null || { [ "$(id -u)" = 0 ] && say "installing h2load (nghttp2-client)" \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >>"$OUTDIR/logs/setup.log" 2>&1; }
+  command -v h2load >/dev/null || { say "w2proto needs h2load: apt-get install nghttp2-client"; exit 1; }
+fi
+
 "$PY" - "$OUTDIR/meta.json" <<EOF
 import json, os, platform, subprocess, sys
 def sh(c):
@@ -269,15 +278,8 @@ sides() { if floored "$1"; then echo hearth peer floor; else echo hearth peer; f
 LOGIN_SCENARIOS=(); has login && LOGIN_SCENARIOS=(login1 loginrand)
 # Issue #34: one request at a time (latency), and W2 per protocol (w2proto).
 LAT_RUNS=0; has latency && LAT_RUNS=1
-# shellcheck disable=SC2206
-W2PROTO=(); has w2proto && W2PROTO=($W2PROTO_SIDES)
 TOTAL=$(( (${#SERVER_WLS[@]} * 2 + ${#JOBQ_LIST[@]} + ${#LOGIN_SCENARIOS[@]} + LAT_RUNS + ${#W2PROTO[@]}) * ROUNDS )); DONE=0
 for w in "${SERVER_WLS[@]}"; do floored "$w" && TOTAL=$((TOTAL + ROUNDS)); done
-if ((${#W2PROTO[@]})); then
-  command -v h2load >/dev/null || { [ "$(id -u)" = 0 ] && say "installing h2load (nghttp2-client)" \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >>"$OUTDIR/logs/setup.log" 2>&1; }
-  command -v h2load >/dev/null || { say "w2proto needs h2load: apt-get install nghttp2-client"; exit 1; }
-fi
 LAT_NAME=""; ((LAT_RUNS)) && LAT_NAME=latency
 say "OUTDIR $OUTDIR; $TOTAL measurements: ${SERVER_WLS[*]} ${LOGIN_SCENARIOS[*]} $LAT_NAME ${W2PROTO[*]/#/w2proto-} ${JOBQ_LIST:+w4} x $ROUNDS rounds, ${DURATION}s each (HTTP)"
 
