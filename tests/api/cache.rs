@@ -332,16 +332,23 @@ async fn past_its_size_bound_the_shared_tier_evicts_the_oldest() {
     }
 
     // The periodic sweeper also runs at start; while it holds the sweep lock this sweep returns
-    // 0 (seen in CI), so sweep until the evictions, this test's or the sweeper's, are counted.
+    // 0 (seen in CI). Each turn first waits for a sweep in progress to commit (by taking and
+    // releasing its lock), then sweeps, until the evictions, this test's or the sweeper's, count.
     let mut evicted = 0;
     let mut stats = cache.stats().await.unwrap();
-    for _ in 0..50 {
+    for _ in 0..10 {
+        sqlx::query(
+            "SELECT pg_advisory_lock(hashtext('hearth_cache_sweep')), \
+                    pg_advisory_unlock(hashtext('hearth_cache_sweep'))",
+        )
+        .execute(&app.pool)
+        .await
+        .unwrap();
         evicted += cache.sweep().await.unwrap();
         stats = cache.stats().await.unwrap();
         if stats.shared_evictions >= 10 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     assert!(
